@@ -1,0 +1,576 @@
+package routes
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// FieldError is one problem in a Spec, located by its field path as written
+// in the file (routes[2].upstream, upstreams[1].endpoints[0]) so that a loader
+// can map it back to a line.
+type FieldError struct {
+	Path string
+	Msg  string
+}
+
+// Error returns "path: msg".
+func (e FieldError) Error() string {
+	if e.Path == "" {
+		return e.Msg
+	}
+	return e.Path + ": " + e.Msg
+}
+
+// Validate checks s and returns every problem it finds, not just the first
+// (someone editing a config wants the whole list in one go), in a stable
+// order: callers, listeners, upstreams, routes, each in file order.
+// It is pure (no I/O, no clock), so it runs the same at startup, on reload
+// and in `proxy -check`. A nil result means Compile will accept s.
+func Validate(s *Spec) []FieldError {
+	v := &validator{s: s}
+	v.callers()
+	v.listeners()
+	v.upstreams()
+	v.routes()
+	return v.errs
+}
+
+type validator struct {
+	s    *Spec
+	errs []FieldError
+}
+
+func (v *validator) errorf(path, format string, args ...any) {
+	v.errs = append(v.errs, FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) callers() {
+	first := make(map[string]int, len(v.s.Callers))
+	for i, c := range v.s.Callers {
+		p := fmt.Sprintf("callers[%d]", i)
+		switch {
+		case c == "":
+			v.errorf(p, "caller name is empty")
+			continue
+		case c == OtherCaller:
+			v.errorf(p, "%q is reserved for callers that are not in this list", OtherCaller)
+		case !isLabelValue(c):
+			// Callers become Prometheus label values and dashboard keys; a
+			// narrow alphabet keeps them safe to put anywhere unescaped.
+			v.errorf(p, "invalid caller %q: use lowercase letters, digits, '_', '.' and '-'", c)
+		}
+		if j, dup := first[c]; dup {
+			v.errorf(p, "duplicate caller %q (first at callers[%d])", c, j)
+			continue
+		}
+		first[c] = i
+	}
+}
+
+func (v *validator) listeners() {
+	names := make(map[string]int, len(v.s.Listeners))
+	callers := make(map[string]bool, len(v.s.Callers))
+	for _, c := range v.s.Callers {
+		callers[c] = true
+	}
+	socks := newSockets()
+	for i := range v.s.Listeners {
+		l := &v.s.Listeners[i]
+		p := fmt.Sprintf("listeners[%d]", i)
+
+		if l.Name == "" {
+			v.errorf(p+".name", "name is required")
+		} else if j, dup := names[l.Name]; dup {
+			v.errorf(p+".name", "duplicate listener name %q (first at listeners[%d])", l.Name, j)
+		} else {
+			names[l.Name] = i
+		}
+
+		if l.Address == "" {
+			v.errorf(p+".address", "address is required, e.g. 127.0.0.1:7000")
+		} else if err := CheckListenAddress(l.Address); err != nil {
+			v.errorf(p+".address", "%v", err)
+		} else if j := socks.claim(l.Address, i); j >= 0 {
+			other := &v.s.Listeners[j]
+			v.errorf(p+".address", "address %s clashes with listener %q (listeners[%d], %s)", l.Address, other.Name, j, other.Address)
+		}
+
+		switch l.Protocol {
+		case ListenerGRPC, ListenerHTTP:
+		case "":
+			v.errorf(p+".protocol", "protocol is required (grpc or http)")
+		default:
+			v.errorf(p+".protocol", "unknown protocol %q (want grpc or http)", l.Protocol)
+		}
+
+		if l.Caller != "" && l.CallerHeader != "" {
+			v.errorf(p+".caller", "caller and caller_header are mutually exclusive: name the caller for the whole listener, or read it from a header")
+		}
+		if l.Caller != "" && len(callers) > 0 && !callers[l.Caller] {
+			v.errorf(p+".caller", "caller %q is not in callers (%s)", l.Caller, strings.Join(v.s.Callers, ", "))
+		}
+		if l.CallerHeader != "" && !isToken(l.CallerHeader) {
+			v.errorf(p+".caller_header", "invalid header name %q", l.CallerHeader)
+		}
+
+		if len(l.TrustedProxies) > 0 && l.Protocol == ListenerGRPC {
+			// X-Forwarded-* handling is an HTTP reverse-proxy concern; the
+			// grpc listener passes metadata through untouched.
+			v.errorf(p+".trusted_proxies", "trusted_proxies applies to http listeners only")
+		}
+		for j, tp := range l.TrustedProxies {
+			if !isPrefixOrAddr(tp) {
+				v.errorf(fmt.Sprintf("%s.trusted_proxies[%d]", p, j), "invalid CIDR or IP %q, e.g. 10.0.0.0/8 or 192.168.1.10", tp)
+			}
+		}
+
+		if l.MaxMessageBytes < 0 {
+			v.errorf(p+".max_message_bytes", "must not be negative (0 means the default, %d)", DefaultMaxMessageBytes)
+		}
+	}
+}
+
+// sockets indexes the listen addresses seen so far, so that clashes are
+// found in one pass and reported once, on the later listener, naming the
+// first one it clashes with. It agrees with AddressesClash.
+type sockets struct {
+	exact    map[string]int // canonical host and port → first listener
+	wildcard map[int]int    // port → first wildcard listener
+	any      map[int]int    // port → first listener
+}
+
+func newSockets() *sockets {
+	return &sockets{exact: map[string]int{}, wildcard: map[int]int{}, any: map[int]int{}}
+}
+
+// claim records listener i on addr, a valid listen address, and returns the
+// first earlier listener it clashes with, or -1.
+func (s *sockets) claim(addr string, i int) int {
+	host, portStr, _ := net.SplitHostPort(addr)
+	port, err := parsePort(portStr)
+	if err != nil {
+		return -1 // port 0: each listener gets its own port
+	}
+	key := canonicalHost(host) + " " + strconv.Itoa(port)
+	wild := isWildcard(host)
+	first := -1
+	if wild {
+		if j, ok := s.any[port]; ok {
+			first = j
+		}
+	} else {
+		if j, ok := s.exact[key]; ok {
+			first = j
+		}
+		if j, ok := s.wildcard[port]; ok && (first < 0 || j < first) {
+			first = j
+		}
+	}
+	if _, ok := s.any[port]; !ok {
+		s.any[port] = i
+	}
+	if _, ok := s.exact[key]; !ok {
+		s.exact[key] = i
+	}
+	if _, ok := s.wildcard[port]; wild && !ok {
+		s.wildcard[port] = i
+	}
+	return first
+}
+
+func (v *validator) upstreams() {
+	names := make(map[string]int, len(v.s.Upstreams))
+	for i := range v.s.Upstreams {
+		u := &v.s.Upstreams[i]
+		p := fmt.Sprintf("upstreams[%d]", i)
+
+		if u.Name == "" {
+			v.errorf(p+".name", "name is required")
+		} else if j, dup := names[u.Name]; dup {
+			v.errorf(p+".name", "duplicate upstream name %q (first at upstreams[%d])", u.Name, j)
+		} else {
+			names[u.Name] = i
+		}
+
+		switch u.Protocol {
+		case UpstreamGRPC, UpstreamHTTP, UpstreamH2C:
+		case "":
+			v.errorf(p+".protocol", "protocol is required (grpc, http or h2c)")
+		default:
+			v.errorf(p+".protocol", "unknown protocol %q (want grpc, http or h2c)", u.Protocol)
+		}
+
+		if len(u.Endpoints) == 0 {
+			v.errorf(p+".endpoints", "at least one endpoint (host:port) is required")
+		}
+		seen := make(map[string]int, len(u.Endpoints))
+		for j, ep := range u.Endpoints {
+			epPath := fmt.Sprintf("%s.endpoints[%d]", p, j)
+			if err := checkEndpoint(ep); err != nil {
+				v.errorf(epPath, "%v", err)
+				continue
+			}
+			if k, dup := seen[ep]; dup {
+				v.errorf(epPath, "duplicate endpoint %s (first at endpoints[%d])", ep, k)
+				continue
+			}
+			seen[ep] = j
+		}
+
+		switch u.Balance {
+		case "", BalanceP2CEWMA, BalanceRoundRobin:
+		default:
+			v.errorf(p+".balance", "unknown balance %q (want p2c_ewma or round_robin)", u.Balance)
+		}
+		if u.DialTimeout < 0 {
+			v.errorf(p+".dial_timeout", "must not be negative (0 means the default, %s)", DefaultDialTimeout)
+		}
+		if u.MaxMessageBytes < 0 {
+			v.errorf(p+".max_message_bytes", "must not be negative (0 means the default, %d)", DefaultMaxMessageBytes)
+		}
+		// Parsed but not implemented: failing loudly beats a file that looks
+		// protected by a bulkhead or breaker while it is not.
+		if u.MaxConcurrent != 0 {
+			v.errorf(p+".max_concurrent", "not supported yet (bulkhead lands with resilience)")
+		}
+		if u.Breaker != nil {
+			v.errorf(p+".breaker", "not supported yet")
+		}
+	}
+}
+
+func (v *validator) routes() {
+	listeners := make(map[string]*Listener, len(v.s.Listeners))
+	for i := range v.s.Listeners {
+		if _, dup := listeners[v.s.Listeners[i].Name]; !dup {
+			listeners[v.s.Listeners[i].Name] = &v.s.Listeners[i]
+		}
+	}
+	upstreams := make(map[string]*Upstream, len(v.s.Upstreams))
+	for i := range v.s.Upstreams {
+		if _, dup := upstreams[v.s.Upstreams[i].Name]; !dup {
+			upstreams[v.s.Upstreams[i].Name] = &v.s.Upstreams[i]
+		}
+	}
+
+	// Computed once: a file with many dangling references would otherwise
+	// sort the name lists once per route.
+	definedListeners, definedUpstreams := listenerNames(v.s.Listeners), upstreamNames(v.s.Upstreams)
+
+	names := make(map[string]int, len(v.s.Routes))
+	for i := range v.s.Routes {
+		r := &v.s.Routes[i]
+		p := fmt.Sprintf("routes[%d]", i)
+
+		if r.Name == "" {
+			v.errorf(p+".name", "name is required")
+		} else if j, dup := names[r.Name]; dup {
+			v.errorf(p+".name", "duplicate route name %q (first at routes[%d])", r.Name, j)
+		} else {
+			names[r.Name] = i
+		}
+
+		var l *Listener
+		if r.Listener == "" {
+			v.errorf(p+".listener", "listener is required (%s)", definedListeners)
+		} else if l = listeners[r.Listener]; l == nil {
+			v.errorf(p+".listener", "unknown listener %q (%s)", r.Listener, definedListeners)
+		}
+
+		var u *Upstream
+		if r.Upstream == "" {
+			v.errorf(p+".upstream", "upstream is required (%s)", definedUpstreams)
+		} else if u = upstreams[r.Upstream]; u == nil {
+			v.errorf(p+".upstream", "unknown upstream %q (%s)", r.Upstream, definedUpstreams)
+		}
+
+		if l != nil && u != nil && l.Protocol == ListenerGRPC && u.Protocol == UpstreamHTTP {
+			v.errorf(p+".upstream", "upstream %q speaks http (HTTP/1.1) but listener %q is grpc: gRPC needs an HTTP/2 upstream (protocol grpc or h2c)",
+				u.Name, l.Name)
+		}
+
+		v.match(p+".match", &r.Match, l)
+
+		if r.Timeout < 0 {
+			v.errorf(p+".timeout", "must not be negative (0 means no timeout beyond the client's deadline)")
+		}
+		if r.Retry != nil {
+			v.errorf(p+".retry", "not supported yet")
+		}
+		if r.Fallback != nil {
+			v.errorf(p+".fallback", "not supported yet")
+		}
+	}
+}
+
+// match checks one route's match block; l is its listener, nil when unknown.
+func (v *validator) match(p string, m *Match, l *Listener) {
+	if m.GRPCService != "" && m.GRPCMethod != "" {
+		v.errorf(p+".grpc_method", "grpc_service and grpc_method are mutually exclusive: grpc_method already names the service")
+	}
+	if m.GRPCService != "" && strings.ContainsAny(m.GRPCService, "/ \t") {
+		v.errorf(p+".grpc_service", "invalid service %q: write the service name only, e.g. bot.v1.NLU (use grpc_method for /bot.v1.NLU/Parse)", m.GRPCService)
+	}
+	if m.GRPCMethod != "" && !isFullMethod(m.GRPCMethod) {
+		v.errorf(p+".grpc_method", "invalid method %q: want /package.Service/Method, e.g. /bot.v1.NLU/Parse", m.GRPCMethod)
+	}
+	if m.Host != "" {
+		if msg := checkMatchHost(m.Host); msg != "" {
+			v.errorf(p+".host", "%s", msg)
+		}
+	}
+	if m.PathPrefix != "" && !strings.HasPrefix(m.PathPrefix, "/") {
+		v.errorf(p+".path_prefix", "path_prefix %q must start with '/'", m.PathPrefix)
+	}
+	if m.Method != "" && (!isToken(m.Method) || strings.ToUpper(m.Method) != m.Method) {
+		// Methods are case-sensitive (RFC 9110 §9.1), so "post" would never
+		// match a real POST.
+		v.errorf(p+".method", "invalid HTTP method %q: want an uppercase method such as GET or POST", m.Method)
+	}
+	for _, name := range slices.Sorted(maps.Keys(m.Headers)) {
+		hp := p + ".headers." + name
+		if !isToken(name) {
+			v.errorf(hp, "invalid header name %q", name)
+		}
+		if !isFieldValue(m.Headers[name]) {
+			v.errorf(hp, "header value must not contain control characters")
+		}
+	}
+	if l != nil && l.Protocol == ListenerGRPC {
+		// The grpc listener only sees gRPC calls: every request is a POST to
+		// /pkg.Service/Method, so path and method matches are either always
+		// true or never; matching the service says what is meant.
+		if m.PathPrefix != "" {
+			v.errorf(p+".path_prefix", "use grpc_service or grpc_method on grpc listeners")
+		}
+		if m.Method != "" {
+			v.errorf(p+".method", "use grpc_service or grpc_method on grpc listeners")
+		}
+	}
+}
+
+// CheckListenAddress reports whether addr is a host:port the proxy can listen
+// on: a host (IP or name; 0.0.0.0 or [::] for all interfaces) and a numeric
+// port in 1..65535, or 0 for a kernel-chosen port. The admin server address
+// follows the same rule.
+func CheckListenAddress(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("invalid address %q: want host:port, e.g. 127.0.0.1:7000", addr)
+	}
+	if host == "" {
+		// An empty host silently means "all interfaces"; make that a written
+		// choice rather than an accident.
+		return fmt.Errorf("address %q has no host: write 127.0.0.1:%s for loopback or 0.0.0.0:%s for all interfaces", addr, port, port)
+	}
+	if !isHost(host) {
+		return fmt.Errorf("invalid host %q in address %q", host, addr)
+	}
+	// Port 0 asks the kernel for a free port: useless in production, but it
+	// is how tests and the demo run several proxies side by side.
+	if port != "0" {
+		if _, err := parsePort(port); err != nil {
+			return fmt.Errorf("invalid port in address %q: %w", addr, err)
+		}
+	}
+	return nil
+}
+
+// checkEndpoint is CheckListenAddress for dialling, with hints for the usual
+// mistake of writing a URL.
+func checkEndpoint(ep string) error {
+	if strings.Contains(ep, "://") {
+		return fmt.Errorf("invalid endpoint %q: write host:port without a scheme; the upstream protocol says how to speak to it", ep)
+	}
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil {
+		return fmt.Errorf("invalid endpoint %q: want host:port, e.g. 127.0.0.1:7101", ep)
+	}
+	if host == "" {
+		return fmt.Errorf("endpoint %q has no host", ep)
+	}
+	if !isHost(host) {
+		return fmt.Errorf("invalid host %q in endpoint %q", host, ep)
+	}
+	if _, err := parsePort(port); err != nil {
+		return fmt.Errorf("invalid port in endpoint %q: %w", ep, err)
+	}
+	return nil
+}
+
+// AddressesClash reports whether two valid listen addresses would compete
+// for one socket: the same host and port as written, or the same port when
+// either is a wildcard (0.0.0.0, [::]), because a wildcard bind takes the
+// port on every interface. Hosts are compared literally: localhost and
+// 127.0.0.1 are not resolved, since Validate does no I/O. Port 0 never
+// clashes: each such listener gets its own free port.
+func AddressesClash(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil {
+		return false
+	}
+	na, errA := parsePort(pa)
+	nb, errB := parsePort(pb)
+	if errA != nil || errB != nil || na != nb {
+		return false
+	}
+	if isWildcard(ha) || isWildcard(hb) {
+		return true
+	}
+	return canonicalHost(ha) == canonicalHost(hb)
+}
+
+func parsePort(p string) (int, error) {
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("port %q is not a number in 1..65535", p)
+	}
+	return int(n), nil
+}
+
+func isWildcard(host string) bool {
+	if host == "" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsUnspecified()
+}
+
+// canonicalHost makes "::1" and "0:0::1" (and IPv4 in any case) compare equal.
+func canonicalHost(host string) string {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return a.Unmap().String()
+	}
+	return strings.ToLower(host)
+}
+
+// isHost accepts an IP literal or a DNS-ish name. Names are not resolved.
+func isHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	if len(h) > 253 {
+		return false
+	}
+	for _, c := range []byte(h) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkMatchHost returns why h cannot be a match.host, or "".
+func checkMatchHost(h string) string {
+	if strings.HasPrefix(h, "[") {
+		return fmt.Sprintf("invalid host %q: write IPv6 hosts without brackets", h)
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return ""
+	}
+	if strings.Contains(h, ":") {
+		// Table.Match strips the port from the request's host before
+		// comparing, so a host with a port would never match.
+		return fmt.Sprintf("invalid host %q: hosts are matched without the port", h)
+	}
+	if !isHost(h) {
+		return fmt.Sprintf("invalid host %q", h)
+	}
+	return ""
+}
+
+func isPrefixOrAddr(s string) bool {
+	if _, err := netip.ParsePrefix(s); err == nil {
+		return true
+	}
+	_, err := netip.ParseAddr(s)
+	return err == nil
+}
+
+// isFullMethod reports whether m is "/service/method" with both parts
+// non-empty, the :path form gRPC uses on the wire.
+func isFullMethod(m string) bool {
+	rest, ok := strings.CutPrefix(m, "/")
+	if !ok {
+		return false
+	}
+	svc, method, ok := strings.Cut(rest, "/")
+	return ok && svc != "" && method != "" && !strings.Contains(method, "/") &&
+		!strings.ContainsAny(rest, " \t")
+}
+
+func isLabelValue(s string) bool {
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// isToken reports whether s is an RFC 9110 §5.6.2 token, the syntax of
+// header names and methods. Header names are matched case-insensitively, so
+// case is not checked here.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// isFieldValue rejects control characters other than HTAB (RFC 9110 §5.5);
+// such a value could never arrive in a request, so the route would be dead.
+func isFieldValue(s string) bool {
+	for _, c := range []byte(s) {
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func listenerNames(ls []Listener) string {
+	names := make([]string, 0, len(ls))
+	for _, l := range ls {
+		if l.Name != "" {
+			names = append(names, l.Name)
+		}
+	}
+	return definedList(names, "listeners")
+}
+
+func upstreamNames(us []Upstream) string {
+	names := make([]string, 0, len(us))
+	for _, u := range us {
+		if u.Name != "" {
+			names = append(names, u.Name)
+		}
+	}
+	return definedList(names, "upstreams")
+}
+
+func definedList(names []string, what string) string {
+	if len(names) == 0 {
+		return "no " + what + " defined"
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	// A hint, not an inventory: keep the message readable in a big file.
+	const show = 12
+	if len(names) > show {
+		return fmt.Sprintf("defined: %s and %d more", strings.Join(names[:show], ", "), len(names)-show)
+	}
+	return "defined: " + strings.Join(names, ", ")
+}
