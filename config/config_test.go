@@ -1,0 +1,611 @@
+package config_test
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hopwatch/hopwatch/config"
+	"github.com/hopwatch/hopwatch/routes"
+)
+
+// base is the smallest valid file; most cases below append to it, so line
+// 13 is the first line after it and, when indented by four spaces, part of
+// routes[0].
+const base = `listeners:
+  - name: web
+    address: 127.0.0.1:7080
+    protocol: http
+upstreams:
+  - name: kb
+    protocol: http
+    endpoints: [127.0.0.1:7201]
+routes:
+  - name: kb
+    listener: web
+    upstream: kb
+`
+
+// upstreamLast places upstreams last so that line 13 belongs to upstreams[0].
+const upstreamLast = `listeners:
+  - name: web
+    address: 127.0.0.1:7080
+    protocol: http
+routes:
+  - name: kb
+    listener: web
+    upstream: kb
+upstreams:
+  - name: kb
+    protocol: http
+    endpoints: [127.0.0.1:7201]
+`
+
+type invalidCase struct {
+	name string
+	yaml string
+	line int
+	path string
+	msg  string // substring of the error message
+	// count is how many errors the file has in all (0 means 1).
+	count int
+}
+
+// invalidCases has one case per kind of error. Each names the exact line
+// and field path; they double as the fuzz seed corpus.
+func invalidCases() []invalidCase {
+	return []invalidCase{
+		{
+			name: "unknown field",
+			yaml: base + "    tmeout: 2s\n",
+			line: 13, path: "routes[0].tmeout",
+			msg: `unknown field "tmeout"; did you mean "timeout"? (valid: name, listener, match, upstream, timeout, retry, fallback)`,
+		},
+		{
+			name: "unknown top-level field",
+			yaml: base + "listner: x\n",
+			line: 13, path: "listner",
+			msg: `unknown field "listner"`,
+		},
+		{
+			name: "bad duration",
+			yaml: base + "    timeout: 2x\n",
+			line: 13, path: "routes[0].timeout",
+			msg: `invalid duration "2x": use Go syntax such as 250ms, 5s or 1m30s`,
+		},
+		{
+			name: "duration without unit",
+			yaml: base + "    timeout: 5\n",
+			line: 13, path: "routes[0].timeout",
+			msg: "invalid duration 5: durations need a unit, e.g. 5s",
+		},
+		{
+			name: "negative duration",
+			yaml: base + "    timeout: -1s\n",
+			line: 13, path: "routes[0].timeout",
+			msg: "must not be negative",
+		},
+		{
+			name: "address without port",
+			yaml: strings.Replace(base, "127.0.0.1:7080", "127.0.0.1", 1),
+			line: 3, path: "listeners[0].address",
+			msg: `invalid address "127.0.0.1": want host:port`,
+		},
+		{
+			name: "address port out of range",
+			yaml: strings.Replace(base, "127.0.0.1:7080", "127.0.0.1:70000", 1),
+			line: 3, path: "listeners[0].address",
+			msg: `port "70000" is not a number in 1..65535`,
+		},
+		{
+			name: "endpoint with scheme",
+			yaml: strings.Replace(base, "[127.0.0.1:7201]", "[http://127.0.0.1:7201]", 1),
+			line: 8, path: "upstreams[0].endpoints[0]",
+			msg: "write host:port without a scheme",
+		},
+		{
+			name: "dangling listener ref",
+			yaml: strings.Replace(base, "listener: web", "listener: webb", 1),
+			line: 11, path: "routes[0].listener",
+			msg: `unknown listener "webb" (defined: web)`,
+		},
+		{
+			name: "dangling upstream ref",
+			yaml: strings.Replace(base, "upstream: kb", "upstream: kb2", 1),
+			line: 12, path: "routes[0].upstream",
+			msg: `unknown upstream "kb2" (defined: kb)`,
+		},
+		{
+			name: "missing upstream",
+			yaml: strings.Replace(base, "    upstream: kb\n", "", 1),
+			line: 10, path: "routes[0].upstream",
+			msg: "upstream is required (defined: kb)",
+		},
+		{
+			name: "duplicate route name",
+			yaml: base + "  - name: kb\n    listener: web\n    upstream: kb\n",
+			line: 13, path: "routes[1].name",
+			msg: `duplicate route name "kb" (first at routes[0])`,
+		},
+		{
+			name: "duplicate listener name",
+			yaml: strings.Replace(base, "upstreams:", "  - {name: web, address: 127.0.0.1:7081, protocol: http}\nupstreams:", 1),
+			line: 5, path: "listeners[1].name",
+			msg: `duplicate listener name "web" (first at listeners[0])`,
+		},
+		{
+			name: "two listeners on one address",
+			yaml: strings.Replace(base, "upstreams:", "  - {name: web2, address: 127.0.0.1:7080, protocol: http}\nupstreams:", 1),
+			line: 5, path: "listeners[1].address",
+			msg: `address 127.0.0.1:7080 clashes with listener "web" (listeners[0], 127.0.0.1:7080)`,
+		},
+		{
+			name: "wildcard listener takes the port",
+			yaml: strings.Replace(base, "upstreams:", "  - {name: all, address: \"[::]:7080\", protocol: grpc}\nupstreams:", 1),
+			line: 5, path: "listeners[1].address",
+			msg: `address [::]:7080 clashes with listener "web"`,
+		},
+		{
+			name: "admin on non-loopback",
+			yaml: base + "admin:\n  address: 10.0.0.1:9901\n",
+			line: 14, path: "admin.address",
+			msg: "10.0.0.1:9901 is not a loopback address; the admin server exposes config and traces, so set admin.allow_remote: true",
+		},
+		{
+			name: "admin on all interfaces",
+			yaml: base + "admin: {address: 0.0.0.0:9901}\n",
+			line: 13, path: "admin.address",
+			msg: "0.0.0.0:9901 is not a loopback address",
+		},
+		{
+			name: "admin clashes with listener",
+			yaml: base + "admin:\n  address: 127.0.0.1:7080\n",
+			line: 14, path: "admin.address",
+			msg: `address 127.0.0.1:7080 clashes with listener "web" (listeners[0], 127.0.0.1:7080)`,
+		},
+		{
+			name: "default admin clashes with listener",
+			yaml: strings.Replace(base, "127.0.0.1:7080", "127.0.0.1:9901", 1),
+			line: 3, path: "listeners[0].address",
+			msg: "clashes with the admin server (default admin.address 127.0.0.1:9901)",
+		},
+		{
+			name: "telemetry not supported",
+			yaml: base + "telemetry:\n  service_name: hopwatch\n",
+			line: 13, path: "telemetry",
+			msg: "not supported yet",
+		},
+		{
+			name: "conversation not supported",
+			yaml: base + "conversation: {entry_routes: [chat]}\n",
+			line: 13, path: "conversation",
+			msg: "not supported yet",
+		},
+		{
+			name: "retry not supported",
+			yaml: base + "    retry: {attempts: 2, on: [unavailable], budget: 0.2}\n",
+			line: 13, path: "routes[0].retry",
+			msg: "not supported yet",
+		},
+		{
+			name: "fallback not supported",
+			yaml: base + "    fallback:\n      after: 300ms\n      use: [cache]\n",
+			line: 13, path: "routes[0].fallback",
+			msg: "not supported yet",
+		},
+		{
+			name: "breaker not supported",
+			yaml: upstreamLast + "    breaker: {window: 10s, failure_ratio: 0.5}\n",
+			line: 13, path: "upstreams[0].breaker",
+			msg: "not supported yet",
+		},
+		{
+			name: "max_concurrent not supported",
+			yaml: upstreamLast + "    max_concurrent: 512\n",
+			line: 13, path: "upstreams[0].max_concurrent",
+			msg: "not supported yet (bulkhead lands with resilience)",
+		},
+		{
+			name: "wrong kind mapping for list",
+			yaml: base + "callers: {gateway: 1}\n",
+			line: 13, path: "callers",
+			msg: "expected a list, got a mapping",
+		},
+		{
+			name: "wrong kind scalar for list",
+			yaml: base + "callers: gateway\n",
+			line: 13, path: "callers",
+			msg: `expected a list, got "gateway" (write [gateway] for a single item)`,
+		},
+		{
+			name: "wrong kind list for string",
+			yaml: upstreamLast + "    balance: [round_robin]\n",
+			line: 13, path: "upstreams[0].balance",
+			msg: "expected a string, got a list",
+		},
+		{
+			name: "wrong kind scalar for struct",
+			yaml: base + "    match: /kb/\n",
+			line: 13, path: "routes[0].match",
+			msg: "expected a mapping with fields grpc_service, grpc_method, host, path_prefix, method, headers, got \"/kb/\"",
+		},
+		{
+			// Not also "protocol is required": the decode error says it.
+			name: "wrong kind is not repeated by validation",
+			yaml: strings.Replace(base, "protocol: http\n", "protocol: [http]\n", 1),
+			line: 4, path: "listeners[0].protocol",
+			msg: "expected a string, got a list",
+		},
+		{
+			name: "top-level merge of a scalar",
+			yaml: base + "<<: oops\n",
+			line: 13, path: "",
+			msg: "<< merges a mapping or a list of mappings, got \"oops\"",
+		},
+		{
+			name: "string for bool",
+			yaml: base + "admin: {allow_remote: yes}\n",
+			line: 13, path: "admin.allow_remote",
+			msg: `expected true or false, got "yes"`,
+		},
+		{
+			name: "float for int",
+			yaml: upstreamLast + "    max_message_bytes: 1.5\n",
+			line: 13, path: "upstreams[0].max_message_bytes",
+			msg: "expected an integer, got 1.5",
+		},
+		{
+			name: "duplicate key",
+			yaml: base + "    upstream: kb\n",
+			line: 13, path: "routes[0].upstream",
+			msg: `duplicate key "upstream" (first at line 12)`,
+		},
+		{
+			name: "multi-document",
+			yaml: base + "---\nlisteners: []\n",
+			line: 13, path: "",
+			msg: "multiple YAML documents in one file",
+		},
+		{
+			name: "alias bomb",
+			yaml: aliasBomb,
+			line: 23, path: "routes[0].match.headers",
+			msg:   "document too large or alias expansion too deep",
+			count: 2, // and x-anchors is an unknown field
+		},
+		{
+			name: "merge cycle",
+			yaml: base + "    match: &m {<<: *m}\n",
+			line: 13, path: "routes[0].match",
+			msg: "alias *m refers to itself",
+		},
+		{
+			name: "custom tag",
+			yaml: base + "    timeout: !secret 5s\n",
+			line: 13, path: "routes[0].timeout",
+			msg: "unsupported YAML tag !secret",
+		},
+		{
+			name: "syntax error",
+			yaml: base + "    match: {host: [kb\n",
+			line: 13, path: "",
+			msg: "invalid YAML: did not find expected ',' or ']'",
+		},
+		{
+			name: "top level is a list",
+			yaml: "- listeners\n- routes\n",
+			line: 1, path: "",
+			msg: "expected a mapping with fields admin, telemetry, listeners, callers, routes, upstreams, conversation, got a list",
+		},
+		{
+			name: "empty file",
+			yaml: "",
+			msg:  "config is empty",
+		},
+		{
+			name: "comments only",
+			yaml: "# nothing yet\n",
+			msg:  "config is empty",
+		},
+		{
+			name: "grpc method without slash",
+			yaml: base + "    match: {grpc_method: bot.v1.NLU.Parse}\n",
+			line: 13, path: "routes[0].match.grpc_method",
+			msg: `invalid method "bot.v1.NLU.Parse": want /package.Service/Method`,
+		},
+		{
+			name: "bad header name",
+			yaml: base + "    match:\n      headers:\n        \"x session\": a\n",
+			line: 15, path: "routes[0].match.headers.x session",
+			msg: `invalid header name "x session"`,
+		},
+	}
+}
+
+// aliasBomb would expand to 9^9 header entries from a few hundred bytes:
+// each level merges the previous one nine times. Lists of lists cannot
+// expand (no field is a list of lists), so merges are the way to multiply.
+const aliasBomb = `x-anchors:
+  a: &a {k0: v, k1: v, k2: v, k3: v, k4: v, k5: v, k6: v, k7: v, k8: v}
+  b: &b {<<: [*a, *a, *a, *a, *a, *a, *a, *a, *a]}
+  c: &c {<<: [*b, *b, *b, *b, *b, *b, *b, *b, *b]}
+  d: &d {<<: [*c, *c, *c, *c, *c, *c, *c, *c, *c]}
+  e: &e {<<: [*d, *d, *d, *d, *d, *d, *d, *d, *d]}
+  f: &f {<<: [*e, *e, *e, *e, *e, *e, *e, *e, *e]}
+  g: &g {<<: [*f, *f, *f, *f, *f, *f, *f, *f, *f]}
+  h: &h {<<: [*g, *g, *g, *g, *g, *g, *g, *g, *g]}
+  i: &i {<<: [*h, *h, *h, *h, *h, *h, *h, *h, *h]}
+` + base + "    match: {headers: *i}\n"
+
+func TestParseInvalid(t *testing.T) {
+	for _, tc := range invalidCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := config.Parse("hopwatch.yaml", []byte(tc.yaml))
+			if cfg != nil {
+				t.Errorf("Parse returned a config along with the error")
+			}
+			var errs config.Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("Parse error = %v (%T), want config.Errors", err, err)
+			}
+			want := max(tc.count, 1)
+			if len(errs) != want {
+				t.Errorf("got %d errors, want %d:\n%v", len(errs), want, err)
+			}
+			for _, e := range errs {
+				if e.Path == tc.path && e.Line == tc.line && strings.Contains(e.Msg, tc.msg) {
+					if e.File != "hopwatch.yaml" {
+						t.Errorf("File = %q, want hopwatch.yaml", e.File)
+					}
+					return
+				}
+			}
+			t.Errorf("no error at line %d, path %q containing %q; got:\n%v", tc.line, tc.path, tc.msg, err)
+		})
+	}
+}
+
+func TestParseReportsEveryError(t *testing.T) {
+	const file = `listeners:
+  - name: web
+    address: 127.0.0.1
+    protocol: http
+    colour: blue
+upstreams:
+  - name: kb
+    protocol: tcp
+    endpoints: [127.0.0.1:7201]
+    dial_timeout: 3
+routes:
+  - name: kb
+    listener: web
+    upstream: kb2
+    timeout: 2x
+telemetry: {}
+`
+	_, err := config.Parse("hopwatch.yaml", []byte(file))
+	var errs config.Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("Parse error = %v, want config.Errors", err)
+	}
+	type at struct {
+		line int
+		path string
+	}
+	want := []at{
+		{3, "listeners[0].address"},
+		{5, "listeners[0].colour"},
+		{8, "upstreams[0].protocol"},
+		{10, "upstreams[0].dial_timeout"},
+		{14, "routes[0].upstream"},
+		{15, "routes[0].timeout"},
+		{16, "telemetry"},
+	}
+	var got []at
+	for _, e := range errs {
+		got = append(got, at{e.Line, e.Path})
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("errors at %v, want %v; full list:\n%v", got, want, err)
+	}
+	first := "hopwatch.yaml:3:5: listeners[0].address: invalid address \"127.0.0.1\""
+	if !strings.HasPrefix(err.Error(), first) {
+		t.Errorf("Error() starts %q, want prefix %q", strings.SplitN(err.Error(), "\n", 2)[0], first)
+	}
+}
+
+const fullExample = `# The design document's example, without the sections not implemented yet.
+admin:
+  address: localhost:9901
+listeners:
+  - {name: bot-grpc, address: 127.0.0.1:7000, protocol: grpc, caller_header: x-hop-caller}
+  - name: bot-http
+    address: 127.0.0.1:7080
+    protocol: http
+    caller: gateway
+    trusted_proxies: [10.0.0.0/8, 192.168.1.10]
+    max_message_bytes: 1048576
+callers: [client, gateway, nlu, dm, inference]
+routes:
+  - name: nlu
+    listener: bot-grpc
+    match: {grpc_service: bot.v1.NLU}
+    upstream: nlu
+    timeout: 2s
+  - name: parse
+    listener: bot-grpc
+    match: {grpc_method: /bot.v1.NLU/Parse}
+    upstream: nlu
+    retry: null
+  - name: kb-search
+    listener: bot-http
+    match:
+      path_prefix: /kb/
+      method: POST
+      host: kb.example.com
+      headers: {x-tenant: acme}
+    upstream: kb
+    timeout: 0
+upstreams:
+  - &defaults
+    name: nlu
+    protocol: grpc
+    endpoints: [127.0.0.1:7101, 127.0.0.1:7102]
+    balance: round_robin
+    dial_timeout: 500ms
+  - <<: *defaults
+    name: kb
+    protocol: http
+    endpoints: ["kb.internal:8080"]
+    balance:
+`
+
+func TestParseValid(t *testing.T) {
+	cfg, err := config.Parse("hopwatch.yaml", []byte(fullExample))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	want := &config.Config{
+		Admin: config.Admin{Address: "localhost:9901"},
+		Spec: routes.Spec{
+			Listeners: []routes.Listener{
+				{Name: "bot-grpc", Address: "127.0.0.1:7000", Protocol: "grpc", CallerHeader: "x-hop-caller",
+					MaxMessageBytes: routes.DefaultMaxMessageBytes},
+				{Name: "bot-http", Address: "127.0.0.1:7080", Protocol: "http", Caller: "gateway",
+					TrustedProxies: []string{"10.0.0.0/8", "192.168.1.10"}, MaxMessageBytes: 1 << 20},
+			},
+			Callers: []string{"client", "gateway", "nlu", "dm", "inference"},
+			Routes: []routes.Route{
+				{Name: "nlu", Listener: "bot-grpc", Match: routes.Match{GRPCService: "bot.v1.NLU"}, Upstream: "nlu", Timeout: 2 * time.Second},
+				{Name: "parse", Listener: "bot-grpc", Match: routes.Match{GRPCMethod: "/bot.v1.NLU/Parse"}, Upstream: "nlu"},
+				{Name: "kb-search", Listener: "bot-http", Upstream: "kb", Match: routes.Match{
+					PathPrefix: "/kb/", Method: "POST", Host: "kb.example.com", Headers: map[string]string{"x-tenant": "acme"}}},
+			},
+			Upstreams: []routes.Upstream{
+				{Name: "nlu", Protocol: "grpc", Endpoints: []string{"127.0.0.1:7101", "127.0.0.1:7102"},
+					Balance: "round_robin", DialTimeout: 500 * time.Millisecond, MaxMessageBytes: routes.DefaultMaxMessageBytes},
+				// Merged from nlu, with balance: explicitly emptied back to
+				// the default.
+				{Name: "kb", Protocol: "http", Endpoints: []string{"kb.internal:8080"},
+					Balance: "p2c_ewma", DialTimeout: 500 * time.Millisecond, MaxMessageBytes: routes.DefaultMaxMessageBytes},
+			},
+		},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("Parse =\n%+v\nwant\n%+v", cfg, want)
+	}
+}
+
+func TestParseDefaults(t *testing.T) {
+	cfg, err := config.Parse("min.yaml", []byte(base))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if cfg.Admin.Address != config.DefaultAdminAddress {
+		t.Errorf("admin address = %q, want %q", cfg.Admin.Address, config.DefaultAdminAddress)
+	}
+	u := cfg.Upstreams[0]
+	if u.Balance != routes.BalanceP2CEWMA || u.DialTimeout != routes.DefaultDialTimeout || u.MaxMessageBytes != routes.DefaultMaxMessageBytes {
+		t.Errorf("upstream defaults = %q %v %d", u.Balance, u.DialTimeout, u.MaxMessageBytes)
+	}
+	if got := cfg.Listeners[0].MaxMessageBytes; got != routes.DefaultMaxMessageBytes {
+		t.Errorf("listener max_message_bytes = %d, want %d", got, routes.DefaultMaxMessageBytes)
+	}
+}
+
+func TestParseAccepts(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		yaml string
+	}{
+		{"admin remote when allowed", base + "admin: {address: 0.0.0.0:9901, allow_remote: true}\n"},
+		{"admin on ipv6 loopback", base + "admin: {address: \"[::1]:9901\"}\n"},
+		{"null sections", base + "telemetry: null\nconversation: ~\n"},
+		{"trailing document marker", base + "---\n"},
+		{"leading document marker", "---\n" + base},
+		{"zero duration", base + "    timeout: 0\n"},
+		{"empty callers", base + "callers: []\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := config.Parse("hopwatch.yaml", []byte(tc.yaml)); err != nil {
+				t.Errorf("Parse: %v", err)
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "hopwatch.yaml")
+	if err := os.WriteFile(path, []byte(base), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if len(cfg.Routes) != 1 {
+		t.Errorf("routes = %d, want 1", len(cfg.Routes))
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte(base+"    timeout: 5\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = config.Load(bad)
+	if want := bad + ":13:14: routes[0].timeout: invalid duration 5"; err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("Load(bad) = %v, want prefix %q", err, want)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nope.yaml")
+	_, err := config.Load(path)
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Load = %v, want fs.ErrNotExist", err)
+	}
+	if !strings.Contains(err.Error(), path) {
+		t.Errorf("error %q does not name the file", err)
+	}
+}
+
+func TestLoadTooLarge(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "big.yaml")
+	big := base + "# " + strings.Repeat("x", 5<<20) + "\n"
+	if err := os.WriteFile(path, []byte(big), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := config.Load(path)
+	var errs config.Errors
+	if !errors.As(err, &errs) || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("Load = %v, want a size error", err)
+	}
+}
+
+func TestErrorString(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  config.Error
+		want string
+	}{
+		{"full", config.Error{File: "h.yaml", Line: 3, Col: 5, Path: "routes[0].timeout", Msg: "bad"}, "h.yaml:3:5: routes[0].timeout: bad"},
+		{"no column", config.Error{File: "h.yaml", Line: 3, Msg: "invalid YAML"}, "h.yaml:3: invalid YAML"},
+		{"no position", config.Error{File: "h.yaml", Msg: "config is empty"}, "h.yaml: config is empty"},
+		{"no file", config.Error{Path: "admin", Msg: "bad"}, "admin: bad"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.err.Error(); got != tc.want {
+				t.Errorf("Error() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+	errs := config.Errors{{File: "a", Line: 1, Msg: "x"}, {File: "a", Line: 2, Msg: "y"}}
+	if got, want := errs.Error(), "a:1: x\na:2: y"; got != want {
+		t.Errorf("Errors.Error() = %q, want %q", got, want)
+	}
+}
