@@ -1,0 +1,12 @@
+// Package proxy owns the listeners and the forwarding: gRPC on grpc-go's own
+// server transport with a raw pass-through codec, HTTP/1.1 and h2c through
+// httputil.ReverseProxy, upstream connection pools, load balancing and the
+// mapping of errors to responses.
+//
+// It is first and last on the request path: listener → routes.Table.Match →
+// hop → resilience → upstream endpoint. Configuration arrives as a
+// routes.Spec through Proxy.Apply, which builds a complete new generation
+// (route table, upstream pools, listeners) before swapping it in atomically;
+// requests hold the generation they started on until they end, so a reload
+// never cuts a call or a stream in flight.
+package proxy

@@ -1,0 +1,164 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	_ "google.golang.org/grpc/encoding/gzip" // accept gzip-compressed messages from clients, as upstreams would
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/hopwatch/hopwatch/routes"
+)
+
+// bidi describes every proxied call: the proxy does not know, and need not
+// know, which of the four kinds a method is; a full-duplex stream carries
+// all of them.
+var bidi = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+// newGRPCServer builds the listener's server: no services are registered,
+// every call reaches handle through grpc.UnknownServiceHandler and moves as
+// raw frames.
+func (p *Proxy) newGRPCServer(listener string, maxMsg int) *grpc.Server {
+	return grpc.NewServer(
+		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			return p.handleGRPC(listener, ss)
+		}),
+		grpc.ForceServerCodecV2(rawCodec{}),
+		grpc.MaxRecvMsgSize(maxMsg),
+		grpc.MaxSendMsgSize(maxMsg),
+	)
+}
+
+// mdHeader adapts gRPC metadata to routes.Header.
+type mdHeader metadata.MD
+
+func (m mdHeader) Get(key string) string {
+	if v := m[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// handleGRPC serves one call of any kind on a gRPC listener.
+func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
+	gen := p.acquire()
+	defer gen.release()
+
+	ctx := ss.Context()
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return status.Error(codes.Internal, "hopwatch: no method on server stream")
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	req := routes.Request{Host: mdHeader(md).Get(":authority"), Path: method, Method: "POST", Header: mdHeader(md)}
+	idx := gen.table.Match(listener, &req)
+	if idx < 0 {
+		return grpcError(errNoRoute, method)
+	}
+	rt := gen.routes[idx]
+
+	// The upstream call lives in a context derived from the client's, so
+	// the client's deadline travels as grpc-timeout and its cancellation
+	// cancels the upstream call. A route timeout can only shorten it.
+	var cancel context.CancelFunc
+	if rt.spec.Timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, rt.spec.Timeout)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+	}
+	defer cancel()
+	// grpc-go drops reserved and pseudo headers (content-type, te,
+	// :authority, grpc-timeout, ...) from outgoing metadata itself, and sets
+	// its own; everything else, -bin keys included, passes as received.
+	ctx = metadata.NewOutgoingContext(ctx, md)
+	opts := callOptions(md)
+
+	cs, ep, err := rt.up.openGRPC(ctx, bidi, method, opts...)
+	if err != nil {
+		return grpcError(upstreamError(err), method)
+	}
+	defer ep.inflight.Add(-1)
+	start := p.now()
+	err = forwardGRPC(ss, cs, cancel)
+	if err == nil || status.Code(err) != codes.Unavailable {
+		ep.observe(p.now(), p.now().Sub(start))
+	}
+	return err
+}
+
+// callOptions keeps the client's content-subtype (application/grpc+json
+// stays +json) so that the upstream picks the same codec it would directly.
+func callOptions(md metadata.MD) []grpc.CallOption {
+	ct := mdHeader(md).Get("content-type")
+	sub, ok := strings.CutPrefix(ct, "application/grpc")
+	if !ok || len(sub) < 2 || (sub[0] != '+' && sub[0] != ';') {
+		return nil
+	}
+	sub = sub[1:]
+	if i := strings.IndexByte(sub, ';'); i >= 0 {
+		sub = sub[:i]
+	}
+	return []grpc.CallOption{grpc.CallContentSubtype(sub)}
+}
+
+// forwardGRPC pumps frames both ways until the upstream ends the call, then
+// hands its trailers and status to the client. cancel aborts the upstream
+// call when the client side fails.
+func forwardGRPC(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelFunc) error {
+	// Client → upstream runs in its own goroutine; it ends when the client
+	// half-closes (then CloseSend), when the upstream call ends (SendMsg
+	// fails), or when the server stream is finished after this handler
+	// returns (RecvMsg fails).
+	go func() {
+		var f frame
+		for {
+			if err := ss.RecvMsg(&f); err != nil {
+				if errors.Is(err, io.EOF) {
+					cs.CloseSend()
+				} else {
+					cancel()
+				}
+				return
+			}
+			if err := cs.SendMsg(&f); err != nil {
+				// io.EOF: the upstream ended the call; its status comes
+				// from RecvMsg on the other side.
+				f.release()
+				return
+			}
+		}
+	}()
+
+	// Upstream → client, in the handler goroutine: headers as soon as the
+	// upstream sends them (not with the first message), then messages, then
+	// trailers. A trailers-only response (Header returns nil, nil) stays
+	// trailers-only.
+	md, err := cs.Header()
+	if err == nil && md != nil {
+		if err := ss.SendHeader(md); err != nil {
+			cancel()
+			return err
+		}
+	}
+	var f frame
+	for {
+		err := cs.RecvMsg(&f)
+		if err != nil {
+			ss.SetTrailer(cs.Trailer())
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if err := ss.SendMsg(&f); err != nil {
+			f.release()
+			cancel()
+			return err
+		}
+	}
+}

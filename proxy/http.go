@@ -1,0 +1,145 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+
+	"github.com/hopwatch/hopwatch/routes"
+)
+
+// ServeHTTP-side of an HTTP listener: match, then hand the request to the
+// route's reverse proxy.
+type httpHandler struct {
+	p        *Proxy
+	listener string
+}
+
+func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	gen := h.p.acquire()
+	defer gen.release()
+
+	req := routes.Request{Host: r.Host, Path: r.URL.Path, Method: r.Method, Header: r.Header}
+	idx := gen.table.Match(h.listener, &req)
+	if idx < 0 {
+		writeError(w, r, errNoRoute)
+		return
+	}
+	rt := gen.routes[idx]
+	if rt.spec.Timeout > 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), rt.spec.Timeout)
+		defer cancel()
+		r = r.WithContext(ctx) // a shallow copy: the inbound request is untouched
+	}
+	// net/http adds a Date header when the handler sets none; a nil entry
+	// suppresses that, so the client sees the upstream's Date or none, as it
+	// would directly. (copyHeader appends the upstream's to the nil slice.)
+	w.Header()["Date"] = nil
+	if isGRPCRequest(r) {
+		// Likewise Content-Length: HTTP/2 would add "content-length: 0" to
+		// a gRPC trailers-only response, which gRPC clients then show as
+		// trailer metadata.
+		w.Header()["Content-Length"] = nil
+	}
+	rt.http.ServeHTTP(w, r)
+}
+
+// newReverseProxy builds the reverse proxy of one HTTP-listener route.
+func newReverseProxy(up *upstream, trusted []netip.Prefix, log *slog.Logger) *httputil.ReverseProxy {
+	// The host is a placeholder: upstream.RoundTrip puts the picked
+	// endpoint there. Leaving Out.Host empty makes the Host header the
+	// endpoint's, as if the client had called it directly; the original
+	// travels in X-Forwarded-Host.
+	target := &url.URL{Scheme: "http", Host: up.spec.Name}
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = ""
+			// Rewrite has already dropped Forwarded and X-Forwarded-* from
+			// Out. A trusted peer's chain is kept and extended; anyone
+			// else's claims are discarded.
+			if isTrusted(pr.In.RemoteAddr, trusted) {
+				for _, k := range []string{"Forwarded", "X-Forwarded-For"} {
+					if v, ok := pr.In.Header[k]; ok {
+						pr.Out.Header[k] = v
+					}
+				}
+				pr.SetXForwarded()
+				for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto"} {
+					if v, ok := pr.In.Header[k]; ok {
+						pr.Out.Header[k] = v
+					}
+				}
+				return
+			}
+			pr.SetXForwarded()
+		},
+		Transport: up,
+		// An HTTP/2 (h2c) upstream may send Content-Length together with
+		// trailers: HTTP/2 frames trailers independently of the body
+		// length, and Go's HTTP/2 server does so for short bodies. Copied
+		// to an HTTP/1.1 client, that length forces identity framing,
+		// which cannot carry trailers (RFC 9112 §7.1.2: only chunked
+		// does), so the trailers were silently lost. Dropping the length
+		// of a response that announces trailers lets the server chunk it.
+		// (Found by TestHTTPTransparency "response trailers" with an
+		// HTTP/1.1 client and an h2c upstream.)
+		ModifyResponse: func(res *http.Response) error {
+			if len(res.Trailer) > 0 {
+				res.Header.Del("Content-Length")
+				res.ContentLength = -1
+			}
+			return nil
+		},
+		// FlushInterval stays 0: ReverseProxy already flushes every write
+		// of responses without a Content-Length (chunked, gRPC, streamed
+		// tokens) and of text/event-stream. A negative value would also
+		// flush the headers of a gRPC trailers-only response before its end,
+		// splitting it into headers + empty trailers, which gRPC clients
+		// reject ("server closed the stream without sending trailers").
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			writeError(w, r, upstreamError(err))
+		},
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+func isTrusted(remoteAddr string, trusted []netip.Prefix) bool {
+	if len(trusted) == 0 {
+		return false
+	}
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, p := range trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseTrusted reads validated trusted_proxies entries: CIDRs or bare IPs.
+func parseTrusted(list []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		if ip, err := netip.ParseAddr(s); err == nil {
+			out = append(out, netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()))
+		}
+	}
+	return out
+}

@@ -1,0 +1,179 @@
+package proxy_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/hopwatch/hopwatch/proxy"
+	"github.com/hopwatch/hopwatch/routes"
+)
+
+func TestGRPCDeadlines(t *testing.T) {
+	backend := startEcho(t)
+	p := proxy.New(proxy.Options{})
+	spec := &routes.Spec{
+		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
+		Routes: []routes.Route{
+			{Name: "short", Listener: "grpc", Match: routes.Match{Headers: map[string]string{"x-short": "1"}}, Upstream: "echo", Timeout: 500 * time.Millisecond},
+			{Name: "echo", Listener: "grpc", Upstream: "echo"},
+		},
+		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+	}
+	if err := p.Apply(spec); err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, p)
+	cc := dial(t, p.Addr("grpc").String())
+	cases := []struct {
+		name          string
+		clientTimeout time.Duration // 0: no deadline
+		md            metadata.MD
+		wantMax       int64 // upper bound of the deadline the upstream sees, ms; -1: none
+	}{
+		{"client deadline propagates", 3 * time.Second, nil, 3000},
+		{"no deadline stays none", 0, nil, -1},
+		{"route timeout shortens the client's", 3 * time.Second, metadata.Pairs("x-short", "1"), 500},
+		{"route timeout applies without a client deadline", 0, metadata.Pairs("x-short", "1"), 500},
+		{"client deadline shorter than route timeout wins", 300 * time.Millisecond, metadata.Pairs("x-short", "1"), 300},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			if tc.clientTimeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.clientTimeout)
+				defer cancel()
+			}
+			md := metadata.Join(tc.md, metadata.Pairs("x-deadline", "1"))
+			o := unary(ctx, cc, "/"+echoService+"/Unary", md, nil)
+			if o.Code != codes.OK {
+				t.Fatalf("call failed: %v", o)
+			}
+			got := o.Header["deadline-ms"]
+			if len(got) != 1 {
+				t.Fatalf("no deadline report in %v", o.Header)
+			}
+			if tc.wantMax < 0 {
+				if got[0] != "none" {
+					t.Fatalf("upstream saw deadline %sms, want none", got[0])
+				}
+				return
+			}
+			ms, err := strconv.ParseInt(got[0], 10, 64)
+			if err != nil || ms <= 0 || ms > tc.wantMax {
+				t.Fatalf("upstream saw deadline %q ms, want in (0, %d]", got[0], tc.wantMax)
+			}
+		})
+	}
+}
+
+func TestGRPCCancellation(t *testing.T) {
+	t.Run("client cancels: upstream call is canceled", func(t *testing.T) {
+		backend := startEcho(t)
+		_, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
+		for _, addr := range []string{grpcAddr, httpAddr} {
+			ctx, cancel := context.WithCancel(context.Background())
+			cs, err := dial(t, addr).NewStream(metadata.AppendToOutgoingContext(ctx, "x-block-after-header", "1"),
+				&grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/"+echoService+"/Bidi")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cs.Header(); err != nil {
+				t.Fatalf("%s: header: %v", addr, err)
+			}
+			cancel()
+			select {
+			case m := <-backend.canceled:
+				if m != "Bidi" {
+					t.Fatalf("canceled %q", m)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: upstream call not canceled after the client canceled", addr)
+			}
+		}
+	})
+	t.Run("client deadline expires: upstream call is canceled", func(t *testing.T) {
+		backend := startEcho(t)
+		_, grpcAddr, _ := grpcProxy(t, backend.addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		o := unary(ctx, dial(t, grpcAddr), "/"+echoService+"/Unary", metadata.Pairs("x-block", "1"), nil)
+		if o.Code != codes.DeadlineExceeded {
+			t.Fatalf("got %v, want DeadlineExceeded", o.Code)
+		}
+		select {
+		case <-backend.canceled:
+		case <-time.After(10 * time.Second):
+			t.Fatal("upstream call still running after the deadline")
+		}
+	})
+	t.Run("upstream goes away: client sees the call end", func(t *testing.T) {
+		backend := startEcho(t)
+		_, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
+		var streams []grpc.ClientStream
+		for _, addr := range []string{grpcAddr, httpAddr} {
+			cs, err := dial(t, addr).NewStream(metadata.AppendToOutgoingContext(context.Background(), "x-block-after-header", "1"),
+				&grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/"+echoService+"/Bidi")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cs.Header(); err != nil {
+				t.Fatal(err)
+			}
+			streams = append(streams, cs)
+		}
+		backend.srv.Stop() // closes connections under the calls
+		for i, cs := range streams {
+			done := make(chan error, 1)
+			go func() { done <- cs.RecvMsg(new(wrapperspb.BytesValue)) }()
+			select {
+			case err := <-done:
+				if c := status.Code(err); c != codes.Unavailable && c != codes.Canceled && c != codes.Internal {
+					t.Fatalf("stream %d ended with %v, want an error status", i, err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("stream %d still open after the upstream went away", i)
+			}
+		}
+	})
+}
+
+func TestGRPCMessageLimit(t *testing.T) {
+	backend := startEcho(t)
+	p := proxy.New(proxy.Options{})
+	spec := &routes.Spec{
+		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", MaxMessageBytes: 1 << 20}},
+		Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
+		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+	}
+	if err := p.Apply(spec); err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, p)
+	cc := dial(t, p.Addr("grpc").String())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if o := unary(ctx, cc, "/"+echoService+"/Unary", nil, bigPayload(2<<20)); o.Code != codes.ResourceExhausted {
+		t.Fatalf("2 MiB over a 1 MiB limit: got %v, want ResourceExhausted", o)
+	}
+	if o := unary(ctx, cc, "/"+echoService+"/Unary", nil, bigPayload(512<<10)); o.Code != codes.OK {
+		t.Fatalf("512 KiB under the limit: got %v", o)
+	}
+}
+
+func shutdown(t testing.TB, p *proxy.Proxy) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(ctx); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}

@@ -1,0 +1,370 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/hopwatch/hopwatch/routes"
+)
+
+// upstream is the connection pool and balancer of one configured upstream.
+// It is shared by every generation whose spec for it is identical, so a
+// reload that does not touch an upstream keeps its warm connections.
+type upstream struct {
+	spec routes.Upstream
+	eps  []*endpoint
+	bal  balancer
+	now  func() time.Time
+
+	// conns holds one long-lived ClientConn per endpoint, used by gRPC
+	// listeners (for grpc and h2c upstreams). grpc.NewClient does not
+	// connect until the first call, so unused ones cost nothing.
+	conns []*grpc.ClientConn
+	// transport carries HTTP listener traffic: HTTP/1.1 keep-alive for
+	// "http", prior-knowledge HTTP/2 for "h2c" and "grpc".
+	transport *http.Transport
+
+	mu    sync.Mutex // guards users
+	users int        // generations holding this upstream
+}
+
+func newUpstream(spec routes.Upstream, now func() time.Time) (*upstream, error) {
+	u := &upstream{spec: spec, now: now}
+	switch spec.Balance {
+	case routes.BalanceRoundRobin:
+		u.bal = &roundRobin{}
+	default:
+		u.bal = p2cEWMA{}
+	}
+	dialTimeout := spec.DialTimeout
+	if dialTimeout <= 0 {
+		dialTimeout = routes.DefaultDialTimeout
+	}
+	maxMsg := spec.MaxMessageBytes
+	if maxMsg <= 0 {
+		maxMsg = routes.DefaultMaxMessageBytes
+	}
+	for _, addr := range spec.Endpoints {
+		u.eps = append(u.eps, &endpoint{addr: addr})
+		cc, err := grpc.NewClient(addr,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(
+				grpc.ForceCodecV2(rawCodec{}),
+				grpc.MaxCallRecvMsgSize(maxMsg),
+				grpc.MaxCallSendMsgSize(maxMsg),
+			),
+			// Reconnect quickly once an endpoint is back: grpc-go's
+			// default backoff grows to two minutes.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff: backoff.Config{
+					BaseDelay:  100 * time.Millisecond,
+					Multiplier: 1.6,
+					Jitter:     0.2,
+					MaxDelay:   5 * time.Second,
+				},
+				MinConnectTimeout: dialTimeout,
+			}),
+			// The proxy must not retry on its own: a retry policy is a
+			// route decision (and would hide failures from telemetry).
+			grpc.WithDisableRetry(),
+		)
+		if err != nil {
+			u.close()
+			return nil, fmt.Errorf("upstream %q endpoint %q: %w", spec.Name, addr, err)
+		}
+		u.conns = append(u.conns, cc)
+	}
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	t := &http.Transport{
+		DialContext:         dialer.DialContext,
+		MaxIdleConns:        0, // per-host limit below is what matters
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		// Transparency: never add Accept-Encoding nor decompress what the
+		// upstream sends.
+		DisableCompression:    true,
+		ExpectContinueTimeout: time.Second,
+	}
+	t.Protocols = new(http.Protocols)
+	if spec.Protocol == routes.UpstreamHTTP {
+		t.Protocols.SetHTTP1(true)
+	} else {
+		t.Protocols.SetUnencryptedHTTP2(true)
+	}
+	u.transport = t
+	return u, nil
+}
+
+// sameSpec reports whether this pool can serve spec unchanged.
+func (u *upstream) sameSpec(spec routes.Upstream) bool {
+	return reflect.DeepEqual(u.spec, spec)
+}
+
+func (u *upstream) close() {
+	for _, cc := range u.conns {
+		cc.Close()
+	}
+	if u.transport != nil {
+		u.transport.CloseIdleConnections()
+	}
+}
+
+// pickHTTP chooses an endpoint not marked down.
+func (u *upstream) pickHTTP(tried uint64) int {
+	now := u.now()
+	return u.bal.pick(u.eps, tried, func(i int) bool { return !u.eps[i].isDown(now) })
+}
+
+// pickGRPC chooses an endpoint not marked down whose connection is not known
+// to be failing.
+func (u *upstream) pickGRPC(tried uint64) int {
+	now := u.now()
+	return u.bal.pick(u.eps, tried, func(i int) bool {
+		return !u.eps[i].isDown(now) && u.conns[i].GetState() != connectivity.TransientFailure
+	})
+}
+
+// errNoEndpoint is returned when every endpoint was tried and refused.
+var errNoEndpoint = errors.New("no endpoint available")
+
+// RoundTrip implements http.RoundTripper for the HTTP listener's reverse
+// proxy: it picks an endpoint, and if connecting fails before anything of the
+// request was sent, marks the endpoint down and tries the next one.
+func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
+	var body *sentTracker
+	if req.Body != nil && req.Body != http.NoBody {
+		// http.Transport closes the body on every error; the tracker keeps
+		// it open so that an attempt that never connected can be repeated.
+		streaming := req.ContentLength < 0 && u.spec.Protocol != routes.UpstreamHTTP
+		body = newSentTracker(req.Body, streaming)
+	}
+	var tried uint64
+	var lastErr error
+	for attempt := 0; attempt < len(u.eps); attempt++ {
+		now := u.now()
+		i := u.pickHTTP(tried)
+		if i < 0 {
+			break
+		}
+		tried |= 1 << min(i, 63)
+		ep := u.eps[i]
+
+		out := *req
+		url := *req.URL
+		url.Host = ep.addr
+		out.URL = &url
+		if body != nil {
+			out.Body = body
+		}
+		ep.inflight.Add(1)
+		resp, err := u.transport.RoundTrip(&out)
+		if err != nil {
+			ep.inflight.Add(-1)
+			lastErr = err
+			if isDialError(err) {
+				ep.markDown(u.now())
+				if (body == nil || !body.read.Load()) && req.Context().Err() == nil {
+					continue
+				}
+			}
+			return nil, err
+		}
+		ep.observe(u.now(), u.now().Sub(now))
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// The body is the upgraded connection (an io.ReadWriteCloser
+			// that ReverseProxy needs as such); it is not a request any more.
+			ep.inflight.Add(-1)
+			return resp, nil
+		}
+		resp.Body = &doneBody{ReadCloser: resp.Body, ep: ep}
+		return resp, nil
+	}
+	if lastErr == nil {
+		lastErr = errNoEndpoint
+	}
+	return nil, lastErr
+}
+
+// isDialError reports whether err means no connection was made, so nothing
+// of the request reached the upstream.
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// sentTracker wraps the request body of one upstream call.
+//
+// It notes whether any of the body was read. Until then it ignores Close:
+// http.Transport closes the body on every error, and an attempt that never
+// connected must be repeatable with the same body.
+//
+// For streaming bodies to HTTP/2 upstreams it also reads through a pump
+// goroutine, so that Close can end a Read that is blocked on the client. The
+// HTTP/2 transport only fails a stream's response body after its request
+// writer returns, and that writer sits in Read for as long as the client
+// keeps its stream open and silent (a gRPC bidi call, say): without the pump
+// a dead upstream would leave such a client waiting forever.
+type sentTracker struct {
+	r    io.ReadCloser
+	read atomic.Bool
+
+	detach  bool // read through the pump
+	started bool // pump running; only the reader touches it
+	res     chan chunk
+	ack     chan struct{}
+	closed  chan struct{}
+	once    sync.Once
+	left    []byte
+	leftErr error
+}
+
+type chunk struct {
+	b   []byte
+	err error
+}
+
+// errBodyAbandoned ends a pumped Read once the transport gave up the body.
+var errBodyAbandoned = errors.New("request body abandoned by the upstream transport")
+
+func newSentTracker(body io.ReadCloser, detach bool) *sentTracker {
+	s := &sentTracker{r: body, detach: detach}
+	if detach {
+		s.res = make(chan chunk)
+		s.ack = make(chan struct{})
+		s.closed = make(chan struct{})
+	}
+	return s
+}
+
+func (s *sentTracker) Read(p []byte) (int, error) {
+	s.read.Store(true)
+	if !s.detach {
+		return s.r.Read(p)
+	}
+	if !s.started {
+		s.started = true
+		go s.pump()
+	}
+	if len(s.left) == 0 && s.leftErr == nil {
+		select {
+		case c := <-s.res:
+			s.left, s.leftErr = c.b, c.err
+		case <-s.closed:
+			return 0, errBodyAbandoned
+		}
+	}
+	n := copy(p, s.left)
+	s.left = s.left[n:]
+	if len(s.left) > 0 {
+		return n, nil
+	}
+	if s.leftErr != nil {
+		return n, s.leftErr
+	}
+	select { // the pump may reuse its buffer now
+	case s.ack <- struct{}{}:
+	case <-s.closed:
+	}
+	return n, nil
+}
+
+// pump reads the client's body with its own buffer. It ends at the body's
+// end or error, or, once the transport has abandoned the body, as soon as
+// its blocked Read returns (at the latest when the handler ends and the
+// server closes the inbound body).
+func (s *sentTracker) pump() {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := s.r.Read(buf)
+		select {
+		case s.res <- chunk{buf[:n], err}:
+		case <-s.closed:
+			return
+		}
+		if err != nil {
+			return
+		}
+		select {
+		case <-s.ack:
+		case <-s.closed:
+			return
+		}
+	}
+}
+
+func (s *sentTracker) Close() error {
+	if !s.read.Load() {
+		return nil // the server closes the inbound body when the handler ends
+	}
+	if s.detach {
+		s.once.Do(func() { close(s.closed) })
+		return nil
+	}
+	return s.r.Close()
+}
+
+// doneBody ends the endpoint's in-flight count once the response body is
+// finished, so long streams count as load.
+type doneBody struct {
+	io.ReadCloser
+	ep   *endpoint
+	once sync.Once
+}
+
+func (b *doneBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.done()
+	}
+	return n, err
+}
+
+func (b *doneBody) Close() error {
+	b.done()
+	return b.ReadCloser.Close()
+}
+
+func (b *doneBody) done() { b.once.Do(func() { b.ep.inflight.Add(-1) }) }
+
+// openGRPC opens the upstream stream for method, skipping endpoints whose
+// connection fails before the stream exists (nothing was sent to them).
+func (u *upstream) openGRPC(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, *endpoint, error) {
+	var tried uint64
+	var lastErr error
+	for attempt := 0; attempt < len(u.eps); attempt++ {
+		i := u.pickGRPC(tried)
+		if i < 0 {
+			break
+		}
+		tried |= 1 << min(i, 63)
+		ep := u.eps[i]
+		ep.inflight.Add(1)
+		cs, err := u.conns[i].NewStream(ctx, desc, method, opts...)
+		if err == nil {
+			return cs, ep, nil
+		}
+		ep.inflight.Add(-1)
+		lastErr = err
+		if ctx.Err() != nil || !isUnavailable(err) {
+			return nil, nil, err
+		}
+		ep.markDown(u.now())
+	}
+	if lastErr == nil {
+		lastErr = errNoEndpoint
+	}
+	return nil, nil, lastErr
+}
