@@ -1,0 +1,8 @@
+// Package admin is the admin HTTP server: health and readiness for
+// orchestrators, the effective configuration with the last reload result,
+// and (as telemetry lands) /metrics, the JSON APIs and the dashboard.
+//
+// It sits beside the request path, never on it: it reads what the other
+// packages expose and changes no routing. It listens on loopback unless the
+// configuration says otherwise, because it shows configuration and traces.
+package admin

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/hopwatch/hopwatch/admin"
+	"github.com/hopwatch/hopwatch/config"
+	"github.com/hopwatch/hopwatch/proxy"
+)
+
+// app is one running hopwatch: configuration file, proxy, admin server.
+type app struct {
+	path  string
+	log   *slog.Logger
+	proxy *proxy.Proxy
+	admin *admin.Server
+
+	ready atomic.Bool
+
+	mu        sync.Mutex // serializes reloads; guards the fields below
+	cfg       *config.Config
+	adminAddr string
+	last      reloadResult
+}
+
+// reloadResult is the outcome of the last load, shown at /config.
+type reloadResult struct {
+	Time    time.Time `json:"time"`
+	Trigger string    `json:"trigger"`
+	OK      bool      `json:"ok"`
+	Errors  []string  `json:"errors,omitempty"`
+}
+
+// start loads the file, binds the admin server and every listener. Any
+// error leaves nothing running.
+func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	a := &app{
+		path:      path,
+		log:       log,
+		proxy:     proxy.New(proxy.Options{Logger: log, DrainTimeout: grace}),
+		cfg:       cfg,
+		adminAddr: cfg.Admin.Address,
+		last:      reloadResult{Time: time.Now(), Trigger: "start", OK: true},
+	}
+	a.admin = admin.New(admin.Options{Logger: log, Ready: a.ready.Load, Config: a.configDoc})
+	if err := a.admin.Start(cfg.Admin.Address); err != nil {
+		return nil, err
+	}
+	if err := a.proxy.Apply(&cfg.Spec); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		a.proxy.Shutdown(ctx)
+		a.admin.Shutdown(ctx)
+		return nil, err
+	}
+	a.ready.Store(true)
+	log.Info("hopwatch started", "config", path, "admin", a.admin.Addr().String(), "version", buildVersion())
+	return a, nil
+}
+
+// reload applies the file as it is now. An invalid file, or one the proxy
+// cannot apply, leaves the running configuration untouched; the error is
+// logged and shown at /config.
+func (a *app) reload(trigger string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	res := reloadResult{Time: time.Now(), Trigger: trigger}
+	cfg, err := config.Load(a.path)
+	if err == nil && cfg.Admin.Address != a.adminAddr {
+		err = fmt.Errorf("admin.address changed from %s to %s: restart hopwatch to move the admin server", a.adminAddr, cfg.Admin.Address)
+	}
+	if err == nil {
+		// Apply either refuses the configuration whole (nothing changed) or
+		// swaps it in; a PartialError says it is live but a listener that
+		// had to wait for its address could not bind.
+		err = a.proxy.Apply(&cfg.Spec)
+		var partial *proxy.PartialError
+		if err == nil || errors.As(err, &partial) {
+			a.cfg = cfg
+		}
+	}
+	res.OK = err == nil
+	if err != nil {
+		var list config.Errors
+		if errors.As(err, &list) {
+			for _, e := range list {
+				res.Errors = append(res.Errors, e.Error())
+			}
+		} else {
+			res.Errors = []string{err.Error()}
+		}
+		a.log.Error("reload failed; previous configuration keeps serving", "trigger", trigger, "err", err)
+	} else {
+		a.log.Info("configuration reloaded", "trigger", trigger)
+	}
+	a.last = res
+}
+
+// drain turns readiness off, lets in-flight work finish within grace, and
+// stops everything.
+func (a *app) drain(grace time.Duration) {
+	a.ready.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := a.proxy.Shutdown(ctx); err != nil {
+		a.log.Warn("drain cut short; remaining calls were closed", "err", err)
+	}
+	actx, acancel := context.WithTimeout(context.Background(), time.Second)
+	defer acancel()
+	a.admin.Shutdown(actx)
+}
+
+// configDoc is the /config document: the effective configuration (defaults
+// filled in, field names as in the file) and the last reload's outcome.
+func (a *app) configDoc() any {
+	a.mu.Lock()
+	cfg, last := a.cfg, a.last
+	a.mu.Unlock()
+	var effective any
+	if b, err := yaml.Marshal(cfg); err == nil {
+		yaml.Unmarshal(b, &effective)
+	}
+	return map[string]any{
+		"file":        a.path,
+		"config":      effective,
+		"last_reload": last,
+	}
+}
