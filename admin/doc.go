@@ -1,6 +1,7 @@
 // Package admin is the admin HTTP server: health and readiness for
 // orchestrators, the effective configuration with the last reload result,
-// and (as telemetry lands) /metrics, the JSON APIs and the dashboard.
+// and the JSON APIs over the trace store and hop statistics (/api/hops,
+// /api/traces, /api/bottlenecks). /metrics is mounted by the command.
 //
 // It sits beside the request path, never on it: it reads what the other
 // packages expose and changes no routing. It listens on loopback unless the

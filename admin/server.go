@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // Options are the admin server's sources. Each is read per request, so the
@@ -20,6 +22,12 @@ type Options struct {
 	Ready func() bool
 	// Config returns the JSON-encodable document served at /config.
 	Config func() any
+	// Traces serves /api/traces and /api/bottlenecks, Hops /api/hops (and
+	// the p95 thresholds of /api/bottlenecks); nil: 503 "telemetry disabled".
+	Traces *telemetry.Store
+	Hops   *telemetry.Stats
+	// Now is the clock of the statistics windows (default time.Now).
+	Now func() time.Time
 }
 
 // Server is the admin HTTP server.
@@ -35,10 +43,14 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	s := &Server{opts: opts, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /config", s.config)
+	s.mountAPI()
 	s.srv = &http.Server{
 		Handler:           s.mux,
 		ReadHeaderTimeout: 5 * time.Second,

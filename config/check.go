@@ -15,8 +15,8 @@ import (
 func check(c *Config) []routes.FieldError {
 	var errs []routes.FieldError
 	errs = append(errs, checkAdmin(c)...)
-	if c.Telemetry != nil {
-		errs = append(errs, routes.FieldError{Path: "telemetry", Msg: "not supported yet"})
+	for path, msg := range c.Telemetry.Validate() {
+		errs = append(errs, routes.FieldError{Path: "telemetry." + path, Msg: msg})
 	}
 	if c.Conversation != nil {
 		errs = append(errs, routes.FieldError{Path: "conversation", Msg: "not supported yet"})

@@ -13,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // DefaultAdminAddress is where the admin server listens when admin.address
@@ -28,13 +29,14 @@ const maxFileBytes = 4 << 20
 // Load fills the documented ones in so that /config shows effective values.
 type Config struct {
 	Admin Admin `yaml:"admin"`
-	// Telemetry is not implemented yet. It is decoded (any content) only so
-	// that a file using it fails with "not supported yet" instead of
-	// silently running without the telemetry it asks for.
-	Telemetry *Section `yaml:"telemetry"`
+	// Telemetry configures tracing, export and the built-in trace store.
+	// Metrics are always on.
+	Telemetry telemetry.Config `yaml:"telemetry"`
 	// Spec is the routing part: listeners, callers, routes, upstreams.
 	routes.Spec `yaml:",inline"`
-	// Conversation is not implemented yet; see Telemetry.
+	// Conversation is not implemented yet. It is decoded (any content) only
+	// so that a file using it fails with "not supported yet" instead of
+	// silently running without the signals it asks for.
 	Conversation *Section `yaml:"conversation"`
 }
 

@@ -175,10 +175,22 @@ func invalidCases() []invalidCase {
 			msg: "clashes with the admin server (default admin.address 127.0.0.1:9901)",
 		},
 		{
-			name: "telemetry not supported",
-			yaml: base + "telemetry:\n  service_name: hopwatch\n",
-			line: 13, path: "telemetry",
-			msg: "not supported yet",
+			name: "telemetry sample ratio out of range",
+			yaml: base + "telemetry:\n  tracing:\n    sample_ratio: 1.5\n",
+			line: 15, path: "telemetry.tracing.sample_ratio",
+			msg: "must be between 0 and 1",
+		},
+		{
+			name: "telemetry unknown propagator",
+			yaml: base + "telemetry:\n  tracing:\n    propagators: [tracecontext, jaeger]\n",
+			line: 15, path: "telemetry.tracing.propagators[1]",
+			msg: `unknown propagator "jaeger"`,
+		},
+		{
+			name: "telemetry otlp without endpoint",
+			yaml: base + "telemetry:\n  tracing:\n    otlp: {protocol: http}\n",
+			line: 15, path: "telemetry.tracing.otlp.endpoint",
+			msg: "required",
 		},
 		{
 			name: "conversation not supported",
@@ -386,7 +398,7 @@ routes:
     listener: web
     upstream: kb2
     timeout: 2x
-telemetry: {}
+telemetry: {tracing: {sample_ratio: -1}}
 `
 	_, err := config.Parse("hopwatch.yaml", []byte(file))
 	var errs config.Errors
@@ -404,7 +416,7 @@ telemetry: {}
 		{10, "upstreams[0].dial_timeout"},
 		{14, "routes[0].upstream"},
 		{15, "routes[0].timeout"},
-		{16, "telemetry"},
+		{16, "telemetry.tracing.sample_ratio"},
 	}
 	var got []at
 	for _, e := range errs {

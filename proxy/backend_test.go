@@ -31,6 +31,8 @@ import (
 //	x-block        block until the call's context ends, then report it
 //	x-block-after-header  Bidi: send headers first, then as x-block
 //	x-deadline     report the remaining deadline in header "deadline-ms"
+//	x-traceparent-probe  report traceparent, tracestate and baggage as received
+//	               in headers "echo-seen-*"
 type echoBackend struct {
 	addr     string
 	srv      *grpc.Server
@@ -178,6 +180,14 @@ func headerFor(md metadata.MD) metadata.MD {
 func (b *echoBackend) prelude(ctx context.Context, method string, setHeader, setTrailer func(metadata.MD) error) error {
 	md, _ := metadata.FromIncomingContext(ctx)
 	h := headerFor(md)
+	if first(md, "x-traceparent-probe") != "" {
+		// Report the trace headers as the upstream received them.
+		for _, k := range []string{"traceparent", "tracestate", "baggage"} {
+			if v := md.Get(k); len(v) > 0 {
+				h["echo-seen-"+k] = v
+			}
+		}
+	}
 	if first(md, "x-deadline") != "" {
 		if dl, ok := ctx.Deadline(); ok {
 			h.Set("deadline-ms", strconv.FormatInt(time.Until(dl).Milliseconds(), 10))

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // bidi describes every proxied call: the proxy does not know, and need not
@@ -34,7 +35,8 @@ func (p *Proxy) newGRPCServer(listener string, maxMsg int) *grpc.Server {
 	)
 }
 
-// mdHeader adapts gRPC metadata to routes.Header.
+// mdHeader adapts gRPC metadata to routes.Header and to OpenTelemetry's
+// TextMapCarrier (keys are lowercase in gRPC metadata, as propagators use).
 type mdHeader metadata.MD
 
 func (m mdHeader) Get(key string) string {
@@ -43,6 +45,18 @@ func (m mdHeader) Get(key string) string {
 	}
 	return ""
 }
+
+func (m mdHeader) Set(key, value string) { m[key] = []string{value} }
+
+func (m mdHeader) Keys() []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+func (m mdHeader) del(key string) { delete(m, key) }
 
 // handleGRPC serves one call of any kind on a gRPC listener.
 func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
@@ -58,9 +72,12 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 	req := routes.Request{Host: mdHeader(md).Get(":authority"), Path: method, Method: "POST", Header: mdHeader(md)}
 	idx := gen.table.Match(listener, &req)
 	if idx < 0 {
+		p.tel.Unrouted(listener)
 		return grpcError(errNoRoute, method)
 	}
 	rt := gen.routes[idx]
+	clientCtx := ctx
+	ctx, hop := rt.tel.Start(ctx, mdHeader(md), gen.listeners[listener].callerOf(mdHeader(md)), method)
 
 	// The upstream call lives in a context derived from the client's, so
 	// the client's deadline travels as grpc-timeout and its cancellation
@@ -75,19 +92,25 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 	// grpc-go drops reserved and pseudo headers (content-type, te,
 	// :authority, grpc-timeout, ...) from outgoing metadata itself, and sets
 	// its own; everything else, -bin keys included, passes as received.
+	// md is our own copy (FromIncomingContext copies), so each attempt may
+	// write its trace context into it.
 	ctx = metadata.NewOutgoingContext(ctx, md)
-	opts := callOptions(md)
 
-	cs, ep, err := rt.up.openGRPC(ctx, bidi, method, opts...)
-	if err != nil {
-		return grpcError(upstreamError(err), method)
+	cs, ep, att, err := rt.up.openGRPC(ctx, hop, md, bidi, method, callOptions(md)...)
+	if err == nil {
+		start := p.now()
+		err = forwardGRPC(ss, cs, cancel, hop)
+		ep.inflight.Add(-1)
+		if err == nil || status.Code(err) != codes.Unavailable {
+			ep.observe(p.now(), p.now().Sub(start))
+		}
+	} else {
+		err = grpcError(upstreamError(err), method)
 	}
-	defer ep.inflight.Add(-1)
-	start := p.now()
-	err = forwardGRPC(ss, cs, cancel)
-	if err == nil || status.Code(err) != codes.Unavailable {
-		ep.observe(p.now(), p.now().Sub(start))
-	}
+	code := status.Code(err)
+	outcome := telemetry.GRPCOutcome(code, errors.Is(clientCtx.Err(), context.Canceled))
+	att.End(code.String(), outcome)
+	hop.End(code.String(), outcome)
 	return err
 }
 
@@ -109,7 +132,7 @@ func callOptions(md metadata.MD) []grpc.CallOption {
 // forwardGRPC pumps frames both ways until the upstream ends the call, then
 // hands its trailers and status to the client. cancel aborts the upstream
 // call when the client side fails.
-func forwardGRPC(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelFunc) error {
+func forwardGRPC(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelFunc, hop *telemetry.Hop) error {
 	// Client → upstream runs in its own goroutine; it ends when the client
 	// half-closes (then CloseSend), when the upstream call ends (SendMsg
 	// fails), or when the server stream is finished after this handler
@@ -139,6 +162,7 @@ func forwardGRPC(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.Canc
 	// trailers. A trailers-only response (Header returns nil, nil) stays
 	// trailers-only.
 	md, err := cs.Header()
+	hop.FirstByte()
 	if err == nil && md != nil {
 		if err := ss.SendHeader(md); err != nil {
 			cancel()

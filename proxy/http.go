@@ -2,14 +2,21 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"strconv"
+	"sync"
+
+	"go.opentelemetry.io/otel/propagation"
+	"google.golang.org/grpc/codes"
 
 	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // ServeHTTP-side of an HTTP listener: match, then hand the request to the
@@ -26,30 +33,130 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req := routes.Request{Host: r.Host, Path: r.URL.Path, Method: r.Method, Header: r.Header}
 	idx := gen.table.Match(h.listener, &req)
 	if idx < 0 {
+		h.p.tel.Unrouted(h.listener)
 		writeError(w, r, errNoRoute)
 		return
 	}
 	rt := gen.routes[idx]
-	if rt.spec.Timeout > 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), rt.spec.Timeout)
-		defer cancel()
-		r = r.WithContext(ctx) // a shallow copy: the inbound request is untouched
+	grpcReq := isGRPCRequest(r)
+	method := httpMethod(r.Method)
+	if grpcReq {
+		method = r.URL.Path // the gRPC method, bounded per route by telemetry
 	}
+	clientCtx := r.Context()
+	ctx, hop := rt.tel.Start(clientCtx, propagation.HeaderCarrier(r.Header), gen.listeners[h.listener].callerOf(r.Header), method)
+	if hop != nil {
+		ctx = context.WithValue(ctx, hopKey{}, hop)
+	}
+	if rt.spec.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rt.spec.Timeout)
+		defer cancel()
+	}
+	r = r.WithContext(ctx) // a shallow copy: the inbound request is untouched
+
 	// net/http adds a Date header when the handler sets none; a nil entry
 	// suppresses that, so the client sees the upstream's Date or none, as it
 	// would directly. (copyHeader appends the upstream's to the nil slice.)
 	w.Header()["Date"] = nil
-	if isGRPCRequest(r) {
+	if grpcReq {
 		// Likewise Content-Length: HTTP/2 would add "content-length: 0" to
 		// a gRPC trailers-only response, which gRPC clients then show as
 		// trailer metadata.
 		w.Header()["Content-Length"] = nil
 	}
-	rt.http.ServeHTTP(w, r)
+	if hop == nil {
+		rt.http.ServeHTTP(w, r)
+		return
+	}
+	rec := &responseRecorder{ResponseWriter: w, hop: hop}
+	rt.http.ServeHTTP(rec, r)
+
+	canceled := errors.Is(clientCtx.Err(), context.Canceled)
+	var code string
+	var outcome telemetry.Outcome
+	if c, ok := grpcStatus(w.Header()); grpcReq && ok {
+		code, outcome = c.String(), telemetry.GRPCOutcome(c, canceled)
+	} else {
+		code, outcome = telemetry.HTTPCode(rec.status()), telemetry.HTTPOutcome(rec.status(), canceled)
+	}
+	hop.End(code, outcome)
+}
+
+// hopKey carries the request's hop from ServeHTTP to the upstream
+// RoundTripper, through ReverseProxy, which only passes the context on.
+type hopKey struct{}
+
+func hopFrom(ctx context.Context) *telemetry.Hop {
+	h, _ := ctx.Value(hopKey{}).(*telemetry.Hop)
+	return h
+}
+
+// httpMethod bounds the method label: any token is a valid HTTP method, so
+// unknown ones are folded together.
+func httpMethod(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "OTHER"
+}
+
+// grpcStatus reads grpc-status from a finished gRPC response: a trailer
+// (ReverseProxy writes announced trailers into the header map, unannounced
+// ones with http.TrailerPrefix) or, for trailers-only responses, a header.
+func grpcStatus(h http.Header) (codes.Code, bool) {
+	v := h.Get("Grpc-Status")
+	if v == "" {
+		v = h.Get(http.TrailerPrefix + "Grpc-Status")
+	}
+	if v == "" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return codes.Unknown, true
+	}
+	return codes.Code(n), true
+}
+
+// responseRecorder notes the status and the first byte for the hop. It
+// unwraps for http.ResponseController, through which ReverseProxy flushes
+// and hijacks (WebSocket upgrades), so it hides no capability.
+type responseRecorder struct {
+	http.ResponseWriter
+	hop  *telemetry.Hop
+	code int
+}
+
+func (r *responseRecorder) WriteHeader(code int) {
+	if r.code == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
+		r.code = code
+		r.hop.FirstByte()
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *responseRecorder) Write(p []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+		r.hop.FirstByte()
+	}
+	return r.ResponseWriter.Write(p)
+}
+
+func (r *responseRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *responseRecorder) status() int {
+	if r.code == 0 {
+		return http.StatusOK
+	}
+	return r.code
 }
 
 // newReverseProxy builds the reverse proxy of one HTTP-listener route.
-func newReverseProxy(up *upstream, trusted []netip.Prefix, log *slog.Logger) *httputil.ReverseProxy {
+func newReverseProxy(up *upstream, trusted []netip.Prefix, log *slog.Logger, bufs httputil.BufferPool) *httputil.ReverseProxy {
 	// The host is a placeholder: upstream.RoundTrip puts the picked
 	// endpoint there. Leaving Out.Host empty makes the Host header the
 	// endpoint's, as if the client had called it directly; the original
@@ -78,7 +185,8 @@ func newReverseProxy(up *upstream, trusted []netip.Prefix, log *slog.Logger) *ht
 			}
 			pr.SetXForwarded()
 		},
-		Transport: up,
+		Transport:  up,
+		BufferPool: bufs,
 		// An HTTP/2 (h2c) upstream may send Content-Length together with
 		// trailers: HTTP/2 frames trailers independently of the body
 		// length, and Go's HTTP/2 server does so for short bodies. Copied
@@ -143,3 +251,14 @@ func parseTrusted(list []string) []netip.Prefix {
 	}
 	return out
 }
+
+// bufferPool recycles the 32 KiB copy buffers of every HTTP route, which
+// ReverseProxy would otherwise allocate per request.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }

@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httputil"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // Options are the proxy's injected dependencies.
@@ -24,6 +26,8 @@ type Options struct {
 	// DrainTimeout bounds how long a listener removed by a reload keeps
 	// serving the calls it already has. Default: 30s.
 	DrainTimeout time.Duration
+	// Telemetry times every hop; nil records nothing (benchmarks compare).
+	Telemetry *telemetry.Telemetry
 }
 
 // ErrClosed is returned by Apply after Shutdown.
@@ -47,6 +51,8 @@ func (e *PartialError) Unwrap() []error { return e.Listeners }
 // configuration generation.
 type Proxy struct {
 	log          *slog.Logger
+	tel          *telemetry.Telemetry
+	bufs         *bufferPool
 	now          func() time.Time
 	drainTimeout time.Duration
 
@@ -71,6 +77,8 @@ func New(opts Options) *Proxy {
 		log:          opts.Logger,
 		now:          opts.Now,
 		drainTimeout: opts.DrainTimeout,
+		tel:          opts.Telemetry,
+		bufs:         newBufferPool(),
 		listeners:    map[string]*listener{},
 		ups:          map[string]*upstream{},
 	}
@@ -94,15 +102,35 @@ type route struct {
 	spec routes.Route
 	up   *upstream
 	http *httputil.ReverseProxy // nil on gRPC listeners
+	tel  *telemetry.Route       // nil without telemetry
+}
+
+// listenerConf is what a request needs from its listener's configuration.
+type listenerConf struct {
+	// caller is fixed for the listener, or read from callerHeader.
+	caller       string
+	callerHeader string // lowercase
+}
+
+// callerOf names the calling service of a request (bounded later by the
+// telemetry route against the configured callers).
+func (l listenerConf) callerOf(h routes.Header) string {
+	if l.callerHeader != "" {
+		if c := h.Get(l.callerHeader); c != "" {
+			return c
+		}
+	}
+	return l.caller
 }
 
 // generation is one applied configuration. Requests hold a reference from
 // start to end; a retired generation releases its upstream pools when the
 // last request on it ends.
 type generation struct {
-	table  *routes.Table
-	routes []*route
-	ups    []*upstream
+	table     *routes.Table
+	routes    []*route
+	ups       []*upstream
+	listeners map[string]listenerConf
 
 	refs      atomic.Int64
 	retired   atomic.Bool
@@ -211,7 +239,10 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 		fresh = append(fresh, l)
 	}
 
-	g := &generation{table: table, ups: make([]*upstream, 0, len(ups))}
+	g := &generation{table: table, ups: make([]*upstream, 0, len(ups)), listeners: map[string]listenerConf{}}
+	for _, ls := range spec.Listeners {
+		g.listeners[ls.Name] = listenerConf{caller: ls.Caller, callerHeader: strings.ToLower(ls.CallerHeader)}
+	}
 	for _, u := range ups {
 		u.mu.Lock()
 		u.users++
@@ -221,9 +252,17 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 	g.onDrained = func() { releaseUpstreams(g.ups) }
 	for _, rs := range spec.Routes {
 		rt := &route{spec: rs, up: ups[rs.Upstream]}
-		if ls := specs[rs.Listener]; ls.Protocol == routes.ListenerHTTP {
-			rt.http = newReverseProxy(rt.up, parseTrusted(ls.TrustedProxies), p.log)
+		ls := specs[rs.Listener]
+		if ls.Protocol == routes.ListenerHTTP {
+			rt.http = newReverseProxy(rt.up, parseTrusted(ls.TrustedProxies), p.log, p.bufs)
 		}
+		rt.tel = p.tel.Route(telemetry.RouteInfo{
+			Name:      rs.Name,
+			Upstream:  rs.Upstream,
+			Listener:  rs.Listener,
+			GRPC:      ls.Protocol == routes.ListenerGRPC,
+			HTTPRoute: rs.Match.PathPrefix,
+		}, spec.Callers)
 		g.routes = append(g.routes, rt)
 	}
 

@@ -12,12 +12,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // upstream is the connection pool and balancer of one configured upstream.
@@ -151,6 +155,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		streaming := req.ContentLength < 0 && u.spec.Protocol != routes.UpstreamHTTP
 		body = newSentTracker(req.Body, streaming)
 	}
+	hop := hopFrom(req.Context())
 	var tried uint64
 	var lastErr error
 	for attempt := 0; attempt < len(u.eps); attempt++ {
@@ -167,13 +172,18 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		url.Host = ep.addr
 		out.URL = &url
 		if body != nil {
-			out.Body = body
+			out.Body = body.attempt()
 		}
+		_, att := hop.Attempt(req.Context(), ep.addr)
+		// out.Header is ReverseProxy's own copy of the inbound headers for
+		// this request, so the attempt may write its trace context there.
+		att.Inject(propagation.HeaderCarrier(out.Header), out.Header.Del)
 		ep.inflight.Add(1)
 		resp, err := u.transport.RoundTrip(&out)
 		if err != nil {
 			ep.inflight.Add(-1)
 			lastErr = err
+			att.End("", attemptOutcome(req.Context()))
 			if isDialError(err) {
 				ep.markDown(u.now())
 				if (body == nil || !body.read.Load()) && req.Context().Err() == nil {
@@ -183,13 +193,16 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		ep.observe(u.now(), u.now().Sub(now))
+		code := telemetry.HTTPCode(resp.StatusCode)
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			// The body is the upgraded connection (an io.ReadWriteCloser
 			// that ReverseProxy needs as such); it is not a request any more.
 			ep.inflight.Add(-1)
+			att.End(code, telemetry.OutcomeOK)
 			return resp, nil
 		}
-		resp.Body = &doneBody{ReadCloser: resp.Body, ep: ep}
+		resp.Body = &doneBody{ReadCloser: resp.Body, ep: ep, att: att, code: code,
+			outcome: telemetry.HTTPOutcome(resp.StatusCode, false), ctx: req.Context()}
 		return resp, nil
 	}
 	if lastErr == nil {
@@ -249,7 +262,42 @@ func newSentTracker(body io.ReadCloser, detach bool) *sentTracker {
 	return s
 }
 
-func (s *sentTracker) Read(p []byte) (int, error) {
+// attemptBody is the tracker as one attempt's transport sees it. Its Close
+// always ends that attempt's reads, even before anything was read (the
+// tracker itself then stays usable by the next attempt). The HTTP/2
+// transport closes the body when it aborts a stream (the upstream
+// connection died), and its request writer may make its first Read only
+// after that: it does not check for the abort first. That Read used to
+// start the pump and wait, forever, for a client keeping its stream open
+// and silent, so the client never learnt that the call had ended. (Found by
+// TestGRPCCancellation "upstream goes away" on the HTTP listener, under
+// load.)
+type attemptBody struct {
+	s    *sentTracker
+	done chan struct{}
+	once sync.Once
+}
+
+func (s *sentTracker) attempt() *attemptBody {
+	return &attemptBody{s: s, done: make(chan struct{})}
+}
+
+func (a *attemptBody) Read(p []byte) (int, error) {
+	select {
+	case <-a.done:
+		return 0, errBodyAbandoned
+	default:
+	}
+	return a.s.readFor(p, a.done)
+}
+
+func (a *attemptBody) Close() error {
+	a.once.Do(func() { close(a.done) })
+	return a.s.Close()
+}
+
+// readFor reads for the attempt whose Close closes done.
+func (s *sentTracker) readFor(p []byte, done <-chan struct{}) (int, error) {
 	s.read.Store(true)
 	if !s.detach {
 		return s.r.Read(p)
@@ -263,6 +311,11 @@ func (s *sentTracker) Read(p []byte) (int, error) {
 		case c := <-s.res:
 			s.left, s.leftErr = c.b, c.err
 		case <-s.closed:
+			return 0, errBodyAbandoned
+		case <-done:
+			// Closed before this read began or while it waited; the
+			// body is read from now on, so no attempt can follow.
+			s.once.Do(func() { close(s.closed) })
 			return 0, errBodyAbandoned
 		}
 	}
@@ -316,32 +369,62 @@ func (s *sentTracker) Close() error {
 	return s.r.Close()
 }
 
-// doneBody ends the endpoint's in-flight count once the response body is
-// finished, so long streams count as load.
+// doneBody ends the endpoint's in-flight count and the attempt's client
+// span once the response body is finished, so long streams count as load
+// and their spans cover the whole stream.
 type doneBody struct {
 	io.ReadCloser
-	ep   *endpoint
-	once sync.Once
+	ep      *endpoint
+	att     *telemetry.Attempt
+	code    string
+	outcome telemetry.Outcome
+	ctx     context.Context
+	once    sync.Once
 }
 
 func (b *doneBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil {
-		b.done()
+		b.done(err)
 	}
 	return n, err
 }
 
 func (b *doneBody) Close() error {
-	b.done()
+	b.done(nil)
 	return b.ReadCloser.Close()
 }
 
-func (b *doneBody) done() { b.once.Do(func() { b.ep.inflight.Add(-1) }) }
+func (b *doneBody) done(err error) {
+	b.once.Do(func() {
+		b.ep.inflight.Add(-1)
+		outcome := b.outcome
+		if err != nil && !errors.Is(err, io.EOF) {
+			// The stream broke after the headers: whatever the status said,
+			// the exchange failed.
+			outcome = attemptOutcome(b.ctx)
+		}
+		b.att.End(b.code, outcome)
+	})
+}
+
+// attemptOutcome classifies an attempt that failed without a status.
+func attemptOutcome(ctx context.Context) telemetry.Outcome {
+	switch {
+	case errors.Is(ctx.Err(), context.Canceled):
+		return telemetry.OutcomeCanceled
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return telemetry.OutcomeTimeout
+	}
+	return telemetry.OutcomeError
+}
 
 // openGRPC opens the upstream stream for method, skipping endpoints whose
-// connection fails before the stream exists (nothing was sent to them).
-func (u *upstream) openGRPC(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, *endpoint, error) {
+// connection fails before the stream exists (nothing was sent to them). md
+// is the outgoing metadata already in ctx; each attempt writes its trace
+// context there. The returned attempt is still open: the caller ends it
+// with the call's status.
+func (u *upstream) openGRPC(ctx context.Context, hop *telemetry.Hop, md metadata.MD, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, *endpoint, *telemetry.Attempt, error) {
 	var tried uint64
 	var lastErr error
 	for attempt := 0; attempt < len(u.eps); attempt++ {
@@ -351,20 +434,23 @@ func (u *upstream) openGRPC(ctx context.Context, desc *grpc.StreamDesc, method s
 		}
 		tried |= 1 << min(i, 63)
 		ep := u.eps[i]
+		_, att := hop.Attempt(ctx, ep.addr)
+		att.Inject(mdHeader(md), mdHeader(md).del)
 		ep.inflight.Add(1)
 		cs, err := u.conns[i].NewStream(ctx, desc, method, opts...)
 		if err == nil {
-			return cs, ep, nil
+			return cs, ep, att, nil
 		}
 		ep.inflight.Add(-1)
 		lastErr = err
 		if ctx.Err() != nil || !isUnavailable(err) {
-			return nil, nil, err
+			return nil, nil, att, err
 		}
+		att.End(status.Code(err).String(), telemetry.OutcomeError)
 		ep.markDown(u.now())
 	}
 	if lastErr == nil {
 		lastErr = errNoEndpoint
 	}
-	return nil, nil, lastErr
+	return nil, nil, nil, lastErr
 }

@@ -9,17 +9,21 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/hopwatch/hopwatch/admin"
 	"github.com/hopwatch/hopwatch/config"
 	"github.com/hopwatch/hopwatch/proxy"
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // app is one running hopwatch: configuration file, proxy, admin server.
 type app struct {
 	path  string
 	log   *slog.Logger
+	tel   *telemetry.Telemetry
 	proxy *proxy.Proxy
 	admin *admin.Server
 
@@ -46,16 +50,25 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	tel, err := telemetry.New(telemetry.Options{Config: cfg.Telemetry, Registry: reg, Logger: log})
+	if err != nil {
+		return nil, err
+	}
 	a := &app{
 		path:      path,
 		log:       log,
-		proxy:     proxy.New(proxy.Options{Logger: log, DrainTimeout: grace}),
+		tel:       tel,
+		proxy:     proxy.New(proxy.Options{Logger: log, DrainTimeout: grace, Telemetry: tel}),
 		cfg:       cfg,
 		adminAddr: cfg.Admin.Address,
 		last:      reloadResult{Time: time.Now(), Trigger: "start", OK: true},
 	}
-	a.admin = admin.New(admin.Options{Logger: log, Ready: a.ready.Load, Config: a.configDoc})
+	a.admin = admin.New(admin.Options{Logger: log, Ready: a.ready.Load, Config: a.configDoc, Traces: tel.Store, Hops: tel.Stats})
+	a.admin.Handle("GET /metrics", tel.MetricsHandler())
 	if err := a.admin.Start(cfg.Admin.Address); err != nil {
+		tel.Shutdown(context.Background())
 		return nil, err
 	}
 	if err := a.proxy.Apply(&cfg.Spec); err != nil {
@@ -63,8 +76,10 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		defer cancel()
 		a.proxy.Shutdown(ctx)
 		a.admin.Shutdown(ctx)
+		tel.Shutdown(ctx)
 		return nil, err
 	}
+	tel.ConfigReloaded(true)
 	a.ready.Store(true)
 	log.Info("hopwatch started", "config", path, "admin", a.admin.Addr().String(), "version", buildVersion())
 	return a, nil
@@ -81,6 +96,11 @@ func (a *app) reload(trigger string) {
 	if err == nil && cfg.Admin.Address != a.adminAddr {
 		err = fmt.Errorf("admin.address changed from %s to %s: restart hopwatch to move the admin server", a.adminAddr, cfg.Admin.Address)
 	}
+	if err == nil && !a.tel.SameConfig(cfg.Telemetry) {
+		// The tracer provider and exporter are built once; swapping them
+		// under live spans would lose or misparent them.
+		err = errors.New("the telemetry section changed: restart hopwatch to apply it")
+	}
 	if err == nil {
 		// Apply either refuses the configuration whole (nothing changed) or
 		// swaps it in; a PartialError says it is live but a listener that
@@ -92,6 +112,7 @@ func (a *app) reload(trigger string) {
 		}
 	}
 	res.OK = err == nil
+	a.tel.ConfigReloaded(res.OK)
 	if err != nil {
 		var list config.Errors
 		if errors.As(err, &list) {
@@ -117,8 +138,12 @@ func (a *app) drain(grace time.Duration) {
 	if err := a.proxy.Shutdown(ctx); err != nil {
 		a.log.Warn("drain cut short; remaining calls were closed", "err", err)
 	}
-	actx, acancel := context.WithTimeout(context.Background(), time.Second)
+	// Spans of the drained calls still go out, within a bound.
+	actx, acancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer acancel()
+	if err := a.tel.Shutdown(actx); err != nil {
+		a.log.Warn("span export at shutdown", "err", err)
+	}
 	a.admin.Shutdown(actx)
 }
 

@@ -1,0 +1,296 @@
+package admin
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/hopwatch/hopwatch/telemetry"
+)
+
+// The JSON APIs over the trace store and hop statistics.
+//
+// Wire conventions, the same on every endpoint:
+//   - durations and latencies are seconds as JSON numbers (float64), so
+//     0.25 is 250 ms; query parameters take Go duration syntax ("250ms");
+//   - times are RFC 3339 with nanoseconds, trace and span IDs lowercase hex;
+//   - errors are {"error": "..."} with a 4xx or 5xx status; a source that is
+//     not configured answers 503 {"error": "telemetry disabled"}.
+
+func (s *Server) mountAPI() {
+	s.mux.HandleFunc("GET /api/hops", s.apiHops)
+	s.mux.HandleFunc("GET /api/traces", s.apiTraces)
+	s.mux.HandleFunc("GET /api/traces/{id}", s.apiTrace)
+	s.mux.HandleFunc("GET /api/bottlenecks", s.apiBottlenecks)
+}
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+var errDisabled = apiError{"telemetry disabled"}
+
+func badRequest(w http.ResponseWriter, format string, args ...any) {
+	writeJSON(w, http.StatusBadRequest, apiError{fmt.Sprintf(format, args...)})
+}
+
+// windowJSON is one window of a hop's statistics.
+type windowJSON struct {
+	Count      int64   `json:"count"`
+	Rate       float64 `json:"rate"`        // requests per second
+	ErrorRatio float64 `json:"error_ratio"` // 0..1
+	P50        float64 `json:"p50"`         // seconds
+	P95        float64 `json:"p95"`
+	P99        float64 `json:"p99"`
+}
+
+// hopJSON is a row of /api/hops: the hop, its 1m statistics flat (what a
+// simple table or script reads) and both windows under "windows".
+type hopJSON struct {
+	telemetry.HopKey
+	windowJSON
+	Windows map[string]windowJSON `json:"windows"`
+}
+
+func toWindowJSON(w telemetry.WindowStats) windowJSON {
+	return windowJSON{Count: w.Count, Rate: w.Rate, ErrorRatio: w.ErrorRatio, P50: w.P50, P95: w.P95, P99: w.P99}
+}
+
+// GET /api/hops
+func (s *Server) apiHops(w http.ResponseWriter, _ *http.Request) {
+	if s.opts.Hops == nil {
+		writeJSON(w, http.StatusServiceUnavailable, errDisabled)
+		return
+	}
+	snap := s.opts.Hops.Snapshot(s.opts.Now())
+	rows := make([]hopJSON, 0, len(snap))
+	for _, h := range snap {
+		w1, w5 := toWindowJSON(h.Window1m), toWindowJSON(h.Window5m)
+		rows = append(rows, hopJSON{
+			HopKey:     h.HopKey,
+			windowJSON: w1,
+			Windows:    map[string]windowJSON{"1m": w1, "5m": w5},
+		})
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Hops []hopJSON `json:"hops"`
+	}{rows})
+}
+
+type summaryJSON struct {
+	TraceID      trace.TraceID     `json:"trace_id"`
+	Root         telemetry.HopKey  `json:"root"`
+	Start        time.Time         `json:"start"`
+	Duration     float64           `json:"duration"` // seconds
+	Spans        int               `json:"spans"`
+	DroppedSpans int               `json:"dropped_spans,omitempty"`
+	Error        bool              `json:"error"`
+	Outcome      telemetry.Outcome `json:"outcome"`
+}
+
+func toSummaryJSON(t telemetry.TraceSummary) summaryJSON {
+	return summaryJSON{
+		TraceID: t.TraceID, Root: t.Root, Start: t.Start, Duration: t.Duration.Seconds(),
+		Spans: t.Spans, DroppedSpans: t.DroppedSpans, Error: t.Error, Outcome: t.Outcome,
+	}
+}
+
+// GET /api/traces?route=&min_duration=&error=&limit=
+func (s *Server) apiTraces(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Traces == nil {
+		writeJSON(w, http.StatusServiceUnavailable, errDisabled)
+		return
+	}
+	qs := r.URL.Query()
+	q := telemetry.TraceQuery{Route: qs.Get("route")}
+	var err error
+	if q.MinDuration, err = durationParam(qs.Get("min_duration")); err != nil {
+		badRequest(w, "min_duration: %v", err)
+		return
+	}
+	if v := qs.Get("error"); v != "" {
+		if q.ErrorOnly, err = strconv.ParseBool(v); err != nil {
+			badRequest(w, "error: %q is not a boolean (true or false)", v)
+			return
+		}
+	}
+	if v := qs.Get("limit"); v != "" {
+		if q.Limit, err = strconv.Atoi(v); err != nil || q.Limit < 1 || q.Limit > 1000 {
+			badRequest(w, "limit: %q is not a whole number from 1 to 1000", v)
+			return
+		}
+	}
+	list := s.opts.Traces.Traces(q)
+	out := make([]summaryJSON, 0, len(list))
+	for _, t := range list {
+		out = append(out, toSummaryJSON(t))
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Traces []summaryJSON `json:"traces"`
+	}{out})
+}
+
+type eventJSON struct {
+	Name  string            `json:"name"`
+	Time  time.Time         `json:"time"`
+	Attrs map[string]string `json:"attrs,omitempty"`
+}
+
+type spanJSON struct {
+	SpanID   trace.SpanID       `json:"span_id"`
+	ParentID string             `json:"parent_id,omitempty"` // absent: no parent, or one outside the proxy's view
+	Kind     telemetry.SpanKind `json:"kind"`
+	telemetry.HopKey
+	Method   string            `json:"method,omitempty"`
+	Endpoint string            `json:"endpoint,omitempty"`
+	Attempt  int               `json:"attempt,omitempty"`
+	Start    time.Time         `json:"start"`
+	Offset   float64           `json:"offset"`    // seconds from the trace's start
+	Duration float64           `json:"duration"`  // seconds
+	SelfTime float64           `json:"self_time"` // seconds; server spans only
+	Code     string            `json:"code,omitempty"`
+	Outcome  telemetry.Outcome `json:"outcome"`
+	Events   []eventJSON       `json:"events,omitempty"`
+	Depth    int               `json:"depth"`
+	Parent   int               `json:"parent"`   // index in spans, -1 for a root
+	Children []int             `json:"children"` // indexes in spans
+}
+
+// GET /api/traces/{id}
+func (s *Server) apiTrace(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Traces == nil {
+		writeJSON(w, http.StatusServiceUnavailable, errDisabled)
+		return
+	}
+	raw := r.PathValue("id")
+	id, err := trace.TraceIDFromHex(strings.ToLower(raw))
+	if err != nil {
+		badRequest(w, "trace id %q: want 32 hex digits, not all zero", raw)
+		return
+	}
+	d, ok := s.opts.Traces.Trace(id)
+	if !ok {
+		writeJSON(w, http.StatusNotFound, apiError{fmt.Sprintf("trace %s not found (unknown, or evicted from the store)", id)})
+		return
+	}
+	spans := make([]spanJSON, 0, len(d.Spans))
+	for _, n := range d.Spans {
+		sj := spanJSON{
+			SpanID: n.SpanID, Kind: n.Kind, HopKey: n.HopKey,
+			Method: n.Method, Endpoint: n.Endpoint, Attempt: n.Attempt,
+			Start: n.Start, Offset: n.Start.Sub(d.Summary.Start).Seconds(),
+			Duration: n.Duration.Seconds(), SelfTime: n.SelfTime.Seconds(),
+			Code: n.Code, Outcome: n.Outcome,
+			Depth: n.Depth, Parent: n.Parent, Children: n.Children,
+		}
+		if n.Parent >= 0 {
+			sj.ParentID = n.ParentID.String()
+		}
+		if sj.Children == nil {
+			sj.Children = []int{}
+		}
+		for _, e := range n.Events {
+			sj.Events = append(sj.Events, eventJSON(e))
+		}
+		spans = append(spans, sj)
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Summary summaryJSON `json:"summary"`
+		Spans   []spanJSON  `json:"spans"`
+	}{toSummaryJSON(d.Summary), spans})
+}
+
+type bottleneckHopJSON struct {
+	telemetry.HopKey
+	Count           int             `json:"count"`
+	Share           float64         `json:"share"`     // mean of self time / trace duration, 0..1
+	MeanSelf        float64         `json:"mean_self"` // seconds
+	ExampleTraceIDs []trace.TraceID `json:"example_trace_ids"`
+}
+
+type bottlenecksJSON struct {
+	Window     float64             `json:"window"` // seconds
+	Traces     int                 `json:"traces"`
+	SlowTraces int                 `json:"slow_traces"`
+	Threshold  string              `json:"threshold"`
+	Thresholds map[string]float64  `json:"thresholds,omitempty"` // p95 per root route, seconds
+	Hops       []bottleneckHopJSON `json:"hops"`
+}
+
+// GET /api/bottlenecks?window=5m&min_duration=
+//
+// Without min_duration a trace is slow when it takes at least the p95 of its
+// root route, from the hop statistics over the same window (which keep five
+// minutes: a longer window uses the p95 of the last five).
+func (s *Server) apiBottlenecks(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Traces == nil {
+		writeJSON(w, http.StatusServiceUnavailable, errDisabled)
+		return
+	}
+	qs := r.URL.Query()
+	window, err := durationParam(qs.Get("window"))
+	if err != nil {
+		badRequest(w, "window: %v", err)
+		return
+	}
+	minDur, err := durationParam(qs.Get("min_duration"))
+	if err != nil {
+		badRequest(w, "min_duration: %v", err)
+		return
+	}
+	if minDur == 0 && s.opts.Hops == nil {
+		// Nothing to compute the p95 threshold from.
+		writeJSON(w, http.StatusServiceUnavailable, errDisabled)
+		return
+	}
+	now := s.opts.Now()
+	q := telemetry.BottleneckQuery{Window: window, MinDuration: minDur, Now: now}
+	var p95 func(string) (time.Duration, bool)
+	if s.opts.Hops != nil {
+		p95window := window
+		if p95window == 0 {
+			p95window = 5 * time.Minute
+		}
+		p95 = func(route string) (time.Duration, bool) {
+			return s.opts.Hops.Quantile(route, 0.95, p95window, now)
+		}
+	}
+	rep := s.opts.Traces.Bottlenecks(q, p95)
+	out := bottlenecksJSON{
+		Window: rep.Window.Seconds(), Traces: rep.Traces, SlowTraces: rep.SlowTraces,
+		Threshold: rep.Threshold, Hops: make([]bottleneckHopJSON, 0, len(rep.Hops)),
+	}
+	if len(rep.Thresholds) > 0 {
+		out.Thresholds = make(map[string]float64, len(rep.Thresholds))
+		for route, t := range rep.Thresholds {
+			out.Thresholds[route] = t.Seconds()
+		}
+	}
+	for _, h := range rep.Hops {
+		out.Hops = append(out.Hops, bottleneckHopJSON{
+			HopKey: h.HopKey, Count: h.Count, Share: h.Share,
+			MeanSelf: h.MeanSelf.Seconds(), ExampleTraceIDs: h.ExampleTraceIDs,
+		})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// durationParam parses an optional, non-negative Go duration ("" is 0).
+func durationParam(v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration (Go syntax, like 250ms or 2s)", v)
+	}
+	if d < 0 {
+		return 0, errors.New("must not be negative")
+	}
+	return d, nil
+}

@@ -1,0 +1,155 @@
+package bench
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/hopwatch/hopwatch/proxy"
+	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
+)
+
+// backends are a real grpc-go server (the standard health service: a tiny
+// unary call, so the proxy's own cost dominates) and an HTTP server.
+type backends struct {
+	grpcAddr string
+	httpAddr string
+}
+
+func startBackends(b *testing.B) backends {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go srv.Serve(ln)
+	b.Cleanup(srv.Stop)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Write([]byte(`{"intent":"greet"}`))
+	}))
+	b.Cleanup(hs.Close)
+	return backends{grpcAddr: ln.Addr().String(), httpAddr: hs.Listener.Addr().String()}
+}
+
+// startProxy runs hopwatch in front of the backends; withTelemetry turns
+// spans, metrics, the trace store and hop statistics on.
+func startProxy(b *testing.B, be backends, withTelemetry bool) (grpcAddr, httpAddr string) {
+	b.Helper()
+	opts := proxy.Options{}
+	if withTelemetry {
+		tel, err := telemetry.New(telemetry.Options{Registry: prometheus.NewRegistry()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { tel.Shutdown(context.Background()) })
+		opts.Telemetry = tel
+	}
+	opts.Logger = slog.New(slog.DiscardHandler)
+	p := proxy.New(opts)
+	err := p.Apply(&routes.Spec{
+		Callers: []string{"bench"},
+		Listeners: []routes.Listener{
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Caller: "bench"},
+			{Name: "http", Address: "127.0.0.1:0", Protocol: "http", Caller: "bench"},
+		},
+		Routes: []routes.Route{
+			{Name: "health", Listener: "grpc", Match: routes.Match{GRPCService: "grpc.health.v1.Health"}, Upstream: "health"},
+			{Name: "nlu", Listener: "http", Match: routes.Match{PathPrefix: "/nlu/"}, Upstream: "nlu"},
+		},
+		Upstreams: []routes.Upstream{
+			{Name: "health", Protocol: "grpc", Endpoints: []string{be.grpcAddr}},
+			{Name: "nlu", Protocol: "http", Endpoints: []string{be.httpAddr}},
+		},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Shutdown(context.Background()) })
+	return p.Addr("grpc").String(), p.Addr("http").String()
+}
+
+func benchGRPC(b *testing.B, addr string) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	ctx := context.Background()
+	req := &healthpb.HealthCheckRequest{}
+	if _, err := hc.Check(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := hc.Check(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func benchHTTP(b *testing.B, url string) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	defer client.CloseIdleConnections()
+	do := func() {
+		resp, err := client.Post(url, "application/json", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	do()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		do()
+	}
+}
+
+// BenchmarkUnaryGRPC: one unary call; allocs/op counts the whole process
+// (client, proxy and backend), so compare the rows, not the absolute value.
+func BenchmarkUnaryGRPC(b *testing.B) {
+	be := startBackends(b)
+	b.Run("direct", func(b *testing.B) { benchGRPC(b, be.grpcAddr) })
+	b.Run("proxy", func(b *testing.B) {
+		addr, _ := startProxy(b, be, false)
+		benchGRPC(b, addr)
+	})
+	b.Run("proxy+telemetry", func(b *testing.B) {
+		addr, _ := startProxy(b, be, true)
+		benchGRPC(b, addr)
+	})
+}
+
+// BenchmarkHTTP: one HTTP/1.1 POST with keep-alive.
+func BenchmarkHTTP(b *testing.B) {
+	be := startBackends(b)
+	b.Run("direct", func(b *testing.B) { benchHTTP(b, "http://"+be.httpAddr+"/nlu/parse") })
+	b.Run("proxy", func(b *testing.B) {
+		_, addr := startProxy(b, be, false)
+		benchHTTP(b, "http://"+addr+"/nlu/parse")
+	})
+	b.Run("proxy+telemetry", func(b *testing.B) {
+		_, addr := startProxy(b, be, true)
+		benchHTTP(b, "http://"+addr+"/nlu/parse")
+	})
+}

@@ -1,0 +1,239 @@
+package telemetry
+
+import (
+	"math"
+	"slices"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+)
+
+var (
+	hopChat  = HopKey{"client", "chat", "gateway"}
+	hopNLU   = HopKey{"gateway", "nlu", "nlu"}
+	hopKB    = HopKey{"gateway", "kb-search", "kb"}
+	hopInfer = HopKey{"gateway", "inference", "inference"}
+)
+
+// chainTurn is one synthetic bot turn: the chat hop to the gateway, which
+// calls nlu, kb and inference one after another, each through the proxy.
+// The gateway's own time is 5 ms before, between and after the calls.
+type chainTurn struct {
+	id                 uint64
+	start              time.Duration // from t0
+	nlu, kb, inference time.Duration
+}
+
+func (c chainTurn) duration() time.Duration { return c.nlu + c.kb + c.inference + 4*ms(5) }
+
+// add stores the turn's spans (children first, as they end) and feeds the
+// hop statistics like the proxy does.
+func (c chainTurn) add(s *Store, st *Stats) {
+	base := c.id * 100
+	gwAttempt := base + 2
+	at := c.start + ms(5)
+	var spans []Span
+	for i, h := range []struct {
+		key HopKey
+		d   time.Duration
+	}{{hopNLU, c.nlu}, {hopKB, c.kb}, {hopInfer, c.inference}} {
+		srv := base + 10 + uint64(i)*2
+		spans = append(spans,
+			span(c.id, srv+1, srv, KindClient, h.key.Caller, h.key.Route, h.key.Upstream, at, h.d, OutcomeOK),
+			span(c.id, srv, gwAttempt, KindServer, h.key.Caller, h.key.Route, h.key.Upstream, at, h.d, OutcomeOK),
+		)
+		at += h.d + ms(5)
+	}
+	spans = append(spans,
+		span(c.id, gwAttempt, base+1, KindClient, hopChat.Caller, hopChat.Route, hopChat.Upstream, c.start, c.duration(), OutcomeOK),
+		span(c.id, base+1, 0, KindServer, hopChat.Caller, hopChat.Route, hopChat.Upstream, c.start, c.duration(), OutcomeOK),
+	)
+	for _, sp := range spans {
+		s.Add(sp)
+		if st != nil && sp.Kind == KindServer {
+			st.Observe(sp.HopKey, sp.Duration, sp.Outcome, sp.End())
+		}
+	}
+}
+
+// chainStore holds 100 turns over the last ~100 s: 90 fast ones where
+// inference is the largest hop, and 10 slow ones where the KB takes
+// 500 ms to 1.4 s.
+func chainStore() (*Store, *Stats, []chainTurn) {
+	s, st := NewStore(1000), NewStats()
+	var turns []chainTurn
+	for i := range 100 {
+		c := chainTurn{id: uint64(i + 1), start: time.Duration(i) * time.Second, nlu: ms(20), kb: ms(30), inference: ms(50)}
+		if i%10 == 3 {
+			c.kb = ms(500 + 100*(i/10))
+		}
+		turns = append(turns, c)
+		c.add(s, st)
+	}
+	return s, st, turns
+}
+
+func TestBottlenecksChain(t *testing.T) {
+	s, st, turns := chainStore()
+	now := t0.Add(101 * time.Second)
+	slowestFirst := func(minDur time.Duration) (ids []trace.TraceID, share float64, self time.Duration) {
+		var slow []chainTurn
+		for _, c := range turns {
+			if c.duration() >= minDur {
+				slow = append(slow, c)
+			}
+		}
+		slices.SortFunc(slow, func(a, b chainTurn) int { return int(b.duration() - a.duration()) })
+		for i, c := range slow {
+			if i < 5 {
+				ids = append(ids, tid(c.id))
+			}
+			share += float64(c.kb) / float64(c.duration())
+			self += c.kb
+		}
+		return ids, share / float64(len(slow)), self / time.Duration(len(slow))
+	}
+
+	cases := []struct {
+		name      string
+		q         BottleneckQuery
+		p95       func(string) (time.Duration, bool)
+		wantSlow  int
+		wantFloor time.Duration // slow traces are those at least this long
+	}{
+		{
+			name:      "min_duration",
+			q:         BottleneckQuery{Window: 5 * time.Minute, MinDuration: ms(400), Now: now},
+			wantSlow:  10,
+			wantFloor: ms(400),
+		},
+		{
+			name:      "p95 supplied by the caller",
+			q:         BottleneckQuery{Now: now},
+			p95:       func(route string) (time.Duration, bool) { return ms(1000), route == "chat" },
+			wantSlow:  5, // kb 1.0 s .. 1.4 s
+			wantFloor: ms(1000),
+		},
+		{
+			name: "p95 from the hop statistics",
+			q:    BottleneckQuery{Now: now},
+			p95: func(route string) (time.Duration, bool) {
+				return st.Quantile(route, 0.95, 5*time.Minute, now)
+			},
+			// The 95th of 100 turns is the 6th slowest (kb 900 ms, 990 ms
+			// in all), reported as its bucket's middle, 1.028 s: the 5
+			// slower turns are slow.
+			wantSlow:  5,
+			wantFloor: ms(1000),
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := s.Bottlenecks(tc.q, tc.p95)
+			if rep.Traces != 100 || rep.SlowTraces != tc.wantSlow {
+				t.Fatalf("traces %d slow %d, want 100 and %d (thresholds %v)", rep.Traces, rep.SlowTraces, tc.wantSlow, rep.Thresholds)
+			}
+			if len(rep.Hops) != 1 {
+				t.Fatalf("hops = %+v, want only kb", rep.Hops)
+			}
+			h := rep.Hops[0]
+			ids, share, self := slowestFirst(tc.wantFloor)
+			if h.HopKey != hopKB || h.Count != tc.wantSlow {
+				t.Fatalf("bottleneck %v ×%d, want %v ×%d", h.HopKey, h.Count, hopKB, tc.wantSlow)
+			}
+			if !slices.Equal(h.ExampleTraceIDs, ids) {
+				t.Errorf("examples %v, want %v", h.ExampleTraceIDs, ids)
+			}
+			if math.Abs(h.Share-share) > 1e-9 || h.MeanSelf != self {
+				t.Errorf("share %.4f mean self %v, want %.4f %v", h.Share, h.MeanSelf, share, self)
+			}
+		})
+	}
+}
+
+func TestBottlenecksSelection(t *testing.T) {
+	s := NewStore(100)
+	turns := []chainTurn{
+		{id: 1, start: 0, nlu: ms(10), kb: ms(900), inference: ms(50)},
+		{id: 2, start: ms(100), nlu: ms(10), kb: ms(800), inference: ms(50)},
+		{id: 3, start: ms(200), nlu: ms(10), kb: ms(20), inference: ms(1500)},
+		{id: 4, start: ms(300), nlu: ms(700), kb: ms(20), inference: ms(50)},
+		{id: 5, start: ms(400), nlu: ms(10), kb: ms(600), inference: ms(50)},
+		{id: 6, start: ms(500), nlu: ms(10), kb: ms(20), inference: ms(50)}, // fast
+		// Started ten minutes earlier: outside a 5m window.
+		{id: 7, start: -10 * time.Minute, nlu: ms(10), kb: ms(20), inference: ms(3000)},
+	}
+	for _, c := range turns {
+		c.add(s, nil)
+	}
+	now := t0.Add(time.Second)
+	cases := []struct {
+		name      string
+		q         BottleneckQuery
+		p95       func(string) (time.Duration, bool)
+		wantTotal int
+		wantSlow  int
+		want      []HopKey // by count desc
+		wantCount []int
+	}{
+		{
+			name:      "hops ranked by count",
+			q:         BottleneckQuery{MinDuration: ms(500), Now: now},
+			wantTotal: 6, wantSlow: 5,
+			want:      []HopKey{hopKB, hopInfer, hopNLU},
+			wantCount: []int{3, 1, 1},
+		},
+		{
+			name:      "a longer window reaches older traces",
+			q:         BottleneckQuery{Window: 15 * time.Minute, MinDuration: ms(500), Now: now},
+			wantTotal: 7, wantSlow: 6,
+			want:      []HopKey{hopKB, hopInfer, hopNLU},
+			wantCount: []int{3, 2, 1},
+		},
+		{
+			name:      "route without a p95 is skipped",
+			q:         BottleneckQuery{Now: now},
+			p95:       func(string) (time.Duration, bool) { return 0, false },
+			wantTotal: 6, wantSlow: 0,
+		},
+		{
+			name:      "no p95 source and no min_duration",
+			q:         BottleneckQuery{Now: now},
+			wantTotal: 6, wantSlow: 0,
+		},
+		{
+			name:      "window entirely after the traces",
+			q:         BottleneckQuery{MinDuration: ms(1), Now: t0.Add(time.Hour)},
+			wantTotal: 0, wantSlow: 0,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := s.Bottlenecks(tc.q, tc.p95)
+			if rep.Traces != tc.wantTotal || rep.SlowTraces != tc.wantSlow {
+				t.Fatalf("traces %d slow %d, want %d %d", rep.Traces, rep.SlowTraces, tc.wantTotal, tc.wantSlow)
+			}
+			var got []HopKey
+			var counts []int
+			for _, h := range rep.Hops {
+				got = append(got, h.HopKey)
+				counts = append(counts, h.Count)
+			}
+			if !slices.Equal(got, tc.want) || !slices.Equal(counts, tc.wantCount) {
+				t.Fatalf("hops %v counts %v, want %v %v", got, counts, tc.want, tc.wantCount)
+			}
+			if rep.Threshold == "" {
+				t.Error("no threshold description")
+			}
+		})
+	}
+}
+
+func TestBottlenecksDefaults(t *testing.T) {
+	s := NewStore(10)
+	rep := s.Bottlenecks(BottleneckQuery{}, nil)
+	if rep.Window != 5*time.Minute || rep.Traces != 0 || rep.Hops != nil {
+		t.Fatalf("empty report = %+v", rep)
+	}
+}

@@ -1,0 +1,19 @@
+// Package telemetry times every hop: W3C trace context extraction and
+// injection, one server span per incoming request and one client span per
+// upstream attempt, the hopwatch_hop_* Prometheus series with trace
+// exemplars, OTLP export that never blocks requests, the built-in trace
+// store and the hop statistics behind /api/hops and /api/bottlenecks.
+//
+// It is third on the request path (listener → route → hop → resilience →
+// upstream) and only observes: nothing here decides whether a request
+// proceeds. The proxy calls it through Hop, whose methods are safe on a nil
+// *Hop so that a proxy built without telemetry pays nothing.
+//
+// otelgrpc and otelhttp are not used on the forwarding path: the gRPC path
+// moves raw frames through one UnknownServiceHandler (otelgrpc's stats
+// handler would see every call as the same unknown method and could not
+// tell routes, callers or attempts apart), and the HTTP path needs one
+// client span per endpoint attempt inside the proxy's own RoundTripper.
+// Both record exactly the semantic-convention attributes those libraries
+// would, plus the hopwatch.* ones.
+package telemetry

@@ -1,0 +1,377 @@
+package telemetry
+
+import (
+	"context"
+	"encoding/binary"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+func equalConfig(a, b Config) bool { return reflect.DeepEqual(a, b) }
+
+// RouteInfo describes a route for telemetry: names that become labels and
+// span attributes, fixed for a configuration generation.
+type RouteInfo struct {
+	Name     string
+	Upstream string
+	Listener string
+	// GRPC is true on gRPC listeners (rpc.* attributes), false on HTTP
+	// listeners (http.* attributes; gRPC over HTTP is still HTTP there).
+	GRPC bool
+	// HTTPRoute is the http.route attribute (the path prefix), if any.
+	HTTPRoute string
+}
+
+// Route is the per-generation telemetry of one route: metric handles and
+// static span attributes, computed once.
+type Route struct {
+	t       *Telemetry
+	info    RouteInfo
+	series  *routeSeries
+	callers map[string]bool
+	static  []attribute.KeyValue
+}
+
+// Route prepares the telemetry of one route. callers is the configured,
+// bounded caller list; any other caller is recorded as "other".
+func (t *Telemetry) Route(info RouteInfo, callers []string) *Route {
+	if t == nil {
+		return nil
+	}
+	cs := make(map[string]bool, len(callers))
+	for _, c := range callers {
+		cs[c] = true
+	}
+	static := []attribute.KeyValue{
+		attribute.String("hopwatch.route", info.Name),
+		attribute.String("hopwatch.upstream", info.Upstream),
+	}
+	if info.GRPC {
+		static = append(static, attribute.String("rpc.system", "grpc"))
+	} else if info.HTTPRoute != "" {
+		static = append(static, attribute.String("http.route", info.HTTPRoute))
+	}
+	return &Route{t: t, info: info, series: t.m.route(info.Name, info.Upstream), callers: cs, static: static}
+}
+
+// Caller bounds a caller name to the configured list.
+func (r *Route) Caller(name string) string {
+	if r == nil || r.callers[name] {
+		return name
+	}
+	return "other"
+}
+
+// Hop is one request through the proxy, from arrival to the end of its
+// response or stream. Methods are safe on a nil *Hop (telemetry disabled)
+// and, except Event, must be called from the request's goroutine.
+type Hop struct {
+	r        *Route
+	caller   string
+	method   string
+	start    time.Time
+	span     trace.Span // nil without an exporter: see Start
+	sc       trace.SpanContext
+	parent   trace.SpanID
+	firstB   bool
+	attempts int
+
+	mu     sync.Mutex // guards events: resilience code may add them from elsewhere
+	events []SpanEvent
+}
+
+// Start begins a hop for a request that matched r. carrier holds the
+// incoming headers or metadata; method is the gRPC full method or the HTTP
+// method. The returned context carries the server span.
+func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, caller, method string) (context.Context, *Hop) {
+	if r == nil {
+		return ctx, nil
+	}
+	t := r.t
+	h := &Hop{r: r, caller: r.Caller(caller), method: method, start: t.now()}
+	// Malformed trace headers extract to nothing, which starts a new trace:
+	// they never fail the request.
+	pctx := t.prop.Extract(ctx, carrier)
+	incoming := trace.SpanContextFromContext(pctx)
+	trusted := t.trust && incoming.IsValid()
+	if trusted {
+		h.parent = incoming.SpanID()
+	}
+	r.series.inflight.Inc()
+	if !t.export {
+		// Nothing leaves the process but the built-in store and the
+		// propagated context, so skip the SDK: span contexts are made here
+		// at a fraction of the cost, with the same sampling rule.
+		h.sc = t.spanContext(incoming, trusted)
+		return trace.ContextWithSpanContext(pctx, h.sc), h
+	}
+	opts := []trace.SpanStartOption{
+		trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithTimestamp(h.start),
+		trace.WithAttributes(r.static...),
+		trace.WithAttributes(attribute.String("hopwatch.caller", h.caller)),
+	}
+	if !trusted && incoming.IsValid() {
+		// Untrusted: our own trace, with the caller's context as a link.
+		// Baggage extracted above still travels (it is the caller's data,
+		// not a sampling decision).
+		opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: incoming}))
+	}
+	if r.info.GRPC {
+		svc, m := splitMethod(method)
+		opts = append(opts, trace.WithAttributes(attribute.String("rpc.service", svc), attribute.String("rpc.method", m)))
+	} else {
+		opts = append(opts, trace.WithAttributes(attribute.String("http.request.method", method)))
+	}
+	ctx, h.span = t.tracer.Start(pctx, spanName(r, method), opts...)
+	h.sc = h.span.SpanContext()
+	return ctx, h
+}
+
+// spanContext makes a span context without the SDK: a child of a trusted
+// parent (same trace, its sampling decision), or the root of a new trace
+// sampled by ratio, as ParentBased(TraceIDRatioBased) would decide.
+func (t *Telemetry) spanContext(parent trace.SpanContext, trusted bool) trace.SpanContext {
+	cfg := trace.SpanContextConfig{SpanID: newSpanID()}
+	if trusted {
+		cfg.TraceID, cfg.TraceFlags, cfg.TraceState = parent.TraceID(), parent.TraceFlags(), parent.TraceState()
+	} else {
+		cfg.TraceID = newTraceID()
+		if t.sampler.ShouldSample(sdktrace.SamplingParameters{TraceID: cfg.TraceID}).Decision == sdktrace.RecordAndSample {
+			cfg.TraceFlags = trace.FlagsSampled
+		}
+	}
+	return trace.NewSpanContext(cfg)
+}
+
+func newSpanID() trace.SpanID {
+	var id trace.SpanID
+	for !id.IsValid() {
+		binary.BigEndian.PutUint64(id[:], rand.Uint64())
+	}
+	return id
+}
+
+func newTraceID() trace.TraceID {
+	var id trace.TraceID
+	for !id.IsValid() {
+		binary.BigEndian.PutUint64(id[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(id[8:], rand.Uint64())
+	}
+	return id
+}
+
+func spanName(r *Route, method string) string {
+	if r.info.GRPC {
+		return strings.TrimPrefix(method, "/")
+	}
+	return method + " " + r.info.Name
+}
+
+func splitMethod(full string) (service, method string) {
+	full = strings.TrimPrefix(full, "/")
+	if i := strings.LastIndexByte(full, '/'); i >= 0 {
+		return full[:i], full[i+1:]
+	}
+	return full, ""
+}
+
+// TraceID is the hop's trace, for logs and response headers.
+func (h *Hop) TraceID() trace.TraceID {
+	if h == nil {
+		return trace.TraceID{}
+	}
+	return h.sc.TraceID()
+}
+
+// FirstByte marks the first response byte (headers, or the first message of
+// a stream); only the first call counts.
+func (h *Hop) FirstByte() {
+	if h == nil || h.firstB {
+		return
+	}
+	h.firstB = true
+	h.r.series.firstB.Observe(h.r.t.now().Sub(h.start).Seconds())
+}
+
+// Event records a resilience event (breaker trip, retry, fallback) on the
+// hop's server span. Safe for concurrent use.
+func (h *Hop) Event(name string, attrs ...attribute.KeyValue) {
+	if h == nil {
+		return
+	}
+	now := h.r.t.now()
+	if h.span != nil {
+		h.span.AddEvent(name, trace.WithTimestamp(now), trace.WithAttributes(attrs...))
+	}
+	ev := SpanEvent{Name: name, Time: now}
+	if len(attrs) > 0 {
+		ev.Attrs = make(map[string]string, len(attrs))
+		for _, a := range attrs {
+			ev.Attrs[string(a.Key)] = a.Value.Emit()
+		}
+	}
+	h.mu.Lock()
+	h.events = append(h.events, ev)
+	h.mu.Unlock()
+}
+
+// End closes the hop: span status and end, RED metrics with a trace
+// exemplar, hop statistics and the trace store. code is the HTTP status or
+// gRPC code name.
+func (h *Hop) End(code string, outcome Outcome) {
+	if h == nil {
+		return
+	}
+	r, t := h.r, h.r.t
+	end := t.now()
+	d := end.Sub(h.start)
+	r.series.inflight.Dec()
+
+	s := r.series.get(seriesKey{caller: h.caller, method: h.method, code: code, outcome: outcome})
+	s.requests.Inc()
+	s.observe(d, h.sc.TraceID(), h.sc.IsSampled(), end)
+
+	endSpan(h.span, code, outcome, end)
+
+	key := HopKey{Caller: h.caller, Route: r.info.Name, Upstream: r.info.Upstream}
+	t.Stats.Observe(key, d, outcome, end)
+	h.mu.Lock()
+	events := h.events
+	h.mu.Unlock()
+	t.Store.Add(Span{
+		TraceID: h.sc.TraceID(), SpanID: h.sc.SpanID(), ParentID: h.parent,
+		Kind: KindServer, HopKey: key, Method: h.method,
+		Start: h.start, Duration: d, Code: code, Outcome: outcome, Events: events,
+	})
+}
+
+// Attempt is one try at an upstream endpoint: a client span.
+type Attempt struct {
+	h        *Hop
+	n        int
+	endpoint string
+	start    time.Time
+	span     trace.Span // nil without an exporter
+	sc       trace.SpanContext
+	ctx      context.Context
+}
+
+// Attempt starts the client span of the next attempt at endpoint. Inject
+// then writes its context into the outgoing headers or metadata.
+func (h *Hop) Attempt(ctx context.Context, endpoint string) (context.Context, *Attempt) {
+	if h == nil {
+		return ctx, nil
+	}
+	h.attempts++
+	a := &Attempt{h: h, n: h.attempts, endpoint: endpoint, start: h.r.t.now()}
+	if !h.r.t.export {
+		a.sc = trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: h.sc.TraceID(), SpanID: newSpanID(), TraceFlags: h.sc.TraceFlags(), TraceState: h.sc.TraceState(),
+		})
+		a.ctx = trace.ContextWithSpanContext(ctx, a.sc)
+		return a.ctx, a
+	}
+	host, port := splitHostPort(endpoint)
+	ctx, a.span = h.r.t.tracer.Start(ctx, spanName(h.r, h.method),
+		trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithTimestamp(a.start),
+		trace.WithAttributes(h.r.static...),
+		trace.WithAttributes(
+			attribute.String("hopwatch.caller", h.caller),
+			attribute.Int("hopwatch.attempt", a.n),
+			attribute.String("server.address", host),
+			attribute.String("server.port", port),
+		))
+	a.sc = a.span.SpanContext()
+	a.ctx = ctx
+	return ctx, a
+}
+
+// Inject replaces the trace headers in carrier (the outgoing request's
+// headers or metadata, already a copy of the incoming ones) with this
+// attempt's context, so the upstream's spans parent on the proxy's client
+// span. Stale incoming fields are removed first: a tracestate or B3 header
+// of an untrusted caller must not travel on beside our traceparent.
+func (a *Attempt) Inject(carrier propagation.TextMapCarrier, del func(key string)) {
+	if a == nil {
+		return
+	}
+	for _, f := range a.h.r.t.fields {
+		del(f)
+	}
+	a.h.r.t.prop.Inject(a.ctx, carrier)
+}
+
+// End closes the attempt's client span.
+func (a *Attempt) End(code string, outcome Outcome) {
+	if a == nil {
+		return
+	}
+	h := a.h
+	end := h.r.t.now()
+	endSpan(a.span, code, outcome, end)
+	sc := a.sc
+	h.r.t.Store.Add(Span{
+		TraceID: sc.TraceID(), SpanID: sc.SpanID(), ParentID: h.sc.SpanID(),
+		Kind: KindClient, HopKey: HopKey{Caller: h.caller, Route: h.r.info.Name, Upstream: h.r.info.Upstream},
+		Method: h.method, Endpoint: a.endpoint, Attempt: a.n,
+		Start: a.start, Duration: end.Sub(a.start), Code: code, Outcome: outcome,
+	})
+}
+
+// endSpan finishes an SDK span with its outcome; nil (no exporter) is a no-op.
+func endSpan(s trace.Span, code string, outcome Outcome, end time.Time) {
+	if s == nil {
+		return
+	}
+	s.SetAttributes(attribute.String("hopwatch.outcome", string(outcome)))
+	setStatusAttrs(s, code)
+	if outcome.IsError() {
+		s.SetStatus(otelcodes.Error, string(outcome)+" "+code)
+	}
+	s.End(trace.WithTimestamp(end))
+}
+
+// setStatusAttrs records code as the attribute its form says it is: a gRPC
+// code name (also for gRPC carried by an HTTP listener) or an HTTP status.
+func setStatusAttrs(s trace.Span, code string) {
+	if c, ok := grpcCodeNumber[code]; ok {
+		s.SetAttributes(attribute.Int("rpc.grpc.status_code", c))
+		return
+	}
+	if n, ok := httpStatusNumber(code); ok {
+		s.SetAttributes(attribute.Int("http.response.status_code", n))
+	}
+}
+
+func splitHostPort(addr string) (string, string) {
+	if i := strings.LastIndexByte(addr, ':'); i >= 0 {
+		return strings.Trim(addr[:i], "[]"), addr[i+1:]
+	}
+	return addr, ""
+}
+
+func httpStatusNumber(code string) (int, bool) {
+	if len(code) != 3 {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < 3; i++ {
+		c := code[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}

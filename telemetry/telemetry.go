@@ -1,0 +1,133 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Options are the injected dependencies of New.
+type Options struct {
+	Config Config
+	// Registry receives the metrics (required: no global registry).
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+	// Now is the clock of the trace store and hop statistics.
+	Now func() time.Time
+}
+
+// Telemetry is the long-lived part: metrics, tracer provider, propagation,
+// trace store and hop statistics. It outlives configuration reloads; the
+// per-route parts are rebuilt with each generation by Route.
+type Telemetry struct {
+	cfg    Config
+	reg    *prometheus.Registry
+	m      *metrics
+	tp     *sdktrace.TracerProvider
+	tracer trace.Tracer
+	prop   propagation.TextMapPropagator
+	fields []string // headers the propagator reads and writes
+	trust  bool
+	// export is true when an OTLP exporter is configured; only then are
+	// spans made with the SDK (see Route.Start).
+	export  bool
+	sampler sdktrace.Sampler
+	now     func() time.Time
+	log     *slog.Logger
+
+	// Store keeps recent traces for /api/traces and /api/bottlenecks.
+	Store *Store
+	// Stats keeps per-hop rate, errors and latency for /api/hops.
+	Stats *Stats
+}
+
+// New builds telemetry from its configuration. It does not connect to the
+// collector; see newExporter.
+func New(opts Options) (*Telemetry, error) {
+	if opts.Registry == nil {
+		return nil, errors.New("telemetry: a Prometheus registry is required")
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	m := newMetrics(opts.Registry)
+	tp, err := newTracerProvider(opts.Config, m)
+	if err != nil {
+		return nil, err
+	}
+	prop := newPropagator(opts.Config.propagators())
+	maxTraces := opts.Config.Tracing.Store.MaxTraces
+	if maxTraces <= 0 {
+		maxTraces = DefaultMaxTraces
+	}
+	return &Telemetry{
+		cfg:     opts.Config,
+		reg:     opts.Registry,
+		m:       m,
+		tp:      tp,
+		tracer:  tp.Tracer("github.com/hopwatch/hopwatch"),
+		prop:    prop,
+		fields:  prop.Fields(),
+		trust:   opts.Config.trustIncoming(),
+		export:  opts.Config.Tracing.OTLP != nil,
+		sampler: sdktrace.TraceIDRatioBased(opts.Config.sampleRatio()),
+		now:     opts.Now,
+		log:     opts.Logger,
+		Store:   NewStore(maxTraces),
+		Stats:   NewStats(),
+	}, nil
+}
+
+// Shutdown flushes spans still queued for export, until ctx ends.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	return t.tp.Shutdown(ctx)
+}
+
+// MetricsHandler serves /metrics: OpenMetrics (with exemplars) or the
+// protobuf format (with native histograms) when the scraper asks for them,
+// the classic text format otherwise.
+func (t *Telemetry) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(t.reg, promhttp.HandlerOpts{
+		EnableOpenMetrics: true,
+		ErrorLog:          slog.NewLogLogger(t.log.Handler(), slog.LevelWarn),
+	})
+}
+
+// ConfigReloaded records the outcome of a configuration load.
+func (t *Telemetry) ConfigReloaded(ok bool) {
+	if t == nil {
+		return
+	}
+	if ok {
+		t.m.reloads.WithLabelValues("success").Inc()
+		t.m.reloadOK.Set(1)
+		return
+	}
+	t.m.reloads.WithLabelValues("failure").Inc()
+	t.m.reloadOK.Set(0)
+}
+
+// Unrouted counts a request that matched no route on listener.
+func (t *Telemetry) Unrouted(listener string) {
+	if t == nil {
+		return
+	}
+	t.m.unrouted.WithLabelValues(listener).Inc()
+}
+
+// SameConfig reports whether c can replace the running configuration
+// without a restart (the tracer provider and exporter are built once).
+func (t *Telemetry) SameConfig(c Config) bool {
+	return equalConfig(t.cfg, c)
+}

@@ -1,0 +1,143 @@
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"go.opentelemetry.io/contrib/propagators/b3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+)
+
+// newPropagator builds the configured formats. Fields() of the result are
+// the headers the proxy rewrites on every upstream request.
+func newPropagator(names []string) propagation.TextMapPropagator {
+	var ps []propagation.TextMapPropagator
+	for _, n := range names {
+		switch n {
+		case "tracecontext":
+			ps = append(ps, propagation.TraceContext{})
+		case "baggage":
+			ps = append(ps, propagation.Baggage{})
+		case "b3":
+			// Both encodings on the way out: services that only speak B3
+			// continue the trace whichever form they read.
+			ps = append(ps, b3.New(b3.WithInjectEncoding(b3.B3MultipleHeader|b3.B3SingleHeader)))
+		}
+	}
+	return propagation.NewCompositeTextMapPropagator(ps...)
+}
+
+// newTracerProvider builds the SDK provider: sampling per the config, and,
+// when OTLP is configured, a batch processor behind a bound that drops (and
+// counts) instead of queueing without limit.
+func newTracerProvider(cfg Config, m *metrics) (*sdktrace.TracerProvider, error) {
+	name := cfg.ServiceName
+	if name == "" {
+		name = DefaultServiceName
+	}
+	res := resource.NewSchemaless(attribute.String("service.name", name))
+	opts := []sdktrace.TracerProviderOption{
+		sdktrace.WithResource(res),
+		// ParentBased: a trusted, sampled parent is honoured; new traces
+		// (and, with trust_incoming false, every trace) use the ratio.
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.sampleRatio()))),
+	}
+	if o := cfg.Tracing.OTLP; o != nil {
+		exp, err := newExporter(o)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, sdktrace.WithSpanProcessor(newBoundedProcessor(exp, o, m)))
+	}
+	return sdktrace.NewTracerProvider(opts...), nil
+}
+
+func newExporter(o *OTLP) (sdktrace.SpanExporter, error) {
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = DefaultOTLPTimeout
+	}
+	// New does not connect: a collector that is down does not hold up
+	// start-up, and exports simply fail (and are counted) until it is back.
+	ctx := context.Background()
+	switch o.Protocol {
+	case "http":
+		return otlptracehttp.New(ctx,
+			otlptracehttp.WithEndpoint(o.Endpoint),
+			otlptracehttp.WithInsecure(),
+			otlptracehttp.WithTimeout(timeout),
+			otlptracehttp.WithRetry(otlptracehttp.RetryConfig{Enabled: false}))
+	default:
+		return otlptracegrpc.New(ctx,
+			otlptracegrpc.WithEndpoint(o.Endpoint),
+			otlptracegrpc.WithInsecure(),
+			otlptracegrpc.WithTimeout(timeout),
+			otlptracegrpc.WithRetry(otlptracegrpc.RetryConfig{Enabled: false}))
+	}
+}
+
+// boundedProcessor puts a hard bound on spans between a request ending and
+// its span leaving the process. The SDK's BatchSpanProcessor already never
+// blocks OnEnd, but it drops silently; counting spans in flight (queued or
+// in an export call) here lets the drops show up in
+// hopwatch_spans_dropped_total, so a dead collector is visible rather than
+// quietly losing traces.
+type boundedProcessor struct {
+	sdktrace.SpanProcessor
+	inflight *atomic.Int64
+	limit    int64
+	m        *metrics
+}
+
+func newBoundedProcessor(exp sdktrace.SpanExporter, o *OTLP, m *metrics) *boundedProcessor {
+	limit := o.QueueSize
+	if limit <= 0 {
+		limit = DefaultQueueSize
+	}
+	inflight := new(atomic.Int64)
+	counted := &countingExporter{SpanExporter: exp, inflight: inflight, m: m}
+	return &boundedProcessor{
+		SpanProcessor: sdktrace.NewBatchSpanProcessor(counted,
+			sdktrace.WithMaxQueueSize(limit),
+			sdktrace.WithMaxExportBatchSize(min(512, limit))),
+		inflight: inflight,
+		limit:    int64(limit),
+		m:        m,
+	}
+}
+
+func (p *boundedProcessor) OnEnd(s sdktrace.ReadOnlySpan) {
+	if !s.SpanContext().IsSampled() {
+		return
+	}
+	if p.inflight.Add(1) > p.limit {
+		p.inflight.Add(-1)
+		p.m.spansDropped.Inc()
+		return
+	}
+	p.SpanProcessor.OnEnd(s)
+}
+
+// countingExporter releases the processor's bound as batches leave.
+type countingExporter struct {
+	sdktrace.SpanExporter
+	inflight *atomic.Int64
+	m        *metrics
+}
+
+func (e *countingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	err := e.SpanExporter.ExportSpans(ctx, spans)
+	e.inflight.Add(-int64(len(spans)))
+	if err != nil {
+		e.m.exportFailures.Inc()
+		return fmt.Errorf("otlp export of %d spans: %w", len(spans), err)
+	}
+	e.m.spansExported.Add(float64(len(spans)))
+	return nil
+}
