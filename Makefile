@@ -1,0 +1,56 @@
+# hopwatch — see README.md.
+GO      ?= go
+PKGS    ?= ./...
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: build test run lint fuzz bench check-config
+
+## build: compile the proxy and the demo into bin/
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/proxy ./cmd/proxy
+
+## test: vet and run every test with the race detector
+test:
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+## lint: gofmt and vet
+lint:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+## fuzz: run the config loader fuzz target for a while
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./config/
+
+## bench: proxy benchmarks (ns/op, allocs/op)
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./bench/
+
+## check-config: validate the example configuration
+check-config:
+	$(GO) run ./cmd/proxy -check -config deploy/examples/hopwatch.yaml
+
+# Code generation for proto/. protoc comes from Debian's protobuf-compiler
+# (apt-get install -y protobuf-compiler); the Go plugins are pinned here and
+# installed into bin/protoc-plugins, so regenerating never depends on what
+# happens to be on PATH. protoc-gen-go matches google.golang.org/protobuf in
+# go.mod.
+PROTOC_GEN_GO_VERSION      ?= v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
+PROTO_PLUGINS              := $(CURDIR)/bin/protoc-plugins
+PROTO_FILES                := $(shell find proto -name '*.proto' 2>/dev/null)
+
+.PHONY: proto
+
+## proto: regenerate the Go code in proto/ from the .proto files
+proto:
+	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install -y protobuf-compiler"; exit 1; }
+	GOBIN=$(PROTO_PLUGINS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(PROTO_PLUGINS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH="$(PROTO_PLUGINS):$$PATH" protoc -I proto \
+		--go_out=proto --go_opt=paths=source_relative \
+		--go-grpc_out=proto --go-grpc_opt=paths=source_relative \
+		$(PROTO_FILES)
