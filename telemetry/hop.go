@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -85,8 +86,9 @@ type Hop struct {
 	firstB   bool
 	attempts int
 
-	mu     sync.Mutex // guards events: resilience code may add them from elsewhere
-	events []SpanEvent
+	mu       sync.Mutex // guards events and override: resilience code may set them from elsewhere
+	events   []SpanEvent
+	override Outcome
 }
 
 // Start begins a hop for a request that matched r. carrier holds the
@@ -126,12 +128,7 @@ func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, c
 		// not a sampling decision).
 		opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: incoming}))
 	}
-	if r.info.GRPC {
-		svc, m := splitMethod(method)
-		opts = append(opts, trace.WithAttributes(attribute.String("rpc.service", svc), attribute.String("rpc.method", m)))
-	} else {
-		opts = append(opts, trace.WithAttributes(attribute.String("http.request.method", method)))
-	}
+	opts = append(opts, trace.WithAttributes(r.methodAttrs(method)...))
 	ctx, h.span = t.tracer.Start(pctx, spanName(r, method), opts...)
 	h.sc = h.span.SpanContext()
 	return ctx, h
@@ -168,6 +165,16 @@ func newTraceID() trace.TraceID {
 		binary.BigEndian.PutUint64(id[8:], rand.Uint64())
 	}
 	return id
+}
+
+// methodAttrs are the semantic-convention attributes of the method, shared
+// by server and client spans.
+func (r *Route) methodAttrs(method string) []attribute.KeyValue {
+	if r.info.GRPC {
+		svc, m := splitMethod(method)
+		return []attribute.KeyValue{attribute.String("rpc.service", svc), attribute.String("rpc.method", m)}
+	}
+	return []attribute.KeyValue{attribute.String("http.request.method", method)}
 }
 
 func spanName(r *Route, method string) string {
@@ -235,6 +242,11 @@ func (h *Hop) End(code string, outcome Outcome) {
 	r, t := h.r, h.r.t
 	end := t.now()
 	d := end.Sub(h.start)
+	h.mu.Lock()
+	if h.override != "" && outcome != OutcomeCanceled {
+		outcome = h.override
+	}
+	h.mu.Unlock()
 	r.series.inflight.Dec()
 
 	s := r.series.get(seriesKey{caller: h.caller, method: h.method, code: code, outcome: outcome})
@@ -282,16 +294,20 @@ func (h *Hop) Attempt(ctx context.Context, endpoint string) (context.Context, *A
 		return a.ctx, a
 	}
 	host, port := splitHostPort(endpoint)
+	attrs := []attribute.KeyValue{
+		attribute.String("hopwatch.caller", h.caller),
+		attribute.Int("hopwatch.attempt", a.n),
+		attribute.String("server.address", host),
+	}
+	if n, err := strconv.Atoi(port); err == nil {
+		attrs = append(attrs, attribute.Int("server.port", n))
+	}
+	attrs = append(attrs, h.r.methodAttrs(h.method)...)
 	ctx, a.span = h.r.t.tracer.Start(ctx, spanName(h.r, h.method),
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithTimestamp(a.start),
 		trace.WithAttributes(h.r.static...),
-		trace.WithAttributes(
-			attribute.String("hopwatch.caller", h.caller),
-			attribute.Int("hopwatch.attempt", a.n),
-			attribute.String("server.address", host),
-			attribute.String("server.port", port),
-		))
+		trace.WithAttributes(attrs...))
 	a.sc = a.span.SpanContext()
 	a.ctx = ctx
 	return ctx, a

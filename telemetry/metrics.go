@@ -32,6 +32,13 @@ type metrics struct {
 	spansDropped   prometheus.Counter
 	spansExported  prometheus.Counter
 	exportFailures prometheus.Counter
+
+	breakerState       *prometheus.GaugeVec
+	breakerTransitions *prometheus.CounterVec
+	fallbacks          *prometheus.CounterVec
+	bgInflight         *prometheus.GaugeVec
+	bgTotal            *prometheus.CounterVec
+	retries            *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -83,9 +90,34 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hopwatch_span_export_failures_total",
 			Help: "OTLP export calls that failed (their spans are lost).",
 		}),
+		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hopwatch_breaker_state",
+			Help: "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
+		}, []string{"upstream"}),
+		breakerTransitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_breaker_transitions_total",
+			Help: "Circuit breaker state changes per upstream, by the state entered.",
+		}, []string{"upstream", "to"}),
+		fallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_fallback_total",
+			Help: "Answers served from a fallback, by reason (slow, open, error, overload) and source (cache, static, upstream).",
+		}, []string{"route", "reason", "source"}),
+		bgInflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hopwatch_background_inflight",
+			Help: "Upstream calls still running in the background after their client was answered from a fallback.",
+		}, []string{"route"}),
+		bgTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_background_total",
+			Help: "Background calls by result: cached (success, cache refreshed), ok, error, timeout, rejected (queue full: canceled instead).",
+		}, []string{"route", "result"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_retries_total",
+			Help: "Retry decisions per route and upstream: attempted, budget_exhausted.",
+		}, []string{"route", "upstream", "result"}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.firstByte, m.inflight, m.unrouted,
-		m.reloads, m.reloadOK, m.spansDropped, m.spansExported, m.exportFailures)
+		m.reloads, m.reloadOK, m.spansDropped, m.spansExported, m.exportFailures,
+		m.breakerState, m.breakerTransitions, m.fallbacks, m.bgInflight, m.bgTotal, m.retries)
 	return m
 }
 

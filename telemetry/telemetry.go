@@ -62,7 +62,7 @@ func New(opts Options) (*Telemetry, error) {
 		opts.Logger = slog.Default()
 	}
 	m := newMetrics(opts.Registry)
-	tp, err := newTracerProvider(opts.Config, m)
+	tp, err := newTracerProvider(opts.Config, m, opts.Logger)
 	if err != nil {
 		return nil, err
 	}

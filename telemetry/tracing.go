@@ -2,8 +2,9 @@ package telemetry
 
 import (
 	"context"
-	"fmt"
+	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/contrib/propagators/b3"
 	"go.opentelemetry.io/otel/attribute"
@@ -36,7 +37,7 @@ func newPropagator(names []string) propagation.TextMapPropagator {
 // newTracerProvider builds the SDK provider: sampling per the config, and,
 // when OTLP is configured, a batch processor behind a bound that drops (and
 // counts) instead of queueing without limit.
-func newTracerProvider(cfg Config, m *metrics) (*sdktrace.TracerProvider, error) {
+func newTracerProvider(cfg Config, m *metrics, log *slog.Logger) (*sdktrace.TracerProvider, error) {
 	name := cfg.ServiceName
 	if name == "" {
 		name = DefaultServiceName
@@ -53,7 +54,7 @@ func newTracerProvider(cfg Config, m *metrics) (*sdktrace.TracerProvider, error)
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, sdktrace.WithSpanProcessor(newBoundedProcessor(exp, o, m)))
+		opts = append(opts, sdktrace.WithSpanProcessor(newBoundedProcessor(exp, o, m, log)))
 	}
 	return sdktrace.NewTracerProvider(opts...), nil
 }
@@ -95,13 +96,13 @@ type boundedProcessor struct {
 	m        *metrics
 }
 
-func newBoundedProcessor(exp sdktrace.SpanExporter, o *OTLP, m *metrics) *boundedProcessor {
+func newBoundedProcessor(exp sdktrace.SpanExporter, o *OTLP, m *metrics, log *slog.Logger) *boundedProcessor {
 	limit := o.QueueSize
 	if limit <= 0 {
 		limit = DefaultQueueSize
 	}
 	inflight := new(atomic.Int64)
-	counted := &countingExporter{SpanExporter: exp, inflight: inflight, m: m}
+	counted := &countingExporter{SpanExporter: exp, inflight: inflight, m: m, log: log}
 	return &boundedProcessor{
 		SpanProcessor: sdktrace.NewBatchSpanProcessor(counted,
 			sdktrace.WithMaxQueueSize(limit),
@@ -129,15 +130,29 @@ type countingExporter struct {
 	sdktrace.SpanExporter
 	inflight *atomic.Int64
 	m        *metrics
+	log      *slog.Logger
+	lastLog  atomic.Int64
 }
 
+// ExportSpans never returns an error: the SDK would hand it to the global
+// otel error handler, which prints a line per failed batch to the standard
+// logger. Failures are counted instead and logged here, at most once per
+// exportLogEvery, so a dead collector cannot flood the log.
 func (e *countingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
 	err := e.SpanExporter.ExportSpans(ctx, spans)
 	e.inflight.Add(-int64(len(spans)))
 	if err != nil {
 		e.m.exportFailures.Inc()
-		return fmt.Errorf("otlp export of %d spans: %w", len(spans), err)
+		now := time.Now().UnixNano()
+		if last := e.lastLog.Load(); now-last >= int64(exportLogEvery) && e.lastLog.CompareAndSwap(last, now) {
+			e.log.Warn("span export failed; spans are lost until the collector is back (see hopwatch_span_export_failures_total)",
+				"spans", len(spans), "err", err)
+		}
+		return nil
 	}
 	e.m.spansExported.Add(float64(len(spans)))
 	return nil
 }
+
+// exportLogEvery rate-limits export failure logs.
+const exportLogEvery = 30 * time.Second

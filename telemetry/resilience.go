@@ -1,0 +1,96 @@
+package telemetry
+
+import "go.opentelemetry.io/otel/attribute"
+
+// The resilience code (fallback/, wired by proxy/) reports through these
+// hooks: it registers no metrics of its own.
+
+// Breaker states as exported by hopwatch_breaker_state.
+const (
+	BreakerClosed   = 0
+	BreakerHalfOpen = 1
+	BreakerOpen     = 2
+)
+
+var breakerStateName = [...]string{"closed", "half_open", "open"}
+
+// BreakerChanged records a breaker transition of upstream.
+func (t *Telemetry) BreakerChanged(upstream string, to int) {
+	if t == nil || to < 0 || to > BreakerOpen {
+		return
+	}
+	t.m.breakerState.WithLabelValues(upstream).Set(float64(to))
+	t.m.breakerTransitions.WithLabelValues(upstream, breakerStateName[to]).Inc()
+}
+
+// BreakerInit exports a breaker's initial (closed) state so the series
+// exists before the first transition.
+func (t *Telemetry) BreakerInit(upstream string) {
+	if t == nil {
+		return
+	}
+	t.m.breakerState.WithLabelValues(upstream).Set(BreakerClosed)
+}
+
+// Fallback counts an answer served from a fallback source.
+func (r *Route) Fallback(reason, source string) {
+	if r == nil {
+		return
+	}
+	r.t.m.fallbacks.WithLabelValues(r.info.Name, reason, source).Inc()
+}
+
+// Retry counts a retry decision ("attempted" or "budget_exhausted").
+func (r *Route) Retry(result string) {
+	if r == nil {
+		return
+	}
+	r.t.m.retries.WithLabelValues(r.info.Name, r.info.Upstream, result).Inc()
+}
+
+// BackgroundInflight exports how many of the route's calls run on after a
+// fallback answer.
+func (r *Route) BackgroundInflight(n int) {
+	if r == nil {
+		return
+	}
+	r.t.m.bgInflight.WithLabelValues(r.info.Name).Set(float64(n))
+}
+
+// BackgroundDone counts a finished (or refused) background call.
+func (r *Route) BackgroundDone(result string) {
+	if r == nil {
+		return
+	}
+	r.t.m.bgTotal.WithLabelValues(r.info.Name, result).Inc()
+}
+
+// Override sets the outcome End will record whatever the status says: a
+// fallback answer looks like a success to the client but is not one for
+// the hop, and a breaker or bulkhead rejection is not an upstream error.
+func (h *Hop) Override(o Outcome) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	h.override = o
+	h.mu.Unlock()
+}
+
+// Retried adds a retry event to the hop span.
+func (h *Hop) Retried(attempt int, reason string) {
+	h.Event("retry", attribute.Int("hopwatch.attempt", attempt), attribute.String("reason", reason))
+}
+
+// FellBack adds a fallback event to the hop span and overrides its outcome.
+func (h *Hop) FellBack(reason, source string) {
+	h.Event("fallback", attribute.String("reason", reason), attribute.String("source", source))
+	h.Override(OutcomeFallback)
+}
+
+// Rejected adds a rejection event (breaker open, bulkhead full) and
+// overrides the outcome.
+func (h *Hop) Rejected(reason string) {
+	h.Event("rejected", attribute.String("reason", reason))
+	h.Override(OutcomeRejected)
+}
