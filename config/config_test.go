@@ -199,28 +199,58 @@ func invalidCases() []invalidCase {
 			msg: "not supported yet",
 		},
 		{
-			name: "retry not supported",
-			yaml: base + "    retry: {attempts: 2, on: [unavailable], budget: 0.2}\n",
-			line: 13, path: "routes[0].retry",
-			msg: "not supported yet",
+			name: "retry without conditions",
+			yaml: base + "    retry: {attempts: 2, budget: 0.2}\n",
+			line: 13, path: "routes[0].retry.on",
+			msg: "at least one condition is required",
 		},
 		{
-			name: "fallback not supported",
-			yaml: base + "    fallback:\n      after: 300ms\n      use: [cache]\n",
-			line: 13, path: "routes[0].fallback",
-			msg: "not supported yet",
+			name: "retry unknown condition",
+			yaml: base + "    retry:\n      attempts: 2\n      on: [503, UNAVAILABLE]\n",
+			line: 15, path: "routes[0].retry.on[1]",
+			msg: `invalid retry condition "UNAVAILABLE": write unavailable`,
 		},
 		{
-			name: "breaker not supported",
-			yaml: upstreamLast + "    breaker: {window: 10s, failure_ratio: 0.5}\n",
-			line: 13, path: "upstreams[0].breaker",
-			msg: "not supported yet",
+			name: "retry attempts out of range",
+			yaml: base + "    retry: {attempts: 20, on: [5xx]}\n",
+			line: 13, path: "routes[0].retry.attempts",
+			msg: "attempts must be 1..10",
 		},
 		{
-			name: "max_concurrent not supported",
-			yaml: upstreamLast + "    max_concurrent: 512\n",
+			name: "fallback static listed but missing",
+			yaml: base + "    fallback:\n      after: 300ms\n      use: [cache, static]\n",
+			line: 15, path: "routes[0].fallback.use[1]",
+			msg: "static is listed but fallback.static is missing",
+		},
+		{
+			name: "fallback without after",
+			yaml: base + "    fallback:\n      use: [static]\n      static: {status: 503}\n",
+			line: 13, path: "routes[0].fallback.after",
+			msg: "after is required",
+		},
+		{
+			name: "fallback to its own upstream",
+			yaml: base + "    fallback: {after: 1s, use: [upstream], upstream: kb}\n",
+			line: 13, path: "routes[0].fallback.upstream",
+			msg: `the fallback upstream must differ from the route's own upstream "kb"`,
+		},
+		{
+			name: "breaker ratio above one",
+			yaml: upstreamLast + "    breaker:\n      window: 10s\n      failure_ratio: 50\n",
+			line: 15, path: "upstreams[0].breaker.failure_ratio",
+			msg: "must be in (0, 1] (0 means the default, 0.5)",
+		},
+		{
+			name: "breaker slow ratio without slow call",
+			yaml: upstreamLast + "    breaker: {slow_ratio: 0.8}\n",
+			line: 13, path: "upstreams[0].breaker.slow_ratio",
+			msg: "slow_ratio needs slow_call",
+		},
+		{
+			name: "negative max_concurrent",
+			yaml: upstreamLast + "    max_concurrent: -1\n",
 			line: 13, path: "upstreams[0].max_concurrent",
-			msg: "not supported yet (bulkhead lands with resilience)",
+			msg: "must not be negative (0 means unlimited)",
 		},
 		{
 			name: "wrong kind mapping for list",
@@ -542,12 +572,91 @@ func TestParseAccepts(t *testing.T) {
 		{"leading document marker", "---\n" + base},
 		{"zero duration", base + "    timeout: 0\n"},
 		{"empty callers", base + "callers: []\n"},
+		{"resilience as in the design", resilienceExample},
+		{"breaker and bulkhead with defaults", upstreamLast + "    max_concurrent: 512\n    breaker: {}\n    outlier: {}\n"},
+		{"retry", base + "    retry: {attempts: 2, on: [unavailable, 503, connect-failure], budget: 0.2}\n"},
+		{"fallback from cache alone", base + "    fallback: {after: 300ms, use: [cache]}\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := config.Parse("hopwatch.yaml", []byte(tc.yaml)); err != nil {
 				t.Errorf("Parse: %v", err)
 			}
 		})
+	}
+}
+
+// resilienceExample is the design document's resilience configuration:
+// retries on a gRPC route, an asynchronous fallback on an HTTP route, and a
+// breaker and bulkhead on the upstreams.
+const resilienceExample = `listeners:
+  - {name: bot-grpc, address: 127.0.0.1:7000, protocol: grpc, caller_header: x-hop-caller}
+  - {name: bot-http, address: 127.0.0.1:7080, protocol: http, caller: gateway}
+routes:
+  - name: nlu
+    listener: bot-grpc
+    match: {grpc_service: bot.v1.NLU}
+    upstream: nlu
+    timeout: 2s
+    retry: {attempts: 2, on: [unavailable], budget: 0.2}
+    fallback:
+      after: 500ms
+      use: [static]
+      static: {grpc_code: unavailable, grpc_message: "nlu is slow, try again"}
+  - name: kb-search
+    listener: bot-http
+    match: {path_prefix: /kb/, method: POST}
+    upstream: kb
+    timeout: 5s
+    fallback:
+      after: 300ms
+      use: [cache, static, upstream]
+      cache: {ttl: 10m, max_entries: 10000, max_bytes: 67108864, headers: [x-tenant]}
+      static: {status: 200, content_type: application/json, body: '{"results":[],"degraded":true}'}
+      upstream: kb-mirror
+      background: {max_inflight: 64, timeout: 10s}
+upstreams:
+  - name: nlu
+    protocol: grpc
+    endpoints: [127.0.0.1:7101, 127.0.0.1:7102]
+    max_concurrent: 512
+    breaker: {window: 10s, min_requests: 20, failure_ratio: 0.5, slow_call: 1s, slow_ratio: 0.8, open_for: 5s, half_open_requests: 3}
+    outlier: {consecutive_failures: 5, base_ejection: 10s, max_ejection: 5m, max_ejected_percent: 50}
+  - {name: kb, protocol: http, endpoints: [127.0.0.1:7201]}
+  - {name: kb-mirror, protocol: http, endpoints: [127.0.0.1:7202]}
+`
+
+// TestParseResilience checks that every resilience field decodes under its
+// documented name.
+func TestParseResilience(t *testing.T) {
+	cfg, err := config.Parse("hopwatch.yaml", []byte(resilienceExample))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	nlu, kb := cfg.Routes[0], cfg.Routes[1]
+	if want := (&routes.Retry{Attempts: 2, On: []string{"unavailable"}, Budget: 0.2}); !reflect.DeepEqual(nlu.Retry, want) {
+		t.Errorf("routes[0].retry = %+v, want %+v", nlu.Retry, want)
+	}
+	if want := (&routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "nlu is slow, try again"}); !reflect.DeepEqual(nlu.Fallback.Static, want) {
+		t.Errorf("routes[0].fallback.static = %+v, want %+v", nlu.Fallback.Static, want)
+	}
+	wantFB := &routes.Fallback{
+		After: 300 * time.Millisecond,
+		Use:   []string{"cache", "static", "upstream"},
+		Cache: &routes.FallbackCache{TTL: 10 * time.Minute, MaxEntries: 10000, MaxBytes: 64 << 20, Headers: []string{"x-tenant"}},
+		Static: &routes.FallbackStatic{Status: 200, ContentType: "application/json",
+			Body: `{"results":[],"degraded":true}`},
+		Upstream:   "kb-mirror",
+		Background: &routes.FallbackBackground{MaxInflight: 64, Timeout: 10 * time.Second},
+	}
+	if !reflect.DeepEqual(kb.Fallback, wantFB) {
+		t.Errorf("routes[1].fallback = %+v, want %+v", kb.Fallback, wantFB)
+	}
+	u := cfg.Upstreams[0]
+	wantBreaker := &routes.Breaker{Window: 10 * time.Second, MinRequests: 20, FailureRatio: 0.5, SlowCall: time.Second,
+		SlowRatio: 0.8, OpenFor: 5 * time.Second, HalfOpenRequests: 3}
+	wantOutlier := &routes.Outlier{ConsecutiveFailures: 5, BaseEjection: 10 * time.Second, MaxEjection: 5 * time.Minute, MaxEjectedPercent: 50}
+	if u.MaxConcurrent != 512 || !reflect.DeepEqual(u.Breaker, wantBreaker) || !reflect.DeepEqual(u.Outlier, wantOutlier) {
+		t.Errorf("upstreams[0] = max_concurrent %d, breaker %+v, outlier %+v", u.MaxConcurrent, u.Breaker, u.Outlier)
 	}
 }
 

@@ -72,9 +72,10 @@ type Route struct {
 	Upstream string `yaml:"upstream"`
 	// Timeout bounds the upstream call (0: none beyond the client's deadline).
 	Timeout time.Duration `yaml:"timeout"`
-	// Retry and Fallback are parsed so that a file using them gets a clear
-	// "not supported yet" error instead of being silently ignored.
-	Retry    *Retry    `yaml:"retry"`
+	// Retry re-sends a failed call under a budget (nil: no retries).
+	Retry *Retry `yaml:"retry"`
+	// Fallback answers the client from another source when the upstream is
+	// late, failing, open-circuited or overloaded (nil: no fallback).
 	Fallback *Fallback `yaml:"fallback"`
 }
 
@@ -95,40 +96,141 @@ type Match struct {
 	Headers map[string]string `yaml:"headers"`
 }
 
-// Retry is the route retry policy (not supported yet).
+// Resilience defaults: what a zero (unwritten) field means. They live here,
+// next to the types, so that the documentation, the validator and the
+// fallback package agree on one set of numbers.
+const (
+	// DefaultRetryBudget is Retry.Budget when 0: one retry per five first
+	// attempts, Linkerd's default retry ratio.
+	DefaultRetryBudget = 0.2
+	// MaxRetryAttempts bounds Retry.Attempts: beyond a few attempts a
+	// retry only adds load to a dependency that is already failing.
+	MaxRetryAttempts = 10
+
+	DefaultCacheTTL        = 10 * time.Minute
+	DefaultCacheMaxEntries = 10000
+	// DefaultCacheMaxBytes bounds one route's cache by size as well as by
+	// count, since a few large bodies would otherwise hold the memory that
+	// max_entries was meant to bound.
+	DefaultCacheMaxBytes = 64 << 20
+
+	DefaultBackgroundMaxInflight = 64
+	DefaultBackgroundTimeout     = 10 * time.Second
+
+	DefaultBreakerWindow           = 10 * time.Second
+	DefaultBreakerMinRequests      = 20
+	DefaultBreakerFailureRatio     = 0.5
+	DefaultBreakerSlowRatio        = 0.8
+	DefaultBreakerOpenFor          = 5 * time.Second
+	DefaultBreakerHalfOpenRequests = 3
+
+	DefaultOutlierConsecutiveFailures = 5
+	DefaultOutlierBaseEjection        = 10 * time.Second
+	DefaultOutlierMaxEjection         = 5 * time.Minute
+	DefaultOutlierMaxEjectedPercent   = 50
+)
+
+// Fallback sources, in the words of Fallback.Use.
+const (
+	FallbackSourceCache    = "cache"
+	FallbackSourceStatic   = "static"
+	FallbackSourceUpstream = "upstream"
+)
+
+// Retry is the route retry policy. A retry is only ever sent when it is
+// safe (nothing reached the upstream, or an idempotent HTTP method, or no
+// gRPC response headers yet) and when the route's retry budget allows it.
 type Retry struct {
-	Attempts int      `yaml:"attempts"`
-	On       []string `yaml:"on"`
-	Budget   float64  `yaml:"budget"`
+	// Attempts counts every try, the first included: 1..MaxRetryAttempts,
+	// where 1 means no retry. It must be written.
+	Attempts int `yaml:"attempts"`
+	// On lists what is worth retrying, at least one of: gRPC codes in
+	// snake case (unavailable, resource_exhausted, deadline_exceeded,
+	// internal, ...), HTTP statuses (502, 503, 504; 400..599) or the class
+	// 5xx, and connect-failure (no connection could be made, so nothing
+	// was sent). See ParseRetryOn.
+	On []string `yaml:"on"`
+	// Budget caps retries at this fraction of first attempts over a
+	// sliding 10s window, plus a small floor, so that during an outage
+	// retries cannot multiply the load (0: DefaultRetryBudget; at most 1).
+	Budget float64 `yaml:"budget"`
 }
 
-// Fallback is the route fallback policy (not supported yet).
+// Fallback is the route fallback policy: when the upstream has not
+// answered After the request started, or the breaker is open, or the
+// bulkhead is full, or the call failed, the client is answered from the
+// sources in Use, in order. A late call keeps running in a bounded
+// background queue and its success refreshes the cache.
 type Fallback struct {
-	After      time.Duration       `yaml:"after"`
-	Use        []string            `yaml:"use"`
-	Cache      *FallbackCache      `yaml:"cache"`
-	Static     *FallbackStatic     `yaml:"static"`
-	Upstream   string              `yaml:"upstream"`
+	// After is the latency budget: late by this much, the client gets the
+	// fallback answer. Required, > 0, and shorter than the route timeout
+	// when one is set (otherwise the timeout would always end the call
+	// first and After would never apply).
+	After time.Duration `yaml:"after"`
+	// Use lists the sources to try in order, each at most once: cache,
+	// static, upstream. The first that has an answer gives it.
+	Use []string `yaml:"use"`
+	// Cache configures the cache source (nil: defaults). Only written
+	// when Use lists cache.
+	Cache *FallbackCache `yaml:"cache"`
+	// Static is the fixed answer of the static source; required when Use
+	// lists static, and only then.
+	Static *FallbackStatic `yaml:"static"`
+	// Upstream names the upstream of the upstream source; required when
+	// Use lists upstream, and only then. It must differ from the route's
+	// own upstream (asking the late dependency again would not help).
+	Upstream string `yaml:"upstream"`
+	// Background bounds the late calls left running after a fallback
+	// answer (nil: defaults).
 	Background *FallbackBackground `yaml:"background"`
 }
 
-// FallbackCache configures the last-good-response cache.
+// FallbackCache configures the last-good-response cache. Entries are keyed
+// by route, method, path with query, a hash of the body and the values of
+// Headers; only successful responses are stored.
 type FallbackCache struct {
-	TTL        time.Duration `yaml:"ttl"`
-	MaxEntries int           `yaml:"max_entries"`
+	// TTL is how long an entry may answer (0: DefaultCacheTTL).
+	TTL time.Duration `yaml:"ttl"`
+	// MaxEntries bounds the entry count; the least recently used entry
+	// goes first (0: DefaultCacheMaxEntries).
+	MaxEntries int `yaml:"max_entries"`
+	// MaxBytes bounds the size of the stored responses (0:
+	// DefaultCacheMaxBytes).
+	MaxBytes int64 `yaml:"max_bytes"`
+	// Headers are request headers (gRPC metadata keys) whose values join
+	// the key, for answers that differ by tenant or language. Names are
+	// case-insensitive and must be distinct.
+	Headers []string `yaml:"headers"`
 }
 
-// FallbackStatic is a fixed answer.
+// FallbackStatic is a fixed answer. HTTP requests get Status, ContentType
+// and Body; gRPC calls (always, on grpc listeners; on http listeners, those
+// that arrive there) get GRPCCode and GRPCMessage, since an HTTP status has
+// no meaning to a gRPC client.
 type FallbackStatic struct {
-	Status      int    `yaml:"status"`
+	// Status is the HTTP status, 200..599 (0: 200). 1xx are interim
+	// responses (RFC 9110 §15.2) and cannot be an answer.
+	Status int `yaml:"status"`
+	// ContentType is the media type of Body (empty: no Content-Type).
 	ContentType string `yaml:"content_type"`
-	Body        string `yaml:"body"`
+	// Body is sent as written.
+	Body string `yaml:"body"`
+	// GRPCCode is the status code name in snake case, e.g. unavailable
+	// (empty: ok). With ok, the answer is one empty message, which every
+	// protobuf message type decodes as its default value; with any other
+	// code, the call ends with that status and no message.
+	GRPCCode string `yaml:"grpc_code"`
+	// GRPCMessage is the status message; only with a code other than ok.
+	GRPCMessage string `yaml:"grpc_message"`
 }
 
 // FallbackBackground bounds the calls left running after a fallback answer.
 type FallbackBackground struct {
-	MaxInflight int           `yaml:"max_inflight"`
-	Timeout     time.Duration `yaml:"timeout"`
+	// MaxInflight caps them; when full, a late call is canceled instead
+	// of left running (0: DefaultBackgroundMaxInflight).
+	MaxInflight int `yaml:"max_inflight"`
+	// Timeout bounds each of them (0: DefaultBackgroundTimeout).
+	Timeout time.Duration `yaml:"timeout"`
 }
 
 // Upstream is a named set of endpoints of one service.
@@ -143,19 +245,66 @@ type Upstream struct {
 	DialTimeout time.Duration `yaml:"dial_timeout"`
 	// MaxMessageBytes limits one gRPC message (0: DefaultMaxMessageBytes).
 	MaxMessageBytes int `yaml:"max_message_bytes"`
-	// MaxConcurrent and Breaker are parsed so that a file using them gets a
-	// clear "not supported yet" error.
-	MaxConcurrent int      `yaml:"max_concurrent"`
-	Breaker       *Breaker `yaml:"breaker"`
+	// MaxConcurrent is the bulkhead: at most this many calls in flight to
+	// the upstream, across all routes that use it (0: unlimited). A call
+	// beyond it is never queued, since a queue in front of a slow
+	// dependency only turns its latency into ours: it gets the route's
+	// fallback, or 503 / RESOURCE_EXHAUSTED.
+	MaxConcurrent int `yaml:"max_concurrent"`
+	// Breaker is the upstream's circuit breaker (nil: none).
+	Breaker *Breaker `yaml:"breaker"`
+	// Outlier tunes passive outlier ejection of endpoints that fail
+	// repeatedly (nil: ejection runs with the defaults).
+	Outlier *Outlier `yaml:"outlier"`
 }
 
-// Breaker is the per-upstream circuit breaker (not supported yet).
+// Breaker is the per-upstream circuit breaker. It trips when, over the
+// rolling Window and with at least MinRequests calls, the share of failures
+// reaches FailureRatio or the share of slow calls reaches SlowRatio; it then
+// rejects calls for OpenFor, lets HalfOpenRequests through, and closes when
+// they all succeed in time. Client cancellations and client errors (HTTP
+// 4xx but 429, gRPC INVALID_ARGUMENT, NOT_FOUND, ...) count as neither.
+// Every zero field takes its documented default.
 type Breaker struct {
-	Window           time.Duration `yaml:"window"`
-	MinRequests      int           `yaml:"min_requests"`
-	FailureRatio     float64       `yaml:"failure_ratio"`
-	SlowCall         time.Duration `yaml:"slow_call"`
-	SlowRatio        float64       `yaml:"slow_ratio"`
-	OpenFor          time.Duration `yaml:"open_for"`
-	HalfOpenRequests int           `yaml:"half_open_requests"`
+	// Window is the rolling window the ratios are measured over
+	// (0: DefaultBreakerWindow). It moves in tenths.
+	Window time.Duration `yaml:"window"`
+	// MinRequests is the fewest calls in the window for the breaker to
+	// judge: a handful of calls says nothing about a ratio
+	// (0: DefaultBreakerMinRequests).
+	MinRequests int `yaml:"min_requests"`
+	// FailureRatio trips the breaker, in (0, 1] (0: DefaultBreakerFailureRatio).
+	FailureRatio float64 `yaml:"failure_ratio"`
+	// SlowCall is the time to the first response from which a call counts
+	// as slow (0: slowness is not judged).
+	SlowCall time.Duration `yaml:"slow_call"`
+	// SlowRatio trips the breaker on slow calls, in (0, 1]
+	// (0: DefaultBreakerSlowRatio). Only written with SlowCall.
+	SlowRatio float64 `yaml:"slow_ratio"`
+	// OpenFor is how long the breaker rejects before it tries again
+	// (0: DefaultBreakerOpenFor).
+	OpenFor time.Duration `yaml:"open_for"`
+	// HalfOpenRequests is how many trial calls pass after OpenFor; that
+	// many consecutive successes close the breaker, one failure or slow
+	// call opens it again (0: DefaultBreakerHalfOpenRequests).
+	HalfOpenRequests int `yaml:"half_open_requests"`
+}
+
+// Outlier is passive outlier ejection: an endpoint that fails
+// ConsecutiveFailures times in a row is left out of load balancing for
+// BaseEjection, twice that on its next ejection, and so on up to
+// MaxEjection; a success after an ejection resets the growth. At most
+// MaxEjectedPercent of the endpoints are out at once, and never all of
+// them. Every zero field takes its documented default.
+type Outlier struct {
+	// ConsecutiveFailures ejects an endpoint (0: DefaultOutlierConsecutiveFailures).
+	ConsecutiveFailures int `yaml:"consecutive_failures"`
+	// BaseEjection is the first ejection period (0: DefaultOutlierBaseEjection).
+	BaseEjection time.Duration `yaml:"base_ejection"`
+	// MaxEjection caps the doubling (0: DefaultOutlierMaxEjection).
+	MaxEjection time.Duration `yaml:"max_ejection"`
+	// MaxEjectedPercent of the endpoints may be out at once, 1..100
+	// (0: DefaultOutlierMaxEjectedPercent). One endpoint of two or more
+	// may always be ejected, and one always stays.
+	MaxEjectedPercent int `yaml:"max_ejected_percent"`
 }

@@ -1,13 +1,17 @@
 package routes
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
+	"mime"
 	"net"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+
+	"google.golang.org/grpc/codes"
 )
 
 // FieldError is one problem in a Spec, located by its field path as written
@@ -233,13 +237,14 @@ func (v *validator) upstreams() {
 		if u.MaxMessageBytes < 0 {
 			v.errorf(p+".max_message_bytes", "must not be negative (0 means the default, %d)", DefaultMaxMessageBytes)
 		}
-		// Parsed but not implemented: failing loudly beats a file that looks
-		// protected by a bulkhead or breaker while it is not.
-		if u.MaxConcurrent != 0 {
-			v.errorf(p+".max_concurrent", "not supported yet (bulkhead lands with resilience)")
+		if u.MaxConcurrent < 0 {
+			v.errorf(p+".max_concurrent", "must not be negative (0 means unlimited)")
 		}
 		if u.Breaker != nil {
-			v.errorf(p+".breaker", "not supported yet")
+			v.breaker(p+".breaker", u.Breaker)
+		}
+		if u.Outlier != nil {
+			v.outlier(p+".outlier", u.Outlier)
 		}
 	}
 }
@@ -300,10 +305,10 @@ func (v *validator) routes() {
 			v.errorf(p+".timeout", "must not be negative (0 means no timeout beyond the client's deadline)")
 		}
 		if r.Retry != nil {
-			v.errorf(p+".retry", "not supported yet")
+			v.retry(p+".retry", r.Retry, l)
 		}
 		if r.Fallback != nil {
-			v.errorf(p+".fallback", "not supported yet")
+			v.fallback(p+".fallback", r, l, upstreams, definedUpstreams)
 		}
 	}
 }
@@ -351,6 +356,251 @@ func (v *validator) match(p string, m *Match, l *Listener) {
 		if m.Method != "" {
 			v.errorf(p+".method", "use grpc_service or grpc_method on grpc listeners")
 		}
+	}
+}
+
+// retry checks one route's retry policy; l is its listener, nil when
+// unknown.
+func (v *validator) retry(p string, r *Retry, l *Listener) {
+	switch {
+	case r.Attempts == 0:
+		v.errorf(p+".attempts", "attempts is required: 1..%d, counting the first try (1 means no retry)", MaxRetryAttempts)
+	case r.Attempts < 1 || r.Attempts > MaxRetryAttempts:
+		v.errorf(p+".attempts", "attempts must be 1..%d, counting the first try (1 means no retry)", MaxRetryAttempts)
+	}
+	if len(r.On) == 0 {
+		v.errorf(p+".on", "at least one condition is required, e.g. [unavailable] or [502, 503, %s]", RetryConnectFailure)
+	}
+	first := make(map[string]int, len(r.On))
+	for i, tok := range r.On {
+		tp := fmt.Sprintf("%s.on[%d]", p, i)
+		if j, dup := first[tok]; dup {
+			v.errorf(tp, "duplicate condition %q (first at on[%d])", tok, j)
+			continue
+		}
+		first[tok] = i
+		if _, err := ParseRetryOn([]string{tok}); err != nil {
+			v.errorf(tp, "%v", err)
+			continue
+		}
+		if l != nil && l.Protocol == ListenerGRPC && isHTTPRetryToken(tok) {
+			// A gRPC call answers HTTP 200 and carries its status in the
+			// trailers, so a status condition would never fire.
+			v.errorf(tp, "HTTP status %q never ends a gRPC call: use gRPC codes such as unavailable on grpc listeners", tok)
+		}
+	}
+	if r.Budget < 0 || r.Budget > 1 {
+		v.errorf(p+".budget", "must be between 0 and 1 (0 means the default, %g)", DefaultRetryBudget)
+	}
+}
+
+func isHTTPRetryToken(tok string) bool {
+	return tok == "5xx" || tok != "" && tok[0] >= '0' && tok[0] <= '9'
+}
+
+// fallback checks route r's fallback policy; l is its listener, nil when
+// unknown.
+func (v *validator) fallback(p string, r *Route, l *Listener, upstreams map[string]*Upstream, defined string) {
+	f := r.Fallback
+	switch {
+	case f.After == 0:
+		v.errorf(p+".after", "after is required: the latency budget after which the fallback answers, e.g. 300ms")
+	case f.After < 0:
+		v.errorf(p+".after", "must be positive, e.g. 300ms")
+	case r.Timeout > 0 && f.After >= r.Timeout:
+		v.errorf(p+".after", "after (%s) must be shorter than the route timeout (%s), or the timeout always ends the call first",
+			f.After, r.Timeout)
+	}
+
+	if len(f.Use) == 0 {
+		v.errorf(p+".use", "at least one source is required (cache, static, upstream), tried in order")
+	}
+	used := make(map[string]int, len(f.Use))
+	for i, src := range f.Use {
+		up := fmt.Sprintf("%s.use[%d]", p, i)
+		switch src {
+		case FallbackSourceCache, FallbackSourceStatic, FallbackSourceUpstream:
+		default:
+			v.errorf(up, "unknown source %q (want cache, static or upstream)", src)
+			continue
+		}
+		if j, dup := used[src]; dup {
+			v.errorf(up, "duplicate source %q (first at use[%d]): a source that had no answer will not have one a moment later", src, j)
+			continue
+		}
+		used[src] = i
+	}
+	_, usesCache := used[FallbackSourceCache]
+	iStatic, usesStatic := used[FallbackSourceStatic]
+	iUpstream, usesUpstream := used[FallbackSourceUpstream]
+
+	// A block for a source that use does not list would be silently dead:
+	// most likely the source was meant to be listed.
+	if f.Cache != nil {
+		if !usesCache {
+			v.errorf(p+".cache", "cache is configured but use does not list cache")
+		}
+		v.fallbackCache(p+".cache", f.Cache)
+	}
+	switch {
+	case f.Static != nil:
+		if !usesStatic {
+			v.errorf(p+".static", "static is configured but use does not list static")
+		}
+		v.fallbackStatic(p+".static", f.Static, l)
+	case usesStatic:
+		v.errorf(fmt.Sprintf("%s.use[%d]", p, iStatic), "static is listed but fallback.static is missing: write the answer, e.g. static: {status: 503, body: ...}")
+	}
+	switch {
+	case f.Upstream != "":
+		if !usesUpstream {
+			v.errorf(p+".upstream", "upstream is set but use does not list upstream")
+		}
+		u := upstreams[f.Upstream]
+		switch {
+		case u == nil:
+			v.errorf(p+".upstream", "unknown upstream %q (%s)", f.Upstream, defined)
+		case f.Upstream == r.Upstream:
+			v.errorf(p+".upstream", "the fallback upstream must differ from the route's own upstream %q: asking the late dependency again does not help", r.Upstream)
+		case l != nil && l.Protocol == ListenerGRPC && u.Protocol == UpstreamHTTP:
+			v.errorf(p+".upstream", "upstream %q speaks http (HTTP/1.1) but listener %q is grpc: gRPC needs an HTTP/2 upstream (protocol grpc or h2c)",
+				u.Name, l.Name)
+		}
+	case usesUpstream:
+		v.errorf(fmt.Sprintf("%s.use[%d]", p, iUpstream), "upstream is listed but fallback.upstream does not name one (%s)", defined)
+	}
+
+	if b := f.Background; b != nil {
+		if b.MaxInflight < 0 {
+			v.errorf(p+".background.max_inflight", "must not be negative (0 means the default, %d)", DefaultBackgroundMaxInflight)
+		}
+		if b.Timeout < 0 {
+			v.errorf(p+".background.timeout", "must not be negative (0 means the default, %s)", DefaultBackgroundTimeout)
+		}
+	}
+}
+
+func (v *validator) fallbackCache(p string, c *FallbackCache) {
+	if c.TTL < 0 {
+		v.errorf(p+".ttl", "must not be negative (0 means the default, %s)", DefaultCacheTTL)
+	}
+	if c.MaxEntries < 0 {
+		v.errorf(p+".max_entries", "must not be negative (0 means the default, %d)", DefaultCacheMaxEntries)
+	}
+	if c.MaxBytes < 0 {
+		v.errorf(p+".max_bytes", "must not be negative (0 means the default, %d)", DefaultCacheMaxBytes)
+	}
+	first := make(map[string]int, len(c.Headers))
+	for i, h := range c.Headers {
+		hp := fmt.Sprintf("%s.headers[%d]", p, i)
+		if !isToken(h) {
+			v.errorf(hp, "invalid header name %q", h)
+			continue
+		}
+		// Header names are case-insensitive (RFC 9110 §5.1), so X-Tenant
+		// and x-tenant are one header.
+		key := strings.ToLower(h)
+		if j, dup := first[key]; dup {
+			v.errorf(hp, "duplicate header %q (first at headers[%d])", h, j)
+			continue
+		}
+		first[key] = i
+	}
+}
+
+func (v *validator) fallbackStatic(p string, s *FallbackStatic, l *Listener) {
+	if l != nil && l.Protocol == ListenerGRPC {
+		const msg = "%s applies to HTTP answers; a grpc listener answers with grpc_code and grpc_message"
+		if s.Status != 0 {
+			v.errorf(p+".status", msg, "status")
+		}
+		if s.ContentType != "" {
+			v.errorf(p+".content_type", msg, "content_type")
+		}
+		if s.Body != "" {
+			v.errorf(p+".body", msg, "body")
+		}
+	}
+	if s.Status != 0 && (s.Status < 200 || s.Status > 599) {
+		v.errorf(p+".status", "status must be 200..599 (0 means 200)")
+	}
+	if s.ContentType != "" {
+		// ParseMediaType takes a bare token such as "json"; a media type
+		// is type/subtype (RFC 9110 §8.3.1).
+		mt, _, err := mime.ParseMediaType(s.ContentType)
+		if typ, sub, ok := strings.Cut(mt, "/"); err != nil || !ok || typ == "" || sub == "" || !isFieldValue(s.ContentType) {
+			v.errorf(p+".content_type", "invalid media type %q, e.g. application/json", s.ContentType)
+		}
+	}
+	code := codes.OK
+	if s.GRPCCode != "" {
+		c, ok := GRPCCode(s.GRPCCode)
+		if !ok {
+			hint := ""
+			if norm := normalizeToken(s.GRPCCode); norm != s.GRPCCode {
+				if _, known := GRPCCode(norm); known {
+					hint = "; write " + norm
+				}
+			}
+			v.errorf(p+".grpc_code", "unknown gRPC code %q (e.g. ok, unavailable, resource_exhausted)%s", s.GRPCCode, hint)
+			return
+		}
+		code = c
+	}
+	if s.GRPCMessage != "" && code == codes.OK {
+		v.errorf(p+".grpc_message", "grpc_message needs a grpc_code other than ok: an OK answer is a message, not a status text")
+	}
+}
+
+func (v *validator) breaker(p string, b *Breaker) {
+	if b.Window < 0 {
+		v.errorf(p+".window", "must not be negative (0 means the default, %s)", DefaultBreakerWindow)
+	}
+	if b.MinRequests < 0 {
+		v.errorf(p+".min_requests", "must not be negative (0 means the default, %d)", DefaultBreakerMinRequests)
+	}
+	if b.FailureRatio < 0 || b.FailureRatio > 1 {
+		v.errorf(p+".failure_ratio", "must be in (0, 1] (0 means the default, %g)", DefaultBreakerFailureRatio)
+	}
+	if b.SlowCall < 0 {
+		v.errorf(p+".slow_call", "must not be negative (0 means calls are never judged slow)")
+	}
+	switch {
+	case b.SlowRatio < 0 || b.SlowRatio > 1:
+		v.errorf(p+".slow_ratio", "must be in (0, 1] (0 means the default, %g)", DefaultBreakerSlowRatio)
+	case b.SlowRatio > 0 && b.SlowCall == 0:
+		v.errorf(p+".slow_ratio", "slow_ratio needs slow_call: without it no call counts as slow")
+	}
+	if b.OpenFor < 0 {
+		v.errorf(p+".open_for", "must not be negative (0 means the default, %s)", DefaultBreakerOpenFor)
+	}
+	if b.HalfOpenRequests < 0 {
+		v.errorf(p+".half_open_requests", "must not be negative (0 means the default, %d)", DefaultBreakerHalfOpenRequests)
+	}
+}
+
+func (v *validator) outlier(p string, o *Outlier) {
+	if o.ConsecutiveFailures < 0 {
+		v.errorf(p+".consecutive_failures", "must not be negative (0 means the default, %d)", DefaultOutlierConsecutiveFailures)
+	}
+	if o.BaseEjection < 0 {
+		v.errorf(p+".base_ejection", "must not be negative (0 means the default, %s)", DefaultOutlierBaseEjection)
+	}
+	if o.MaxEjection < 0 {
+		v.errorf(p+".max_ejection", "must not be negative (0 means the default, %s)", DefaultOutlierMaxEjection)
+	}
+	if o.BaseEjection >= 0 && o.MaxEjection >= 0 {
+		base, most := cmp.Or(o.BaseEjection, DefaultOutlierBaseEjection), cmp.Or(o.MaxEjection, DefaultOutlierMaxEjection)
+		if most < base {
+			at := p + ".max_ejection"
+			if o.MaxEjection == 0 {
+				at = p + ".base_ejection"
+			}
+			v.errorf(at, "max_ejection (%s) is shorter than base_ejection (%s)", most, base)
+		}
+	}
+	if o.MaxEjectedPercent < 0 || o.MaxEjectedPercent > 100 {
+		v.errorf(p+".max_ejected_percent", "must be 1..100 (0 means the default, %d)", DefaultOutlierMaxEjectedPercent)
 	}
 }
 

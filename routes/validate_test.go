@@ -37,6 +37,9 @@ func TestValidateAcceptsValidSpec(t *testing.T) {
 	if errs := Validate(&Spec{}); len(errs) > 0 {
 		t.Fatalf("Validate(empty) = %v", errs)
 	}
+	if errs := Validate(specWithResilience()); len(errs) > 0 {
+		t.Fatalf("Validate(specWithResilience()) = %v", errs)
+	}
 }
 
 func TestValidate(t *testing.T) {
@@ -126,10 +129,6 @@ func TestValidate(t *testing.T) {
 			[]want{{"upstreams[0].dial_timeout", "must not be negative"}}},
 		{"negative upstream max message", func(s *Spec) { s.Upstreams[0].MaxMessageBytes = -1 },
 			[]want{{"upstreams[0].max_message_bytes", "must not be negative"}}},
-		{"max_concurrent", func(s *Spec) { s.Upstreams[0].MaxConcurrent = 512 },
-			[]want{{"upstreams[0].max_concurrent", "not supported yet (bulkhead lands with resilience)"}}},
-		{"breaker", func(s *Spec) { s.Upstreams[0].Breaker = &Breaker{} },
-			[]want{{"upstreams[0].breaker", "not supported yet"}}},
 
 		// Routes.
 		{"route name required", func(s *Spec) { s.Routes[0].Name = "" },
@@ -150,10 +149,6 @@ func TestValidate(t *testing.T) {
 			[]want{{"routes[0].upstream", `upstream "kb" speaks http (HTTP/1.1) but listener "bot-grpc" is grpc: gRPC needs an HTTP/2 upstream`}}},
 		{"negative timeout", func(s *Spec) { s.Routes[0].Timeout = -time.Second },
 			[]want{{"routes[0].timeout", "must not be negative"}}},
-		{"retry", func(s *Spec) { s.Routes[0].Retry = &Retry{Attempts: 2} },
-			[]want{{"routes[0].retry", "not supported yet"}}},
-		{"fallback", func(s *Spec) { s.Routes[2].Fallback = &Fallback{} },
-			[]want{{"routes[2].fallback", "not supported yet"}}},
 
 		// Matches.
 		{"service and method", func(s *Spec) { s.Routes[0].Match.GRPCMethod = "/bot.v1.NLU/Parse" },
@@ -293,5 +288,225 @@ func TestValidateClashesAgreeWithAddressesClash(t *testing.T) {
 				t.Errorf("listeners %s and %s: Validate reports clash=%v, AddressesClash=%v", a, b, got, want)
 			}
 		}
+	}
+}
+
+// specWithResilience is specForValidate with every resilience feature in
+// use, written the way the design document shows it.
+func specWithResilience() *Spec {
+	s := specForValidate()
+	s.Upstreams[0].MaxConcurrent = 512
+	s.Upstreams[0].Breaker = &Breaker{Window: 10 * time.Second, MinRequests: 20, FailureRatio: 0.5,
+		SlowCall: time.Second, SlowRatio: 0.8, OpenFor: 5 * time.Second, HalfOpenRequests: 3}
+	s.Upstreams[0].Outlier = &Outlier{ConsecutiveFailures: 5, BaseEjection: 10 * time.Second,
+		MaxEjection: 5 * time.Minute, MaxEjectedPercent: 50}
+	s.Upstreams[2].Breaker = &Breaker{} // all defaults
+	s.Routes[0].Retry = &Retry{Attempts: 2, On: []string{"unavailable", "resource_exhausted", RetryConnectFailure}, Budget: 0.2}
+	s.Routes[0].Fallback = &Fallback{After: 200 * time.Millisecond, Use: []string{"cache", "static"},
+		Static: &FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "knowledge base is slow, try again"}}
+	s.Routes[1].Fallback = &Fallback{After: time.Second, Use: []string{"static"}, Static: &FallbackStatic{}} // empty OK message
+	s.Routes[2].Timeout = 5 * time.Second
+	s.Routes[2].Retry = &Retry{Attempts: 3, On: []string{"502", "503", "504", "5xx", "429", "unavailable", RetryConnectFailure}}
+	s.Routes[2].Fallback = &Fallback{
+		After:      300 * time.Millisecond,
+		Use:        []string{"cache", "static", "upstream"},
+		Cache:      &FallbackCache{TTL: 10 * time.Minute, MaxEntries: 10000, MaxBytes: 1 << 20, Headers: []string{"X-Tenant", "accept-language"}},
+		Static:     &FallbackStatic{Status: 200, ContentType: "application/json; charset=utf-8", Body: `{"results":[],"degraded":true}`, GRPCCode: "unavailable"},
+		Upstream:   "nlu-h2c",
+		Background: &FallbackBackground{MaxInflight: 64, Timeout: 10 * time.Second},
+	}
+	return s
+}
+
+func TestValidateResilience(t *testing.T) {
+	type want struct{ path, msg string }
+	for _, tc := range []struct {
+		name   string
+		mutate func(s *Spec)
+		want   []want
+	}{
+		{"all zero values are defaults", func(s *Spec) {
+			s.Upstreams[0].Breaker = &Breaker{}
+			s.Upstreams[0].Outlier = &Outlier{}
+			s.Upstreams[0].MaxConcurrent = 0
+			s.Routes[2].Fallback.Cache = &FallbackCache{}
+			s.Routes[2].Fallback.Background = &FallbackBackground{}
+			s.Routes[2].Retry.Budget = 0
+		}, nil},
+
+		// Bulkhead.
+		{"negative max_concurrent", func(s *Spec) { s.Upstreams[0].MaxConcurrent = -1 },
+			[]want{{"upstreams[0].max_concurrent", "must not be negative (0 means unlimited)"}}},
+
+		// Breaker.
+		{"breaker negative durations and counts", func(s *Spec) {
+			s.Upstreams[0].Breaker = &Breaker{Window: -1, MinRequests: -1, SlowCall: -1, OpenFor: -1, HalfOpenRequests: -1}
+		}, []want{
+			{"upstreams[0].breaker.window", "must not be negative (0 means the default, 10s)"},
+			{"upstreams[0].breaker.min_requests", "must not be negative (0 means the default, 20)"},
+			{"upstreams[0].breaker.slow_call", "must not be negative"},
+			{"upstreams[0].breaker.open_for", "must not be negative (0 means the default, 5s)"},
+			{"upstreams[0].breaker.half_open_requests", "must not be negative (0 means the default, 3)"},
+		}},
+		{"failure ratio above 1", func(s *Spec) { s.Upstreams[0].Breaker.FailureRatio = 1.5 },
+			[]want{{"upstreams[0].breaker.failure_ratio", "must be in (0, 1] (0 means the default, 0.5)"}}},
+		{"failure ratio negative", func(s *Spec) { s.Upstreams[0].Breaker.FailureRatio = -0.1 },
+			[]want{{"upstreams[0].breaker.failure_ratio", "must be in (0, 1]"}}},
+		{"failure ratio 1", func(s *Spec) { s.Upstreams[0].Breaker.FailureRatio = 1 }, nil},
+		{"slow ratio above 1", func(s *Spec) { s.Upstreams[0].Breaker.SlowRatio = 2 },
+			[]want{{"upstreams[0].breaker.slow_ratio", "must be in (0, 1] (0 means the default, 0.8)"}}},
+		{"slow ratio without slow call", func(s *Spec) { s.Upstreams[0].Breaker.SlowCall = 0 },
+			[]want{{"upstreams[0].breaker.slow_ratio", "slow_ratio needs slow_call"}}},
+		{"slow call with default ratio", func(s *Spec) { s.Upstreams[0].Breaker.SlowRatio = 0 }, nil},
+
+		// Outlier ejection.
+		{"outlier negatives", func(s *Spec) {
+			s.Upstreams[0].Outlier = &Outlier{ConsecutiveFailures: -1, BaseEjection: -1, MaxEjection: -1, MaxEjectedPercent: -1}
+		}, []want{
+			{"upstreams[0].outlier.consecutive_failures", "must not be negative (0 means the default, 5)"},
+			{"upstreams[0].outlier.base_ejection", "must not be negative (0 means the default, 10s)"},
+			{"upstreams[0].outlier.max_ejection", "must not be negative (0 means the default, 5m0s)"},
+			{"upstreams[0].outlier.max_ejected_percent", "must be 1..100 (0 means the default, 50)"},
+		}},
+		{"outlier percent above 100", func(s *Spec) { s.Upstreams[0].Outlier.MaxEjectedPercent = 101 },
+			[]want{{"upstreams[0].outlier.max_ejected_percent", "must be 1..100"}}},
+		{"outlier max below base", func(s *Spec) { s.Upstreams[0].Outlier.MaxEjection = time.Second },
+			[]want{{"upstreams[0].outlier.max_ejection", "max_ejection (1s) is shorter than base_ejection (10s)"}}},
+		{"outlier base above default max", func(s *Spec) { s.Upstreams[0].Outlier = &Outlier{BaseEjection: time.Hour} },
+			[]want{{"upstreams[0].outlier.base_ejection", "max_ejection (5m0s) is shorter than base_ejection (1h0m0s)"}}},
+
+		// Retry.
+		{"retry attempts missing", func(s *Spec) { s.Routes[0].Retry.Attempts = 0 },
+			[]want{{"routes[0].retry.attempts", "attempts is required: 1..10, counting the first try (1 means no retry)"}}},
+		{"retry attempts too many", func(s *Spec) { s.Routes[0].Retry.Attempts = 11 },
+			[]want{{"routes[0].retry.attempts", "attempts must be 1..10"}}},
+		{"retry attempts negative", func(s *Spec) { s.Routes[0].Retry.Attempts = -2 },
+			[]want{{"routes[0].retry.attempts", "attempts must be 1..10"}}},
+		{"retry one attempt", func(s *Spec) { s.Routes[0].Retry.Attempts = 1 }, nil},
+		{"retry on missing", func(s *Spec) { s.Routes[0].Retry.On = nil },
+			[]want{{"routes[0].retry.on", "at least one condition is required"}}},
+		{"retry on unknown", func(s *Spec) { s.Routes[0].Retry.On = []string{"unavailable", "flaky"} },
+			[]want{{"routes[0].retry.on[1]", `invalid retry condition "flaky": want a gRPC code such as unavailable`}}},
+		{"retry on upper case", func(s *Spec) { s.Routes[0].Retry.On = []string{"UNAVAILABLE"} },
+			[]want{{"routes[0].retry.on[0]", `invalid retry condition "UNAVAILABLE": write unavailable`}}},
+		{"retry on kebab case", func(s *Spec) { s.Routes[0].Retry.On = []string{"resource-exhausted"} },
+			[]want{{"routes[0].retry.on[0]", "write resource_exhausted"}}},
+		{"retry on connect_failure", func(s *Spec) { s.Routes[0].Retry.On = []string{"connect_failure"} },
+			[]want{{"routes[0].retry.on[0]", "write connect-failure"}}},
+		{"retry on ok", func(s *Spec) { s.Routes[0].Retry.On = []string{"ok"} },
+			[]want{{"routes[0].retry.on[0]", "ok is a success"}}},
+		{"retry on duplicate", func(s *Spec) { s.Routes[0].Retry.On = []string{"unavailable", "internal", "unavailable"} },
+			[]want{{"routes[0].retry.on[2]", `duplicate condition "unavailable" (first at on[0])`}}},
+		{"retry on http status on grpc listener", func(s *Spec) { s.Routes[0].Retry.On = []string{"503", "5xx"} },
+			[]want{
+				{"routes[0].retry.on[0]", `HTTP status "503" never ends a gRPC call`},
+				{"routes[0].retry.on[1]", `HTTP status "5xx" never ends a gRPC call`},
+			}},
+		{"retry on 4xx class", func(s *Spec) { s.Routes[2].Retry.On = []string{"4xx"} },
+			[]want{{"routes[2].retry.on[0]", "list statuses such as 429 instead"}}},
+		{"retry on status out of range", func(s *Spec) { s.Routes[2].Retry.On = []string{"200", "600", "50x"} },
+			[]want{
+				{"routes[2].retry.on[0]", "400..599"},
+				{"routes[2].retry.on[1]", "400..599"},
+				{"routes[2].retry.on[2]", "400..599"},
+			}},
+		{"retry budget above 1", func(s *Spec) { s.Routes[0].Retry.Budget = 1.2 },
+			[]want{{"routes[0].retry.budget", "must be between 0 and 1 (0 means the default, 0.2)"}}},
+		{"retry budget negative", func(s *Spec) { s.Routes[0].Retry.Budget = -0.2 },
+			[]want{{"routes[0].retry.budget", "must be between 0 and 1"}}},
+		{"retry budget 1", func(s *Spec) { s.Routes[0].Retry.Budget = 1 }, nil},
+
+		// Fallback.
+		{"fallback after missing", func(s *Spec) { s.Routes[2].Fallback.After = 0 },
+			[]want{{"routes[2].fallback.after", "after is required"}}},
+		{"fallback after negative", func(s *Spec) { s.Routes[2].Fallback.After = -time.Second },
+			[]want{{"routes[2].fallback.after", "must be positive"}}},
+		{"fallback after not shorter than timeout", func(s *Spec) { s.Routes[2].Fallback.After = 5 * time.Second },
+			[]want{{"routes[2].fallback.after", "after (5s) must be shorter than the route timeout (5s)"}}},
+		{"fallback after without route timeout", func(s *Spec) { s.Routes[2].Timeout = 0; s.Routes[2].Fallback.After = time.Minute }, nil},
+		{"fallback use missing", func(s *Spec) {
+			s.Routes[2].Fallback = &Fallback{After: time.Second}
+		}, []want{{"routes[2].fallback.use", "at least one source is required (cache, static, upstream)"}}},
+		{"fallback use unknown", func(s *Spec) { s.Routes[2].Fallback.Use = []string{"cache", "static", "upstream", "mirror"} },
+			[]want{{"routes[2].fallback.use[3]", `unknown source "mirror" (want cache, static or upstream)`}}},
+		{"fallback use duplicate", func(s *Spec) { s.Routes[2].Fallback.Use = []string{"cache", "static", "upstream", "cache"} },
+			[]want{{"routes[2].fallback.use[3]", `duplicate source "cache" (first at use[0])`}}},
+		{"fallback cache alone uses defaults", func(s *Spec) {
+			s.Routes[2].Fallback = &Fallback{After: time.Second, Use: []string{"cache"}}
+		}, nil},
+		{"fallback cache block unused", func(s *Spec) { s.Routes[2].Fallback.Use = []string{"static", "upstream"} },
+			[]want{{"routes[2].fallback.cache", "cache is configured but use does not list cache"}}},
+		{"fallback cache negatives", func(s *Spec) {
+			s.Routes[2].Fallback.Cache = &FallbackCache{TTL: -1, MaxEntries: -1, MaxBytes: -1}
+		}, []want{
+			{"routes[2].fallback.cache.ttl", "must not be negative (0 means the default, 10m0s)"},
+			{"routes[2].fallback.cache.max_entries", "must not be negative (0 means the default, 10000)"},
+			{"routes[2].fallback.cache.max_bytes", "must not be negative"},
+		}},
+		{"fallback cache headers", func(s *Spec) {
+			s.Routes[2].Fallback.Cache.Headers = []string{"X-Tenant", "bad header", "x-tenant"}
+		}, []want{
+			{"routes[2].fallback.cache.headers[1]", `invalid header name "bad header"`},
+			{"routes[2].fallback.cache.headers[2]", `duplicate header "x-tenant" (first at headers[0])`},
+		}},
+		{"fallback static missing", func(s *Spec) { s.Routes[2].Fallback.Static = nil },
+			[]want{{"routes[2].fallback.use[1]", "static is listed but fallback.static is missing"}}},
+		{"fallback static unused", func(s *Spec) { s.Routes[2].Fallback.Use = []string{"cache", "upstream"} },
+			[]want{{"routes[2].fallback.static", "static is configured but use does not list static"}}},
+		{"fallback static status 1xx", func(s *Spec) { s.Routes[2].Fallback.Static.Status = 103 },
+			[]want{{"routes[2].fallback.static.status", "status must be 200..599 (0 means 200)"}}},
+		{"fallback static status 600", func(s *Spec) { s.Routes[2].Fallback.Static.Status = 600 },
+			[]want{{"routes[2].fallback.static.status", "status must be 200..599"}}},
+		{"fallback static status 0 is 200", func(s *Spec) { s.Routes[2].Fallback.Static.Status = 0 }, nil},
+		{"fallback static bad content type", func(s *Spec) { s.Routes[2].Fallback.Static.ContentType = "json" },
+			[]want{{"routes[2].fallback.static.content_type", `invalid media type "json"`}}},
+		{"fallback static content type with newline", func(s *Spec) {
+			s.Routes[2].Fallback.Static.ContentType = "text/plain\nX-Evil: 1"
+		}, []want{{"routes[2].fallback.static.content_type", "invalid media type"}}},
+		{"fallback static http fields on grpc listener", func(s *Spec) {
+			s.Routes[0].Fallback.Static = &FallbackStatic{Status: 503, ContentType: "text/plain", Body: "slow"}
+		}, []want{
+			{"routes[0].fallback.static.status", "status applies to HTTP answers; a grpc listener answers with grpc_code and grpc_message"},
+			{"routes[0].fallback.static.content_type", "content_type applies to HTTP answers"},
+			{"routes[0].fallback.static.body", "body applies to HTTP answers"},
+		}},
+		{"fallback static unknown grpc code", func(s *Spec) { s.Routes[0].Fallback.Static.GRPCCode = "UNAVAILABLE" },
+			[]want{{"routes[0].fallback.static.grpc_code", `unknown gRPC code "UNAVAILABLE" (e.g. ok, unavailable, resource_exhausted); write unavailable`}}},
+		{"fallback static grpc message with ok", func(s *Spec) { s.Routes[0].Fallback.Static.GRPCCode = "ok" },
+			[]want{{"routes[0].fallback.static.grpc_message", "grpc_message needs a grpc_code other than ok"}}},
+		{"fallback static grpc message without code", func(s *Spec) { s.Routes[0].Fallback.Static.GRPCCode = "" },
+			[]want{{"routes[0].fallback.static.grpc_message", "grpc_message needs a grpc_code other than ok"}}},
+		{"fallback upstream missing", func(s *Spec) { s.Routes[2].Fallback.Upstream = "" },
+			[]want{{"routes[2].fallback.use[2]", "upstream is listed but fallback.upstream does not name one (defined: kb, nlu, nlu-h2c)"}}},
+		{"fallback upstream unused", func(s *Spec) { s.Routes[2].Fallback.Use = []string{"cache", "static"} },
+			[]want{{"routes[2].fallback.upstream", "upstream is set but use does not list upstream"}}},
+		{"fallback upstream unknown", func(s *Spec) { s.Routes[2].Fallback.Upstream = "kb-mirror" },
+			[]want{{"routes[2].fallback.upstream", `unknown upstream "kb-mirror" (defined: kb, nlu, nlu-h2c)`}}},
+		{"fallback upstream is the route's", func(s *Spec) { s.Routes[2].Fallback.Upstream = "kb" },
+			[]want{{"routes[2].fallback.upstream", `must differ from the route's own upstream "kb"`}}},
+		{"fallback http upstream on grpc listener", func(s *Spec) {
+			s.Routes[0].Fallback.Use = append(s.Routes[0].Fallback.Use, "upstream")
+			s.Routes[0].Fallback.Upstream = "kb"
+		}, []want{{"routes[0].fallback.upstream", `upstream "kb" speaks http (HTTP/1.1) but listener "bot-grpc" is grpc`}}},
+		{"fallback background negatives", func(s *Spec) {
+			s.Routes[2].Fallback.Background = &FallbackBackground{MaxInflight: -1, Timeout: -1}
+		}, []want{
+			{"routes[2].fallback.background.max_inflight", "must not be negative (0 means the default, 64)"},
+			{"routes[2].fallback.background.timeout", "must not be negative (0 means the default, 10s)"},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := specWithResilience()
+			tc.mutate(s)
+			got := Validate(s)
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %d errors, want %d: %v", len(got), len(tc.want), got)
+			}
+			for i, w := range tc.want {
+				if got[i].Path != w.path || !strings.Contains(got[i].Msg, w.msg) {
+					t.Errorf("error %d = %q, want path %q with %q", i, got[i].Error(), w.path, w.msg)
+				}
+			}
+		})
 	}
 }
