@@ -26,6 +26,9 @@ type Options struct {
 	// the p95 thresholds of /api/bottlenecks); nil: 503 "telemetry disabled".
 	Traces *telemetry.Store
 	Hops   *telemetry.Stats
+	// Breakers returns the /api/breakers document (circuit breakers,
+	// bulkheads, fallback counts); nil: 404, as without resilience.
+	Breakers func() any
 	// Now is the clock of the statistics windows (default time.Now).
 	Now func() time.Time
 }
@@ -51,6 +54,11 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /config", s.config)
 	s.mountAPI()
+	if opts.Breakers != nil {
+		s.mux.HandleFunc("GET /api/breakers", func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, http.StatusOK, opts.Breakers())
+		})
+	}
 	s.srv = &http.Server{
 		Handler:           s.mux,
 		ReadHeaderTimeout: 5 * time.Second,

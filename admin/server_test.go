@@ -47,3 +47,27 @@ func TestEndpoints(t *testing.T) {
 		})
 	}
 }
+
+func TestBreakersEndpoint(t *testing.T) {
+	cases := []struct {
+		name     string
+		breakers func() any
+		wantCode int
+		wantBody string
+	}{
+		{"not configured", nil, 404, ""},
+		{"served as JSON", func() any {
+			return map[string]any{"breakers": []map[string]any{{"upstream": "kb", "state": "open"}}}
+		}, 200, `"state": "open"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(Options{Breakers: tc.breakers})
+			rec := httptest.NewRecorder()
+			s.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/breakers", nil))
+			if rec.Code != tc.wantCode || !strings.Contains(rec.Body.String(), tc.wantBody) {
+				t.Fatalf("got %d %q, want %d containing %q", rec.Code, rec.Body.String(), tc.wantCode, tc.wantBody)
+			}
+		})
+	}
+}

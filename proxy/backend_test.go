@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +29,8 @@ import (
 //	               (raw bytes, so Unicode and whitespace survive), plus a detail
 //	x-count/x-size server streaming: messages to send and their size
 //	x-fail-after   bidi: fail after receiving this many messages
+//	x-fail-first   the first call with this value fails UNAVAILABLE (no headers)
+//	x-sleep-ms     answer after this long
 //	x-block        block until the call's context ends, then report it
 //	x-block-after-header  Bidi: send headers first, then as x-block
 //	x-deadline     report the remaining deadline in header "deadline-ms"
@@ -37,6 +40,9 @@ type echoBackend struct {
 	addr     string
 	srv      *grpc.Server
 	canceled chan string // method of each call whose context ended while blocked
+
+	mu       sync.Mutex // guards failedBy
+	failedBy map[string]bool
 }
 
 const echoService = "test.v1.Echo"
@@ -179,6 +185,18 @@ func headerFor(md metadata.MD) metadata.MD {
 // prelude applies the metadata-driven behaviour shared by all methods.
 func (b *echoBackend) prelude(ctx context.Context, method string, setHeader, setTrailer func(metadata.MD) error) error {
 	md, _ := metadata.FromIncomingContext(ctx)
+	if key := first(md, "x-fail-first"); key != "" {
+		b.mu.Lock()
+		fail := !b.failedBy[key]
+		if b.failedBy == nil {
+			b.failedBy = map[string]bool{}
+		}
+		b.failedBy[key] = true
+		b.mu.Unlock()
+		if fail {
+			return status.Error(codes.Unavailable, "first call fails")
+		}
+	}
 	h := headerFor(md)
 	if first(md, "x-traceparent-probe") != "" {
 		// Report the trace headers as the upstream received them.
@@ -208,6 +226,13 @@ func (b *echoBackend) prelude(ctx context.Context, method string, setHeader, set
 	}
 	if len(t) > 0 {
 		setTrailer(t)
+	}
+	if ms, _ := strconv.Atoi(first(md, "x-sleep-ms")); ms > 0 {
+		select {
+		case <-time.After(time.Duration(ms) * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	if first(md, "x-block") != "" {
 		<-ctx.Done()

@@ -13,6 +13,7 @@ import (
 // mark set when connecting fails, so that requests not yet sent go elsewhere.
 type endpoint struct {
 	addr     string
+	idx      int // position in the upstream's endpoint list
 	inflight atomic.Int64
 
 	mu        sync.Mutex // guards the fields below

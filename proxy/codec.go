@@ -45,9 +45,10 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// release frees a frame's buffers that were received but never sent.
+// release frees a frame's buffers that were received but never sent. It is
+// safe on a nil frame.
 func (f *frame) release() {
-	if f.data != nil {
+	if f != nil && f.data != nil {
 		f.data.Free()
 		f.data = nil
 	}

@@ -35,6 +35,8 @@ func upstreamError(err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, errRejected):
+		return err
 	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("%w: %w", errCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):
@@ -61,7 +63,7 @@ func grpcError(err error, method string) error {
 }
 
 func isProxyError(err error) bool {
-	for _, e := range []error{errNoRoute, errUnreachable, errTimeout, errCanceled, errBadGateway} {
+	for _, e := range []error{errNoRoute, errUnreachable, errTimeout, errCanceled, errBadGateway, errRejected} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -75,6 +77,10 @@ func classify(err error) (codes.Code, string) {
 	switch {
 	case errors.Is(err, errNoRoute):
 		return codes.Unimplemented, "hopwatch: no route"
+	case errors.Is(err, errOverloaded):
+		return codes.ResourceExhausted, "hopwatch: upstream " + err.Error()
+	case errors.Is(err, errBreakerOpen):
+		return codes.Unavailable, "hopwatch: upstream " + err.Error()
 	case errors.Is(err, errUnreachable):
 		return codes.Unavailable, "hopwatch: " + err.Error()
 	case errors.Is(err, errTimeout):
@@ -91,7 +97,7 @@ func httpStatus(err error) int {
 	switch {
 	case errors.Is(err, errNoRoute):
 		return http.StatusNotFound
-	case errors.Is(err, errUnreachable):
+	case errors.Is(err, errUnreachable), errors.Is(err, errRejected):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errTimeout):
 		return http.StatusGatewayTimeout

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/hopwatch/hopwatch/fallback"
 	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
@@ -79,38 +80,66 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 	clientCtx := ctx
 	ctx, hop := rt.tel.Start(ctx, mdHeader(md), gen.listeners[listener].callerOf(mdHeader(md)), method)
 
-	// The upstream call lives in a context derived from the client's, so
-	// the client's deadline travels as grpc-timeout and its cancellation
-	// cancels the upstream call. A route timeout can only shorten it.
+	var err error
+	if rt.res != nil {
+		err = p.callGRPCResilient(clientCtx, ctx, ss, rt, hop, md, method)
+	} else {
+		err = p.callGRPC(ctx, ss, rt, hop, md, method)
+	}
+	code := status.Code(err)
+	hop.End(code.String(), telemetry.GRPCOutcome(code, errors.Is(clientCtx.Err(), context.Canceled)))
+	return err
+}
+
+// upstreamContext derives the upstream call's context: the client's
+// deadline travels as grpc-timeout and a route timeout can only shorten it.
+// grpc-go drops reserved and pseudo headers (content-type, te, :authority,
+// grpc-timeout, ...) from outgoing metadata itself, and sets its own;
+// everything else, -bin keys included, passes as received. md is our own
+// copy (FromIncomingContext copies), so each attempt may write its trace
+// context into it.
+func upstreamContext(ctx context.Context, rt *route, md metadata.MD) (context.Context, context.CancelFunc) {
 	var cancel context.CancelFunc
 	if rt.spec.Timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, rt.spec.Timeout)
 	} else {
 		ctx, cancel = context.WithCancel(ctx)
 	}
+	return metadata.NewOutgoingContext(ctx, md), cancel
+}
+
+// callGRPC forwards one call of any kind as a stream: the upstream call
+// lives in a context derived from the client's, so the client's
+// cancellation cancels it.
+func (p *Proxy) callGRPC(ctx context.Context, ss grpc.ServerStream, rt *route, hop *telemetry.Hop, md metadata.MD, method string) error {
+	ctx, cancel := upstreamContext(ctx, rt, md)
 	defer cancel()
-	// grpc-go drops reserved and pseudo headers (content-type, te,
-	// :authority, grpc-timeout, ...) from outgoing metadata itself, and sets
-	// its own; everything else, -bin keys included, passes as received.
-	// md is our own copy (FromIncomingContext copies), so each attempt may
-	// write its trace context into it.
-	ctx = metadata.NewOutgoingContext(ctx, md)
+	gate, err := rt.up.admit()
+	if err != nil {
+		hop.Rejected(reasonOf(err))
+		return grpcError(err, method)
+	}
+	defer gate.release()
+	canceled := func() bool { return errors.Is(ss.Context().Err(), context.Canceled) }
 
 	cs, ep, att, err := rt.up.openGRPC(ctx, hop, md, bidi, method, callOptions(md)...)
-	if err == nil {
-		start := p.now()
-		err = forwardGRPC(ss, cs, cancel, hop)
-		ep.inflight.Add(-1)
-		if err == nil || status.Code(err) != codes.Unavailable {
-			ep.observe(p.now(), p.now().Sub(start))
-		}
-	} else {
+	if err != nil {
 		err = grpcError(upstreamError(err), method)
+		code := status.Code(err)
+		gate.report(fallback.ClassifyGRPC(code, canceled()))
+		att.End(code.String(), telemetry.GRPCOutcome(code, canceled()))
+		return err
 	}
+	start := p.now()
+	err = forwardGRPC(ss, cs, cancel, hop, gate)
+	ep.inflight.Add(-1)
 	code := status.Code(err)
-	outcome := telemetry.GRPCOutcome(code, errors.Is(clientCtx.Err(), context.Canceled))
-	att.End(code.String(), outcome)
-	hop.End(code.String(), outcome)
+	if code != codes.Unavailable {
+		ep.observe(p.now(), p.now().Sub(start))
+	}
+	rt.up.outcome(ep, classifyGRPC(code, canceled()))
+	gate.report(fallback.ClassifyGRPC(code, canceled()))
+	att.End(code.String(), telemetry.GRPCOutcome(code, canceled()))
 	return err
 }
 
@@ -132,7 +161,7 @@ func callOptions(md metadata.MD) []grpc.CallOption {
 // forwardGRPC pumps frames both ways until the upstream ends the call, then
 // hands its trailers and status to the client. cancel aborts the upstream
 // call when the client side fails.
-func forwardGRPC(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelFunc, hop *telemetry.Hop) error {
+func forwardGRPC(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.CancelFunc, hop *telemetry.Hop, gate *pass) error {
 	// Client → upstream runs in its own goroutine; it ends when the client
 	// half-closes (then CloseSend), when the upstream call ends (SendMsg
 	// fails), or when the server stream is finished after this handler
@@ -163,6 +192,7 @@ func forwardGRPC(ss grpc.ServerStream, cs grpc.ClientStream, cancel context.Canc
 	// trailers-only.
 	md, err := cs.Header()
 	hop.FirstByte()
+	gate.firstResponse()
 	if err == nil && md != nil {
 		if err := ss.SendHeader(md); err != nil {
 			cancel()

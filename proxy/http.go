@@ -156,7 +156,7 @@ func (r *responseRecorder) status() int {
 }
 
 // newReverseProxy builds the reverse proxy of one HTTP-listener route.
-func newReverseProxy(up *upstream, trusted []netip.Prefix, log *slog.Logger, bufs httputil.BufferPool) *httputil.ReverseProxy {
+func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.Prefix, log *slog.Logger, bufs httputil.BufferPool) *httputil.ReverseProxy {
 	// The host is a placeholder: upstream.RoundTrip puts the picked
 	// endpoint there. Leaving Out.Host empty makes the Host header the
 	// endpoint's, as if the client had called it directly; the original
@@ -185,7 +185,7 @@ func newReverseProxy(up *upstream, trusted []netip.Prefix, log *slog.Logger, buf
 			}
 			pr.SetXForwarded()
 		},
-		Transport:  up,
+		Transport:  transport,
 		BufferPool: bufs,
 		// An HTTP/2 (h2c) upstream may send Content-Length together with
 		// trailers: HTTP/2 frames trailers independently of the body
@@ -210,6 +210,9 @@ func newReverseProxy(up *upstream, trusted []netip.Prefix, log *slog.Logger, buf
 		// splitting it into headers + empty trailers, which gRPC clients
 		// reject ("server closed the stream without sending trailers").
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, errRejected) {
+				hopFrom(r.Context()).Rejected(reasonOf(err))
+			}
 			writeError(w, r, upstreamError(err))
 		},
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),

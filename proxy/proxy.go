@@ -67,6 +67,7 @@ type Proxy struct {
 	mu        sync.Mutex // serializes Apply and Shutdown; guards the fields below
 	listeners map[string]*listener
 	ups       map[string]*upstream
+	res       map[string]*resilience
 	closed    bool
 	serving   sync.WaitGroup // Serve loops and background drains
 }
@@ -81,6 +82,7 @@ func New(opts Options) *Proxy {
 		bufs:         newBufferPool(),
 		listeners:    map[string]*listener{},
 		ups:          map[string]*upstream{},
+		res:          map[string]*resilience{},
 	}
 	if p.log == nil {
 		p.log = slog.Default()
@@ -101,6 +103,8 @@ func New(opts Options) *Proxy {
 type route struct {
 	spec routes.Route
 	up   *upstream
+	alt  *upstream              // fallback upstream, if the policy names one
+	res  *resilience            // retry and fallback; nil without a policy
 	http *httputil.ReverseProxy // nil on gRPC listeners
 	tel  *telemetry.Route       // nil without telemetry
 }
@@ -130,6 +134,7 @@ type generation struct {
 	table     *routes.Table
 	routes    []*route
 	ups       []*upstream
+	res       []*resilience
 	listeners map[string]listenerConf
 
 	refs      atomic.Int64
@@ -192,7 +197,7 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 			ups[us.Name] = old
 			continue
 		}
-		u, err := newUpstream(us, p.now)
+		u, err := newUpstream(us, p.now, p.tel)
 		if err != nil {
 			return fail(err)
 		}
@@ -239,7 +244,26 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 		fresh = append(fresh, l)
 	}
 
+	// Route resilience: keep unchanged policies (warm caches, budgets).
+	ress := map[string]*resilience{}
+	for _, rs := range spec.Routes {
+		if !needsResilience(rs) {
+			continue
+		}
+		if old, ok := p.res[rs.Name]; ok && old.same(rs) {
+			ress[rs.Name] = old
+		} else {
+			ress[rs.Name] = newResilience(rs, p.now)
+		}
+	}
+
 	g := &generation{table: table, ups: make([]*upstream, 0, len(ups)), listeners: map[string]listenerConf{}}
+	for _, r := range ress {
+		r.mu.Lock()
+		r.users++
+		r.mu.Unlock()
+		g.res = append(g.res, r)
+	}
 	for _, ls := range spec.Listeners {
 		g.listeners[ls.Name] = listenerConf{caller: ls.Caller, callerHeader: strings.ToLower(ls.CallerHeader)}
 	}
@@ -249,13 +273,16 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 		u.mu.Unlock()
 		g.ups = append(g.ups, u)
 	}
-	g.onDrained = func() { releaseUpstreams(g.ups) }
+	g.onDrained = func() {
+		releaseUpstreams(g.ups)
+		releaseResilience(g.res)
+	}
 	for _, rs := range spec.Routes {
-		rt := &route{spec: rs, up: ups[rs.Upstream]}
-		ls := specs[rs.Listener]
-		if ls.Protocol == routes.ListenerHTTP {
-			rt.http = newReverseProxy(rt.up, parseTrusted(ls.TrustedProxies), p.log, p.bufs)
+		rt := &route{spec: rs, up: ups[rs.Upstream], res: ress[rs.Name]}
+		if rs.Fallback != nil && rs.Fallback.Upstream != "" {
+			rt.alt = ups[rs.Fallback.Upstream]
 		}
+		ls := specs[rs.Listener]
 		rt.tel = p.tel.Route(telemetry.RouteInfo{
 			Name:      rs.Name,
 			Upstream:  rs.Upstream,
@@ -263,12 +290,20 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 			GRPC:      ls.Protocol == routes.ListenerGRPC,
 			HTTPRoute: rs.Match.PathPrefix,
 		}, spec.Callers)
+		if rt.res != nil {
+			rt.res.tel = rt.tel
+		}
+		if ls.Protocol == routes.ListenerHTTP {
+			transport := &routeTransport{up: rt.up, alt: rt.alt, res: rt.res}
+			rt.http = newReverseProxy(rt.up, transport, parseTrusted(ls.TrustedProxies), p.log, p.bufs)
+		}
 		g.routes = append(g.routes, rt)
 	}
 
 	old := p.cur.Swap(g)
 	old.retire()
 	p.ups = ups
+	p.res = ress
 
 	// Stop what the new configuration no longer has; the calls they carry
 	// finish on the old generation, bounded by the drain timeout.
@@ -297,6 +332,18 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 		return &PartialError{Listeners: errs}
 	}
 	return nil
+}
+
+func releaseResilience(rs []*resilience) {
+	for _, r := range rs {
+		r.mu.Lock()
+		r.users--
+		last := r.users == 0
+		r.mu.Unlock()
+		if last {
+			r.close()
+		}
+	}
 }
 
 func releaseUpstreams(ups []*upstream) {
@@ -348,6 +395,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.cur.Load().retire()
 	for _, u := range p.ups {
 		u.close()
+	}
+	for _, r := range p.res {
+		r.close()
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("drain cut short: %w", ctx.Err())

@@ -15,11 +15,13 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/hopwatch/hopwatch/fallback"
 	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
@@ -41,12 +43,33 @@ type upstream struct {
 	// "http", prior-knowledge HTTP/2 for "h2c" and "grpc".
 	transport *http.Transport
 
+	// breaker and bulkhead gate every request (nil: not configured).
+	breaker  *fallback.Breaker
+	bulkhead *fallback.Bulkhead
+	// ejector takes endpoints that keep failing out of rotation for a
+	// growing period (passive outlier detection, always on).
+	ejector *fallback.Ejector
+
 	mu    sync.Mutex // guards users
 	users int        // generations holding this upstream
 }
 
-func newUpstream(spec routes.Upstream, now func() time.Time) (*upstream, error) {
+func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Telemetry) (*upstream, error) {
 	u := &upstream{spec: spec, now: now}
+	if spec.Breaker != nil {
+		tel.BreakerInit(spec.Name)
+		u.breaker = fallback.NewBreaker(spec.Name, *spec.Breaker, func(name string, _, to fallback.State) {
+			tel.BreakerChanged(name, breakerState(to))
+		})
+	}
+	if spec.MaxConcurrent > 0 {
+		u.bulkhead = fallback.NewBulkhead(spec.MaxConcurrent)
+	}
+	var o routes.Outlier
+	if spec.Outlier != nil {
+		o = *spec.Outlier
+	}
+	u.ejector = fallback.NewEjector(len(spec.Endpoints), o.ConsecutiveFailures, o.BaseEjection, o.MaxEjection, o.MaxEjectedPercent)
 	switch spec.Balance {
 	case routes.BalanceRoundRobin:
 		u.bal = &roundRobin{}
@@ -61,8 +84,8 @@ func newUpstream(spec routes.Upstream, now func() time.Time) (*upstream, error) 
 	if maxMsg <= 0 {
 		maxMsg = routes.DefaultMaxMessageBytes
 	}
-	for _, addr := range spec.Endpoints {
-		u.eps = append(u.eps, &endpoint{addr: addr})
+	for i, addr := range spec.Endpoints {
+		u.eps = append(u.eps, &endpoint{addr: addr, idx: i})
 		cc, err := grpc.NewClient(addr,
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithDefaultCallOptions(
@@ -129,7 +152,7 @@ func (u *upstream) close() {
 // pickHTTP chooses an endpoint not marked down.
 func (u *upstream) pickHTTP(tried uint64) int {
 	now := u.now()
-	return u.bal.pick(u.eps, tried, func(i int) bool { return !u.eps[i].isDown(now) })
+	return u.bal.pick(u.eps, tried, func(i int) bool { return !u.eps[i].isDown(now) && !u.ejected(i, now) })
 }
 
 // pickGRPC chooses an endpoint not marked down whose connection is not known
@@ -137,7 +160,7 @@ func (u *upstream) pickHTTP(tried uint64) int {
 func (u *upstream) pickGRPC(tried uint64) int {
 	now := u.now()
 	return u.bal.pick(u.eps, tried, func(i int) bool {
-		return !u.eps[i].isDown(now) && u.conns[i].GetState() != connectivity.TransientFailure
+		return !u.eps[i].isDown(now) && !u.ejected(i, now) && u.conns[i].GetState() != connectivity.TransientFailure
 	})
 }
 
@@ -180,10 +203,12 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		att.Inject(propagation.HeaderCarrier(out.Header), out.Header.Del)
 		ep.inflight.Add(1)
 		resp, err := u.transport.RoundTrip(&out)
+		canceled := errors.Is(req.Context().Err(), context.Canceled)
 		if err != nil {
 			ep.inflight.Add(-1)
 			lastErr = err
 			att.End("", attemptOutcome(req.Context()))
+			u.outcome(ep, classifyHTTP(0, err, canceled))
 			if isDialError(err) {
 				ep.markDown(u.now())
 				if (body == nil || !body.read.Load()) && req.Context().Err() == nil {
@@ -193,6 +218,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		ep.observe(u.now(), u.now().Sub(now))
+		u.outcome(ep, classifyHTTP(resp.StatusCode, nil, canceled))
 		code := telemetry.HTTPCode(resp.StatusCode)
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			// The body is the upgraded connection (an io.ReadWriteCloser
@@ -453,4 +479,44 @@ func (u *upstream) openGRPC(ctx context.Context, hop *telemetry.Hop, md metadata
 		lastErr = errNoEndpoint
 	}
 	return nil, nil, nil, lastErr
+}
+
+// breakerState maps a breaker state to its exported number.
+func breakerState(s fallback.State) int {
+	switch s {
+	case fallback.StateOpen:
+		return telemetry.BreakerOpen
+	case fallback.StateHalfOpen:
+		return telemetry.BreakerHalfOpen
+	}
+	return telemetry.BreakerClosed
+}
+
+// outcome feeds passive outlier detection with one call's result at ep:
+// failures the endpoint can be blamed for, or a success. Calls that say
+// nothing about the endpoint (client cancellations, client errors) are
+// not reported.
+func (u *upstream) outcome(ep *endpoint, c classified) {
+	if ep == nil || c.excluded || u.ejector == nil {
+		return
+	}
+	u.ejector.Report(ep.idx, c.failure, u.now())
+}
+
+// ejected reports whether outlier detection has taken endpoint i out.
+func (u *upstream) ejected(i int, now time.Time) bool {
+	return u.ejector != nil && u.ejector.Ejected(i, now)
+}
+
+// classified is a call's result as the breaker and the ejector see it.
+type classified struct{ failure, excluded bool }
+
+func classifyHTTP(status int, err error, canceled bool) classified {
+	f, ex := fallback.ClassifyHTTP(status, err, canceled)
+	return classified{f, ex}
+}
+
+func classifyGRPC(code codes.Code, canceled bool) classified {
+	f, ex := fallback.ClassifyGRPC(code, canceled)
+	return classified{f, ex}
 }

@@ -1,6 +1,11 @@
 package telemetry
 
-import "go.opentelemetry.io/otel/attribute"
+import (
+	"cmp"
+	"slices"
+
+	"go.opentelemetry.io/otel/attribute"
+)
 
 // The resilience code (fallback/, wired by proxy/) reports through these
 // hooks: it registers no metrics of its own.
@@ -38,6 +43,40 @@ func (r *Route) Fallback(reason, source string) {
 		return
 	}
 	r.t.m.fallbacks.WithLabelValues(r.info.Name, reason, source).Inc()
+	k := FallbackCount{Route: r.info.Name, Reason: reason, Source: source}
+	r.t.fbMu.Lock()
+	if r.t.fbCounts == nil {
+		r.t.fbCounts = map[FallbackCount]int64{}
+	}
+	r.t.fbCounts[k]++
+	r.t.fbMu.Unlock()
+}
+
+// FallbackCount is how often a route answered from a fallback source for a
+// reason, since start.
+type FallbackCount struct {
+	Route  string `json:"route"`
+	Reason string `json:"reason"`
+	Source string `json:"source"`
+	Count  int64  `json:"count"`
+}
+
+// FallbackCounts lists the fallback answers since start, for the admin API.
+func (t *Telemetry) FallbackCounts() []FallbackCount {
+	if t == nil {
+		return nil
+	}
+	t.fbMu.Lock()
+	defer t.fbMu.Unlock()
+	out := make([]FallbackCount, 0, len(t.fbCounts))
+	for k, n := range t.fbCounts {
+		k.Count = n
+		out = append(out, k)
+	}
+	slices.SortFunc(out, func(a, b FallbackCount) int {
+		return cmp.Or(cmp.Compare(a.Route, b.Route), cmp.Compare(a.Reason, b.Reason), cmp.Compare(a.Source, b.Source))
+	})
+	return out
 }
 
 // Retry counts a retry decision ("attempted" or "budget_exhausted").

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,6 +43,9 @@ type Telemetry struct {
 	sampler sdktrace.Sampler
 	now     func() time.Time
 	log     *slog.Logger
+
+	fbMu     sync.Mutex              // guards fbCounts
+	fbCounts map[FallbackCount]int64 // keys have Count 0
 
 	// Store keeps recent traces for /api/traces and /api/bottlenecks.
 	Store *Store

@@ -65,7 +65,13 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		adminAddr: cfg.Admin.Address,
 		last:      reloadResult{Time: time.Now(), Trigger: "start", OK: true},
 	}
-	a.admin = admin.New(admin.Options{Logger: log, Ready: a.ready.Load, Config: a.configDoc, Traces: tel.Store, Hops: tel.Stats})
+	a.admin = admin.New(admin.Options{
+		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
+		Traces: tel.Store, Hops: tel.Stats,
+		Breakers: func() any {
+			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": tel.FallbackCounts()}
+		},
+	})
 	a.admin.Handle("GET /metrics", tel.MetricsHandler())
 	if err := a.admin.Start(cfg.Admin.Address); err != nil {
 		tel.Shutdown(context.Background())

@@ -1,0 +1,601 @@
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/hopwatch/hopwatch/proxy"
+	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
+)
+
+// resEnv is a proxy with telemetry in front of test upstreams.
+type resEnv struct {
+	reg      *prometheus.Registry
+	httpAddr string
+	grpcAddr string
+}
+
+func startResEnv(t *testing.T, spec *routes.Spec) *resEnv {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	tel, err := telemetry.New(telemetry.Options{Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	p := proxy.New(proxy.Options{Telemetry: tel})
+	if err := p.Apply(spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shutdown(t, p) })
+	env := &resEnv{reg: reg}
+	if a := p.Addr("http"); a != nil {
+		env.httpAddr = a.String()
+	}
+	if a := p.Addr("grpc"); a != nil {
+		env.grpcAddr = a.String()
+	}
+	return env
+}
+
+func (e *resEnv) metric(t *testing.T, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if v, ok := labels[l.GetName()]; ok && v != l.GetValue() {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				sum += m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				sum += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+func httpSpec(up string, route routes.Route, upstream routes.Upstream) *routes.Spec {
+	route.Name, route.Listener, route.Upstream = "kb", "http", "kb"
+	upstream.Name, upstream.Protocol, upstream.Endpoints = "kb", "http", []string{up}
+	return &routes.Spec{
+		Listeners: []routes.Listener{{Name: "http", Address: "127.0.0.1:0", Protocol: "http"}},
+		Routes:    []routes.Route{route},
+		Upstreams: []routes.Upstream{upstream},
+	}
+}
+
+type httpResult struct {
+	status   int
+	body     string
+	fallback string
+	err      error
+	took     time.Duration
+}
+
+func post(client *http.Client, url, body string) httpResult {
+	start := time.Now()
+	resp, err := client.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		return httpResult{err: err, took: time.Since(start)}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return httpResult{status: resp.StatusCode, body: string(b), fallback: resp.Header.Get("X-Hopwatch-Fallback"), took: time.Since(start)}
+}
+
+// TestBreaker drives an HTTP upstream through failure, open, half-open and
+// recovery, and checks what the upstream sees at each step.
+func TestBreaker(t *testing.T) {
+	var failing atomic.Bool
+	var hits atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if failing.Load() {
+			http.Error(w, "down", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	defer up.Close()
+	env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{Match: routes.Match{PathPrefix: "/"}},
+		routes.Upstream{Breaker: &routes.Breaker{Window: 10 * time.Second, MinRequests: 5, FailureRatio: 0.5, OpenFor: 300 * time.Millisecond, HalfOpenRequests: 2}}))
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	url := "http://" + env.httpAddr + "/q"
+
+	failing.Store(true)
+	for range 5 {
+		if r := post(client, url, "{}"); r.status != 500 {
+			t.Fatalf("while closed, want the upstream's 500, got %+v", r)
+		}
+	}
+	before := hits.Load()
+	r := post(client, url, "{}")
+	if r.status != http.StatusServiceUnavailable || !strings.Contains(r.body, "circuit breaker open") {
+		t.Fatalf("open breaker: want 503 naming the breaker, got %+v", r)
+	}
+	if hits.Load() != before {
+		t.Fatal("an open breaker let a request through")
+	}
+	if got := env.metric(t, "hopwatch_breaker_state", map[string]string{"upstream": "kb"}); got != 2 {
+		t.Fatalf("hopwatch_breaker_state = %v, want 2 (open)", got)
+	}
+	if got := env.metric(t, "hopwatch_hop_requests_total", map[string]string{"outcome": "rejected"}); got != 1 {
+		t.Fatalf("rejected requests = %v, want 1", got)
+	}
+
+	failing.Store(false)
+	waitFor(t, "half-open and closed again", func() bool {
+		return post(client, url, "{}").status == 200 && post(client, url, "{}").status == 200 &&
+			env.metric(t, "hopwatch_breaker_state", map[string]string{"upstream": "kb"}) == 0
+	})
+	if got := env.metric(t, "hopwatch_breaker_transitions_total", map[string]string{"upstream": "kb", "to": "half_open"}); got < 1 {
+		t.Fatalf("no transition to half_open recorded")
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestBreakerHalfOpenAdmitsFew: with 1,000 concurrent callers at half-open,
+// the upstream sees at most half_open_requests calls; and 1,000 client
+// cancellations do not trip the breaker.
+func TestBreakerHalfOpenAdmitsFew(t *testing.T) {
+	backend := startEcho(t)
+	spec := &routes.Spec{
+		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
+		Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
+		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr},
+			Breaker: &routes.Breaker{MinRequests: 10, FailureRatio: 0.5, OpenFor: 500 * time.Millisecond, HalfOpenRequests: 3}}},
+	}
+	env := startResEnv(t, spec)
+	cc := dial(t, env.grpcAddr)
+	m := "/" + echoService + "/Unary"
+	ctx := context.Background()
+
+	t.Run("cancellations never trip it", func(t *testing.T) {
+		var wg sync.WaitGroup
+		for range 1000 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				// An explicit cancel, as when a user closes the chat: not a
+				// deadline, which would be the upstream's slowness.
+				cctx, cancel := context.WithCancel(ctx)
+				timer := time.AfterFunc(20*time.Millisecond, cancel)
+				defer timer.Stop()
+				if o := unary(cctx, cc, m, metadata.Pairs("x-block", "1"), nil); o.Code != codes.Canceled {
+					t.Errorf("want Canceled, got %v", o)
+				}
+			}()
+		}
+		wg.Wait()
+		for len(backend.canceled) > 0 {
+			<-backend.canceled
+		}
+		if o := unary(ctx, cc, m, nil, []byte("x")); o.Code != codes.OK {
+			t.Fatalf("after 1,000 cancellations the breaker rejects: %v", o)
+		}
+	})
+
+	t.Run("half-open admits exactly the configured number", func(t *testing.T) {
+		for range 10 {
+			unary(ctx, cc, m, metadata.Pairs("x-status", "14"), nil) // UNAVAILABLE: failures
+		}
+		if o := unary(ctx, cc, m, nil, nil); o.Code != codes.Unavailable || !strings.Contains(o.Message, "circuit breaker open") {
+			t.Fatalf("want the breaker open, got %v", o)
+		}
+		time.Sleep(600 * time.Millisecond) // open_for passes: half-open
+		var admitted, rejected atomic.Int64
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range 1000 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				defer cancel()
+				// Blocked at the upstream until the deadline: admitted calls
+				// hold their half-open slot while everyone else arrives.
+				o := unary(cctx, cc, m, metadata.Pairs("x-block", "1"), nil)
+				if strings.Contains(o.Message, "circuit breaker open") {
+					rejected.Add(1)
+				} else {
+					admitted.Add(1)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if admitted.Load() > 3 || admitted.Load() == 0 {
+			t.Fatalf("half-open let %d calls through to the upstream, want 1..3 (rejected %d)", admitted.Load(), rejected.Load())
+		}
+		for len(backend.canceled) > 0 {
+			<-backend.canceled
+		}
+	})
+}
+
+// TestSlowCallsTrip: calls slower than slow_call count towards slow_ratio.
+func TestSlowCallsTrip(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(60 * time.Millisecond)
+		fmt.Fprint(w, "slow but fine")
+	}))
+	defer up.Close()
+	env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{},
+		routes.Upstream{Breaker: &routes.Breaker{MinRequests: 4, SlowCall: 20 * time.Millisecond, SlowRatio: 0.5, OpenFor: time.Minute}}))
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	for range 4 {
+		if r := post(client, "http://"+env.httpAddr+"/", ""); r.status != 200 {
+			t.Fatalf("got %+v", r)
+		}
+	}
+	if r := post(client, "http://"+env.httpAddr+"/", ""); r.status != 503 {
+		t.Fatalf("after 4 slow calls the breaker should be open, got %+v", r)
+	}
+}
+
+// TestBulkhead: beyond max_concurrent, requests are refused at once.
+func TestBulkhead(t *testing.T) {
+	release := make(chan struct{})
+	var inside atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inside.Add(1)
+		<-release
+		fmt.Fprint(w, "ok")
+	}))
+	defer up.Close()
+	defer close(release)
+	env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{}, routes.Upstream{MaxConcurrent: 2}))
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	url := "http://" + env.httpAddr + "/"
+	results := make(chan httpResult, 2)
+	for range 2 {
+		go func() { results <- post(client, url, "") }()
+	}
+	waitFor(t, "two requests at the upstream", func() bool { return inside.Load() == 2 })
+	if r := post(client, url, ""); r.status != 503 || !strings.Contains(r.body, "bulkhead") {
+		t.Fatalf("third concurrent request: want 503 (bulkhead full), got %+v", r)
+	}
+	release <- struct{}{}
+	release <- struct{}{}
+	for range 2 {
+		if r := <-results; r.status != 200 {
+			t.Fatalf("admitted request: %+v", r)
+		}
+	}
+}
+
+// TestAsyncFallbackHTTP is the motivating case: an upstream where a share
+// of calls take 2 s, route after 200ms. Every client gets an answer well
+// before the slow call ends, nobody gets an error, the slow calls finish in
+// the background (never more than max_inflight at once) and refresh the
+// cache, which later answers for them.
+func TestAsyncFallbackHTTP(t *testing.T) {
+	var n atomic.Int64
+	var slowInside, slowPeak atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if n.Add(1)%5 == 0 { // 20% slow
+			cur := slowInside.Add(1)
+			for p := slowPeak.Load(); cur > p && !slowPeak.CompareAndSwap(p, cur); p = slowPeak.Load() {
+			}
+			defer slowInside.Add(-1)
+			select {
+			case <-time.After(2 * time.Second):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"answer":%q}`, b)
+	}))
+	defer up.Close()
+	const maxInflight = 4
+	env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{Timeout: 5 * time.Second, Fallback: &routes.Fallback{
+		After:      200 * time.Millisecond,
+		Use:        []string{"cache", "static"},
+		Cache:      &routes.FallbackCache{TTL: time.Minute, MaxEntries: 100},
+		Static:     &routes.FallbackStatic{Status: 200, ContentType: "application/json", Body: `{"degraded":true}`},
+		Background: &routes.FallbackBackground{MaxInflight: maxInflight, Timeout: 5 * time.Second},
+	}}, routes.Upstream{}))
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	url := "http://" + env.httpAddr + "/kb/search"
+
+	var bgPeak atomic.Int64
+	stopSampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stopSampling:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if v := int64(env.metric(t, "hopwatch_background_inflight", nil)); v > bgPeak.Load() {
+				bgPeak.Store(v)
+			}
+		}
+	}()
+
+	var mu sync.Mutex
+	var results []httpResult
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 10)
+	for i := range 100 {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			r := post(client, url, fmt.Sprintf(`{"q":"question %d"}`, i%10))
+			mu.Lock()
+			results = append(results, r)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	fromFallback := 0
+	for _, r := range results {
+		if r.err != nil || r.status != 200 {
+			t.Fatalf("client error: %+v", r)
+		}
+		// 2 s is the slow call; an answer near it means no fallback came.
+		if r.took >= 1500*time.Millisecond {
+			t.Fatalf("a client waited %v (after is 200ms, slow calls take 2s)", r.took)
+		}
+		if r.fallback != "" {
+			fromFallback++
+		}
+	}
+	if fromFallback == 0 {
+		t.Fatal("no answer came from a fallback although 20% of calls were slow")
+	}
+	// The slow calls finish in the background and refresh the cache.
+	waitFor(t, "background calls to finish", func() bool {
+		return env.metric(t, "hopwatch_background_inflight", nil) == 0 &&
+			env.metric(t, "hopwatch_background_total", map[string]string{"result": "cached"}) > 0
+	})
+	close(stopSampling)
+	<-sampled
+	if bgPeak.Load() > maxInflight {
+		t.Fatalf("background queue reached %d, max_inflight is %d", bgPeak.Load(), maxInflight)
+	}
+	if got := env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "slow"}); got != float64(fromFallback) {
+		t.Fatalf("hopwatch_fallback_total{reason=slow} = %v, want %d", got, fromFallback)
+	}
+	// Now every question is cached: a slow call answers from the cache.
+	for i := 0; i < 10; i++ {
+		r := post(client, url, fmt.Sprintf(`{"q":"question %d"}`, i))
+		if r.fallback == "static" {
+			t.Fatalf("question %d answered statically after its slow call refreshed the cache: %+v", i, r)
+		}
+		if r.fallback == "cache" && (!strings.Contains(r.body, "question") || r.status != 200) {
+			t.Fatalf("cache answer: %+v", r)
+		}
+	}
+	t.Logf("%d of 100 answers from a fallback; background peak %d", fromFallback, bgPeak.Load())
+}
+
+// TestAsyncFallbackGRPC: a unary call on a slow gRPC upstream is answered
+// from the static fallback after `after`, marked in a trailer; the slow
+// call finishes in the background and the next one is served from cache.
+func TestAsyncFallbackGRPC(t *testing.T) {
+	backend := startEcho(t)
+	spec := &routes.Spec{
+		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
+		Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
+			After:  150 * time.Millisecond,
+			Use:    []string{"cache", "static"},
+			Cache:  &routes.FallbackCache{Headers: []string{"x-sleep-ms"}},
+			Static: &routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "kb degraded"},
+		}}},
+		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+	}
+	env := startResEnv(t, spec)
+	cc := dial(t, env.grpcAddr)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m := "/" + echoService + "/Unary"
+	slow := metadata.Pairs("x-sleep-ms", "1000")
+
+	// First call: nothing cached, the upstream is late: static answer.
+	o := unary(ctx, cc, m, slow, []byte("what are your opening hours"))
+	if o.Code != codes.Unavailable || o.Message != "kb degraded" || o.Trailer.Get("x-hopwatch-fallback")[0] != "static" {
+		t.Fatalf("first slow call: want the static fallback, got %v", o)
+	}
+	// The slow call completes in the background and fills the cache.
+	waitFor(t, "background refresh", func() bool {
+		return env.metric(t, "hopwatch_background_total", map[string]string{"result": "cached"}) == 1
+	})
+	o = unary(ctx, cc, m, slow, []byte("what are your opening hours"))
+	if o.Code != codes.OK || len(o.Msgs) != 1 || o.Msgs[0] != summarize([]byte("what are your opening hours")) ||
+		o.Trailer.Get("x-hopwatch-fallback")[0] != "cache" {
+		t.Fatalf("second slow call: want the cached answer, got %v", o)
+	}
+	// A fast call is not touched.
+	o = unary(ctx, cc, m, nil, []byte("hi"))
+	if o.Code != codes.OK || len(o.Trailer.Get("x-hopwatch-fallback")) != 0 {
+		t.Fatalf("fast call: %v", o)
+	}
+	// Streams pass through the resilient route unchanged.
+	so := stream(ctx, cc, "/"+echoService+"/Bidi", nil, [][]byte{[]byte("a"), []byte("b")})
+	if so.Code != codes.OK || len(so.Msgs) != 2 {
+		t.Fatalf("bidi on a fallback route: %v", so)
+	}
+}
+
+// TestRetry: a failed attempt is retried on another endpoint, and during a
+// total outage the retry budget bounds what the upstream receives.
+func TestRetry(t *testing.T) {
+	t.Run("a retry turns a failure into a success", func(t *testing.T) {
+		var n atomic.Int64
+		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if n.Add(1) == 1 {
+				http.Error(w, "try again", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprint(w, "ok")
+		}))
+		defer up.Close()
+		env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{Retry: &routes.Retry{Attempts: 3, On: []string{"503"}}}, routes.Upstream{}))
+		resp, err := http.Get("http://" + env.httpAddr + "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		http.DefaultClient.CloseIdleConnections()
+		if resp.StatusCode != 200 || n.Load() != 2 {
+			t.Fatalf("status %d after %d upstream calls, want 200 after 2", resp.StatusCode, n.Load())
+		}
+		if got := env.metric(t, "hopwatch_retries_total", map[string]string{"result": "attempted"}); got != 1 {
+			t.Fatalf("retries attempted = %v", got)
+		}
+	})
+	t.Run("POST is not retried on a status", func(t *testing.T) {
+		var n atomic.Int64
+		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n.Add(1)
+			http.Error(w, "try again", http.StatusServiceUnavailable)
+		}))
+		defer up.Close()
+		env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{Retry: &routes.Retry{Attempts: 3, On: []string{"503"}}}, routes.Upstream{}))
+		client := &http.Client{}
+		defer client.CloseIdleConnections()
+		if r := post(client, "http://"+env.httpAddr+"/x", "{}"); r.status != 503 || n.Load() != 1 {
+			t.Fatalf("POST: %+v after %d upstream calls, want 503 after 1", r, n.Load())
+		}
+	})
+	t.Run("budget bounds retries during an outage", func(t *testing.T) {
+		var n atomic.Int64
+		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n.Add(1)
+			http.Error(w, "down", http.StatusServiceUnavailable)
+		}))
+		defer up.Close()
+		const budget = 0.2
+		env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{Retry: &routes.Retry{Attempts: 5, On: []string{"5xx"}, Budget: budget}}, routes.Upstream{}))
+		client := &http.Client{}
+		defer client.CloseIdleConnections()
+		const calls = 300
+		var wg sync.WaitGroup
+		for range 10 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range calls / 10 {
+					resp, err := client.Get("http://" + env.httpAddr + "/x")
+					if err == nil {
+						resp.Body.Close()
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		// The floor is 1 retry/s over the 10 s window: at most 10 extra.
+		limit := int64((1+budget)*calls) + 10
+		if n.Load() > limit {
+			t.Fatalf("upstream received %d requests for %d client calls, budget allows %d", n.Load(), calls, limit)
+		}
+		if n.Load() <= calls {
+			t.Fatalf("no retry at all (%d upstream requests)", n.Load())
+		}
+		t.Logf("%d client calls → %d upstream requests (limit %d)", calls, n.Load(), limit)
+	})
+	t.Run("gRPC unary is retried when no headers came", func(t *testing.T) {
+		backend := startEcho(t)
+		spec := &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
+			Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo",
+				Retry: &routes.Retry{Attempts: 2, On: []string{"unavailable"}}}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+		}
+		env := startResEnv(t, spec)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		o := unary(ctx, dial(t, env.grpcAddr), "/"+echoService+"/Unary", metadata.Pairs("x-fail-first", "1"), []byte("q"))
+		if o.Code != codes.OK {
+			t.Fatalf("want the retry to succeed, got %v", o)
+		}
+		if got := env.metric(t, "hopwatch_retries_total", map[string]string{"result": "attempted"}); got != 1 {
+			t.Fatalf("retries attempted = %v", got)
+		}
+	})
+}
+
+// TestOutlierEjection: an endpoint that keeps failing is taken out of
+// rotation; the healthy one takes the traffic meanwhile.
+func TestOutlierEjection(t *testing.T) {
+	var badHits, goodHits atomic.Int64
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		badHits.Add(1)
+		http.Error(w, "broken", http.StatusInternalServerError)
+	}))
+	defer bad.Close()
+	good := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		goodHits.Add(1)
+		fmt.Fprint(w, "ok")
+	}))
+	defer good.Close()
+	spec := httpSpec(bad.Listener.Addr().String(), routes.Route{}, routes.Upstream{
+		Balance: routes.BalanceRoundRobin,
+		Outlier: &routes.Outlier{ConsecutiveFailures: 3, BaseEjection: time.Minute},
+	})
+	spec.Upstreams[0].Endpoints = append(spec.Upstreams[0].Endpoints, good.Listener.Addr().String())
+	env := startResEnv(t, spec)
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	for range 6 { // round robin: 3 to each, so the bad one fails 3 times in a row
+		post(client, "http://"+env.httpAddr+"/", "")
+	}
+	if badHits.Load() != 3 {
+		t.Fatalf("warm-up: bad endpoint got %d requests, want 3", badHits.Load())
+	}
+	for range 20 {
+		if r := post(client, "http://"+env.httpAddr+"/", ""); r.status != 200 {
+			t.Fatalf("after ejection: %+v", r)
+		}
+	}
+	if badHits.Load() != 3 {
+		t.Fatalf("ejected endpoint still got traffic: %d requests", badHits.Load())
+	}
+}
