@@ -54,6 +54,7 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /config", s.config)
 	s.mountAPI()
+	s.mountUI()
 	if opts.Breakers != nil {
 		s.mux.HandleFunc("GET /api/breakers", func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, http.StatusOK, opts.Breakers())

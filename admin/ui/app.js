@@ -1,0 +1,636 @@
+// hopwatch dashboard. Polls the admin server's JSON APIs every 2 s and draws
+// them with the plain DOM: no framework, no build step, nothing loaded from
+// anywhere but this server (the page runs under CSP default-src 'self', so
+// no inline script or style attribute either: positions are set through
+// element.style, which the CSP does not restrict).
+//
+// API conventions (admin/api.go): durations are float seconds, times RFC
+// 3339, trace IDs 32 lowercase hex digits, errors {"error": "..."}.
+'use strict';
+
+(() => {
+  const POLL_MS = 2000;
+  // The sparkline ring: one p95 sample per poll, five minutes of them.
+  const SPARK_POINTS = 150;
+  const TRACE_LIMIT = 20;
+  // Endpoints that this build may not have (404) are asked again this often.
+  const OPTIONAL_RECHECK_MS = 30000;
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+
+  // The APIs sit beside /ui/: resolve them against this script's own URL so
+  // the page also works when the admin server is mounted under a prefix.
+  const apiBase = new URL('../', document.currentScript.src);
+  const apiURL = (path) => new URL(path, apiBase).toString();
+
+  const $ = (sel) => document.querySelector(sel);
+
+  const state = {
+    sparks: new Map(), // hop key → p95 samples (seconds, null: no traffic)
+    bottleneckKey: null, // hop key of the top bottleneck
+    threshold: 0, // seconds: lowest p95 of the root routes, 0 unknown
+    thresholdRoutes: [],
+    selected: null, // trace ID shown in the waterfall
+    shownSpans: -1, // span count of the trace drawn
+    listSpans: new Map(), // trace ID → span count in the latest list
+    lastTraces: '',
+    lastBottlenecks: '',
+    optional: new Map(), // path → time of the last 404
+    failingSince: null,
+  };
+
+  // ---------- helpers ----------
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    setAttrs(e, attrs);
+    for (const c of children) {
+      if (c != null && c !== false) e.append(c instanceof Node ? c : String(c));
+    }
+    return e;
+  }
+
+  function svgEl(tag, attrs) {
+    const e = document.createElementNS(SVG_NS, tag);
+    setAttrs(e, attrs);
+    return e;
+  }
+
+  function setAttrs(e, attrs) {
+    if (!attrs) return;
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v == null || v === false) continue;
+      if (k === 'text') e.textContent = v;
+      else e.setAttribute(k, v === true ? '' : String(v));
+    }
+  }
+
+  const hopKey = (h) => `${h.caller}\u0000${h.route}\u0000${h.upstream}`;
+  const hopText = (h) => `${h.caller} → ${h.route} → ${h.upstream}`;
+
+  function hopCell(h, extra) {
+    return el('td', {class: 'hop', title: hopText(h)},
+      el('span', {class: 'caller', text: h.caller}),
+      el('span', {class: 'arrow', 'aria-hidden': 'true', text: '→'}),
+      el('span', {class: 'route', text: h.route}),
+      el('span', {class: 'arrow', 'aria-hidden': 'true', text: '→'}),
+      el('span', {class: 'upstream', text: h.upstream}),
+      extra);
+  }
+
+  // fmtDur formats seconds for people: 0.42 ms, 8.1 ms, 312 ms, 1.62 s.
+  function fmtDur(s) {
+    if (!(s >= 0)) return '–';
+    const ms = s * 1000;
+    if (ms < 1) return `${ms.toFixed(2)} ms`;
+    if (ms < 10) return `${ms.toFixed(1)} ms`;
+    if (ms < 1000) return `${Math.round(ms)} ms`;
+    if (ms < 10000) return `${(ms / 1000).toFixed(2)} s`;
+    return `${(ms / 1000).toFixed(1)} s`;
+  }
+
+  // fmtMs formats seconds as a bare millisecond number, for the hop table.
+  function fmtMs(s) {
+    if (!(s > 0)) return '–';
+    const ms = s * 1000;
+    if (ms < 10) return ms.toFixed(2);
+    if (ms < 100) return ms.toFixed(1);
+    return String(Math.round(ms));
+  }
+
+  function fmtRate(r) {
+    if (!(r > 0)) return '0';
+    if (r < 1) return r.toFixed(2);
+    if (r < 100) return r.toFixed(1);
+    return String(Math.round(r));
+  }
+
+  function fmtPct(ratio) {
+    if (!(ratio > 0)) return '0';
+    const p = ratio * 100;
+    if (p < 0.1) return '<0.1';
+    if (p < 10) return p.toFixed(1);
+    return p.toFixed(0);
+  }
+
+  const pad = (n, w = 2) => String(n).padStart(w, '0');
+
+  function fmtClock(t) {
+    const d = t instanceof Date ? t : new Date(t);
+    if (isNaN(d)) return '–';
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+  }
+
+  function fmtSpan(seconds) {
+    if (seconds < 60) return `${Math.round(seconds)} s`;
+    const m = Math.floor(seconds / 60), s = Math.round(seconds % 60);
+    return s ? `${m} min ${s} s` : `${m} min`;
+  }
+
+  const isTraceID = (id) => /^[0-9a-f]{32}$/.test(id);
+  const shortID = (id) => `${id.slice(0, 8)}…`;
+
+  function traceLink(id, text, label) {
+    return el('a', {href: `#trace=${id}`, 'data-trace': id, title: `trace ${id}`, 'aria-label': label || `trace ${id}`, text});
+  }
+
+  function setMsg(node, text, cls) {
+    node.textContent = text || '';
+    node.className = cls ? `msg ${cls}` : 'msg';
+  }
+
+  // getJSON never throws: status 0 means the server could not be reached.
+  async function getJSON(path) {
+    let res;
+    try {
+      res = await fetch(apiURL(path), {cache: 'no-store', headers: {Accept: 'application/json'}});
+    } catch (e) {
+      return {status: 0, body: null, error: 'admin server unreachable'};
+    }
+    let body = null;
+    if ((res.headers.get('Content-Type') || '').includes('json')) {
+      try { body = await res.json(); } catch (e) { body = null; }
+    } else {
+      await res.text().catch(() => '');
+    }
+    const error = res.ok ? null : (body && body.error) || `HTTP ${res.status}`;
+    return {status: res.status, body, error};
+  }
+
+  // An endpoint that answered 404 (not in this build) is asked again only
+  // every OPTIONAL_RECHECK_MS; until then the last answer stands.
+  async function getOptional(path) {
+    const last = state.optional.get(path);
+    if (last && Date.now() - last < OPTIONAL_RECHECK_MS) return null;
+    const r = await getJSON(path);
+    if (r.status === 404) state.optional.set(path, Date.now());
+    else state.optional.delete(path);
+    return r;
+  }
+
+  // ---------- hop table and sparklines ----------
+
+  function pushSample(key, v) {
+    let ring = state.sparks.get(key);
+    if (!ring) state.sparks.set(key, ring = []);
+    ring.push(v);
+    if (ring.length > SPARK_POINTS) ring.splice(0, ring.length - SPARK_POINTS);
+  }
+
+  function sparkline(values) {
+    const W = 124, H = 22, P = 2;
+    const nums = values.filter((v) => v != null);
+    const covered = fmtSpan(values.length * POLL_MS / 1000);
+    const s = svgEl('svg', {class: 'spark', viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img'});
+    s.append(svgEl('line', {class: 'spark-base', x1: P, x2: W - P, y1: H - P + 0.5, y2: H - P + 0.5}));
+    if (!nums.length) {
+      s.setAttribute('aria-label', 'p95 trend: no samples yet');
+      return s;
+    }
+    const lo = Math.min(...nums), hi = Math.max(...nums);
+    const top = hi * 1.1 || 1;
+    // The samples seen so far span the width (at most SPARK_POINTS of
+    // them: five minutes), the newest at the right edge.
+    const step = (W - 2 * P) / Math.max(values.length - 1, 1);
+    const x = (i) => P + i * step;
+    const y = (v) => H - P - (v / top) * (H - 2 * P);
+    // One polyline per run of samples; a gap (no traffic) breaks the line.
+    let run = [];
+    const flush = () => {
+      if (run.length > 1) {
+        s.append(svgEl('polyline', {class: 'spark-line', points: run.map((p) => p.join(',')).join(' ')}));
+      }
+      run = [];
+    };
+    values.forEach((v, i) => {
+      if (v == null) flush();
+      else run.push([x(i).toFixed(1), y(v).toFixed(1)]);
+    });
+    flush();
+    const lastIdx = values.length - 1;
+    if (values[lastIdx] != null) {
+      s.append(svgEl('circle', {class: 'spark-dot', cx: x(lastIdx).toFixed(1), cy: y(values[lastIdx]).toFixed(1), r: 1.8}));
+    }
+    const now = values[lastIdx] != null ? fmtDur(values[lastIdx]) : 'no traffic';
+    const label = `p95 over the last ${covered}: min ${fmtDur(lo)}, max ${fmtDur(hi)}, now ${now}`;
+    s.setAttribute('aria-label', label);
+    const title = svgEl('title');
+    title.textContent = label;
+    s.prepend(title);
+    return s;
+  }
+
+  function renderHops(r) {
+    const tbody = $('#hops tbody'), msg = $('#hops-msg');
+    if (r.status !== 200 || !r.body) {
+      setMsg(msg, r.status === 0 ? 'admin server unreachable' : `hops: ${r.error}`, 'bad');
+      return 0;
+    }
+    const hops = r.body.hops || [];
+    const seen = new Set();
+    for (const h of hops) {
+      const k = hopKey(h);
+      seen.add(k);
+      pushSample(k, h.count > 0 ? h.p95 : null);
+    }
+    // Hops gone from the API (no traffic for five minutes) lose their ring.
+    for (const k of state.sparks.keys()) if (!seen.has(k)) state.sparks.delete(k);
+
+    const rows = hops.map((h) => {
+      const k = hopKey(h);
+      const badge = k === state.bottleneckKey
+        ? el('span', {class: 'badge', title: 'the hop that dominated the most slow turns', text: 'bottleneck'})
+        : null;
+      const errCls = h.error_ratio >= 0.05 ? 'num bad' : h.error_ratio >= 0.01 ? 'num warn' : 'num';
+      return el('tr', {'data-hop': hopText(h)},
+        hopCell(h, badge),
+        el('td', {class: 'num', text: fmtRate(h.rate)}),
+        el('td', {class: errCls, text: fmtPct(h.error_ratio)}),
+        el('td', {class: 'num', text: fmtMs(h.p50)}),
+        el('td', {class: 'num', text: fmtMs(h.p95)}),
+        el('td', {class: 'num', text: fmtMs(h.p99)}),
+        el('td', {class: 'spark-col'}, sparkline(state.sparks.get(k))));
+    });
+    tbody.replaceChildren(...rows);
+    setMsg(msg, hops.length ? '' : 'no traffic in the last five minutes');
+    return hops.length;
+  }
+
+  // ---------- bottleneck of slow turns ----------
+
+  function renderBottlenecks(r) {
+    const table = $('#bottlenecks'), tbody = $('#bottlenecks tbody'), summary = $('#bn-summary');
+    if (r.status !== 200 || !r.body) {
+      state.bottleneckKey = null;
+      state.threshold = 0;
+      table.hidden = true;
+      setMsg(summary, r.status === 0 ? 'admin server unreachable' : `bottlenecks: ${r.error}`, 'bad');
+      state.lastBottlenecks = '';
+      return;
+    }
+    const b = r.body;
+    const th = Object.entries(b.thresholds || {}).filter(([, v]) => v > 0).sort((x, y) => x[1] - y[1]);
+    state.threshold = th.length ? th[0][1] : 0;
+    state.thresholdRoutes = th;
+    const hops = b.hops || [];
+    state.bottleneckKey = hops.length ? hopKey(hops[0]) : null;
+
+    let text = `${b.slow_traces} of ${b.traces} turns in the last ${fmtSpan(b.window)} were slow`;
+    if (th.length) text += ` (at least the p95 of their route: ${th.map(([route, v]) => `${route} ${fmtDur(v)}`).join(', ')})`;
+    text += hops.length ? '.' : '; no bottleneck to name.';
+    setMsg(summary, text);
+
+    const sig = JSON.stringify(hops);
+    if (sig === state.lastBottlenecks) return;
+    state.lastBottlenecks = sig;
+    table.hidden = !hops.length;
+    tbody.replaceChildren(...hops.map((h, i) => el('tr', {class: i === 0 ? 'lead' : null, 'data-hop': hopText(h)},
+      hopCell(h),
+      el('td', {class: 'num', title: `mean self time ${fmtDur(h.mean_self)}`, text: String(h.count)}),
+      el('td', {class: 'num', title: 'mean share of the turn spent in this hop itself', text: `${Math.round(h.share * 100)}%`}),
+      el('td', {class: 'ex'}, ...(h.example_trace_ids || []).slice(0, 3)
+        .filter(isTraceID)
+        .map((id, j) => traceLink(id, String(j + 1), `example ${j + 1}: trace ${id}`))))));
+  }
+
+  // ---------- slowest recent traces ----------
+
+  function tracesQuery() {
+    // Traces at least as long as the lowest p95 of the root routes, the
+    // newest TRACE_LIMIT of them, drawn slowest first. Without a p95 yet,
+    // the newest 100 traces, of which the slowest TRACE_LIMIT are shown.
+    if (state.threshold > 0) {
+      return `api/traces?limit=${TRACE_LIMIT}&min_duration=${(state.threshold * 1000).toFixed(3)}ms`;
+    }
+    return 'api/traces?limit=100';
+  }
+
+  function renderTraces(r) {
+    const table = $('#traces'), tbody = $('#traces tbody'), msg = $('#tr-msg'), sub = $('#tr-summary');
+    if (r.status !== 200 || !r.body) {
+      setMsg(msg, r.status === 0 ? 'admin server unreachable' : `traces: ${r.error}`, 'bad');
+      return;
+    }
+    const list = (r.body.traces || []).slice()
+      .sort((a, b) => b.duration - a.duration)
+      .slice(0, TRACE_LIMIT);
+    state.listSpans = new Map(list.map((t) => [t.trace_id, t.spans]));
+    sub.textContent = state.threshold > 0
+      ? `Recent traces of at least ${fmtDur(state.threshold)} (p95), slowest first. Click one for its waterfall.`
+      : 'The slowest of the 100 newest traces. Click one for its waterfall.';
+    setMsg(msg, list.length ? '' : 'no traces yet');
+    table.hidden = !list.length;
+
+    const sig = JSON.stringify(list);
+    if (sig !== state.lastTraces) {
+      state.lastTraces = sig;
+      tbody.replaceChildren(...list.map((t) => el('tr', {'data-trace': t.trace_id},
+        el('td', {class: 'route'}, traceLink(t.trace_id, t.root.route || '(unknown)',
+          `${t.root.route}, ${fmtDur(t.duration)}, trace ${t.trace_id}`)),
+        el('td', {class: 'num', text: fmtDur(t.duration)}),
+        el('td', {class: 'num', text: t.dropped_spans ? `${t.spans}+${t.dropped_spans}` : String(t.spans)}),
+        el('td', null, el('span', {class: `outcome outcome-${t.outcome}`, text: t.outcome}), hopError(t)),
+        el('td', {class: 'start', text: fmtClock(t.start)}))));
+    }
+    markSelected();
+  }
+
+  // hopError marks a trace whose root answered but some hop failed.
+  function hopError(t) {
+    if (!t.error || t.outcome !== 'ok') return null;
+    return el('span', {class: 'hop-error', title: 'a hop of this trace failed', text: ' · hop error'});
+  }
+
+  function markSelected() {
+    for (const tr of document.querySelectorAll('#traces tbody tr')) {
+      const on = tr.dataset.trace === state.selected;
+      tr.classList.toggle('selected', on);
+      if (on) tr.setAttribute('aria-current', 'true');
+      else tr.removeAttribute('aria-current');
+    }
+  }
+
+  // ---------- waterfall ----------
+
+  async function selectTrace(id) {
+    if (!isTraceID(id)) return;
+    state.selected = id;
+    markSelected();
+    const r = await getJSON(`api/traces/${id}`);
+    if (state.selected !== id) return; // another trace was picked meanwhile
+    const table = $('#waterfall'), msg = $('#wf-msg');
+    if (r.status !== 200 || !r.body) {
+      table.hidden = true;
+      $('#wf-summary').replaceChildren();
+      state.shownSpans = -1;
+      setMsg(msg, r.status === 404
+        ? `Trace ${id} is not in the store: unknown, or evicted by newer traces.`
+        : `trace ${id}: ${r.error}`, r.status === 404 ? '' : 'bad');
+      return;
+    }
+    renderWaterfall(r.body);
+  }
+
+  // selfSegments returns, for each server span, the parts of its interval
+  // not covered by its child hops (the server spans whose nearest
+  // server-span ancestor it is): where the hop itself spent time. This is
+  // the self time the API reports, laid out on the time axis.
+  function selfSegments(spans) {
+    const hopParent = spans.map((s) => {
+      let p = s.parent;
+      while (p >= 0 && spans[p].kind !== 'server') p = spans[p].parent;
+      return p;
+    });
+    const children = spans.map(() => []);
+    spans.forEach((s, i) => {
+      if (s.kind === 'server' && hopParent[i] >= 0) children[hopParent[i]].push([s.offset, s.offset + s.duration]);
+    });
+    return spans.map((s, i) => {
+      if (s.kind !== 'server') return [];
+      const start = s.offset, end = s.offset + s.duration;
+      const ivs = children[i].map(([a, b]) => [Math.max(a, start), Math.min(b, end)])
+        .filter(([a, b]) => b > a).sort((x, y) => x[0] - y[0]);
+      const out = [];
+      let at = start;
+      for (const [a, b] of ivs) {
+        if (a > at) out.push([at, a]);
+        at = Math.max(at, b);
+      }
+      if (end > at) out.push([at, end]);
+      return out;
+    });
+  }
+
+  function renderWaterfall(d) {
+    const sum = d.summary, spans = d.spans || [];
+    const table = $('#waterfall'), tbody = $('#waterfall tbody');
+    const total = sum.duration > 0 ? sum.duration
+      : Math.max(1e-9, ...spans.map((s) => s.offset + s.duration));
+    const t0 = Date.parse(sum.start);
+    const pct = (sec) => `${Math.min(100, Math.max(0, sec / total * 100)).toFixed(3)}%`;
+
+    const sep = () => el('span', {class: 'sep', 'aria-hidden': 'true', text: '|'});
+    $('#wf-summary').replaceChildren(el('span', null,
+      el('strong', {text: sum.root.route}), ' ',
+      el('code', {title: sum.trace_id, text: sum.trace_id}), sep(),
+      el('strong', {text: fmtDur(sum.duration)}), sep(),
+      `${sum.spans} spans${sum.dropped_spans ? ` (+${sum.dropped_spans} dropped)` : ''}`, sep(),
+      el('span', {class: `outcome outcome-${sum.outcome}`, text: sum.outcome}), hopError(sum), sep(),
+      `started ${fmtClock(sum.start)}`));
+
+    const axis = $('#wf-axis');
+    axis.replaceChildren(...[0, 0.25, 0.5, 0.75, 1].map((f, i, all) => {
+      const span = el('span', {class: i === 0 ? 'first' : i === all.length - 1 ? 'last' : null, text: f === 0 ? '0' : fmtDur(total * f)});
+      span.style.left = `${f * 100}%`;
+      return span;
+    }));
+
+    const selfs = selfSegments(spans);
+    tbody.replaceChildren(...spans.map((s, i) => {
+      const label = el('td', {class: 'label'});
+      label.style.paddingLeft = `${6 + s.depth * 12}px`;
+      const details = [s.method, s.code && `code ${s.code}`, s.endpoint, s.attempt > 1 && `attempt ${s.attempt}`]
+        .filter(Boolean);
+      const events = (s.events || []).map((e) => {
+        const attrs = Object.entries(e.attrs || {}).map(([k, v]) => `${k}=${v}`).join(' ');
+        return attrs ? `${e.name} (${attrs})` : e.name;
+      });
+      // A server span is the hop: caller → route → upstream. A client span
+      // is one attempt of that hop at an endpoint.
+      const line1 = s.kind === 'server'
+        ? [el('strong', {text: s.route}), ' ', el('span', {class: 'sub', text: `${s.caller} → ${s.upstream}`})]
+        : [el('span', {text: s.route}), ' ', el('span', {class: 'sub', text: `attempt ${s.attempt || 1}${s.endpoint ? ` → ${s.endpoint}` : ''}`})];
+      const line2 = [s.method, s.code && `code ${s.code}`].filter(Boolean);
+      label.append(
+        el('div', {class: 'wf-line1'}, el('span', {class: `kind kind-${s.kind}`, text: s.kind}), ...line1),
+        el('div', {class: 'wf-line2'}, line2.join(' · '),
+          events.length ? el('span', {class: 'ev', text: `${line2.length ? ' · ' : ''}⚑ ${events.join(', ')}`}) : null));
+      label.title = `${s.kind} span ${s.span_id}: ${s.caller} → ${s.route} → ${s.upstream}` +
+        (details.length ? `\n${details.join(', ')}` : '') + `\noutcome ${s.outcome}` +
+        (events.length ? `\nevents: ${events.join(', ')}` : '');
+
+      const track = el('div', {class: 'track'});
+      const bar = el('div', {
+        class: `bar kind-${s.kind} outcome-${s.outcome}`,
+        title: `${s.route} ${s.kind}: ${fmtDur(s.duration)} from +${fmtDur(s.offset)}, ${s.outcome}` +
+          (s.kind === 'server' ? `, self ${fmtDur(s.self_time)}` : ''),
+      });
+      bar.style.left = pct(s.offset);
+      bar.style.width = pct(s.duration);
+      if (s.duration > 0) {
+        for (const [a, b] of selfs[i]) {
+          const seg = el('div', {class: 'self'});
+          seg.style.left = `${((a - s.offset) / s.duration * 100).toFixed(3)}%`;
+          seg.style.width = `${((b - a) / s.duration * 100).toFixed(3)}%`;
+          bar.append(seg);
+        }
+      }
+      track.append(bar);
+      for (const e of s.events || []) {
+        const at = (Date.parse(e.time) - t0) / 1000;
+        if (!(at >= 0)) continue;
+        const mark = el('div', {class: 'event', title: `${e.name} at +${fmtDur(at)}`});
+        mark.style.left = pct(at);
+        track.append(mark);
+      }
+      const timeline = el('td', {class: 'timeline'}, track,
+        el('span', {class: 'visually-hidden', text: `starts at +${fmtDur(s.offset)}, lasts ${fmtDur(s.duration)}, ${s.outcome}`}));
+
+      return el('tr', {class: `kind-${s.kind}`, 'data-span': s.span_id, 'data-route': s.route},
+        label, timeline,
+        el('td', {class: 'num', text: fmtDur(s.duration)}),
+        el('td', {class: 'num', text: s.kind === 'server' ? fmtDur(s.self_time) : '–'}));
+    }));
+    table.hidden = false;
+    state.shownSpans = spans.length;
+    setMsg($('#wf-msg'), spans.length ? '' : 'This trace has no spans.');
+  }
+
+  // ---------- optional panels: breakers & fallbacks, conversation ----------
+
+  function scalar(v) {
+    if (v == null) return '–';
+    if (typeof v === 'number') return Number.isInteger(v) ? String(v) : v.toFixed(3);
+    if (typeof v === 'object') return JSON.stringify(v);
+    return String(v);
+  }
+
+  // renderGeneric draws whatever a newer endpoint returns, without knowing
+  // its shape in advance: top-level scalars as a list, arrays of objects as
+  // tables, objects of scalars as lists.
+  function renderGeneric(box, body) {
+    const parts = [];
+    const table = (rows) => {
+      const cols = [...new Set(rows.flatMap((r) => (r && typeof r === 'object' ? Object.keys(r) : [])))];
+      return el('table', {class: 'data'},
+        el('thead', null, el('tr', null, ...cols.map((c) => el('th', {scope: 'col', text: c})))),
+        el('tbody', null, ...rows.map((r) => el('tr', null, ...cols.map((c) => el('td', {text: scalar(r && r[c])}))))));
+    };
+    const dl = (entries) => el('dl', null, ...entries.flatMap(([k, v]) => [el('dt', {text: k}), el('dd', {text: scalar(v)})]));
+    if (Array.isArray(body)) {
+      parts.push(body.length ? table(body) : el('p', {class: 'na', text: 'none'}));
+    } else if (body && typeof body === 'object') {
+      const flat = [];
+      for (const [k, v] of Object.entries(body)) {
+        if (Array.isArray(v)) {
+          parts.push(el('h3', {text: k}), v.length ? table(v) : el('p', {class: 'na', text: 'none'}));
+        } else if (v && typeof v === 'object') {
+          parts.push(el('h3', {text: k}), dl(Object.entries(v)));
+        } else {
+          flat.push([k, v]);
+        }
+      }
+      if (flat.length) parts.unshift(dl(flat));
+    }
+    box.replaceChildren(...parts);
+  }
+
+  // renderOptional: 404 means this build has no such endpoint; the panel
+  // says so and shows no data. null: not asked this time.
+  function renderOptional(r, box, msg, what, absent) {
+    if (r == null) return;
+    if (r.status === 404) {
+      box.replaceChildren();
+      setMsg(msg, absent, 'na');
+      return;
+    }
+    if (r.status !== 200) {
+      setMsg(msg, r.status === 0 ? 'admin server unreachable' : `${what}: ${r.error}`, 'bad');
+      return;
+    }
+    setMsg(msg, '');
+    renderGeneric(box, r.body);
+  }
+
+  // ---------- polling ----------
+
+  async function refresh() {
+    const [hops, bottlenecks, breakers, sessions] = await Promise.all([
+      getJSON('api/hops'),
+      getJSON('api/bottlenecks?window=5m'),
+      getOptional('api/breakers'),
+      getOptional('api/sessions'),
+    ]);
+    renderBottlenecks(bottlenecks); // first: the hop table marks the bottleneck
+    const n = renderHops(hops);
+    renderTraces(await getJSON(tracesQuery()));
+    renderOptional(breakers, $('#breakers'), $('#br-msg'), 'circuit breakers', 'circuit breakers: not configured');
+    renderOptional(sessions, $('#conversation'), $('#cv-msg'), 'conversation signals', 'conversation signals: not available');
+
+    // A trace picked while it was still in flight gains spans: redraw it.
+    const listed = state.listSpans.get(state.selected);
+    if (state.selected && listed != null && listed !== state.shownSpans) selectTrace(state.selected);
+
+    const status = $('#status');
+    if (hops.status === 0) {
+      state.failingSince = state.failingSince || new Date();
+      status.textContent = `admin server unreachable since ${fmtClock(state.failingSince).slice(0, 8)}; retrying every ${POLL_MS / 1000} s`;
+      status.classList.add('bad');
+    } else {
+      state.failingSince = null;
+      status.textContent = `${n} hop${n === 1 ? '' : 's'} · updated ${fmtClock(new Date()).slice(0, 8)}`;
+      status.classList.remove('bad');
+    }
+  }
+
+  let timer = 0;
+  let running = false;
+
+  async function tick() {
+    if (running) return;
+    running = true;
+    clearTimeout(timer);
+    try {
+      if (!document.hidden) await refresh();
+    } catch (e) {
+      const status = $('#status');
+      status.textContent = `dashboard error: ${e && e.message ? e.message : e}`;
+      status.classList.add('bad');
+    } finally {
+      running = false;
+      timer = setTimeout(tick, POLL_MS);
+    }
+  }
+
+  function hashTrace() {
+    const m = /^#trace=([0-9a-f]{32})$/.exec(location.hash);
+    return m ? m[1] : null;
+  }
+
+  function showWaterfall() {
+    const panel = $('#waterfall-panel');
+    panel.focus({preventScroll: true});
+    panel.scrollIntoView({block: 'nearest'});
+  }
+
+  window.addEventListener('hashchange', () => {
+    const id = hashTrace();
+    if (id) {
+      selectTrace(id);
+      showWaterfall();
+    }
+  });
+
+  // A click on a trace row opens it like its link; a click on the link of
+  // the trace already in the URL reloads it (the hash does not change).
+  document.addEventListener('click', (ev) => {
+    const link = ev.target.closest('a[data-trace]');
+    if (link) {
+      if (location.hash === `#trace=${link.dataset.trace}`) {
+        ev.preventDefault();
+        selectTrace(link.dataset.trace);
+        showWaterfall();
+      }
+      return;
+    }
+    const row = ev.target.closest('#traces tbody tr[data-trace]');
+    if (row) location.hash = `trace=${row.dataset.trace}`;
+  });
+
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden) tick();
+  });
+
+  const initial = hashTrace();
+  if (initial) selectTrace(initial);
+  tick();
+})();
