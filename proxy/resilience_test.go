@@ -599,3 +599,105 @@ func TestOutlierEjection(t *testing.T) {
 		t.Fatalf("ejected endpoint still got traffic: %d requests", badHits.Load())
 	}
 }
+
+// TestBreakerFaults: upstreams that hang (past the route timeout) or drop
+// connections count as failures and open the breaker; while it is open,
+// the fallback answers with reason "open".
+func TestBreakerFaults(t *testing.T) {
+	cases := []struct {
+		name    string
+		handler http.HandlerFunc
+		timeout time.Duration
+	}{
+		{"hanging upstream", func(w http.ResponseWriter, r *http.Request) {
+			// Read the body first: net/http only notices a client that
+			// went away once the request body is consumed.
+			io.Copy(io.Discard, r.Body)
+			<-r.Context().Done()
+		}, 60 * time.Millisecond},
+		{"dropped connections", func(w http.ResponseWriter, r *http.Request) {
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		}, 0},
+		{"failing upstream", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", 502) }, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var hits atomic.Int64
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				tc.handler(w, r)
+			}))
+			defer up.Close()
+			env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{Timeout: tc.timeout, Fallback: &routes.Fallback{
+				After:  40 * time.Millisecond,
+				Use:    []string{"static"},
+				Static: &routes.FallbackStatic{Status: 200, Body: "degraded"},
+			}}, routes.Upstream{Breaker: &routes.Breaker{MinRequests: 4, FailureRatio: 0.5, OpenFor: time.Minute}}))
+			client := &http.Client{}
+			defer client.CloseIdleConnections()
+			url := "http://" + env.httpAddr + "/"
+			for range 4 {
+				if r := post(client, url, "{}"); r.fallback != "static" || r.body != "degraded" {
+					t.Fatalf("a failed call should be answered by the fallback: %+v", r)
+				}
+			}
+			// Late calls finish in the background before the breaker counts
+			// them.
+			waitFor(t, "background calls", func() bool { return env.metric(t, "hopwatch_background_inflight", nil) == 0 })
+			before := hits.Load()
+			r := post(client, url, "{}")
+			if r.status != 200 || r.fallback != "static" || hits.Load() != before {
+				t.Fatalf("open breaker: want the static fallback without calling the upstream, got %+v (upstream calls %d → %d)", r, before, hits.Load())
+			}
+			if got := env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "open", "source": "static"}); got != 1 {
+				t.Fatalf("fallback{reason=open} = %v, want 1", got)
+			}
+			failed := env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "error", "source": "static"}) +
+				env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "slow", "source": "static"})
+			if failed != 4 {
+				t.Fatalf("fallbacks for the 4 failed calls = %v, want 4", failed)
+			}
+		})
+	}
+}
+
+// TestBulkheadFallbackGRPC: a gRPC call refused by a full bulkhead is
+// answered from the static fallback with reason "overload".
+func TestBulkheadFallbackGRPC(t *testing.T) {
+	backend := startEcho(t)
+	spec := &routes.Spec{
+		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
+		Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
+			After: 5 * time.Second, Use: []string{"static"},
+			Static: &routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "busy, try later"},
+		}}},
+		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}, MaxConcurrent: 1}},
+	}
+	env := startResEnv(t, spec)
+	cc := dial(t, env.grpcAddr)
+	m := "/" + echoService + "/Unary"
+	blocked, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		unary(blocked, cc, m, metadata.Pairs("x-block", "1"), nil)
+	}()
+	waitFor(t, "the first call to hold the only slot", func() bool {
+		return env.metric(t, "hopwatch_hop_inflight", nil) == 1
+	})
+	ctx, c2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer c2()
+	o := unary(ctx, cc, m, nil, []byte("q"))
+	if o.Code != codes.Unavailable || o.Message != "busy, try later" || o.Trailer.Get("x-hopwatch-fallback")[0] != "static" {
+		t.Fatalf("second call: want the static fallback, got %v", o)
+	}
+	if got := env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "overload"}); got != 1 {
+		t.Fatalf("fallback{reason=overload} = %v", got)
+	}
+	cancel()
+	<-done
+	<-backend.canceled
+}

@@ -92,8 +92,12 @@ type Stats struct {
 }
 
 type hopSeries struct {
-	mu    sync.Mutex // guards slots
+	mu    sync.Mutex // guards slots and first
 	slots [statsSlots]slot
+	// first is when the hop was first seen: a rate over a window that
+	// began before it divides by the time the hop existed, so a new hop
+	// shows its real rate from the first minute on.
+	first time.Time
 }
 
 // slot is one 5 s interval of one hop.
@@ -118,13 +122,16 @@ func NewStats() *Stats {
 func (s *Stats) Observe(k HopKey, d time.Duration, o Outcome, at time.Time) {
 	h := (*s.hops.Load())[k]
 	if h == nil {
-		h = s.add(k)
+		h = s.add(k, at)
 	}
 	epoch := slotEpoch(at)
 	b := bucketOf(d)
 	isErr := o.IsError()
 
 	h.mu.Lock()
+	if at.Before(h.first) {
+		h.first = at
+	}
 	sl := &h.slots[slotIndex(epoch)]
 	if sl.epoch != epoch {
 		if epoch < sl.epoch {
@@ -144,14 +151,14 @@ func (s *Stats) Observe(k HopKey, d time.Duration, o Outcome, at time.Time) {
 	h.mu.Unlock()
 }
 
-func (s *Stats) add(k HopKey) *hopSeries {
+func (s *Stats) add(k HopKey, at time.Time) *hopSeries {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := *s.hops.Load()
 	if h := old[k]; h != nil {
 		return h
 	}
-	h := &hopSeries{}
+	h := &hopSeries{first: at}
 	for i := range h.slots {
 		h.slots[i].epoch = math.MinInt64
 	}
@@ -216,10 +223,13 @@ func (s *Stats) Snapshot(now time.Time) []HopStats {
 		hs := HopStats{HopKey: k}
 		agg.reset()
 		h.collect(nowEpoch, window1mSlots, &agg)
-		hs.Window1m = agg.window(now, nowEpoch, window1mSlots)
+		h.mu.Lock()
+		first := h.first
+		h.mu.Unlock()
+		hs.Window1m = agg.window(now, nowEpoch, window1mSlots, first)
 		agg.reset()
 		h.collect(nowEpoch, statsSlots, &agg)
-		hs.Window5m = agg.window(now, nowEpoch, statsSlots)
+		hs.Window5m = agg.window(now, nowEpoch, statsSlots, first)
 		if hs.Window5m.Count == 0 {
 			continue
 		}
@@ -284,12 +294,16 @@ type histogram struct {
 func (a *histogram) reset() { *a = histogram{} }
 
 // window turns the aggregate of the n slots up to now into WindowStats.
-func (a *histogram) window(now time.Time, nowEpoch int64, n int) WindowStats {
+func (a *histogram) window(now time.Time, nowEpoch int64, n int, first time.Time) WindowStats {
 	if a.count == 0 {
 		return WindowStats{}
 	}
 	start := time.Unix(0, (nowEpoch-int64(n)+1)*int64(slotWidth))
-	span := now.Sub(start).Seconds()
+	if first.After(start) {
+		start = first
+	}
+	// At least one second, so the very first request is not a huge rate.
+	span := max(now.Sub(start).Seconds(), 1)
 	return WindowStats{
 		Count:      int64(a.count),
 		Rate:       float64(a.count) / span,

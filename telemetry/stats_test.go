@@ -173,15 +173,22 @@ func TestStatsRateAndErrors(t *testing.T) {
 		t.Fatalf("snapshot = %+v", snap)
 	}
 	w1, w5 := snap[0].Window1m, snap[0].Window5m
+	young := NewStats() // a hop first seen 10 s ago: its rate is over those 10 s
+	for i := range 20 {
+		young.Observe(key, ms(20), OutcomeOK, now.Add(-10*time.Second+time.Duration(i)*500*time.Millisecond))
+	}
+	ysnap := young.Snapshot(now)
 	cases := []struct {
 		name      string
 		got, want float64
 	}{
+		{"young hop 1m rate", ysnap[0].Window1m.Rate, 2},
+		{"young hop 5m rate", ysnap[0].Window5m.Rate, 2},
 		{"1m count", float64(w1.Count), 110},
 		{"1m rate", w1.Rate, 2},
 		{"1m error ratio (error, timeout, rejected of every 10)", w1.ErrorRatio, 0.3},
 		{"5m count", float64(w5.Count), 150},
-		{"5m rate", w5.Rate, 150.0 / 295},
+		{"5m rate: over the 240 s since the hop was first seen", w5.Rate, 150.0 / 240},
 		{"5m error ratio", w5.ErrorRatio, 33.0 / 150},
 	}
 	for _, tc := range cases {

@@ -347,6 +347,12 @@ func summarize(id trace.TraceID, spans []Span, dropped int) TraceSummary {
 	sum.Root = spans[root].HopKey
 	sum.Outcome = spans[root].Outcome
 	sum.Duration = end.Sub(sum.Start)
+	if r := &spans[root]; r.Kind == KindServer {
+		// The turn lasted as long as its entry hop: spans that end later
+		// are calls finishing in the background after a fallback answered
+		// the client, which the user did not wait for.
+		sum.Start, sum.Duration = r.Start, r.Duration
+	}
 	return sum
 }
 
