@@ -10,6 +10,10 @@ LDFLAGS := -X main.version=$(VERSION)
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/proxy ./cmd/proxy
 
+## run: the demo: bot services behind hopwatch, simulated users, live hop table (ARGS="-duration 1m -fallback=on")
+run:
+	$(GO) run ./cmd/demo $(ARGS)
+
 ## test: vet and run every test with the race detector
 test:
 	$(GO) vet $(PKGS)

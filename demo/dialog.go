@@ -1,0 +1,42 @@
+package demo
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	botv1 "github.com/hopwatch/hopwatch/proto/bot/v1"
+)
+
+// kbTopics maps an intent to what the dialog manager looks up.
+var kbTopics = map[string]string{
+	"order_status":  "order tracking",
+	"opening_hours": "store hours",
+	"returns":       "return policy",
+	"delivery_cost": "shipping rates",
+	"account_help":  "account recovery",
+}
+
+// dialog is the simulated dialog manager.
+type dialog struct {
+	botv1.UnimplementedDialogManagerServer
+	s *Stack
+}
+
+// Next answers every known intent with a KB lookup. It is stateless on
+// purpose: a demo that runs until Ctrl-C must not grow a per-session map.
+func (d dialog) Next(ctx context.Context, req *botv1.NextRequest) (*botv1.NextResponse, error) {
+	d.s.observeGRPC(ctx, ServiceDM)
+	if req.GetIntent() == "" {
+		return nil, status.Error(codes.InvalidArgument, "intent is required")
+	}
+	if err := sleep(ctx, d.s.cfg.DM.draw(d.s.rnd)); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	topic, ok := kbTopics[req.GetIntent()]
+	if !ok {
+		return &botv1.NextResponse{Action: "clarify"}, nil
+	}
+	return &botv1.NextResponse{Action: "answer", KbQuery: topic}, nil
+}

@@ -1,0 +1,63 @@
+package demo
+
+import (
+	"strings"
+
+	"google.golang.org/grpc/status"
+
+	botv1 "github.com/hopwatch/hopwatch/proto/bot/v1"
+)
+
+// inference is the simulated language model.
+type inference struct {
+	botv1.UnimplementedInferenceServer
+	s *Stack
+}
+
+// Generate streams the reply token by token: a long wait for the first
+// token (prompt processing), then a steady trickle. That shape is why the
+// gateway offers an SSE variant and why time to first token is its own
+// number on a hop.
+func (m inference) Generate(req *botv1.GenerateRequest, stream botv1.Inference_GenerateServer) error {
+	ctx := stream.Context()
+	m.s.observeGRPC(ctx, ServiceInference)
+	n := int(req.GetMaxTokens())
+	if n <= 0 {
+		n = m.s.cfg.Tokens
+	}
+	words := replyWords(req.GetPrompt(), n)
+	for i, w := range words {
+		wait := m.s.cfg.TokenGap
+		if i == 0 {
+			wait = m.s.cfg.FirstToken
+		}
+		if err := sleep(ctx, wait.draw(m.s.rnd)); err != nil {
+			return status.FromContextError(err).Err()
+		}
+		if i > 0 {
+			w = " " + w
+		}
+		if err := stream.Send(&botv1.Token{Text: w, Index: uint32(i)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cannedReply is what the "model" says, cut or repeated to length.
+var cannedReply = strings.Fields("Thanks for asking. Here is what I found: " +
+	"you can check this any time in your account, and our team is happy to help if anything is unclear.")
+
+// replyWords returns n words: the prompt's topic first, so replies differ
+// by question, then the canned text.
+func replyWords(prompt string, n int) []string {
+	if n <= 0 {
+		return nil
+	}
+	src := append(strings.Fields("About "+prompt+":"), cannedReply...)
+	out := make([]string, n)
+	for i := range out {
+		out[i] = src[i%len(src)]
+	}
+	return out
+}
