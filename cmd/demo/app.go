@@ -61,7 +61,13 @@ func start(svc demo.Config, place demo.Placement, log *slog.Logger) (*app, error
 		return nil, err
 	}
 	a.proxy = proxy.New(proxy.Options{Logger: log, DrainTimeout: drainTimeout, Telemetry: a.tel})
-	a.admin = admin.New(admin.Options{Logger: log, Ready: a.ready.Load, Config: a.configDoc, Traces: a.tel.Store, Hops: a.tel.Stats})
+	a.admin = admin.New(admin.Options{
+		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
+		Traces: a.tel.Store, Hops: a.tel.Stats,
+		Breakers: func() any {
+			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": a.tel.FallbackCounts()}
+		},
+	})
 	a.admin.Handle("GET /metrics", a.tel.MetricsHandler())
 	if err := a.admin.Start(cfg.Admin.Address); err != nil {
 		a.admin = nil
