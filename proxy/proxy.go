@@ -133,8 +133,7 @@ func (l listenerConf) callerOf(h routes.Header) string {
 type generation struct {
 	table     *routes.Table
 	routes    []*route
-	ups       []*upstream
-	res       []*resilience
+	held      []held // upstreams and resilience states, released when drained
 	listeners map[string]listenerConf
 
 	refs      atomic.Int64
@@ -257,25 +256,24 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 		}
 	}
 
-	g := &generation{table: table, ups: make([]*upstream, 0, len(ups)), listeners: map[string]listenerConf{}}
+	g := &generation{table: table, listeners: map[string]listenerConf{}}
 	for _, r := range ress {
-		r.mu.Lock()
-		r.users++
-		r.mu.Unlock()
-		g.res = append(g.res, r)
+		r.hold()
+		g.held = append(g.held, r)
+	}
+	for _, u := range ups {
+		u.hold()
+		g.held = append(g.held, u)
 	}
 	for _, ls := range spec.Listeners {
 		g.listeners[ls.Name] = listenerConf{caller: ls.Caller, callerHeader: strings.ToLower(ls.CallerHeader)}
 	}
-	for _, u := range ups {
-		u.mu.Lock()
-		u.users++
-		u.mu.Unlock()
-		g.ups = append(g.ups, u)
-	}
 	g.onDrained = func() {
-		releaseUpstreams(g.ups)
-		releaseResilience(g.res)
+		for _, h := range g.held {
+			if h.drop() {
+				h.close()
+			}
+		}
 	}
 	for _, rs := range spec.Routes {
 		rt := &route{spec: rs, up: ups[rs.Upstream], res: ress[rs.Name]}
@@ -334,28 +332,31 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 	return nil
 }
 
-func releaseResilience(rs []*resilience) {
-	for _, r := range rs {
-		r.mu.Lock()
-		r.users--
-		last := r.users == 0
-		r.mu.Unlock()
-		if last {
-			r.close()
-		}
-	}
+// held is what generations share and the last one to let go closes: an
+// upstream's connection pools, a route's resilience state.
+type held interface {
+	hold()
+	drop() (last bool)
+	close()
 }
 
-func releaseUpstreams(ups []*upstream) {
-	for _, u := range ups {
-		u.mu.Lock()
-		u.users--
-		last := u.users == 0
-		u.mu.Unlock()
-		if last {
-			u.close()
-		}
-	}
+// shared counts the generations holding something.
+type shared struct {
+	mu    sync.Mutex // guards users
+	users int
+}
+
+func (s *shared) hold() {
+	s.mu.Lock()
+	s.users++
+	s.mu.Unlock()
+}
+
+func (s *shared) drop() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.users--
+	return s.users == 0
 }
 
 // Addr returns the bound address of a listener (useful with port 0), or nil.

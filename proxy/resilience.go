@@ -5,7 +5,6 @@ import (
 	"errors"
 	"math/rand/v2"
 	"reflect"
-	"sync"
 	"time"
 
 	"github.com/hopwatch/hopwatch/fallback"
@@ -43,8 +42,7 @@ type resilience struct {
 	tel      *telemetry.Route // updated per generation, see Apply
 	now      func() time.Time
 
-	mu    sync.Mutex // guards users
-	users int
+	shared // generations holding this policy
 }
 
 // needsResilience reports whether a route uses the buffered path.

@@ -50,8 +50,7 @@ type upstream struct {
 	// growing period (passive outlier detection, always on).
 	ejector *fallback.Ejector
 
-	mu    sync.Mutex // guards users
-	users int        // generations holding this upstream
+	shared // generations holding this upstream
 }
 
 func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Telemetry) (*upstream, error) {
