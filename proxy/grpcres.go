@@ -78,14 +78,13 @@ func (l *requestLog) read(ss grpc.ServerStream) {
 func (l *requestLog) next(ctx context.Context, i int) (msg []byte, more bool, err error) {
 	for {
 		l.mu.Lock()
-		if i-l.base < len(l.msgs) {
+		if i >= l.base && i-l.base < len(l.msgs) {
 			msg = l.msgs[i-l.base]
 			if l.overflow {
-				l.msgs[i-l.base] = nil
-				if i-l.base == 0 {
-					l.msgs = l.msgs[1:]
-					l.base++
-				}
+				// Past the replay limit only the one current attempt reads,
+				// in order: forget everything up to what it now has.
+				l.msgs = l.msgs[i-l.base+1:]
+				l.base = i + 1
 			}
 			l.mu.Unlock()
 			return msg, true, nil
@@ -276,10 +275,10 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 	}
 	// fallbackNow answers from the fallback if the request is complete and
 	// nothing has gone to the client yet; true if it did.
-	var answered bool
+	var answered, headerSent bool
 	var fbErr error
 	fallbackNow := func(reason string) bool {
-		if res.fb == nil || answered {
+		if res.fb == nil || answered || headerSent {
 			return false
 		}
 		msgs, ok := log.complete()
@@ -306,6 +305,15 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 	}
 
 	var held metadata.MD // upstream headers held back until a message or the end
+	sendHeld := func() error {
+		if held == nil {
+			return nil
+		}
+		md := held
+		held = nil
+		headerSent = true
+		return ss.SendHeader(md)
+	}
 	var first []byte     // the first response message, kept for the cache
 	msgs := 0
 	for n := 1; ; {
@@ -317,17 +325,25 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 				a.gate.firstResponse()
 				hop.FirstByte()
 				held = ev.header
+				if res.fb == nil {
+					// Held headers only serve a fallback; a retry is off once
+					// headers came anyway.
+					if err := sendHeld(); err != nil {
+						a.cancel()
+						a.finish(p, err, canceled())
+						return err
+					}
+				}
 			case ev.msg != nil:
 				if !answered {
 					answered = true
 					a.gate.firstResponse()
 					hop.FirstByte()
-					if held != nil {
-						if err := ss.SendHeader(held); err != nil {
-							ev.msg.release()
-							a.finish(p, err, canceled())
-							return err
-						}
+					if err := sendHeld(); err != nil {
+						ev.msg.release()
+						a.cancel()
+						a.finish(p, err, canceled())
+						return err
 					}
 				}
 				msgs++
@@ -365,10 +381,8 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 						return fbErr
 					}
 				}
-				if held != nil && !answered {
-					// Headers and trailers of a message-less response.
-					ss.SendHeader(held)
-				}
+				// Headers of a message-less response, if still held.
+				sendHeld()
 				ss.SetTrailer(ev.trailer)
 				if ev.err == nil && msgs == 1 && first != nil {
 					res.cache.Put(grpcCacheKey(res, method, md, log), &fallback.Entry{
@@ -379,7 +393,21 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 			}
 		case <-late:
 			late = nil
-			if answered || !fallbackNow("slow") {
+			if answered {
+				continue
+			}
+			if _, ok := log.complete(); !ok {
+				// A stream still open: no fallback can stand in for it, so
+				// nothing is gained by holding the upstream's headers (a
+				// client may wait for them before it sends more).
+				if err := sendHeld(); err != nil {
+					a.cancel()
+					a.finish(p, err, canceled())
+					return err
+				}
+				continue
+			}
+			if !fallbackNow("slow") {
 				continue
 			}
 			// The client has its answer; the upstream call finishes in the

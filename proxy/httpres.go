@@ -30,6 +30,11 @@ func (t *routeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.res == nil {
 		return t.attempt(req, hop)
 	}
+	if req.Header.Get("Upgrade") != "" {
+		// A WebSocket (or other) upgrade is a connection, not an answer
+		// that could be replayed or stood in for.
+		return t.attempt(req, hop)
+	}
 	body, ok := bufferBody(req)
 	if !ok {
 		// Too large to replay: forward as a stream, gate only.
@@ -70,7 +75,9 @@ func (b *releaseBody) Close() error {
 	return err
 }
 
-// bufferBody reads a request body that is small enough to replay.
+// bufferBody reads a request body that is small enough to replay. When it
+// is not (a streamed body that turns out larger), what was read is put back
+// in front of the rest, so the request can still go on as a stream.
 func bufferBody(req *http.Request) ([]byte, bool) {
 	if req.Body == nil || req.Body == http.NoBody {
 		return nil, true
@@ -80,12 +87,19 @@ func bufferBody(req *http.Request) ([]byte, bool) {
 	}
 	b, err := io.ReadAll(io.LimitReader(req.Body, maxBufferedRequest+1))
 	if err != nil || len(b) > maxBufferedRequest {
-		// The body is partly consumed: the request cannot go on as a
-		// stream either, so it fails (a read error means the client left).
+		req.Body = readCloser{io.MultiReader(bytes.NewReader(b), req.Body), req.Body}
 		return nil, false
 	}
 	return b, true
 }
+
+// readCloser reads from r and closes c.
+type readCloser struct {
+	io.Reader
+	c io.Closer
+}
+
+func (rc readCloser) Close() error { return rc.c.Close() }
 
 type roundTripResult struct {
 	resp *http.Response

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
@@ -700,4 +701,60 @@ func TestBulkheadFallbackGRPC(t *testing.T) {
 	cancel()
 	<-done
 	<-backend.canceled
+}
+
+// TestResilientRouteEdges: what the buffered path must not break.
+func TestResilientRouteEdges(t *testing.T) {
+	t.Run("a streamed body over the replay limit still arrives whole", func(t *testing.T) {
+		var got atomic.Int64
+		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			n, _ := io.Copy(io.Discard, r.Body)
+			got.Store(n)
+			fmt.Fprint(w, "ok")
+		}))
+		defer up.Close()
+		env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{Retry: &routes.Retry{Attempts: 2, On: []string{"503"}}}, routes.Upstream{}))
+		const size = 3 << 20
+		pr, pw := io.Pipe()
+		go func() {
+			chunk := make([]byte, 64<<10)
+			for sent := 0; sent < size; sent += len(chunk) {
+				pw.Write(chunk)
+			}
+			pw.Close()
+		}()
+		req, _ := http.NewRequest(http.MethodPost, "http://"+env.httpAddr+"/upload", pr) // no length: chunked
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		http.DefaultClient.CloseIdleConnections()
+		if resp.StatusCode != 200 || got.Load() != size {
+			t.Fatalf("status %d, upstream got %d bytes, want 200 and %d", resp.StatusCode, got.Load(), size)
+		}
+	})
+	t.Run("a gRPC stream that waits for headers gets them", func(t *testing.T) {
+		backend := startEcho(t)
+		env := startResEnv(t, &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
+			Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
+				After: 100 * time.Millisecond, Use: []string{"static"}, Static: &routes.FallbackStatic{},
+			}}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cs, err := dial(t, env.grpcAddr).NewStream(metadata.AppendToOutgoingContext(ctx, "x-block-after-header", "1"),
+			&grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/"+echoService+"/Bidi")
+		if err != nil {
+			t.Fatal(err)
+		}
+		md, err := cs.Header() // the client sends nothing until it has the headers
+		if err != nil || md.Get("arrived") == nil {
+			t.Fatalf("headers: %v %v", md, err)
+		}
+		cancel()
+		<-backend.canceled
+	})
 }
