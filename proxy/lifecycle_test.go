@@ -2,7 +2,10 @@ package proxy_test
 
 import (
 	"context"
+	"io"
+	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -175,5 +178,65 @@ func shutdown(t testing.TB, p *proxy.Proxy) {
 	defer cancel()
 	if err := p.Shutdown(ctx); err != nil {
 		t.Errorf("shutdown: %v", err)
+	}
+}
+
+// TestApplyMovesListener: a reload that moves a listener to another
+// address serves there at once, stops accepting on the old address, and
+// lets the call in flight on the old one finish.
+func TestApplyMovesListener(t *testing.T) {
+	backend := startEcho(t)
+	p := proxy.New(proxy.Options{DrainTimeout: 10 * time.Second})
+	defer shutdown(t, p)
+	spec := func(addr string) *routes.Spec {
+		return &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: addr, Protocol: "grpc"}},
+			Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+		}
+	}
+	if err := p.Apply(spec("127.0.0.1:0")); err != nil {
+		t.Fatal(err)
+	}
+	oldAddr := p.Addr("grpc").String()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// A stream in flight on the old address.
+	cs, err := dial(t, oldAddr).NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/"+echoService+"/Bidi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.SendMsg(wrapperspb.Bytes([]byte("before"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.RecvMsg(new(wrapperspb.BytesValue)); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := p.Apply(spec("127.0.0.2:0")); err != nil { // moved
+		t.Fatal(err)
+	}
+	newAddr := p.Addr("grpc").String()
+	if newAddr == oldAddr || !strings.HasPrefix(newAddr, "127.0.0.2:") {
+		t.Fatalf("listener at %s after the move, want 127.0.0.2:*", newAddr)
+	}
+	if o := unary(ctx, dial(t, newAddr), "/"+echoService+"/Unary", nil, []byte("x")); o.Code != codes.OK {
+		t.Fatalf("new address: %v", o)
+	}
+	if c, err := net.Dial("tcp", oldAddr); err == nil {
+		c.Close()
+		t.Fatalf("old address %s still accepts connections", oldAddr)
+	}
+	// The stream that started before the move finishes normally.
+	if err := cs.SendMsg(wrapperspb.Bytes([]byte("after"))); err != nil {
+		t.Fatal(err)
+	}
+	out := new(wrapperspb.BytesValue)
+	if err := cs.RecvMsg(out); err != nil || string(out.Value) != "after" {
+		t.Fatalf("in-flight stream after the move: %q %v", out.Value, err)
+	}
+	cs.CloseSend()
+	if err := cs.RecvMsg(out); err != io.EOF {
+		t.Fatalf("in-flight stream end: %v", err)
 	}
 }

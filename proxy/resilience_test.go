@@ -758,3 +758,30 @@ func TestResilientRouteEdges(t *testing.T) {
 		<-backend.canceled
 	})
 }
+
+// TestFallbackUpstream: when the primary fails, another upstream answers.
+func TestFallbackUpstream(t *testing.T) {
+	primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "primary down", http.StatusServiceUnavailable)
+	}))
+	defer primary.Close()
+	mirror := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "mirror answers %s", b)
+	}))
+	defer mirror.Close()
+	spec := httpSpec(primary.Listener.Addr().String(), routes.Route{Fallback: &routes.Fallback{
+		After: time.Second, Use: []string{"upstream"}, Upstream: "mirror",
+	}}, routes.Upstream{})
+	spec.Upstreams = append(spec.Upstreams, routes.Upstream{Name: "mirror", Protocol: "http", Endpoints: []string{mirror.Listener.Addr().String()}})
+	env := startResEnv(t, spec)
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	r := post(client, "http://"+env.httpAddr+"/kb/search", `{"q":"hours"}`)
+	if r.status != 200 || r.body != `mirror answers {"q":"hours"}` || r.fallback != "upstream" {
+		t.Fatalf("want the mirror's answer marked as an upstream fallback, got %+v", r)
+	}
+	if got := env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "error", "source": "upstream"}); got != 1 {
+		t.Fatalf("fallback{reason=error,source=upstream} = %v", got)
+	}
+}

@@ -287,3 +287,28 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels []
 	}
 	return 0
 }
+
+// TestB3Extraction: with b3 among the propagators, a B3-only caller's
+// trace is continued, and the upstream gets both W3C and B3 context.
+func TestB3Extraction(t *testing.T) {
+	env := startTelemetryEnv(t, telemetry.Config{Tracing: telemetry.Tracing{Propagators: []string{"tracecontext", "baggage", "b3"}}})
+	req, _ := http.NewRequest("GET", "http://"+env.httpAddr+"/x", nil)
+	req.Header.Set("X-B3-TraceId", inTrace)
+	req.Header.Set("X-B3-SpanId", inParent)
+	req.Header.Set("X-B3-Sampled", "1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	http.DefaultClient.CloseIdleConnections()
+	got := env.web.get()
+	tid, parent, _ := parseTraceparent(t, got.Get("traceparent"))
+	if tid.String() != inTrace {
+		t.Fatalf("upstream trace %s, want the B3 caller's %s", tid, inTrace)
+	}
+	if got.Get("X-B3-Traceid") != inTrace || got.Get("X-B3-Spanid") != parent.String() {
+		t.Fatalf("upstream B3 headers %q/%q, want trace %s span %s (the proxy's client span)",
+			got.Get("X-B3-Traceid"), got.Get("X-B3-Spanid"), inTrace, parent)
+	}
+}
