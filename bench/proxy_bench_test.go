@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -47,11 +48,15 @@ func startBackends(b *testing.B) backends {
 
 // startProxy runs hopwatch in front of the backends; withTelemetry turns
 // spans, metrics, the trace store and hop statistics on.
-func startProxy(b *testing.B, be backends, withTelemetry bool) (grpcAddr, httpAddr string) {
+func startProxy(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.Config) (grpcAddr, httpAddr string) {
 	b.Helper()
 	opts := proxy.Options{}
 	if withTelemetry {
-		tel, err := telemetry.New(telemetry.Options{Registry: prometheus.NewRegistry()})
+		var c telemetry.Config
+		if len(cfg) > 0 {
+			c = cfg[0]
+		}
+		tel, err := telemetry.New(telemetry.Options{Config: c, Registry: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -138,7 +143,15 @@ func BenchmarkUnaryGRPC(b *testing.B) {
 		addr, _ := startProxy(b, be, true)
 		benchGRPC(b, addr)
 	})
+	// With an OTLP exporter the spans are real SDK spans; the collector
+	// here is a closed port, so exports fail in the background (counted).
+	b.Run("proxy+telemetry+otlp", func(b *testing.B) {
+		addr, _ := startProxy(b, be, true, otlpConfig)
+		benchGRPC(b, addr)
+	})
 }
+
+var otlpConfig = telemetry.Config{Tracing: telemetry.Tracing{OTLP: &telemetry.OTLP{Endpoint: "127.0.0.1:1", Timeout: 100 * time.Millisecond}}}
 
 // BenchmarkHTTP: one HTTP/1.1 POST with keep-alive.
 func BenchmarkHTTP(b *testing.B) {
