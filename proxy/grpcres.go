@@ -314,7 +314,7 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 		headerSent = true
 		return ss.SendHeader(md)
 	}
-	var first []byte     // the first response message, kept for the cache
+	var first []byte // the first response message, kept for the cache
 	msgs := 0
 	for n := 1; ; {
 		select {
