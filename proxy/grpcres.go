@@ -466,13 +466,13 @@ func (p *Proxy) grpcBackground(rt *route, a *grpcAttempt, method string, md meta
 					switch {
 					case ev.err == nil && msgs == 1 && res.cache != nil:
 						res.cache.Put(grpcCacheKey(res, method, md, log), &fallback.Entry{Header: hdr, Body: body, Trailer: ev.trailer}, res.now())
-						res.tel.BackgroundDone("cached")
+						res.telemetry().BackgroundDone("cached")
 					case ev.err == nil:
-						res.tel.BackgroundDone("ok")
+						res.telemetry().BackgroundDone("ok")
 					case status.Code(ev.err) == codes.DeadlineExceeded || ctx.Err() != nil:
-						res.tel.BackgroundDone("timeout")
+						res.telemetry().BackgroundDone("timeout")
 					default:
-						res.tel.BackgroundDone("error")
+						res.telemetry().BackgroundDone("error")
 					}
 					return
 				}
@@ -480,7 +480,7 @@ func (p *Proxy) grpcBackground(rt *route, a *grpcAttempt, method string, md meta
 				// The reader ends with the attempt's context (canceled by
 				// the AfterFunc above) and sends no more.
 				a.finish(p, status.FromContextError(ctx.Err()).Err(), false)
-				res.tel.BackgroundDone("timeout")
+				res.telemetry().BackgroundDone("timeout")
 				return
 			}
 		}
@@ -489,7 +489,7 @@ func (p *Proxy) grpcBackground(rt *route, a *grpcAttempt, method string, md meta
 		a.cancel()
 		cancel()
 		a.finish(p, status.Error(codes.Canceled, "hopwatch: background queue full"), true)
-		res.tel.BackgroundDone("rejected")
+		res.telemetry().BackgroundDone("rejected")
 	}
 }
 
@@ -539,7 +539,7 @@ func (p *Proxy) grpcFallback(ctx context.Context, ss grpc.ServerStream, rt *rout
 		if e == nil {
 			continue
 		}
-		res.tel.Fallback(reason, src)
+		res.telemetry().Fallback(reason, src)
 		hop.FellBack(reason, src)
 		trailer := metadata.Join(e.Trailer, metadata.Pairs(fallbackTrailerGRPC, src))
 		if st != nil {

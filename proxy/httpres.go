@@ -349,7 +349,7 @@ func (t *routeTransport) fallback(ctx context.Context, req *http.Request, body [
 			// A fallback answer is a stand-in: no cache along the way may
 			// keep it as the real thing.
 			resp.Header.Set("Cache-Control", "no-store")
-			res.tel.Fallback(reason, src)
+			res.telemetry().Fallback(reason, src)
 			hop.FellBack(reason, src)
 			return resp
 		}
@@ -409,27 +409,27 @@ func (t *routeTransport) finishInBackground(results <-chan roundTripResult, key 
 		defer stop()
 		r := <-results
 		if r.err != nil {
-			res.tel.BackgroundDone(backgroundResult(ctx, r.err))
+			res.telemetry().BackgroundDone(backgroundResult(ctx, r.err))
 			return
 		}
 		defer r.resp.Body.Close()
 		if res.cache == nil || !cacheable(r.resp) {
 			io.Copy(io.Discard, io.LimitReader(r.resp.Body, maxCachedResponse))
-			res.tel.BackgroundDone(okOrError(r.resp.StatusCode))
+			res.telemetry().BackgroundDone(okOrError(r.resp.StatusCode))
 			return
 		}
 		b, err := io.ReadAll(io.LimitReader(r.resp.Body, maxCachedResponse+1))
 		if err != nil || len(b) > maxCachedResponse {
-			res.tel.BackgroundDone(backgroundResult(ctx, err))
+			res.telemetry().BackgroundDone(backgroundResult(ctx, err))
 			return
 		}
 		res.cache.Put(key, entryOf(r.resp, b), res.now())
-		res.tel.BackgroundDone("cached")
+		res.telemetry().BackgroundDone("cached")
 	})
 	if !started {
 		cancel()
 		closeResult(<-results) // returns promptly: the attempts were canceled
-		res.tel.BackgroundDone("rejected")
+		res.telemetry().BackgroundDone("rejected")
 	}
 }
 

@@ -289,7 +289,7 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 			HTTPRoute: rs.Match.PathPrefix,
 		}, spec.Callers)
 		if rt.res != nil {
-			rt.res.tel = rt.tel
+			rt.res.tel.Store(rt.tel)
 		}
 		if ls.Protocol == routes.ListenerHTTP {
 			transport := &routeTransport{up: rt.up, alt: rt.alt, res: rt.res}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"reflect"
+	"sync/atomic"
 	"time"
 
 	"github.com/hopwatch/hopwatch/fallback"
@@ -39,11 +40,15 @@ type resilience struct {
 	budget   *fallback.Budget
 	cache    *fallback.Cache
 	bg       *fallback.Background
-	tel      *telemetry.Route // updated per generation, see Apply
-	now      func() time.Time
+	// tel is the route's telemetry of the newest generation using this
+	// state; Apply swaps it while older requests may still report.
+	tel atomic.Pointer[telemetry.Route]
+	now func() time.Time
 
 	shared // generations holding this policy
 }
+
+func (res *resilience) telemetry() *telemetry.Route { return res.tel.Load() }
 
 // needsResilience reports whether a route uses the buffered path.
 func needsResilience(r routes.Route) bool { return r.Retry != nil || r.Fallback != nil }
@@ -77,7 +82,7 @@ func newResilience(r routes.Route, now func() time.Time) *resilience {
 		if fb.Background != nil {
 			maxIn, timeout = fb.Background.MaxInflight, fb.Background.Timeout
 		}
-		res.bg = fallback.NewBackground(maxIn, timeout, func(n int) { res.tel.BackgroundInflight(n) })
+		res.bg = fallback.NewBackground(maxIn, timeout, func(n int) { res.telemetry().BackgroundInflight(n) })
 	}
 	return res
 }
@@ -107,10 +112,10 @@ func (res *resilience) close() {
 // retryAllowed spends from the budget for one more attempt.
 func (res *resilience) retryAllowed() bool {
 	if res.budget.TryRetry(res.now()) {
-		res.tel.Retry("attempted")
+		res.telemetry().Retry("attempted")
 		return true
 	}
-	res.tel.Retry("budget_exhausted")
+	res.telemetry().Retry("budget_exhausted")
 	return false
 }
 

@@ -785,3 +785,76 @@ func TestFallbackUpstream(t *testing.T) {
 		t.Fatalf("fallback{reason=error,source=upstream} = %v", got)
 	}
 }
+
+// TestReloadKeepsResilience: reloads under traffic keep a route's fallback
+// cache (its policy did not change) and race with nothing.
+func TestReloadKeepsResilience(t *testing.T) {
+	var slow atomic.Bool
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if slow.Load() {
+			select {
+			case <-time.After(time.Second):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		fmt.Fprint(w, "fresh")
+	}))
+	defer up.Close()
+	spec := func(callers ...string) *routes.Spec {
+		s := httpSpec(up.Listener.Addr().String(), routes.Route{Retry: &routes.Retry{Attempts: 2, On: []string{"503"}}, Fallback: &routes.Fallback{
+			After: 100 * time.Millisecond, Use: []string{"cache"},
+		}}, routes.Upstream{})
+		s.Callers = callers
+		return s
+	}
+	reg := prometheus.NewRegistry()
+	tel, err := telemetry.New(telemetry.Options{Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	p := proxy.New(proxy.Options{Telemetry: tel})
+	if err := p.Apply(spec("a")); err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, p)
+	url := "http://" + p.Addr("http").String() + "/kb"
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	if r := post(client, url, "q"); r.body != "fresh" {
+		t.Fatalf("warm-up: %+v", r)
+	}
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if r := post(client, url, "q"); r.status != 200 {
+					t.Errorf("during reloads: %+v", r)
+					return
+				}
+			}
+		}()
+	}
+	for i := range 20 {
+		if err := p.Apply(spec("a", fmt.Sprint("caller-", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	slow.Store(true)
+	if r := post(client, url, "q"); r.fallback != "cache" || r.body != "fresh" {
+		t.Fatalf("after 20 reloads the cache should still answer: %+v", r)
+	}
+}
