@@ -105,7 +105,7 @@ func (s *Store) Bottlenecks(q BottleneckQuery, p95 func(route string) (time.Dura
 	}
 
 	// Pass 1, a scan under the mutex: the summaries of the traces in the
-	// window.
+	// window, except the turns the client canceled.
 	type candidate struct {
 		id    trace.TraceID
 		route string
@@ -115,7 +115,10 @@ func (s *Store) Bottlenecks(q BottleneckQuery, p95 func(route string) (time.Dura
 	var cands []candidate
 	s.scan(func(e *traceEntry) {
 		sum := e.summary()
-		if sum.Spans > 0 && !sum.Start.Before(from) && !sum.Start.After(q.Now) {
+		// A turn the client abandoned lasted as long as the user's
+		// patience, not as long as the hops took: it says nothing about
+		// which hop is slow (its hops were cut short).
+		if sum.Spans > 0 && sum.Outcome != OutcomeCanceled && !sum.Start.Before(from) && !sum.Start.After(q.Now) {
 			cands = append(cands, candidate{sum.TraceID, sum.Root.Route, sum.Duration})
 		}
 	})

@@ -23,6 +23,7 @@ type chainTurn struct {
 	id                 uint64
 	start              time.Duration // from t0
 	nlu, kb, inference time.Duration
+	canceled           bool // the client gave up: the root hop ends canceled
 }
 
 func (c chainTurn) duration() time.Duration { return c.nlu + c.kb + c.inference + 4*ms(5) }
@@ -45,9 +46,13 @@ func (c chainTurn) add(s *Store, st *Stats) {
 		)
 		at += h.d + ms(5)
 	}
+	root := OutcomeOK
+	if c.canceled {
+		root = OutcomeCanceled
+	}
 	spans = append(spans,
-		span(c.id, gwAttempt, base+1, KindClient, hopChat.Caller, hopChat.Route, hopChat.Upstream, c.start, c.duration(), OutcomeOK),
-		span(c.id, base+1, 0, KindServer, hopChat.Caller, hopChat.Route, hopChat.Upstream, c.start, c.duration(), OutcomeOK),
+		span(c.id, gwAttempt, base+1, KindClient, hopChat.Caller, hopChat.Route, hopChat.Upstream, c.start, c.duration(), root),
+		span(c.id, base+1, 0, KindServer, hopChat.Caller, hopChat.Route, hopChat.Upstream, c.start, c.duration(), root),
 	)
 	for _, sp := range spans {
 		s.Add(sp)
@@ -161,6 +166,8 @@ func TestBottlenecksSelection(t *testing.T) {
 		{id: 4, start: ms(300), nlu: ms(700), kb: ms(20), inference: ms(50)},
 		{id: 5, start: ms(400), nlu: ms(10), kb: ms(600), inference: ms(50)},
 		{id: 6, start: ms(500), nlu: ms(10), kb: ms(20), inference: ms(50)}, // fast
+		// Abandoned by the user: not a slow turn, whatever its length.
+		{id: 8, start: ms(600), nlu: ms(10), kb: ms(20), inference: ms(4000), canceled: true},
 		// Started ten minutes earlier: outside a 5m window.
 		{id: 7, start: -10 * time.Minute, nlu: ms(10), kb: ms(20), inference: ms(3000)},
 	}
