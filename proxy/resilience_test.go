@@ -152,9 +152,14 @@ func TestBreaker(t *testing.T) {
 	}
 
 	failing.Store(false)
+	// half_open_requests (2) successes close it again.
 	waitFor(t, "half-open and closed again", func() bool {
-		return post(client, url, "{}").status == 200 && post(client, url, "{}").status == 200 &&
-			env.metric(t, "hopwatch_breaker_state", map[string]string{"upstream": "kb"}) == 0
+		for range 2 {
+			if post(client, url, "{}").status != 200 {
+				return false
+			}
+		}
+		return env.metric(t, "hopwatch_breaker_state", map[string]string{"upstream": "kb"}) == 0
 	})
 	if got := env.metric(t, "hopwatch_breaker_transitions_total", map[string]string{"upstream": "kb", "to": "half_open"}); got < 1 {
 		t.Fatalf("no transition to half_open recorded")
@@ -622,7 +627,7 @@ func TestBreakerFaults(t *testing.T) {
 				conn.Close()
 			}
 		}, 0},
-		{"failing upstream", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", 502) }, 0},
+		{"failing upstream", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", http.StatusBadGateway) }, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -224,7 +224,7 @@ func (h *Hop) Event(name string, attrs ...attribute.KeyValue) {
 	if len(attrs) > 0 {
 		ev.Attrs = make(map[string]string, len(attrs))
 		for _, a := range attrs {
-			ev.Attrs[string(a.Key)] = a.Value.Emit()
+			ev.Attrs[string(a.Key)] = a.Value.String()
 		}
 	}
 	h.mu.Lock()
