@@ -67,7 +67,7 @@ func (p *pass) firstResponse() {
 
 // report tells the breaker how the exchange went. Slowness is the time to
 // the first response, or to the end when there was none.
-func (p *pass) report(failure, excluded bool) {
+func (p *pass) report(c classified) {
 	if p == nil || p.reported {
 		return
 	}
@@ -77,7 +77,7 @@ func (p *pass) report(failure, excluded bool) {
 		if end.IsZero() {
 			end = p.now()
 		}
-		p.done(fallback.Result{Duration: end.Sub(p.start), Failure: failure, Excluded: excluded})
+		p.done(fallback.Result{Duration: end.Sub(p.start), Failure: c.failure, Excluded: c.excluded})
 	}
 }
 

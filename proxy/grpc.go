@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/hopwatch/hopwatch/fallback"
 	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
@@ -120,26 +119,30 @@ func (p *Proxy) callGRPC(ctx context.Context, ss grpc.ServerStream, rt *route, h
 		return grpcError(err, method)
 	}
 	defer gate.release()
-	canceled := func() bool { return errors.Is(ss.Context().Err(), context.Canceled) }
+	// end accounts one finished attempt with the breaker, outlier
+	// detection and its span.
+	end := func(ep *endpoint, att *telemetry.Attempt, err error) {
+		code := status.Code(err)
+		canceled := errors.Is(ss.Context().Err(), context.Canceled)
+		c := classifyGRPC(code, canceled)
+		rt.up.outcome(ep, c)
+		gate.report(c)
+		att.End(code.String(), telemetry.GRPCOutcome(code, canceled))
+	}
 
 	cs, ep, att, err := rt.up.openGRPC(ctx, hop, md, bidi, method, callOptions(md)...)
 	if err != nil {
 		err = grpcError(upstreamError(err), method)
-		code := status.Code(err)
-		gate.report(fallback.ClassifyGRPC(code, canceled()))
-		att.End(code.String(), telemetry.GRPCOutcome(code, canceled()))
+		end(nil, att, err)
 		return err
 	}
 	start := p.now()
 	err = forwardGRPC(ss, cs, cancel, hop, gate)
 	ep.inflight.Add(-1)
-	code := status.Code(err)
-	if code != codes.Unavailable {
+	if status.Code(err) != codes.Unavailable {
 		ep.observe(p.now(), p.now().Sub(start))
 	}
-	rt.up.outcome(ep, classifyGRPC(code, canceled()))
-	gate.report(fallback.ClassifyGRPC(code, canceled()))
-	att.End(code.String(), telemetry.GRPCOutcome(code, canceled()))
+	end(ep, att, err)
 	return err
 }
 

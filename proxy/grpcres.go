@@ -173,7 +173,7 @@ func (p *Proxy) startAttempt(ctx context.Context, up *upstream, hop *telemetry.H
 	if err != nil {
 		cancel()
 		code := status.Code(err)
-		gate.report(fallback.ClassifyGRPC(code, false))
+		gate.report(classifyGRPC(code, false))
 		gate.release()
 		att.End(code.String(), telemetry.GRPCOutcome(code, false))
 		return nil, err
@@ -230,8 +230,9 @@ func (p *Proxy) startAttempt(ctx context.Context, up *upstream, hop *telemetry.H
 func (a *grpcAttempt) finish(p *Proxy, err error, canceled bool) {
 	code := status.Code(err)
 	a.ep.inflight.Add(-1)
-	a.up.outcome(a.ep, classifyGRPC(code, canceled))
-	a.gate.report(fallback.ClassifyGRPC(code, canceled))
+	c := classifyGRPC(code, canceled)
+	a.up.outcome(a.ep, c)
+	a.gate.report(c)
 	a.gate.release()
 	a.att.End(code.String(), telemetry.GRPCOutcome(code, canceled))
 }

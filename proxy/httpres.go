@@ -54,7 +54,7 @@ func (t *routeTransport) attempt(req *http.Request, hop *telemetry.Hop) (*http.R
 	if resp != nil {
 		status = resp.StatusCode
 	}
-	p.report(fallback.ClassifyHTTP(status, err, errors.Is(req.Context().Err(), context.Canceled)))
+	p.report(classifyHTTP(status, err, errors.Is(req.Context().Err(), context.Canceled)))
 	if err != nil || resp.StatusCode == http.StatusSwitchingProtocols || p == nil {
 		p.release()
 		return resp, err
