@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -339,7 +340,7 @@ func (t *routeTransport) fallback(ctx context.Context, req *http.Request, body [
 				if s.ContentType != "" {
 					h["Content-Type"] = []string{s.ContentType}
 				}
-				resp = synthesize(s.Status, h, []byte(s.Body))
+				resp = synthesize(cmp.Or(s.Status, http.StatusOK), h, []byte(s.Body)) // 0: 200, as documented
 			}
 		case "upstream":
 			resp = t.altUpstream(ctx, req, body)

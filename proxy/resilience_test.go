@@ -863,3 +863,41 @@ func TestReloadKeepsResilience(t *testing.T) {
 		t.Fatalf("after 20 reloads the cache should still answer: %+v", r)
 	}
 }
+
+// TestBackgroundQueueFull: with the background queue full, a late call is
+// canceled instead of left running, and counted as rejected.
+func TestBackgroundQueueFull(t *testing.T) {
+	var canceled atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-time.After(10 * time.Second):
+			fmt.Fprint(w, "late")
+		case <-r.Context().Done():
+			canceled.Add(1)
+		}
+	}))
+	t.Cleanup(up.Close) // after the proxy's shutdown, which cancels the call still running
+	env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{Fallback: &routes.Fallback{
+		After: 50 * time.Millisecond, Use: []string{"static"}, Static: &routes.FallbackStatic{Body: "degraded"},
+		Background: &routes.FallbackBackground{MaxInflight: 1, Timeout: 20 * time.Second},
+	}}, routes.Upstream{}))
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	url := "http://" + env.httpAddr + "/kb"
+	for i := range 2 { // one after the other: the first holds the only slot
+		if r := post(client, url, fmt.Sprint(i)); r.fallback != "static" {
+			t.Fatalf("call %d: %+v", i, r)
+		}
+	}
+	waitFor(t, "the second late call to be canceled", func() bool { return canceled.Load() >= 1 })
+	if canceled.Load() != 1 {
+		t.Fatalf("%d late calls canceled, want only the one the full queue refused", canceled.Load())
+	}
+	if got := env.metric(t, "hopwatch_background_total", map[string]string{"result": "rejected"}); got != 1 {
+		t.Fatalf("background rejected = %v, want 1", got)
+	}
+	if got := env.metric(t, "hopwatch_background_inflight", nil); got != 1 {
+		t.Fatalf("background in flight = %v, want 1 (the first call)", got)
+	}
+}
