@@ -3,8 +3,12 @@ package fallback
 import (
 	"cmp"
 	"container/list"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"hash"
+	"io"
 	"sync"
 	"time"
 
@@ -21,11 +25,20 @@ type Entry struct {
 	Header  map[string][]string
 	Body    []byte
 	Trailer map[string][]string
+	// Vary, when not nil, makes this entry a marker rather than a
+	// response: the responses to this request vary on these request
+	// headers (canonical names, sorted), and each variant is stored under
+	// a key derived from this one and the request's values of them
+	// (HTTP Vary, RFC 9111 §4.1). Header, Body and Trailer are then empty.
+	Vary []string
 }
 
 // size estimates what an entry holds in memory, for the byte bound.
 func (e *Entry) size() int64 {
 	n := int64(entryOverhead + len(e.Body))
+	for _, v := range e.Vary {
+		n += int64(len(v) + 16)
+	}
 	for _, m := range []map[string][]string{e.Header, e.Trailer} {
 		for k, vs := range m {
 			n += int64(len(k))
@@ -41,55 +54,57 @@ func (e *Entry) size() int64 {
 // so that many tiny entries are not free.
 const entryOverhead = 256
 
-// Key identifies a request for the cache; see KeyOf.
+// Key identifies a request for the cache; see Cache.NewKey.
 type Key [32]byte
 
-// KeyOf derives the cache key of a request: SHA-256 over the route name,
-// method, path (with the query: GET parameters are part of what is asked),
-// body and the selected headers, each length-prefixed so that no two
-// different requests can concatenate to the same input ("a"+"bc" and
-// "ab"+"c" differ). headers is a flat list of name, value pairs, chosen by
-// the caller (the route's fallback.cache.headers, names lowercased, several
-// values joined); a header that is absent should still be passed, with an
-// empty value, so that its absence is part of the key. Hashing keeps
-// request bodies out of memory and keys fixed-size.
-func KeyOf(route, method, path string, body []byte, headers []string) Key {
-	n := 8*5 + len(route) + len(method) + len(path) + 8*len(headers)
-	for _, h := range headers {
-		n += len(h)
-	}
-	// The body comes last, so that when it is large it is hashed in place
-	// rather than copied; small requests take one buffer and no hasher.
-	inline := len(body) <= smallBody
-	if inline {
-		n += len(body)
-	}
-	buf := make([]byte, 0, n)
-	buf = appendPart(buf, route)
-	buf = appendPart(buf, method)
-	buf = appendPart(buf, path)
-	buf = binary.BigEndian.AppendUint64(buf, uint64(len(headers)))
-	for _, h := range headers {
-		buf = appendPart(buf, h)
-	}
-	buf = binary.BigEndian.AppendUint64(buf, uint64(len(body)))
-	if inline {
-		return Key(sha256.Sum256(append(buf, body...)))
-	}
-	d := sha256.New()
-	d.Write(buf)
-	d.Write(body)
-	var k Key
-	d.Sum(k[:0])
-	return k
+// KeyBuilder derives one cache key: HMAC-SHA256, under the cache's own
+// random secret, over the parts written in order, each length-prefixed so
+// that no two different part lists hash the same input ("a","bc" and
+// "ab","c" differ). Keying the hash matters because the parts may include
+// credentials (a route that names Authorization in its cache key): the key
+// must not be a plain digest of a secret that anyone holding the process
+// memory could test guesses against. Hashing also keeps request bodies out
+// of memory and keys fixed-size.
+type KeyBuilder struct {
+	h   hash.Hash
+	len [8]byte
 }
 
-// smallBody is the largest body KeyOf copies to hash in one go.
-const smallBody = 4 << 10
+// NewKey starts a key for this cache. Keys of one cache mean nothing to
+// another (each has its own secret), so a fresh cache never answers from
+// what another stored.
+func (c *Cache) NewKey() *KeyBuilder {
+	return &KeyBuilder{h: hmac.New(sha256.New, c.secret[:])}
+}
 
-func appendPart(buf []byte, s string) []byte {
-	buf = binary.BigEndian.AppendUint64(buf, uint64(len(s)))
-	return append(buf, s...)
+// String adds one part.
+func (b *KeyBuilder) String(s string) *KeyBuilder {
+	binary.BigEndian.PutUint64(b.len[:], uint64(len(s)))
+	b.h.Write(b.len[:])
+	io.WriteString(b.h, s)
+	return b
+}
+
+// Bytes adds one part.
+func (b *KeyBuilder) Bytes(p []byte) *KeyBuilder {
+	binary.BigEndian.PutUint64(b.len[:], uint64(len(p)))
+	b.h.Write(b.len[:])
+	b.h.Write(p)
+	return b
+}
+
+// Int adds a count (how many parts follow, for lists of varying length).
+func (b *KeyBuilder) Int(n int) *KeyBuilder {
+	binary.BigEndian.PutUint64(b.len[:], uint64(n))
+	b.h.Write(b.len[:])
+	return b
+}
+
+// Sum returns the key.
+func (b *KeyBuilder) Sum() Key {
+	var k Key
+	b.h.Sum(k[:0])
+	return k
 }
 
 // Cache keeps the last good response per key, for answering when the
@@ -101,6 +116,8 @@ type Cache struct {
 	ttl        time.Duration
 	maxEntries int
 	maxBytes   int64
+
+	secret [32]byte // keys this cache's KeyBuilders; never leaves it
 
 	mu    sync.Mutex // guards everything below
 	lru   list.List  // of *cacheItem; front is the most recently used
@@ -138,6 +155,7 @@ func NewCache(ttl time.Duration, maxEntries int, opts ...CacheOption) *Cache {
 		maxBytes:   routes.DefaultCacheMaxBytes,
 		items:      make(map[Key]*list.Element),
 	}
+	rand.Read(c.secret[:]) // crypto/rand: never fails on supported platforms (Go 1.24+)
 	for _, opt := range opts {
 		opt(c)
 	}

@@ -1,6 +1,7 @@
 package fallback_test
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"slices"
 	"strings"
@@ -11,7 +12,9 @@ import (
 	"github.com/hopwatch/hopwatch/fallback"
 )
 
-func key(s string) fallback.Key { return fallback.KeyOf("kb", "GET", s, nil, nil) }
+// key names an entry in tests of the store itself: the Cache takes any
+// Key, however derived (TestKeyBuilder covers derivation).
+func key(s string) fallback.Key { return fallback.Key(sha256.Sum256([]byte(s))) }
 
 func entry(body string) *fallback.Entry {
 	return &fallback.Entry{Status: 200, Header: map[string][]string{"Content-Type": {"application/json"}}, Body: []byte(body)}
@@ -171,13 +174,24 @@ func TestCacheConcurrent(t *testing.T) {
 	}
 }
 
-func TestKeyOf(t *testing.T) {
+// reqKey derives a key the way the proxy does: route, method, path, a
+// counted list of header pairs, then the body.
+func reqKey(c *fallback.Cache, route, method, path, body string, headers []string) fallback.Key {
+	b := c.NewKey().String(route).String(method).String(path).Int(len(headers))
+	for _, h := range headers {
+		b.String(h)
+	}
+	return b.Bytes([]byte(body)).Sum()
+}
+
+func TestKeyBuilder(t *testing.T) {
 	type req struct {
 		route, method, path, body string
 		headers                   []string
 	}
 	base := req{"kb", "POST", "/kb/search?q=x", `{"q":"x"}`, []string{"x-tenant", "acme"}}
-	large := strings.Repeat("x", 64<<10) // hashed in place rather than copied
+	large := strings.Repeat("x", 64<<10)
+	c := fallback.NewCache(time.Minute, 10)
 	for _, tc := range []struct {
 		name string
 		a, b req
@@ -198,13 +212,26 @@ func TestKeyOf(t *testing.T) {
 		{"large bodies differ at the end", req{"kb", "POST", "/", large + "a", nil}, req{"kb", "POST", "/", large + "b", nil}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ka := fallback.KeyOf(tc.a.route, tc.a.method, tc.a.path, []byte(tc.a.body), tc.a.headers)
-			kb := fallback.KeyOf(tc.b.route, tc.b.method, tc.b.path, []byte(tc.b.body), tc.b.headers)
+			ka := reqKey(c, tc.a.route, tc.a.method, tc.a.path, tc.a.body, tc.a.headers)
+			kb := reqKey(c, tc.b.route, tc.b.method, tc.b.path, tc.b.body, tc.b.headers)
 			if (ka == kb) != tc.same {
 				t.Errorf("keys equal = %v, want %v", ka == kb, tc.same)
 			}
 		})
 	}
+	t.Run("keyed per cache", func(t *testing.T) {
+		// The same request hashes differently in another cache: a key is
+		// no plain digest of its parts (which may hold a credential).
+		other := fallback.NewCache(time.Minute, 10)
+		if reqKey(c, "kb", "GET", "/", "", []string{"authorization", "Bearer s3cret"}) ==
+			reqKey(other, "kb", "GET", "/", "", []string{"authorization", "Bearer s3cret"}) {
+			t.Error("two caches derived the same key")
+		}
+		plain := sha256.Sum256([]byte("Bearer s3cret"))
+		if reqKey(c, "", "", "", "Bearer s3cret", nil) == fallback.Key(plain) {
+			t.Error("key is a plain SHA-256 of the secret")
+		}
+	})
 }
 
 func BenchmarkCacheGet(b *testing.B) {
@@ -237,15 +264,16 @@ func BenchmarkCacheGet(b *testing.B) {
 	})
 }
 
-func BenchmarkKeyOf(b *testing.B) {
+func BenchmarkKeyBuilder(b *testing.B) {
 	headers := []string{"x-tenant", "acme", "accept-language", "en"}
+	c := fallback.NewCache(time.Minute, 10)
 	for _, size := range []int{512, 64 << 10} {
-		body := make([]byte, size)
+		body := strings.Repeat("x", size)
 		b.Run(fmt.Sprintf("body=%d", size), func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(size))
 			for b.Loop() {
-				fallback.KeyOf("kb-search", "POST", "/kb/search?q=opening+hours", body, headers)
+				reqKey(c, "kb-search", "POST", "/kb/search?q=opening+hours", body, headers)
 			}
 		})
 	}

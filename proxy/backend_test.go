@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,7 +40,8 @@ import (
 type echoBackend struct {
 	addr     string
 	srv      *grpc.Server
-	canceled chan string // method of each call whose context ended while blocked
+	canceled chan string  // method of each call whose context ended while blocked
+	arrived  atomic.Int64 // calls that reached a handler's prelude
 
 	mu       sync.Mutex // guards failedBy
 	failedBy map[string]bool
@@ -173,6 +175,9 @@ func headerFor(md metadata.MD) metadata.MD {
 		switch {
 		case strings.HasPrefix(k, "x-forwarded-"):
 			// Set by the HTTP listener on purpose; its own tests check them.
+		case strings.HasPrefix(k, "x-answer-"):
+			// Any response header the test asks for (cache-control, ...).
+			h[strings.TrimPrefix(k, "x-answer-")] = v
 		case strings.HasPrefix(k, "x-"):
 			h["echo-"+k] = v
 		case strings.HasPrefix(k, "h-"):
@@ -184,6 +189,7 @@ func headerFor(md metadata.MD) metadata.MD {
 
 // prelude applies the metadata-driven behaviour shared by all methods.
 func (b *echoBackend) prelude(ctx context.Context, method string, setHeader, setTrailer func(metadata.MD) error) error {
+	b.arrived.Add(1)
 	md, _ := metadata.FromIncomingContext(ctx)
 	if key := first(md, "x-fail-first"); key != "" {
 		b.mu.Lock()

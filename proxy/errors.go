@@ -35,7 +35,7 @@ func upstreamError(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, errRejected):
+	case errors.Is(err, errRejected), errors.Is(err, errBodyTimeout):
 		return err
 	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("%w: %w", errCanceled, err)
@@ -63,7 +63,7 @@ func grpcError(err error, method string) error {
 }
 
 func isProxyError(err error) bool {
-	for _, e := range []error{errNoRoute, errUnreachable, errTimeout, errCanceled, errBadGateway, errRejected} {
+	for _, e := range []error{errNoRoute, errUnreachable, errTimeout, errCanceled, errBadGateway, errRejected, errBodyTimeout} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -83,7 +83,7 @@ func classify(err error) (codes.Code, string) {
 		return codes.Unavailable, "hopwatch: upstream " + err.Error()
 	case errors.Is(err, errUnreachable):
 		return codes.Unavailable, "hopwatch: " + err.Error()
-	case errors.Is(err, errTimeout):
+	case errors.Is(err, errTimeout), errors.Is(err, errBodyTimeout):
 		return codes.DeadlineExceeded, "hopwatch: " + err.Error()
 	case errors.Is(err, errCanceled):
 		return codes.Canceled, "hopwatch: " + err.Error()
@@ -101,6 +101,8 @@ func httpStatus(err error) int {
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errTimeout):
 		return http.StatusGatewayTimeout
+	case errors.Is(err, errBodyTimeout):
+		return http.StatusRequestTimeout
 	case errors.Is(err, errCanceled):
 		// nginx's 499: nobody reads it, but logs and metrics can tell a
 		// client that left from an upstream that failed.

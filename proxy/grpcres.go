@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -23,7 +24,8 @@ import (
 // The proxy cannot know a raw call's kind, so it decides per call from what
 // the client does: every message is forwarded at once (streams behave as
 // on any route), and also recorded. Once the client has half-closed after
-// sending, in total, no more than maxBufferedRequest bytes, the request is
+// sending, in total, no more than replay.max_request_bytes (and while the
+// proxy-wide replay budget had room for them), the request is
 // complete and replayable: that is every unary and server-streaming call.
 // Only then may an attempt be retried (and only while the upstream has sent
 // no response headers) or the client be answered from a fallback (and only
@@ -31,22 +33,73 @@ import (
 // bidi-streaming calls that never complete pass through untouched.
 
 // requestLog records the client's messages for replay.
+//
+// Memory is bounded three ways: a call keeps at most maxRequest bytes; all
+// calls together keep at most what the proxy's replay budget (mem) grants;
+// and past either limit the log stops keeping and applies back-pressure,
+// reading a message from the client only once the attempt has taken the
+// previous one, as plain forwarding does. Without that last rule a client
+// could push messages into the proxy far faster than a slow upstream takes
+// them (one stream pushed over 1 GiB in 6 s).
 type requestLog struct {
 	mu       sync.Mutex
 	msgs     [][]byte
 	base     int // index of msgs[0]: messages before it were dropped (overflow)
-	size     int
+	size     int64
 	closed   bool  // the client half-closed
 	err      error // the client stream failed (canceled, ...)
 	overflow bool  // too much to replay: no retry, no fallback
 	changed  chan struct{}
+
+	maxRequest int64
+	mem        *fallback.Memory // nil: no budget (a log made from complete messages)
+	charged    int64            // reserved from mem
+	onSkip     func(reason string)
+	stopped    chan struct{} // closed when the call's handler is done
+	stopOnce   sync.Once
+	refs       atomic.Int32 // the handler and a background task; the last gives back charged
 }
 
-func newRequestLog() *requestLog { return &requestLog{changed: make(chan struct{})} }
+func newRequestLog(maxRequest int64, mem *fallback.Memory, onSkip func(string)) *requestLog {
+	l := &requestLog{changed: make(chan struct{}), maxRequest: maxRequest, mem: mem, onSkip: onSkip, stopped: make(chan struct{})}
+	l.refs.Store(1)
+	return l
+}
+
+// completeLog is a log of a request already complete, for a fallback
+// upstream's attempt.
+func completeLog(msgs [][]byte) *requestLog {
+	return &requestLog{msgs: msgs, closed: true, changed: make(chan struct{}), stopped: make(chan struct{})}
+}
+
+// hold keeps the log's messages (and their reservation) for a background
+// task that outlives the handler.
+func (l *requestLog) hold() { l.refs.Add(1) }
+
+// drop ends a holder's use; the last one gives the reservation back.
+func (l *requestLog) drop() {
+	if l.refs.Add(-1) != 0 {
+		return
+	}
+	l.mu.Lock()
+	n := l.charged
+	l.charged = 0
+	l.mu.Unlock()
+	if l.mem != nil {
+		l.mem.Release(n)
+	}
+}
+
+// stop tells the reader that the call's handler is done, so that a reader
+// held back by back-pressure ends too.
+func (l *requestLog) stop() { l.stopOnce.Do(func() { close(l.stopped) }) }
 
 // read pumps the client stream into the log until it ends.
 func (l *requestLog) read(ss grpc.ServerStream) {
 	for {
+		if !l.waitRoom() {
+			return
+		}
 		var f frame
 		err := ss.RecvMsg(&f)
 		l.mu.Lock()
@@ -59,16 +112,55 @@ func (l *requestLog) read(ss grpc.ServerStream) {
 			b := f.data.Materialize()
 			f.release()
 			l.msgs = append(l.msgs, b)
-			l.size += len(b)
-			if l.size > maxBufferedRequest {
-				l.overflow = true
-			}
+			l.size += int64(len(b))
+			l.account(int64(len(b)))
 		}
 		close(l.changed)
 		l.changed = make(chan struct{})
 		l.mu.Unlock()
 		if err != nil {
 			return
+		}
+	}
+}
+
+// account charges a new message of n bytes to the budget, or switches the
+// log to overflow when it does not fit. Called with mu held.
+func (l *requestLog) account(n int64) {
+	if l.overflow {
+		return
+	}
+	reason := ""
+	switch {
+	case l.size > l.maxRequest:
+		reason = telemetry.ReplayTooLarge
+	case l.mem != nil && !l.mem.Reserve(n):
+		reason = telemetry.ReplayBudget
+	default:
+		l.charged += n
+		return
+	}
+	l.overflow = true
+	if l.onSkip != nil {
+		l.onSkip(reason)
+	}
+}
+
+// waitRoom holds the reader back while, past the replay limit, a message
+// is still waiting for the attempt to take it. It returns false when the
+// call is over.
+func (l *requestLog) waitRoom() bool {
+	for {
+		l.mu.Lock()
+		full, ch := l.overflow && len(l.msgs) > 0, l.changed
+		l.mu.Unlock()
+		if !full {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-l.stopped:
+			return false
 		}
 	}
 }
@@ -82,9 +174,16 @@ func (l *requestLog) next(ctx context.Context, i int) (msg []byte, more bool, er
 			msg = l.msgs[i-l.base]
 			if l.overflow {
 				// Past the replay limit only the one current attempt reads,
-				// in order: forget everything up to what it now has.
+				// in order: forget everything up to what it now has, give
+				// back what it was charged, and let the reader go on.
 				l.msgs = l.msgs[i-l.base+1:]
 				l.base = i + 1
+				if l.charged > 0 && l.mem != nil {
+					l.mem.Release(l.charged)
+					l.charged = 0
+				}
+				close(l.changed)
+				l.changed = make(chan struct{})
 			}
 			l.mu.Unlock()
 			return msg, true, nil
@@ -168,6 +267,11 @@ func (p *Proxy) startAttempt(ctx context.Context, up *upstream, hop *telemetry.H
 	if err != nil {
 		return nil, err
 	}
+	return p.openAttempt(ctx, up, gate, hop, md, method, log)
+}
+
+// openAttempt is startAttempt with the gate pass already admitted.
+func (p *Proxy) openAttempt(ctx context.Context, up *upstream, gate *pass, hop *telemetry.Hop, md metadata.MD, method string, log *requestLog) (*grpcAttempt, error) {
 	actx, cancel := context.WithCancel(ctx)
 	cs, ep, att, err := up.openGRPC(actx, hop, md, bidi, method, callOptions(md)...)
 	if err != nil {
@@ -265,7 +369,13 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 	detach := context.AfterFunc(clientCtx, ucancel)
 	canceled := func() bool { return errors.Is(clientCtx.Err(), context.Canceled) }
 
-	log := newRequestLog()
+	// Admission comes before the request is recorded (see RoundTrip for
+	// HTTP); a rejected call's request is still recorded, within the
+	// replay budget, when a fallback may answer it.
+	gate, admitErr := rt.up.admit()
+	log := newRequestLog(res.maxRequest, res.mem, res.telemetry().ReplaySkipped)
+	defer log.drop()
+	defer log.stop()
 	go log.read(ss)
 
 	var late <-chan time.Time
@@ -291,7 +401,11 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 		return done
 	}
 
-	a, err := p.startAttempt(uctx, rt.up, hop, md, method, log)
+	var a *grpcAttempt
+	err := admitErr
+	if err == nil {
+		a, err = p.openAttempt(uctx, rt.up, gate, hop, md, method, log)
+	}
 	if err != nil && errors.Is(err, errRejected) {
 		hop.Rejected(reasonOf(err))
 		if res.fb != nil {
@@ -315,7 +429,8 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 		headerSent = true
 		return ss.SendHeader(md)
 	}
-	var first []byte // the first response message, kept for the cache
+	var first []byte    // the first response message, kept for the cache
+	var hdr metadata.MD // the upstream's response headers, kept for the cache
 	msgs := 0
 	for n := 1; ; {
 		select {
@@ -325,7 +440,7 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 				a.gotHeader = true
 				a.gate.firstResponse()
 				hop.FirstByte()
-				held = ev.header
+				held, hdr = ev.header, ev.header
 				if res.fb == nil {
 					// Held headers only serve a fallback; a retry is off once
 					// headers came anyway.
@@ -375,7 +490,7 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 							return p.endWithoutAttempt(clientCtx, ss, rt, hop, md, method, log, err, fallbackNow, &fbErr)
 						}
 						a = next
-						held = nil
+						held, hdr = nil, nil
 						continue
 					}
 					if failure, _ := fallback.ClassifyGRPC(code, canceled()); failure && fallbackNow("error") {
@@ -386,9 +501,9 @@ func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.Server
 				sendHeld()
 				ss.SetTrailer(ev.trailer)
 				if ev.err == nil && msgs == 1 && first != nil {
-					res.cache.Put(grpcCacheKey(res, method, md, log), &fallback.Entry{
-						Header: held, Body: first, Trailer: ev.trailer,
-					}, res.now())
+					if req, ok := log.complete(); ok {
+						res.storeGRPC(res.grpcCacheReq(method, md, req), hdr, first, ev.trailer)
+					}
 				}
 				return ev.err
 			}
@@ -443,7 +558,9 @@ func (p *Proxy) endWithoutAttempt(clientCtx context.Context, ss grpc.ServerStrea
 // caches a unary success; a full queue cancels the attempt instead.
 func (p *Proxy) grpcBackground(rt *route, a *grpcAttempt, method string, md metadata.MD, log *requestLog, cancel context.CancelFunc) {
 	res := rt.res
+	log.hold() // the attempt may still be sending it; and the cache key
 	started := res.bg.TryStart(func(ctx context.Context) {
+		defer log.drop()
 		defer cancel()
 		stop := context.AfterFunc(ctx, cancel)
 		defer stop()
@@ -465,8 +582,7 @@ func (p *Proxy) grpcBackground(rt *route, a *grpcAttempt, method string, md meta
 				case ev.end:
 					a.finish(p, ev.err, false)
 					switch {
-					case ev.err == nil && msgs == 1 && res.cache != nil:
-						res.cache.Put(grpcCacheKey(res, method, md, log), &fallback.Entry{Header: hdr, Body: body, Trailer: ev.trailer}, res.now())
+					case ev.err == nil && msgs == 1 && res.cache != nil && res.storeGRPCLog(method, md, log, hdr, body, ev.trailer):
 						res.telemetry().BackgroundDone("cached")
 					case ev.err == nil:
 						res.telemetry().BackgroundDone("ok")
@@ -487,6 +603,7 @@ func (p *Proxy) grpcBackground(rt *route, a *grpcAttempt, method string, md meta
 		}
 	})
 	if !started {
+		log.drop()
 		a.cancel()
 		cancel()
 		a.finish(p, status.Error(codes.Canceled, "hopwatch: background queue full"), true)
@@ -494,36 +611,23 @@ func (p *Proxy) grpcBackground(rt *route, a *grpcAttempt, method string, md meta
 	}
 }
 
-// grpcCacheKey: route, method, the request message(s) and the configured
-// metadata keys.
-func grpcCacheKey(res *resilience, method string, md metadata.MD, log *requestLog) fallback.Key {
-	msgs, _ := log.complete()
-	var body []byte
-	for _, m := range msgs {
-		body = append(body, m...)
-	}
-	var hs []string
-	if res.fb != nil && res.fb.Cache != nil {
-		for _, h := range res.fb.Cache.Headers {
-			h = strings.ToLower(h)
-			hs = append(hs, h, strings.Join(md.Get(h), ","))
-		}
-	}
-	return fallback.KeyOf(res.name, "POST", method, body, hs)
+// storeGRPCLog stores a unary success for the complete request in log.
+func (res *resilience) storeGRPCLog(method string, md metadata.MD, log *requestLog, header metadata.MD, body []byte, trailer metadata.MD) bool {
+	req, ok := log.complete()
+	return ok && res.storeGRPC(res.grpcCacheReq(method, md, req), header, body, trailer)
 }
 
 // grpcFallback answers the client from the route's sources in order. It
 // returns whether a source answered and the status to end the call with.
 func (p *Proxy) grpcFallback(ctx context.Context, ss grpc.ServerStream, rt *route, hop *telemetry.Hop, md metadata.MD, method string, msgs [][]byte, reason string) (bool, error) {
 	res := rt.res
-	log := &requestLog{msgs: msgs, closed: true}
 	for _, src := range res.fb.Use {
 		var e *fallback.Entry
 		var st error
 		switch src {
 		case "cache":
 			if res.cache != nil {
-				e, _ = res.cache.Get(grpcCacheKey(res, method, md, log), res.now())
+				e, _ = res.lookup(res.grpcCacheReq(method, md, msgs))
 			}
 		case "static":
 			if s := res.fb.Static; s != nil {
@@ -565,7 +669,7 @@ func (p *Proxy) grpcAltUpstream(ctx context.Context, rt *route, hop *telemetry.H
 	if rt.alt == nil {
 		return nil
 	}
-	log := &requestLog{msgs: msgs, closed: true, changed: make(chan struct{})}
+	log := completeLog(msgs)
 	uctx, cancel := upstreamContext(ctx, rt, md)
 	defer cancel()
 	a, err := p.startAttempt(uctx, rt.alt, hop, md, method, log)

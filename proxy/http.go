@@ -53,6 +53,12 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, rt.spec.Timeout)
 		defer cancel()
 	}
+	if rt.res != nil {
+		// The resilient transport buffers the body, bounding that read by
+		// the route's deadline through the connection's read deadline,
+		// and checks the client's own headers for credentials.
+		ctx = context.WithValue(ctx, inboundKey{}, inbound{rc: http.NewResponseController(w), header: r.Header})
+	}
 	r = r.WithContext(ctx) // a shallow copy: the inbound request is untouched
 
 	// net/http adds a Date header when the handler sets none; a nil entry

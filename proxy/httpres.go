@@ -5,13 +5,16 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
-	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hopwatch/hopwatch/fallback"
+	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
@@ -36,12 +39,158 @@ func (t *routeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// that could be replayed or stood in for.
 		return t.attempt(req, hop)
 	}
-	body, ok := bufferBody(req)
-	if !ok {
-		// Too large to replay: forward as a stream, gate only.
+	res := t.res
+	size, why := res.replayable(req)
+	if why == "" && !res.mem.Reserve(size) {
+		why = telemetry.ReplayBudget
+	}
+	if why != "" {
+		// Forward as a stream, gate only: no retry, no fallback.
+		res.telemetry().ReplaySkipped(why)
 		return t.attempt(req, hop)
 	}
-	return t.resilient(req, body, hop)
+	keep := newKeep(res.mem, size)
+	defer keep.drop()
+
+	// Admission comes before buffering: a full bulkhead or an open
+	// breaker must not first let the request occupy memory (and a slow
+	// client the proxy's time). Only when a fallback needs the body (for
+	// the cache key, or to send it to the fallback upstream) is a rejected
+	// request's body still read, within the same budget and deadline.
+	first, admitErr := t.up.admit()
+	var body []byte
+	cacheable := true
+	if admitErr == nil || res.fallbackNeedsBody() {
+		var err error
+		if body, err = readBody(req, size); err != nil {
+			first.report(classified{excluded: true})
+			first.release()
+			return nil, err
+		}
+	} else {
+		cacheable = false // never read: no key can be made
+		abandonBody(req)
+	}
+	return t.resilient(req, body, cacheable, keep, hop, first, admitErr)
+}
+
+// replayable says how many bytes the request's body needs to be kept for
+// replay, or why it cannot be: only a body of declared length at most the
+// route's limit is buffered. A body of unknown length (chunked, an HTTP/2
+// stream without content-length) may never end, and waiting for its end
+// would hold the request back from the upstream, from the fallback's
+// latency budget and from the route timeout alike.
+func (res *resilience) replayable(req *http.Request) (int64, string) {
+	switch {
+	case req.Body == nil || req.Body == http.NoBody || req.ContentLength == 0:
+		return 0, ""
+	case req.ContentLength < 0:
+		return 0, telemetry.ReplayUnknownLength
+	case req.ContentLength > res.maxRequest:
+		return 0, telemetry.ReplayTooLarge
+	}
+	return req.ContentLength, ""
+}
+
+// fallbackNeedsBody reports whether a fallback source of the route needs
+// the request body: the cache (its key) or the fallback upstream.
+func (res *resilience) fallbackNeedsBody() bool {
+	return res.fb != nil && (res.cache != nil || uses(res.fb, routes.FallbackSourceUpstream))
+}
+
+// errBodyTimeout: the client did not send its declared body before the
+// route's deadline (a trickle). It is the client's delay, not the
+// upstream's: 408, not 504.
+var errBodyTimeout = errors.New("request body not received in time")
+
+// inboundKey carries what the transport needs of the request as the
+// client sent it, which ReverseProxy does not pass on: its
+// ResponseController, to put a read deadline on the body (a body read has
+// no context to cancel it), and its headers, of which ReverseProxy has
+// already removed the hop-by-hop ones (Proxy-Authorization among them).
+type inboundKey struct{}
+
+type inbound struct {
+	rc     *http.ResponseController
+	header http.Header
+}
+
+func inboundOf(ctx context.Context) inbound {
+	in, _ := ctx.Value(inboundKey{}).(inbound)
+	return in
+}
+
+// readBody reads a body of declared length n, within the request
+// context's deadline (the route timeout, or the client's).
+func readBody(req *http.Request, n int64) ([]byte, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	ctx := req.Context()
+	rc := inboundOf(ctx).rc
+	lift := false
+	if dl, ok := ctx.Deadline(); ok && rc != nil {
+		lift = rc.SetReadDeadline(dl) == nil
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(req.Body, b); err != nil {
+		// The deadline stays: the rest of the body will not be read, and
+		// the server must not wait for it either (see abandonBody).
+		abandonBody(req)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(ctx.Err(), context.DeadlineExceeded):
+			return nil, errBodyTimeout
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: reading the request body: %w", errCanceled, err)
+	}
+	if lift {
+		// The body is in: the rest of the exchange is bounded by the
+		// contexts.
+		rc.SetReadDeadline(time.Time{})
+	}
+	return b, nil
+}
+
+// abandonBody gives up on a request body that will not be read (an early
+// answer: a rejection, a body that did not come in time). Left alone, an
+// HTTP/1.1 server reads what remains before it writes the answer (up to
+// 256 KiB, to keep the connection), which for a client that holds its body
+// back is forever. An expired read deadline makes that read fail at once,
+// and closing the body then marks the connection to close after the
+// answer. HTTP/2 resets just the stream.
+func abandonBody(req *http.Request) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return
+	}
+	if rc := inboundOf(req.Context()).rc; rc != nil {
+		rc.SetReadDeadline(time.Now())
+	}
+	req.Body.Close()
+}
+
+// keep holds a replay reservation while the request's buffered body may
+// still be read: by the client's handler and by the attempts, which can
+// outlive it in the background. The last to drop it gives the bytes back.
+type keep struct {
+	mem  *fallback.Memory
+	n    int64
+	refs atomic.Int32
+}
+
+func newKeep(mem *fallback.Memory, n int64) *keep {
+	k := &keep{mem: mem, n: n}
+	k.refs.Store(1)
+	return k
+}
+
+func (k *keep) hold() { k.refs.Add(1) }
+
+func (k *keep) drop() {
+	if k.refs.Add(-1) == 0 {
+		k.mem.Release(k.n)
+	}
 }
 
 // attempt sends req once through the upstream's gate.
@@ -50,6 +199,11 @@ func (t *routeTransport) attempt(req *http.Request, hop *telemetry.Hop) (*http.R
 	if err != nil {
 		return nil, err
 	}
+	return t.send(req, p)
+}
+
+// send sends req once, with the gate pass p already admitted.
+func (t *routeTransport) send(req *http.Request, p *pass) (*http.Response, error) {
 	resp, err := t.up.RoundTrip(req)
 	status := 0
 	if resp != nil {
@@ -76,32 +230,6 @@ func (b *releaseBody) Close() error {
 	return err
 }
 
-// bufferBody reads a request body that is small enough to replay. When it
-// is not (a streamed body that turns out larger), what was read is put back
-// in front of the rest, so the request can still go on as a stream.
-func bufferBody(req *http.Request) ([]byte, bool) {
-	if req.Body == nil || req.Body == http.NoBody {
-		return nil, true
-	}
-	if req.ContentLength > maxBufferedRequest {
-		return nil, false
-	}
-	b, err := io.ReadAll(io.LimitReader(req.Body, maxBufferedRequest+1))
-	if err != nil || len(b) > maxBufferedRequest {
-		req.Body = readCloser{io.MultiReader(bytes.NewReader(b), req.Body), req.Body}
-		return nil, false
-	}
-	return b, true
-}
-
-// readCloser reads from r and closes c.
-type readCloser struct {
-	io.Reader
-	c io.Closer
-}
-
-func (rc readCloser) Close() error { return rc.c.Close() }
-
 type roundTripResult struct {
 	resp *http.Response
 	err  error
@@ -112,7 +240,10 @@ type roundTripResult struct {
 // fail. The attempts run under a context detached from the client's but
 // canceled with it until a fallback answers; then they finish in the
 // route's bounded background queue, and a success refreshes the cache.
-func (t *routeTransport) resilient(req *http.Request, body []byte, hop *telemetry.Hop) (*http.Response, error) {
+//
+// first and admitErr are the first attempt's admission, made before the
+// body was read; keep is the body's replay reservation.
+func (t *routeTransport) resilient(req *http.Request, body []byte, cacheable bool, keep *keep, hop *telemetry.Hop, first *pass, admitErr error) (*http.Response, error) {
 	res := t.res
 	if res.budget != nil {
 		res.budget.Request(res.now())
@@ -128,11 +259,16 @@ func (t *routeTransport) resilient(req *http.Request, body []byte, hop *telemetr
 	}
 	stop := context.AfterFunc(clientCtx, ucancel)
 	ureq := req.Clone(uctx)
-	key := t.cacheKey(req, body)
+	var key cacheReq
+	if cacheable {
+		key = res.httpCacheReq(req, body)
+	}
 
 	results := make(chan roundTripResult, 1)
+	keep.hold()
 	go func() {
-		resp, err := t.attempts(ureq, body, hop)
+		defer keep.drop()
+		resp, err := t.attempts(ureq, body, hop, first, admitErr)
 		results <- roundTripResult{resp, err}
 	}()
 
@@ -202,8 +338,12 @@ func (b *cancelBody) Close() error {
 }
 
 // attempts sends the buffered request, retrying per the route's policy.
-func (t *routeTransport) attempts(req *http.Request, body []byte, hop *telemetry.Hop) (*http.Response, error) {
+// The first attempt's admission (first, admitErr) was made by the caller.
+func (t *routeTransport) attempts(req *http.Request, body []byte, hop *telemetry.Hop, first *pass, admitErr error) (*http.Response, error) {
 	res := t.res
+	if admitErr != nil {
+		return nil, admitErr
+	}
 	for n := 1; ; n++ {
 		r := req.Clone(req.Context())
 		r.Body = io.NopCloser(bytes.NewReader(body))
@@ -212,7 +352,13 @@ func (t *routeTransport) attempts(req *http.Request, body []byte, hop *telemetry
 		if len(body) == 0 {
 			r.Body, r.GetBody = http.NoBody, nil
 		}
-		resp, err := t.attempt(r, hop)
+		var resp *http.Response
+		var err error
+		if n == 1 {
+			resp, err = t.send(r, first)
+		} else {
+			resp, err = t.attempt(r, hop)
+		}
 		if n >= res.attempts || !t.retryable(req, resp, err) || req.Context().Err() != nil {
 			return resp, err
 		}
@@ -250,42 +396,16 @@ func idempotent(method string) bool {
 	return false
 }
 
-// cacheKey identifies the request for the fallback cache: route, method,
-// path and query, body, and the configured headers.
-func (t *routeTransport) cacheKey(req *http.Request, body []byte) fallback.Key {
+// cacheTee stores the response, if the cache rules allow, as the client
+// reads it: at a clean end of a body no larger than maxCachedResponse.
+func (t *routeTransport) cacheTee(resp *http.Response, key cacheReq) io.ReadCloser {
 	res := t.res
-	if res.cache == nil {
-		return fallback.Key{}
-	}
-	var hs []string
-	if res.fb.Cache != nil {
-		for _, h := range res.fb.Cache.Headers {
-			hs = append(hs, h, strings.Join(req.Header.Values(h), ","))
-		}
-	}
-	return fallback.KeyOf(res.name, req.Method, req.URL.RequestURI(), body, hs)
-}
-
-// cacheTee stores a cacheable response as the client reads it.
-func (t *routeTransport) cacheTee(resp *http.Response, key fallback.Key) io.ReadCloser {
-	res := t.res
-	if res.cache == nil || !cacheable(resp) {
+	if res.cache == nil || !key.store || !storableResponse(resp) {
 		return resp.Body
 	}
 	return &teeBody{ReadCloser: resp.Body, limit: maxCachedResponse, done: func(b []byte) {
-		res.cache.Put(key, entryOf(resp, b), res.now())
+		res.storeHTTP(key, resp, b)
 	}}
-}
-
-// cacheable: successful, shareable responses only. A Set-Cookie or a
-// private/no-store response belongs to one client and must never be served
-// to another from the fallback cache.
-func cacheable(resp *http.Response) bool {
-	if resp.StatusCode < 200 || resp.StatusCode >= 300 || len(resp.Header["Set-Cookie"]) > 0 {
-		return false
-	}
-	cc := strings.ToLower(resp.Header.Get("Cache-Control"))
-	return !strings.Contains(cc, "no-store") && !strings.Contains(cc, "private")
 }
 
 func entryOf(resp *http.Response, body []byte) *fallback.Entry {
@@ -325,13 +445,13 @@ func (b *teeBody) Read(p []byte) (int, error) {
 }
 
 // fallback answers from the route's sources in order; nil if none can.
-func (t *routeTransport) fallback(ctx context.Context, req *http.Request, body []byte, key fallback.Key, reason string, hop *telemetry.Hop) *http.Response {
+func (t *routeTransport) fallback(ctx context.Context, req *http.Request, body []byte, key cacheReq, reason string, hop *telemetry.Hop) *http.Response {
 	res := t.res
 	for _, src := range res.fb.Use {
 		var resp *http.Response
 		switch src {
 		case "cache":
-			if e, ok := res.cache.Get(key, res.now()); ok {
+			if e, ok := res.lookup(key); ok {
 				resp = synthesize(e.Status, e.Header, e.Body)
 			}
 		case "static":
@@ -402,7 +522,7 @@ func synthesize(status int, header map[string][]string, body []byte) *http.Respo
 // finishInBackground lets the late attempts complete in the route's
 // bounded queue; their success refreshes the cache. When the queue is full
 // the call is canceled instead: an outage must not pile up goroutines.
-func (t *routeTransport) finishInBackground(results <-chan roundTripResult, key fallback.Key, cancel context.CancelFunc) {
+func (t *routeTransport) finishInBackground(results <-chan roundTripResult, key cacheReq, cancel context.CancelFunc) {
 	res := t.res
 	started := res.bg.TryStart(func(ctx context.Context) {
 		defer cancel()
@@ -414,7 +534,7 @@ func (t *routeTransport) finishInBackground(results <-chan roundTripResult, key 
 			return
 		}
 		defer r.resp.Body.Close()
-		if res.cache == nil || !cacheable(r.resp) {
+		if res.cache == nil || !key.store || !storableResponse(r.resp) {
 			io.Copy(io.Discard, io.LimitReader(r.resp.Body, maxCachedResponse))
 			res.telemetry().BackgroundDone(okOrError(r.resp.StatusCode))
 			return
@@ -424,7 +544,10 @@ func (t *routeTransport) finishInBackground(results <-chan roundTripResult, key 
 			res.telemetry().BackgroundDone(backgroundResult(ctx, err))
 			return
 		}
-		res.cache.Put(key, entryOf(r.resp, b), res.now())
+		if !res.storeHTTP(key, r.resp, b) {
+			res.telemetry().BackgroundDone("ok")
+			return
+		}
 		res.telemetry().BackgroundDone("cached")
 	})
 	if !started {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hopwatch/hopwatch/fallback"
 	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
@@ -68,8 +70,11 @@ type Proxy struct {
 	listeners map[string]*listener
 	ups       map[string]*upstream
 	res       map[string]*resilience
-	closed    bool
-	serving   sync.WaitGroup // Serve loops and background drains
+	// replay is the process-wide budget of request bytes kept for
+	// retries and fallbacks (replay.max_bytes); shared by every route.
+	replay  *fallback.Memory
+	closed  bool
+	serving sync.WaitGroup // Serve loops and background drains
 }
 
 // New returns a proxy with no listeners; Apply gives it a configuration.
@@ -84,6 +89,7 @@ func New(opts Options) *Proxy {
 		ups:          map[string]*upstream{},
 		res:          map[string]*resilience{},
 	}
+	p.replay = fallback.NewMemory(routes.DefaultReplayMaxBytes, p.tel.ReplayBytes)
 	if p.log == nil {
 		p.log = slog.Default()
 	}
@@ -244,15 +250,21 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 	}
 
 	// Route resilience: keep unchanged policies (warm caches, budgets).
+	p.replay.SetLimit(cmp.Or(spec.Replay.MaxBytes, routes.DefaultReplayMaxBytes))
+	maxRequest := cmp.Or(spec.Replay.MaxRequestBytes, routes.DefaultReplayMaxRequestBytes)
+	upSpecs := make(map[string]routes.Upstream, len(spec.Upstreams))
+	for _, us := range spec.Upstreams {
+		upSpecs[us.Name] = us
+	}
 	ress := map[string]*resilience{}
 	for _, rs := range spec.Routes {
 		if !needsResilience(rs) {
 			continue
 		}
-		if old, ok := p.res[rs.Name]; ok && old.same(rs) {
+		if old, ok := p.res[rs.Name]; ok && old.same(rs, upSpecs[rs.Upstream]) && old.maxRequest == maxRequest {
 			ress[rs.Name] = old
 		} else {
-			ress[rs.Name] = newResilience(rs, p.now)
+			ress[rs.Name] = newResilience(rs, upSpecs[rs.Upstream], p.now, p.replay, maxRequest)
 		}
 	}
 

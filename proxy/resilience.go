@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"net/http"
 	"reflect"
 	"sync/atomic"
 	"time"
@@ -13,11 +14,11 @@ import (
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
-// Limits of the buffered (resilient) path. A request that is larger is
-// forwarded as a stream, without retries or fallback: replaying it would
-// mean holding it in memory, and a body that size is rarely a bot turn.
+// Limits of the buffered (resilient) path. A request larger than the
+// route's replay limit (replay.max_request_bytes) is forwarded as a stream,
+// without retries or fallback: replaying it would mean holding it in
+// memory, and a body that size is rarely a bot turn.
 const (
-	maxBufferedRequest  = 1 << 20
 	maxCachedResponse   = 1 << 20
 	retryBackoffBase    = 25 * time.Millisecond
 	retryBackoffMax     = 250 * time.Millisecond
@@ -40,6 +41,15 @@ type resilience struct {
 	budget   *fallback.Budget
 	cache    *fallback.Cache
 	bg       *fallback.Background
+	// keyNames are the route's cache-key headers, canonical.
+	keyNames []string
+	// ident is what the cached answers depend on besides the policy: a
+	// reload that changes it starts a fresh cache (and budget).
+	ident resilienceIdent
+	// mem is the proxy-wide replay budget; maxRequest the most one
+	// request may keep for replay.
+	mem        *fallback.Memory
+	maxRequest int64
 	// tel is the route's telemetry of the newest generation using this
 	// state; Apply swaps it while older requests may still report.
 	tel atomic.Pointer[telemetry.Route]
@@ -53,8 +63,24 @@ func (res *resilience) telemetry() *telemetry.Route { return res.tel.Load() }
 // needsResilience reports whether a route uses the buffered path.
 func needsResilience(r routes.Route) bool { return r.Retry != nil || r.Fallback != nil }
 
-func newResilience(r routes.Route, now func() time.Time) *resilience {
-	res := &resilience{name: r.Name, retry: r.Retry, fb: r.Fallback, attempts: 1, now: now}
+// resilienceIdent is where a route's answers come from: its listener, its
+// match and its upstream (by name and by what the name stands for). A
+// cached answer is only good for the same question to the same service.
+type resilienceIdent struct {
+	listener  string
+	match     routes.Match
+	upstream  string
+	protocol  string
+	endpoints []string
+}
+
+func identOf(r routes.Route, up routes.Upstream) resilienceIdent {
+	return resilienceIdent{listener: r.Listener, match: r.Match, upstream: r.Upstream, protocol: up.Protocol, endpoints: up.Endpoints}
+}
+
+func newResilience(r routes.Route, up routes.Upstream, now func() time.Time, mem *fallback.Memory, maxRequest int64) *resilience {
+	res := &resilience{name: r.Name, retry: r.Retry, fb: r.Fallback, attempts: 1, now: now,
+		ident: identOf(r, up), mem: mem, maxRequest: maxRequest}
 	if r.Retry != nil {
 		res.attempts = max(1, r.Retry.Attempts)
 		res.on, _ = routes.ParseRetryOn(r.Retry.On) // validated
@@ -73,6 +99,9 @@ func newResilience(r routes.Route, now func() time.Time) *resilience {
 				ttl, n = fb.Cache.TTL, fb.Cache.MaxEntries
 				if fb.Cache.MaxBytes > 0 {
 					opts = append(opts, fallback.CacheMaxBytes(fb.Cache.MaxBytes))
+				}
+				for _, h := range fb.Cache.Headers {
+					res.keyNames = append(res.keyNames, http.CanonicalHeaderKey(h))
 				}
 			}
 			res.cache = fallback.NewCache(ttl, n, opts...)
@@ -96,9 +125,12 @@ func uses(fb *routes.Fallback, source string) bool {
 	return false
 }
 
-// same reports whether this state can serve r's policy unchanged.
-func (res *resilience) same(r routes.Route) bool {
-	return reflect.DeepEqual(res.retry, r.Retry) && reflect.DeepEqual(res.fb, r.Fallback)
+// same reports whether this state can serve r's policy unchanged, for the
+// same listener, match and upstream: a cache warmed by another upstream or
+// other requests must not answer for this one.
+func (res *resilience) same(r routes.Route, up routes.Upstream) bool {
+	return reflect.DeepEqual(res.retry, r.Retry) && reflect.DeepEqual(res.fb, r.Fallback) &&
+		reflect.DeepEqual(res.ident, identOf(r, up))
 }
 
 func (res *resilience) close() {

@@ -692,7 +692,9 @@ func TestBulkheadFallbackGRPC(t *testing.T) {
 		unary(blocked, cc, m, metadata.Pairs("x-block", "1"), nil)
 	}()
 	waitFor(t, "the first call to hold the only slot", func() bool {
-		return env.metric(t, "hopwatch_hop_inflight", nil) == 1
+		// At the upstream, not only in the proxy: the test waits below
+		// for the upstream to see it canceled.
+		return env.metric(t, "hopwatch_hop_inflight", nil) == 1 && backend.arrived.Load() == 1
 	})
 	ctx, c2 := context.WithTimeout(context.Background(), 10*time.Second)
 	defer c2()

@@ -10,7 +10,33 @@ type Spec struct {
 	Callers   []string   `yaml:"callers"`
 	Routes    []Route    `yaml:"routes"`
 	Upstreams []Upstream `yaml:"upstreams"`
+	// Replay bounds the memory kept for retries and fallbacks.
+	Replay Replay `yaml:"replay"`
 }
+
+// Replay bounds what routes with a retry or fallback policy keep in memory
+// to replay a request (another attempt, the fallback upstream) or to key
+// the fallback cache. A request that does not fit is forwarded as a stream,
+// without retry or fallback, and counted in
+// hopwatch_replay_skipped_total: resilience degrades, the process does not.
+type Replay struct {
+	// MaxBytes is the process-wide budget for all requests together
+	// (0: DefaultReplayMaxBytes).
+	MaxBytes int64 `yaml:"max_bytes"`
+	// MaxRequestBytes is the most one request may keep
+	// (0: DefaultReplayMaxRequestBytes). An HTTP body is only kept when
+	// its length is declared (Content-Length) and at most this; a gRPC
+	// call's messages are kept until they add up to more.
+	MaxRequestBytes int64 `yaml:"max_request_bytes"`
+}
+
+// Replay defaults. 128 MiB holds 128 requests at the per-request limit,
+// or tens of thousands of typical bot turns of a few KiB, and is small
+// next to what the Go runtime and the connection buffers take anyway.
+const (
+	DefaultReplayMaxBytes        = 128 << 20
+	DefaultReplayMaxRequestBytes = 1 << 20
+)
 
 // Protocols a listener speaks.
 const (

@@ -41,7 +41,25 @@ func Validate(s *Spec) []FieldError {
 	v.listeners()
 	v.upstreams()
 	v.routes()
+	v.replay()
 	return v.errs
+}
+
+func (v *validator) replay() {
+	r := v.s.Replay
+	if r.MaxBytes < 0 {
+		v.errorf("replay.max_bytes", "must not be negative (0 means the default, %d)", DefaultReplayMaxBytes)
+	}
+	if r.MaxRequestBytes < 0 {
+		v.errorf("replay.max_request_bytes", "must not be negative (0 means the default, %d)", DefaultReplayMaxRequestBytes)
+	}
+	total := r.MaxBytes
+	if total == 0 {
+		total = DefaultReplayMaxBytes
+	}
+	if r.MaxRequestBytes > 0 && total > 0 && r.MaxRequestBytes > total {
+		v.errorf("replay.max_request_bytes", "%d is more than replay.max_bytes (%d): no request could ever be kept", r.MaxRequestBytes, total)
+	}
 }
 
 type validator struct {

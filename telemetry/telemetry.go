@@ -44,6 +44,8 @@ type Telemetry struct {
 	now     func() time.Time
 	log     *slog.Logger
 
+	replay replayMetrics
+
 	fbMu     sync.Mutex              // guards fbCounts
 	fbCounts map[FallbackCount]int64 // keys have Count 0
 
@@ -88,6 +90,7 @@ func New(opts Options) (*Telemetry, error) {
 		sampler: sdktrace.TraceIDRatioBased(opts.Config.sampleRatio()),
 		now:     opts.Now,
 		log:     opts.Logger,
+		replay:  newReplayMetrics(opts.Registry),
 		Store:   NewStore(maxTraces),
 		Stats:   NewStats(),
 	}, nil
