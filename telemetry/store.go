@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -53,6 +54,9 @@ type Store struct {
 
 	droppedSpans  uint64
 	evictedTraces uint64
+
+	// slos are the entry routes' turn SLOs (see SetTurnSLOs), swapped whole.
+	slos atomic.Pointer[map[string]time.Duration]
 }
 
 // traceEntry is one trace in the ring. Its summary is computed when a query
@@ -175,6 +179,12 @@ type TraceQuery struct {
 	ErrorOnly   bool          // traces with a failed hop
 	Limit       int           // at most this many (default 50, at most 1000)
 	Since       time.Time     // traces that started at or after this
+	// Slow keeps only the turns that the bottleneck analysis would call
+	// slow (see slow.go) among those whose root started within Window
+	// (default 5m) before Now (default: the time of the call).
+	Slow   bool
+	Window time.Duration
+	Now    time.Time
 }
 
 // TraceSummary describes a trace in a list.
@@ -207,9 +217,31 @@ func (s *Store) Traces(q TraceQuery) []TraceSummary {
 	}
 	limit = min(limit, maxTraceLimit)
 
+	var rules map[string]*SlowRule
+	var from time.Time
+	if q.Slow {
+		if q.Window <= 0 {
+			q.Window = defaultBottleneckWindow
+		}
+		if q.Now.IsZero() {
+			q.Now = time.Now()
+		}
+		from = q.Now.Add(-q.Window)
+		_, rules = s.judge(from, q.Now, 0)
+	}
+
 	var out []TraceSummary
 	s.scan(func(e *traceEntry) {
 		sum := e.summary()
+		if q.Slow {
+			// The same turns as the analysis: in the window, not canceled,
+			// slow by their root route's rule (a trace that arrived since
+			// is judged by the rule of the others).
+			r := rules[sum.Root.Route]
+			if r == nil || sum.Outcome == OutcomeCanceled || sum.Start.Before(from) || sum.Start.After(q.Now) || !r.IsSlow(sum.Duration) {
+				return
+			}
+		}
 		if q.Route != "" && sum.Root.Route != q.Route ||
 			sum.Duration < q.MinDuration ||
 			q.ErrorOnly && !sum.Error ||

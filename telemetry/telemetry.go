@@ -93,6 +93,17 @@ func New(opts Options) (*Telemetry, error) {
 	}, nil
 }
 
+// SetTurnSLOs sets the turn SLO of each entry route (route name → SLO),
+// for the slow-turn rules of the bottleneck analysis: a turn over its
+// route's SLO is slow. nil or a missing route: no SLO. Safe to call while
+// requests are served (on every configuration reload, say).
+func (t *Telemetry) SetTurnSLOs(slos map[string]time.Duration) {
+	if t == nil {
+		return
+	}
+	t.Store.SetTurnSLOs(slos)
+}
+
 // Shutdown flushes spans still queued for export, until ctx ends.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
 	return t.tp.Shutdown(ctx)
