@@ -312,3 +312,56 @@ func TestB3Extraction(t *testing.T) {
 			got.Get("X-B3-Traceid"), got.Get("X-B3-Spanid"), inTrace, parent)
 	}
 }
+
+// TestLabelsBoundedThroughProxy: long and malformed gRPC method names on
+// the gRPC listener, any URL path sent as gRPC (content-type
+// application/grpc over h2c) on the HTTP listener, and an upstream's
+// undefined grpc-status number leave /metrics small and its labels in a
+// fixed set (issue 8, item 4).
+func TestLabelsBoundedThroughProxy(t *testing.T) {
+	env := startTelemetryEnv(t, telemetry.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cc := dial(t, env.grpcAddr)
+	const names = 40
+	pad := strings.Repeat("x", 4<<10)
+	for i := range names {
+		// Matches the echo route (its service); the backend answers
+		// Unimplemented.
+		unary(ctx, cc, fmt.Sprintf("/%s/M%d%s", echoService, i, pad), metadata.Pairs("x-hop-caller", "gateway"), nil)
+	}
+	if o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-hop-caller", "gateway", "x-status", "99"), nil); o.Code != 99 {
+		t.Fatalf("want the upstream's status 99 passed through, got %v", o.Code)
+	}
+	h2c := newHTTPClient(t, protoH2C)
+	for i := range names {
+		req, _ := http.NewRequestWithContext(ctx, "POST", fmt.Sprintf("http://%s/kb/%d/%s", env.httpAddr, i, pad), strings.NewReader(""))
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Te", "trailers")
+		resp, err := h2c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	rec := httptest.NewRecorder()
+	env.tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	// Unbounded, every name would appear in a counter and 17+ histogram
+	// lines: 80 names × 4 KiB × 18 ≈ 6 MiB.
+	const maxBody = 128 << 10
+	t.Logf("/metrics: %d bytes after %d long method names per listener", len(body), names)
+	if len(body) > maxBody {
+		t.Fatalf("/metrics is %d bytes, want at most %d", len(body), maxBody)
+	}
+	for _, bad := range []string{pad[:64], "Code(", "/kb/"} {
+		if strings.Contains(body, bad) {
+			t.Errorf("/metrics contains %.20q", bad)
+		}
+	}
+	for _, want := range []string{`code="Unknown"`, `method="other"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}

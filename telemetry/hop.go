@@ -93,12 +93,15 @@ type Hop struct {
 
 // Start begins a hop for a request that matched r. carrier holds the
 // incoming headers or metadata; method is the gRPC full method or the HTTP
-// method. The returned context carries the server span.
+// method (or, for gRPC over an HTTP listener, the URL path), bounded here
+// by methodLabel before it names anything. The returned context carries
+// the server span.
 func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, caller, method string) (context.Context, *Hop) {
 	if r == nil {
 		return ctx, nil
 	}
 	t := r.t
+	method = methodLabel(method, r.info.GRPC)
 	h := &Hop{r: r, caller: r.Caller(caller), method: method, start: t.now()}
 	// Malformed trace headers extract to nothing, which starts a new trace:
 	// they never fail the request.
@@ -167,18 +170,21 @@ func newTraceID() trace.TraceID {
 	return id
 }
 
-// methodAttrs are the semantic-convention attributes of the method, shared
-// by server and client spans.
+// methodAttrs are the semantic-convention attributes of the method (a
+// methodLabel), shared by server and client spans.
 func (r *Route) methodAttrs(method string) []attribute.KeyValue {
-	if r.info.GRPC {
+	if r.info.GRPC || strings.HasPrefix(method, "/") {
 		svc, m := splitMethod(method)
 		return []attribute.KeyValue{attribute.String("rpc.service", svc), attribute.String("rpc.method", m)}
 	}
 	return []attribute.KeyValue{attribute.String("http.request.method", method)}
 }
 
+// spanName is bounded because method is a methodLabel: a gRPC method of at
+// most MaxMethodLabelLen bytes, "other", or an HTTP method and the route's
+// name.
 func spanName(r *Route, method string) string {
-	if r.info.GRPC {
+	if r.info.GRPC || strings.HasPrefix(method, "/") {
 		return strings.TrimPrefix(method, "/")
 	}
 	return method + " " + r.info.Name
@@ -234,11 +240,12 @@ func (h *Hop) Event(name string, attrs ...attribute.KeyValue) {
 
 // End closes the hop: span status and end, RED metrics with a trace
 // exemplar, hop statistics and the trace store. code is the HTTP status or
-// gRPC code name.
+// gRPC code name (bounded by codeLabel).
 func (h *Hop) End(code string, outcome Outcome) {
 	if h == nil {
 		return
 	}
+	code = codeLabel(code)
 	r, t := h.r, h.r.t
 	end := t.now()
 	d := end.Sub(h.start)
@@ -333,6 +340,7 @@ func (a *Attempt) End(code string, outcome Outcome) {
 	if a == nil {
 		return
 	}
+	code = codeLabel(code)
 	h := a.h
 	end := h.r.t.now()
 	endSpan(a.span, code, outcome, end)
