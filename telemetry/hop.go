@@ -234,9 +234,17 @@ func (h *Hop) Event(name string, attrs ...attribute.KeyValue) {
 		}
 	}
 	h.mu.Lock()
-	h.events = append(h.events, ev)
+	if len(h.events) < MaxEventsPerSpan {
+		h.events = append(h.events, ev)
+	}
 	h.mu.Unlock()
 }
+
+// MaxEventsPerSpan bounds the events the trace store keeps for one hop (a
+// route configured with very many retries must not grow its spans without
+// bound); the exported span still gets them all, within the SDK's own
+// limit.
+const MaxEventsPerSpan = 32
 
 // End closes the hop: span status and end, RED metrics with a trace
 // exemplar, hop statistics and the trace store. code is the HTTP status or

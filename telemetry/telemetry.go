@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -71,9 +72,18 @@ func New(opts Options) (*Telemetry, error) {
 		return nil, err
 	}
 	prop := newPropagator(opts.Config.propagators())
-	maxTraces := opts.Config.Tracing.Store.MaxTraces
-	if maxTraces <= 0 {
-		maxTraces = DefaultMaxTraces
+	store := NewStoreLimits(StoreLimits{
+		MaxTraces: opts.Config.Tracing.Store.MaxTraces,
+		MaxBytes:  opts.Config.Tracing.Store.MaxBytes,
+	})
+	for r := range store.evicted {
+		store.evicted[r] = m.storeEvictions.WithLabelValues(evictReasonName[r])
+	}
+	if err := opts.Registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hopwatch_trace_store_bytes",
+		Help: "Estimated memory of the built-in trace store (bounded by telemetry.tracing.store.max_bytes).",
+	}, func() float64 { return float64(store.Bytes()) })); err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
 	}
 	return &Telemetry{
 		cfg:     opts.Config,
@@ -88,7 +98,7 @@ func New(opts Options) (*Telemetry, error) {
 		sampler: sdktrace.TraceIDRatioBased(opts.Config.sampleRatio()),
 		now:     opts.Now,
 		log:     opts.Logger,
-		Store:   NewStore(maxTraces),
+		Store:   store,
 		Stats:   NewStats(),
 	}, nil
 }
