@@ -113,11 +113,16 @@ func TestPropagation(t *testing.T) {
 		traceparent string
 		// wantSameTrace: the upstream continues the caller's trace.
 		wantSameTrace bool
+		// wantBaggage: the caller's baggage reaches the upstream (only
+		// from a trusted caller, issue 8).
+		wantBaggage bool
 	}{
-		{"trusted parent is continued", telemetry.Config{}, "00-" + inTrace + "-" + inParent + "-01", true},
-		{"untrusted parent starts a new trace", telemetry.Config{Tracing: telemetry.Tracing{TrustIncoming: &no}}, "00-" + inTrace + "-" + inParent + "-01", false},
-		{"malformed traceparent starts a new trace", telemetry.Config{}, "00-zzzz-not-a-trace", false},
-		{"no traceparent starts a new trace", telemetry.Config{}, "", false},
+		{"trusted parent is continued", telemetry.Config{}, "00-" + inTrace + "-" + inParent + "-01", true, true},
+		{"untrusted parent starts a new trace", telemetry.Config{Tracing: telemetry.Tracing{TrustIncoming: &no}}, "00-" + inTrace + "-" + inParent + "-01", false, false},
+		{"untrusted caller without a parent", telemetry.Config{Tracing: telemetry.Tracing{TrustIncoming: &no}}, "", false, false},
+		{"untrusted, baggage not among the propagators", telemetry.Config{Tracing: telemetry.Tracing{TrustIncoming: &no, Propagators: []string{"tracecontext"}}}, "", false, false},
+		{"malformed traceparent starts a new trace", telemetry.Config{}, "00-zzzz-not-a-trace", false, true},
+		{"no traceparent starts a new trace", telemetry.Config{}, "", false, true},
 	}
 	for _, tc := range cases {
 		for _, kind := range []string{"grpc", "http"} {
@@ -151,6 +156,7 @@ func TestPropagation(t *testing.T) {
 				case "http":
 					req, _ := http.NewRequest("GET", "http://"+env.httpAddr+"/x", nil)
 					req.Header.Set("Baggage", "session=s-42")
+					req.Header.Set("X-B3-Sampled", "1") // b3 is not configured here
 					if tc.traceparent != "" {
 						req.Header.Set("Traceparent", tc.traceparent)
 						req.Header.Set("Tracestate", "vendor=opaque")
@@ -164,8 +170,14 @@ func TestPropagation(t *testing.T) {
 					got = env.web.get()
 				}
 				tid, parent, _ := parseTraceparent(t, got.Get("traceparent"))
-				if got.Get("baggage") != "session=s-42" {
+				if tc.wantBaggage && got.Get("baggage") != "session=s-42" {
 					t.Errorf("baggage not passed: %q", got.Get("baggage"))
+				}
+				if !tc.wantBaggage && got.Get("baggage") != "" {
+					t.Errorf("untrusted caller's baggage forwarded: %q", got.Get("baggage"))
+				}
+				if kind == "http" && !tc.wantBaggage && got.Get("X-B3-Sampled") != "" {
+					t.Errorf("untrusted caller's B3 header forwarded: %q", got.Get("X-B3-Sampled"))
 				}
 				if (tid.String() == inTrace) != tc.wantSameTrace {
 					t.Errorf("upstream trace %s, incoming %s, want same=%v", tid, inTrace, tc.wantSameTrace)

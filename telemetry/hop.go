@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	otelcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -106,6 +107,13 @@ func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, c
 	// Malformed trace headers extract to nothing, which starts a new trace:
 	// they never fail the request.
 	pctx := t.prop.Extract(ctx, carrier)
+	if !t.trust {
+		// An untrusted caller's baggage is dropped, not forwarded: it
+		// would reach every upstream as if the proxy vouched for it
+		// (W3C Baggage, section "Privacy and security considerations").
+		// Inject removes the raw header too.
+		pctx = baggage.ContextWithoutBaggage(pctx)
+	}
 	incoming := trace.SpanContextFromContext(pctx)
 	trusted := t.trust && incoming.IsValid()
 	if trusted {
@@ -127,8 +135,6 @@ func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, c
 	}
 	if !trusted && incoming.IsValid() {
 		// Untrusted: our own trace, with the caller's context as a link.
-		// Baggage extracted above still travels (it is the caller's data,
-		// not a sampling decision).
 		opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: incoming}))
 	}
 	opts = append(opts, trace.WithAttributes(r.methodAttrs(method)...))
@@ -332,12 +338,15 @@ func (h *Hop) Attempt(ctx context.Context, endpoint string) (context.Context, *A
 // headers or metadata, already a copy of the incoming ones) with this
 // attempt's context, so the upstream's spans parent on the proxy's client
 // span. Stale incoming fields are removed first: a tracestate or B3 header
-// of an untrusted caller must not travel on beside our traceparent.
+// of an untrusted caller must not travel on beside our traceparent. With
+// trust_incoming false every propagation header the proxy knows is
+// removed, configured or not (an untrusted caller's baggage is dropped,
+// issue 8), before the proxy's own context is written.
 func (a *Attempt) Inject(carrier propagation.TextMapCarrier, del func(key string)) {
 	if a == nil {
 		return
 	}
-	for _, f := range a.h.r.t.fields {
+	for _, f := range a.h.r.t.dropFields {
 		del(f)
 	}
 	a.h.r.t.prop.Inject(a.ctx, carrier)

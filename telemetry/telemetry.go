@@ -37,7 +37,11 @@ type Telemetry struct {
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
 	fields []string // headers the propagator reads and writes
-	trust  bool
+	// dropFields are removed from every upstream request before injection:
+	// fields, or, when incoming context is not trusted, the headers of
+	// every propagator the proxy knows.
+	dropFields []string
+	trust      bool
 	// export is true when an OTLP exporter is configured; only then are
 	// spans made with the SDK (see Route.Start).
 	export  bool
@@ -86,20 +90,21 @@ func New(opts Options) (*Telemetry, error) {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
 	return &Telemetry{
-		cfg:     opts.Config,
-		reg:     opts.Registry,
-		m:       m,
-		tp:      tp,
-		tracer:  tp.Tracer("github.com/hopwatch/hopwatch"),
-		prop:    prop,
-		fields:  prop.Fields(),
-		trust:   opts.Config.trustIncoming(),
-		export:  opts.Config.Tracing.OTLP != nil,
-		sampler: sdktrace.TraceIDRatioBased(opts.Config.sampleRatio()),
-		now:     opts.Now,
-		log:     opts.Logger,
-		Store:   store,
-		Stats:   NewStats(),
+		cfg:        opts.Config,
+		reg:        opts.Registry,
+		m:          m,
+		tp:         tp,
+		tracer:     tp.Tracer("github.com/hopwatch/hopwatch"),
+		prop:       prop,
+		fields:     prop.Fields(),
+		dropFields: dropFields(prop, opts.Config.trustIncoming()),
+		trust:      opts.Config.trustIncoming(),
+		export:     opts.Config.Tracing.OTLP != nil,
+		sampler:    sdktrace.TraceIDRatioBased(opts.Config.sampleRatio()),
+		now:        opts.Now,
+		log:        opts.Logger,
+		Store:      store,
+		Stats:      NewStats(),
 	}, nil
 }
 
