@@ -51,6 +51,9 @@ const (
 	// below it.
 	bimodalGapFactor = 2.0
 	bimodalLowerGaps = 3
+	// bimodalSmallMode: a slow mode of at most this share of the turns
+	// need not be tight (see bimodalSplit).
+	bimodalSmallMode = 0.05
 )
 
 // SlowRule is how the turns of one root route were judged.
@@ -124,7 +127,11 @@ func exactQuantile(sorted []time.Duration, q float64) time.Duration {
 //   - the gap is at least bimodalGapFactor times every gap above it: the
 //     slow mode is tight compared with its distance from the rest (a
 //     spread-out tail, such as exponential latencies, has gaps that grow
-//     towards the top and fails this);
+//     towards the top and fails this). A slow mode of at most 5 % of the
+//     turns is exempt: two slow turns at 300 ms and 1.1 s over fast ones
+//     below 100 ms are both slow, and turns that few are all above the
+//     p95 anyway, so exempting them can only narrow what rule 2 would
+//     call slow, never widen it;
 //   - the gap is at least bimodalGapFactor times each of the
 //     bimodalLowerGaps gaps just below it: the split is not one rung of a
 //     spread-out ladder (two slow turns at 300 ms and 900 ms over 20 ms
@@ -142,9 +149,10 @@ func bimodalSplit(sorted []time.Duration) (int, bool) {
 		return math.Log(float64(sorted[i]) / float64(sorted[i-1]))
 	}
 	upperMax := 0.0 // the widest gap above the split being tried
+	small := max(1, int(bimodalSmallMode*float64(len(sorted))))
 	for i := len(sorted) - 1; i >= 1; i-- {
 		g := gap(i)
-		if g >= minGap && g >= bimodalGapFactor*upperMax {
+		if g >= minGap && (g >= bimodalGapFactor*upperMax || len(sorted)-i <= small) {
 			clear := true
 			for j := i - 1; j >= max(1, i-bimodalLowerGaps); j-- {
 				if g < bimodalGapFactor*gap(j) {
