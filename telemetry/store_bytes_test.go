@@ -41,7 +41,7 @@ func TestStoreMaxBytes(t *testing.T) {
 		wantLen     func(n int) bool
 	}{
 		{"small traces: the trace bound evicts", StoreLimits{MaxTraces: 50, MaxBytes: 4 << 20}, 500, 2, 50, false, func(n int) bool { return n == 50 }},
-		{"large traces: the byte bound evicts", StoreLimits{MaxTraces: 5000, MaxBytes: 4 << 20}, 2000, 64, 5000, true, func(n int) bool { return n > 10 && n < 400 }},
+		{"large traces: the byte bound evicts", StoreLimits{MaxTraces: 5000, MaxBytes: 4 << 20}, 600, 64, 5000, true, func(n int) bool { return n > 10 && n < 400 }},
 		{"max_traces lowered to what the bytes hold", StoreLimits{MaxTraces: 1 << 30, MaxBytes: 1 << 20}, 20, 1, int(1 << 20 / 2 / entrySize), false, func(n int) bool { return n == 20 }},
 		{"one trace over the bound stays, alone", StoreLimits{MaxTraces: 100, MaxBytes: 64 << 10}, 3, MaxSpansPerTrace + 10, 100, true, func(n int) bool { return n == 1 }},
 	}
