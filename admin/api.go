@@ -100,7 +100,11 @@ func toSummaryJSON(t telemetry.TraceSummary) summaryJSON {
 	}
 }
 
-// GET /api/traces?route=&min_duration=&error=&limit=
+// GET /api/traces?route=&min_duration=&error=&limit=&slow=&window=
+//
+// slow=true keeps the turns /api/bottlenecks would call slow over the same
+// window (default 5m): the dashboard's slow trace list, judged on exact
+// durations rather than on a sketch's percentile.
 func (s *Server) apiTraces(w http.ResponseWriter, r *http.Request) {
 	if s.opts.Traces == nil {
 		writeJSON(w, http.StatusServiceUnavailable, errDisabled)
@@ -125,6 +129,17 @@ func (s *Server) apiTraces(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if v := qs.Get("slow"); v != "" {
+		if q.Slow, err = strconv.ParseBool(v); err != nil {
+			badRequest(w, "slow: %q is not a boolean (true or false)", v)
+			return
+		}
+	}
+	if q.Window, err = durationParam(qs.Get("window")); err != nil {
+		badRequest(w, "window: %v", err)
+		return
+	}
+	q.Now = s.opts.Now()
 	list := s.opts.Traces.Traces(q)
 	out := make([]summaryJSON, 0, len(list))
 	for _, t := range list {
@@ -213,20 +228,38 @@ type bottleneckHopJSON struct {
 	ExampleTraceIDs []trace.TraceID `json:"example_trace_ids"`
 }
 
+// slowRuleJSON says how the turns of one root route were judged slow.
+type slowRuleJSON struct {
+	Route string `json:"route"`
+	// Rule is "bimodal" (the slow mode of clearly bimodal turns), "p95"
+	// (at least the exact p95 less 5 %) or "min_duration".
+	Rule      string  `json:"rule"`
+	Threshold float64 `json:"threshold"`     // seconds: turns at least this long are slow by rule
+	P95       float64 `json:"p95,omitempty"` // seconds: exact p95 of the route's turns
+	SLO       float64 `json:"slo,omitempty"` // seconds: turns over it are slow too
+	Turns     int     `json:"turns"`
+	Slow      int     `json:"slow_turns"`
+}
+
 type bottlenecksJSON struct {
-	Window     float64             `json:"window"` // seconds
-	Traces     int                 `json:"traces"`
-	SlowTraces int                 `json:"slow_traces"`
-	Threshold  string              `json:"threshold"`
-	Thresholds map[string]float64  `json:"thresholds,omitempty"` // p95 per root route, seconds
+	Window     float64 `json:"window"` // seconds
+	Traces     int     `json:"traces"`
+	SlowTraces int     `json:"slow_traces"`
+	Threshold  string  `json:"threshold"`
+	// Thresholds: per root route, seconds from which its turns were slow
+	// (Rules has the whole rule).
+	Thresholds map[string]float64  `json:"thresholds,omitempty"`
+	Rules      []slowRuleJSON      `json:"rules"`
 	Hops       []bottleneckHopJSON `json:"hops"`
 }
 
 // GET /api/bottlenecks?window=5m&min_duration=
 //
-// Without min_duration a trace is slow when it takes at least the p95 of its
-// root route, from the hop statistics over the same window (which keep five
-// minutes: a longer window uses the p95 of the last five).
+// Without min_duration the turns of each root route are judged against the
+// exact durations of that route's turns in the window, read from the trace
+// store (telemetry/slow.go): the slow mode when they are clearly bimodal,
+// at least their p95 less 5 % otherwise, and every turn over the route's
+// turn SLO. "rules" reports what was used per route.
 func (s *Server) apiBottlenecks(w http.ResponseWriter, r *http.Request) {
 	if s.opts.Traces == nil {
 		writeJSON(w, http.StatusServiceUnavailable, errDisabled)
@@ -243,33 +276,23 @@ func (s *Server) apiBottlenecks(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, "min_duration: %v", err)
 		return
 	}
-	if minDur == 0 && s.opts.Hops == nil {
-		// Nothing to compute the p95 threshold from.
-		writeJSON(w, http.StatusServiceUnavailable, errDisabled)
-		return
-	}
-	now := s.opts.Now()
-	q := telemetry.BottleneckQuery{Window: window, MinDuration: minDur, Now: now}
-	var p95 func(string) (time.Duration, bool)
-	if s.opts.Hops != nil {
-		p95window := window
-		if p95window == 0 {
-			p95window = 5 * time.Minute
-		}
-		p95 = func(route string) (time.Duration, bool) {
-			return s.opts.Hops.Quantile(route, 0.95, p95window, now)
-		}
-	}
-	rep := s.opts.Traces.Bottlenecks(q, p95)
+	rep := s.opts.Traces.Bottlenecks(telemetry.BottleneckQuery{Window: window, MinDuration: minDur, Now: s.opts.Now()})
 	out := bottlenecksJSON{
 		Window: rep.Window.Seconds(), Traces: rep.Traces, SlowTraces: rep.SlowTraces,
 		Threshold: rep.Threshold, Hops: make([]bottleneckHopJSON, 0, len(rep.Hops)),
+		Rules: make([]slowRuleJSON, 0, len(rep.Rules)),
 	}
 	if len(rep.Thresholds) > 0 {
 		out.Thresholds = make(map[string]float64, len(rep.Thresholds))
 		for route, t := range rep.Thresholds {
 			out.Thresholds[route] = t.Seconds()
 		}
+	}
+	for _, r := range rep.Rules {
+		out.Rules = append(out.Rules, slowRuleJSON{
+			Route: r.Route, Rule: r.Rule, Threshold: r.Threshold.Seconds(),
+			P95: r.P95.Seconds(), SLO: r.SLO.Seconds(), Turns: r.Turns, Slow: r.Slow,
+		})
 	}
 	for _, h := range rep.Hops {
 		out.Hops = append(out.Hops, bottleneckHopJSON{

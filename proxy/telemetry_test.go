@@ -113,11 +113,16 @@ func TestPropagation(t *testing.T) {
 		traceparent string
 		// wantSameTrace: the upstream continues the caller's trace.
 		wantSameTrace bool
+		// wantBaggage: the caller's baggage reaches the upstream (only
+		// from a trusted caller, issue 8).
+		wantBaggage bool
 	}{
-		{"trusted parent is continued", telemetry.Config{}, "00-" + inTrace + "-" + inParent + "-01", true},
-		{"untrusted parent starts a new trace", telemetry.Config{Tracing: telemetry.Tracing{TrustIncoming: &no}}, "00-" + inTrace + "-" + inParent + "-01", false},
-		{"malformed traceparent starts a new trace", telemetry.Config{}, "00-zzzz-not-a-trace", false},
-		{"no traceparent starts a new trace", telemetry.Config{}, "", false},
+		{"trusted parent is continued", telemetry.Config{}, "00-" + inTrace + "-" + inParent + "-01", true, true},
+		{"untrusted parent starts a new trace", telemetry.Config{Tracing: telemetry.Tracing{TrustIncoming: &no}}, "00-" + inTrace + "-" + inParent + "-01", false, false},
+		{"untrusted caller without a parent", telemetry.Config{Tracing: telemetry.Tracing{TrustIncoming: &no}}, "", false, false},
+		{"untrusted, baggage not among the propagators", telemetry.Config{Tracing: telemetry.Tracing{TrustIncoming: &no, Propagators: []string{"tracecontext"}}}, "", false, false},
+		{"malformed traceparent starts a new trace", telemetry.Config{}, "00-zzzz-not-a-trace", false, true},
+		{"no traceparent starts a new trace", telemetry.Config{}, "", false, true},
 	}
 	for _, tc := range cases {
 		for _, kind := range []string{"grpc", "http"} {
@@ -151,6 +156,7 @@ func TestPropagation(t *testing.T) {
 				case "http":
 					req, _ := http.NewRequest("GET", "http://"+env.httpAddr+"/x", nil)
 					req.Header.Set("Baggage", "session=s-42")
+					req.Header.Set("X-B3-Sampled", "1") // b3 is not configured here
 					if tc.traceparent != "" {
 						req.Header.Set("Traceparent", tc.traceparent)
 						req.Header.Set("Tracestate", "vendor=opaque")
@@ -164,8 +170,14 @@ func TestPropagation(t *testing.T) {
 					got = env.web.get()
 				}
 				tid, parent, _ := parseTraceparent(t, got.Get("traceparent"))
-				if got.Get("baggage") != "session=s-42" {
+				if tc.wantBaggage && got.Get("baggage") != "session=s-42" {
 					t.Errorf("baggage not passed: %q", got.Get("baggage"))
+				}
+				if !tc.wantBaggage && got.Get("baggage") != "" {
+					t.Errorf("untrusted caller's baggage forwarded: %q", got.Get("baggage"))
+				}
+				if kind == "http" && !tc.wantBaggage && got.Get("X-B3-Sampled") != "" {
+					t.Errorf("untrusted caller's B3 header forwarded: %q", got.Get("X-B3-Sampled"))
 				}
 				if (tid.String() == inTrace) != tc.wantSameTrace {
 					t.Errorf("upstream trace %s, incoming %s, want same=%v", tid, inTrace, tc.wantSameTrace)
@@ -310,5 +322,58 @@ func TestB3Extraction(t *testing.T) {
 	if got.Get("X-B3-Traceid") != inTrace || got.Get("X-B3-Spanid") != parent.String() {
 		t.Fatalf("upstream B3 headers %q/%q, want trace %s span %s (the proxy's client span)",
 			got.Get("X-B3-Traceid"), got.Get("X-B3-Spanid"), inTrace, parent)
+	}
+}
+
+// TestLabelsBoundedThroughProxy: long and malformed gRPC method names on
+// the gRPC listener, any URL path sent as gRPC (content-type
+// application/grpc over h2c) on the HTTP listener, and an upstream's
+// undefined grpc-status number leave /metrics small and its labels in a
+// fixed set (issue 8, item 4).
+func TestLabelsBoundedThroughProxy(t *testing.T) {
+	env := startTelemetryEnv(t, telemetry.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cc := dial(t, env.grpcAddr)
+	const names = 40
+	pad := strings.Repeat("x", 4<<10)
+	for i := range names {
+		// Matches the echo route (its service); the backend answers
+		// Unimplemented.
+		unary(ctx, cc, fmt.Sprintf("/%s/M%d%s", echoService, i, pad), metadata.Pairs("x-hop-caller", "gateway"), nil)
+	}
+	if o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-hop-caller", "gateway", "x-status", "99"), nil); o.Code != 99 {
+		t.Fatalf("want the upstream's status 99 passed through, got %v", o.Code)
+	}
+	h2c := newHTTPClient(t, protoH2C)
+	for i := range names {
+		req, _ := http.NewRequestWithContext(ctx, "POST", fmt.Sprintf("http://%s/kb/%d/%s", env.httpAddr, i, pad), strings.NewReader(""))
+		req.Header.Set("Content-Type", "application/grpc")
+		req.Header.Set("Te", "trailers")
+		resp, err := h2c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	rec := httptest.NewRecorder()
+	env.tel.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body := rec.Body.String()
+	// Unbounded, every name would appear in a counter and 17+ histogram
+	// lines: 80 names × 4 KiB × 18 ≈ 6 MiB.
+	const maxBody = 128 << 10
+	t.Logf("/metrics: %d bytes after %d long method names per listener", len(body), names)
+	if len(body) > maxBody {
+		t.Fatalf("/metrics is %d bytes, want at most %d", len(body), maxBody)
+	}
+	for _, bad := range []string{pad[:64], "Code(", "/kb/"} {
+		if strings.Contains(body, bad) {
+			t.Errorf("/metrics contains %.20q", bad)
+		}
+	}
+	for _, want := range []string{`code="Unknown"`, `method="other"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }

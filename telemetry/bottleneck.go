@@ -43,7 +43,7 @@ type BottleneckQuery struct {
 	// (default 5m).
 	Window time.Duration
 	// MinDuration: when set, a trace at least this long is slow; otherwise
-	// a trace is slow when it takes at least the p95 of its root route.
+	// the slow-turn rules of slow.go apply, per root route.
 	MinDuration time.Duration
 	// Now ends the window (default: the time of the call).
 	Now time.Time
@@ -59,9 +59,11 @@ type BottleneckReport struct {
 	SlowTraces int
 	// Threshold describes what made a trace slow.
 	Threshold string
-	// Thresholds are the per-root-route p95 values used, when MinDuration
-	// was not set.
+	// Thresholds are, per root route, the duration from which its turns
+	// were slow by its rule (Rules has the whole rule).
 	Thresholds map[string]time.Duration
+	// Rules say how each root route's turns were judged, by route name.
+	Rules []SlowRule
 	// Hops are the hops that were the largest in at least one slow trace,
 	// most often first.
 	Hops []BottleneckHop
@@ -86,65 +88,82 @@ const (
 	bottleneckExamples      = 5
 )
 
-// Bottlenecks analyses the slow traces in the window. p95 returns a root
-// route's p95 latency (false when unknown); it is not used when
-// q.MinDuration is set and may then be nil.
-func (s *Store) Bottlenecks(q BottleneckQuery, p95 func(route string) (time.Duration, bool)) BottleneckReport {
+// slowRuleText is BottleneckReport.Threshold without min_duration.
+const slowRuleText = "per root route, from the exact durations of its turns in the window: " +
+	"the slow mode when the turns are clearly bimodal, otherwise at least the p95 less 5 %; " +
+	"and every turn over the route's turn SLO"
+
+// SetTurnSLOs sets the turn SLO of each entry route (route name → SLO):
+// turns of those routes that take longer are slow in the bottleneck
+// analysis and the slow trace list, whatever the other rules say. nil or
+// an absent route: no SLO. Safe to call while requests are served: the
+// map is copied and swapped in whole.
+func (s *Store) SetTurnSLOs(slos map[string]time.Duration) {
+	m := turnSLOs(slos)
+	s.slos.Store(&m)
+}
+
+func (s *Store) turnSLOs() map[string]time.Duration {
+	if p := s.slos.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// turn is a trace in the window of a slow-turn judgement.
+type turn struct {
+	id    trace.TraceID
+	route string
+	dur   time.Duration
+}
+
+// judge collects the turns whose root started in [from, now] (except those
+// the client canceled) and judges them per root route.
+func (s *Store) judge(from, now time.Time, minDur time.Duration) ([]turn, map[string]*SlowRule) {
+	var turns []turn
+	s.scan(func(e *traceEntry) {
+		sum := e.summary()
+		// A turn the client abandoned lasted as long as the user's
+		// patience, not as long as the hops took: it says nothing about
+		// which hop is slow (its hops were cut short).
+		if sum.Spans > 0 && sum.Duration > 0 && sum.Outcome != OutcomeCanceled && !sum.Start.Before(from) && !sum.Start.After(now) {
+			turns = append(turns, turn{sum.TraceID, sum.Root.Route, sum.Duration})
+		}
+	})
+	durs := map[string][]time.Duration{}
+	for _, t := range turns {
+		durs[t.route] = append(durs[t.route], t.dur)
+	}
+	return turns, judgeTurns(durs, s.turnSLOs(), minDur)
+}
+
+// Bottlenecks analyses the slow traces in the window.
+func (s *Store) Bottlenecks(q BottleneckQuery) BottleneckReport {
 	if q.Window <= 0 {
 		q.Window = defaultBottleneckWindow
 	}
 	if q.Now.IsZero() {
 		q.Now = time.Now()
 	}
-	rep := BottleneckReport{Window: q.Window}
+	rep := BottleneckReport{Window: q.Window, Thresholds: map[string]time.Duration{}}
 	if q.MinDuration > 0 {
 		rep.Threshold = fmt.Sprintf("at least %v long (min_duration)", q.MinDuration)
 	} else {
-		rep.Threshold = "at least the p95 of the root route (traces of routes without a p95 are skipped)"
-		rep.Thresholds = map[string]time.Duration{}
+		rep.Threshold = slowRuleText
 	}
 
-	// Pass 1, a scan under the mutex: the summaries of the traces in the
-	// window, except the turns the client canceled.
-	type candidate struct {
-		id    trace.TraceID
-		route string
-		dur   time.Duration
+	// Pass 1, a scan under the mutex: the turns in the window and their
+	// routes' rules.
+	turns, rules := s.judge(q.Now.Add(-q.Window), q.Now, q.MinDuration)
+	rep.Traces = len(turns)
+	for route, r := range rules {
+		rep.Thresholds[route] = r.Threshold
+		rep.Rules = append(rep.Rules, *r)
 	}
-	from := q.Now.Add(-q.Window)
-	var cands []candidate
-	s.scan(func(e *traceEntry) {
-		sum := e.summary()
-		// A turn the client abandoned lasted as long as the user's
-		// patience, not as long as the hops took: it says nothing about
-		// which hop is slow (its hops were cut short).
-		if sum.Spans > 0 && sum.Outcome != OutcomeCanceled && !sum.Start.Before(from) && !sum.Start.After(q.Now) {
-			cands = append(cands, candidate{sum.TraceID, sum.Root.Route, sum.Duration})
-		}
-	})
-	rep.Traces = len(cands)
-
-	// Thresholds, outside the lock: p95 may take locks of its own.
-	noP95 := map[string]bool{}
-	slow := cands[:0]
-	for _, c := range cands {
-		threshold := q.MinDuration
-		if threshold <= 0 {
-			t, ok := rep.Thresholds[c.route]
-			if !ok && !noP95[c.route] && p95 != nil {
-				t, ok = p95(c.route)
-				if ok {
-					rep.Thresholds[c.route] = t
-				} else {
-					noP95[c.route] = true
-				}
-			}
-			if !ok {
-				continue
-			}
-			threshold = t
-		}
-		if c.dur >= threshold && c.dur > 0 {
+	slices.SortFunc(rep.Rules, func(a, b SlowRule) int { return cmp.Compare(a.Route, b.Route) })
+	slow := turns[:0]
+	for _, c := range turns {
+		if rules[c.route].IsSlow(c.dur) {
 			slow = append(slow, c)
 		}
 	}

@@ -80,7 +80,7 @@ func chainStore() (*Store, *Stats, []chainTurn) {
 }
 
 func TestBottlenecksChain(t *testing.T) {
-	s, st, turns := chainStore()
+	s, _, turns := chainStore()
 	now := t0.Add(101 * time.Second)
 	slowestFirst := func(minDur time.Duration) (ids []trace.TraceID, share float64, self time.Duration) {
 		var slow []chainTurn
@@ -103,7 +103,6 @@ func TestBottlenecksChain(t *testing.T) {
 	cases := []struct {
 		name      string
 		q         BottleneckQuery
-		p95       func(string) (time.Duration, bool)
 		wantSlow  int
 		wantFloor time.Duration // slow traces are those at least this long
 	}{
@@ -114,28 +113,17 @@ func TestBottlenecksChain(t *testing.T) {
 			wantFloor: ms(400),
 		},
 		{
-			name:      "p95 supplied by the caller",
+			// 90 turns of 90 ms and 10 of 560 ms to 1.46 s: clearly two
+			// modes, so all ten slow ones are slow (a p95 would keep five).
+			name:      "exact durations: the slow mode",
 			q:         BottleneckQuery{Now: now},
-			p95:       func(route string) (time.Duration, bool) { return ms(1000), route == "chat" },
-			wantSlow:  5, // kb 1.0 s .. 1.4 s
-			wantFloor: ms(1000),
-		},
-		{
-			name: "p95 from the hop statistics",
-			q:    BottleneckQuery{Now: now},
-			p95: func(route string) (time.Duration, bool) {
-				return st.Quantile(route, 0.95, 5*time.Minute, now)
-			},
-			// The 95th of 100 turns is the 6th slowest (kb 900 ms, 990 ms
-			// in all), reported as its bucket's middle, 1.028 s: the 5
-			// slower turns are slow.
-			wantSlow:  5,
-			wantFloor: ms(1000),
+			wantSlow:  10,
+			wantFloor: ms(400),
 		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rep := s.Bottlenecks(tc.q, tc.p95)
+			rep := s.Bottlenecks(tc.q)
 			if rep.Traces != 100 || rep.SlowTraces != tc.wantSlow {
 				t.Fatalf("traces %d slow %d, want 100 and %d (thresholds %v)", rep.Traces, rep.SlowTraces, tc.wantSlow, rep.Thresholds)
 			}
@@ -178,7 +166,7 @@ func TestBottlenecksSelection(t *testing.T) {
 	cases := []struct {
 		name      string
 		q         BottleneckQuery
-		p95       func(string) (time.Duration, bool)
+		slos      map[string]time.Duration
 		wantTotal int
 		wantSlow  int
 		want      []HopKey // by count desc
@@ -199,15 +187,29 @@ func TestBottlenecksSelection(t *testing.T) {
 			wantCount: []int{3, 2, 1},
 		},
 		{
-			name:      "route without a p95 is skipped",
+			// 100, 680, 790, 880, 980 and 1580 ms: the last is clearly
+			// slower than the rest (1.6×, the steps below are ≤ 1.2×).
+			name:      "exact durations: the slow mode of one turn",
 			q:         BottleneckQuery{Now: now},
-			p95:       func(string) (time.Duration, bool) { return 0, false },
-			wantTotal: 6, wantSlow: 0,
+			wantTotal: 6, wantSlow: 1,
+			want:      []HopKey{hopInfer},
+			wantCount: []int{1},
 		},
 		{
-			name:      "no p95 source and no min_duration",
+			name:      "turns over the SLO are slow too",
 			q:         BottleneckQuery{Now: now},
-			wantTotal: 6, wantSlow: 0,
+			slos:      map[string]time.Duration{"chat": ms(600), "other": ms(1)},
+			wantTotal: 6, wantSlow: 5,
+			want:      []HopKey{hopKB, hopInfer, hopNLU},
+			wantCount: []int{3, 1, 1},
+		},
+		{
+			name:      "min_duration wins over the SLO",
+			q:         BottleneckQuery{Now: now, MinDuration: ms(1000)},
+			slos:      map[string]time.Duration{"chat": ms(600)},
+			wantTotal: 6, wantSlow: 1,
+			want:      []HopKey{hopInfer},
+			wantCount: []int{1},
 		},
 		{
 			name:      "window entirely after the traces",
@@ -217,7 +219,8 @@ func TestBottlenecksSelection(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rep := s.Bottlenecks(tc.q, tc.p95)
+			s.SetTurnSLOs(tc.slos)
+			rep := s.Bottlenecks(tc.q)
 			if rep.Traces != tc.wantTotal || rep.SlowTraces != tc.wantSlow {
 				t.Fatalf("traces %d slow %d, want %d %d", rep.Traces, rep.SlowTraces, tc.wantTotal, tc.wantSlow)
 			}
@@ -239,7 +242,7 @@ func TestBottlenecksSelection(t *testing.T) {
 
 func TestBottlenecksDefaults(t *testing.T) {
 	s := NewStore(10)
-	rep := s.Bottlenecks(BottleneckQuery{}, nil)
+	rep := s.Bottlenecks(BottleneckQuery{})
 	if rep.Window != 5*time.Minute || rep.Traces != 0 || rep.Hops != nil {
 		t.Fatalf("empty report = %+v", rep)
 	}

@@ -50,14 +50,23 @@ type OTLP struct {
 type StoreConfig struct {
 	// MaxTraces is how many recent traces are kept (default 10000).
 	MaxTraces int `yaml:"max_traces"`
+	// MaxBytes bounds the store's estimated memory, in bytes (default
+	// 64 MiB): the oldest traces are evicted while it is over. The trace
+	// slots count too, so max_traces is lowered to what half of it holds
+	// (about 160,000 traces for 64 MiB).
+	MaxBytes int64 `yaml:"max_bytes"`
 }
 
 // Defaults.
 const (
 	DefaultServiceName = "hopwatch"
 	DefaultMaxTraces   = 10000
-	DefaultQueueSize   = 8192
-	DefaultOTLPTimeout = 5 * time.Second
+	// DefaultStoreMaxBytes holds the default 10,000 traces at up to about
+	// 6 KiB each (a turn of a dozen hops with retries), and bounds the
+	// store's memory whatever the traces look like.
+	DefaultStoreMaxBytes = 64 << 20
+	DefaultQueueSize     = 8192
+	DefaultOTLPTimeout   = 5 * time.Second
 )
 
 func (c *Config) sampleRatio() float64 {
@@ -114,6 +123,9 @@ func (c *Config) Validate() map[string]string {
 	}
 	if c.Tracing.Store.MaxTraces < 0 {
 		errs["tracing.store.max_traces"] = "must not be negative"
+	}
+	if c.Tracing.Store.MaxBytes < 0 {
+		errs["tracing.store.max_bytes"] = "must not be negative"
 	}
 	return errs
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	otelcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -93,16 +94,26 @@ type Hop struct {
 
 // Start begins a hop for a request that matched r. carrier holds the
 // incoming headers or metadata; method is the gRPC full method or the HTTP
-// method. The returned context carries the server span.
+// method (or, for gRPC over an HTTP listener, the URL path), bounded here
+// by methodLabel before it names anything. The returned context carries
+// the server span.
 func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, caller, method string) (context.Context, *Hop) {
 	if r == nil {
 		return ctx, nil
 	}
 	t := r.t
+	method = methodLabel(method, r.info.GRPC)
 	h := &Hop{r: r, caller: r.Caller(caller), method: method, start: t.now()}
 	// Malformed trace headers extract to nothing, which starts a new trace:
 	// they never fail the request.
 	pctx := t.prop.Extract(ctx, carrier)
+	if !t.trust {
+		// An untrusted caller's baggage is dropped, not forwarded: it
+		// would reach every upstream as if the proxy vouched for it
+		// (W3C Baggage, section "Privacy and security considerations").
+		// Inject removes the raw header too.
+		pctx = baggage.ContextWithoutBaggage(pctx)
+	}
 	incoming := trace.SpanContextFromContext(pctx)
 	trusted := t.trust && incoming.IsValid()
 	if trusted {
@@ -124,8 +135,6 @@ func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, c
 	}
 	if !trusted && incoming.IsValid() {
 		// Untrusted: our own trace, with the caller's context as a link.
-		// Baggage extracted above still travels (it is the caller's data,
-		// not a sampling decision).
 		opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: incoming}))
 	}
 	opts = append(opts, trace.WithAttributes(r.methodAttrs(method)...))
@@ -167,18 +176,21 @@ func newTraceID() trace.TraceID {
 	return id
 }
 
-// methodAttrs are the semantic-convention attributes of the method, shared
-// by server and client spans.
+// methodAttrs are the semantic-convention attributes of the method (a
+// methodLabel), shared by server and client spans.
 func (r *Route) methodAttrs(method string) []attribute.KeyValue {
-	if r.info.GRPC {
+	if r.info.GRPC || strings.HasPrefix(method, "/") {
 		svc, m := splitMethod(method)
 		return []attribute.KeyValue{attribute.String("rpc.service", svc), attribute.String("rpc.method", m)}
 	}
 	return []attribute.KeyValue{attribute.String("http.request.method", method)}
 }
 
+// spanName is bounded because method is a methodLabel: a gRPC method of at
+// most MaxMethodLabelLen bytes, "other", or an HTTP method and the route's
+// name.
 func spanName(r *Route, method string) string {
-	if r.info.GRPC {
+	if r.info.GRPC || strings.HasPrefix(method, "/") {
 		return strings.TrimPrefix(method, "/")
 	}
 	return method + " " + r.info.Name
@@ -228,17 +240,26 @@ func (h *Hop) Event(name string, attrs ...attribute.KeyValue) {
 		}
 	}
 	h.mu.Lock()
-	h.events = append(h.events, ev)
+	if len(h.events) < MaxEventsPerSpan {
+		h.events = append(h.events, ev)
+	}
 	h.mu.Unlock()
 }
 
+// MaxEventsPerSpan bounds the events the trace store keeps for one hop (a
+// route configured with very many retries must not grow its spans without
+// bound); the exported span still gets them all, within the SDK's own
+// limit.
+const MaxEventsPerSpan = 32
+
 // End closes the hop: span status and end, RED metrics with a trace
 // exemplar, hop statistics and the trace store. code is the HTTP status or
-// gRPC code name.
+// gRPC code name (bounded by codeLabel).
 func (h *Hop) End(code string, outcome Outcome) {
 	if h == nil {
 		return
 	}
+	code = codeLabel(code)
 	r, t := h.r, h.r.t
 	end := t.now()
 	d := end.Sub(h.start)
@@ -317,12 +338,15 @@ func (h *Hop) Attempt(ctx context.Context, endpoint string) (context.Context, *A
 // headers or metadata, already a copy of the incoming ones) with this
 // attempt's context, so the upstream's spans parent on the proxy's client
 // span. Stale incoming fields are removed first: a tracestate or B3 header
-// of an untrusted caller must not travel on beside our traceparent.
+// of an untrusted caller must not travel on beside our traceparent. With
+// trust_incoming false every propagation header the proxy knows is
+// removed, configured or not (an untrusted caller's baggage is dropped,
+// issue 8), before the proxy's own context is written.
 func (a *Attempt) Inject(carrier propagation.TextMapCarrier, del func(key string)) {
 	if a == nil {
 		return
 	}
-	for _, f := range a.h.r.t.fields {
+	for _, f := range a.h.r.t.dropFields {
 		del(f)
 	}
 	a.h.r.t.prop.Inject(a.ctx, carrier)
@@ -333,6 +357,7 @@ func (a *Attempt) End(code string, outcome Outcome) {
 	if a == nil {
 		return
 	}
+	code = codeLabel(code)
 	h := a.h
 	end := h.r.t.now()
 	endSpan(a.span, code, outcome, end)

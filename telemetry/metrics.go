@@ -32,6 +32,7 @@ type metrics struct {
 	spansDropped   prometheus.Counter
 	spansExported  prometheus.Counter
 	exportFailures prometheus.Counter
+	storeEvictions *prometheus.CounterVec
 
 	breakerState       *prometheus.GaugeVec
 	breakerTransitions *prometheus.CounterVec
@@ -90,6 +91,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hopwatch_span_export_failures_total",
 			Help: "OTLP export calls that failed (their spans are lost).",
 		}),
+		storeEvictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_trace_store_evictions_total",
+			Help: "Traces evicted from the built-in trace store to make room, by the bound that was reached: max_traces or max_bytes.",
+		}, []string{"reason"}),
 		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "hopwatch_breaker_state",
 			Help: "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
@@ -116,7 +121,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"route", "upstream", "result"}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.firstByte, m.inflight, m.unrouted,
-		m.reloads, m.reloadOK, m.spansDropped, m.spansExported, m.exportFailures,
+		m.reloads, m.reloadOK, m.spansDropped, m.spansExported, m.exportFailures, m.storeEvictions,
 		m.breakerState, m.breakerTransitions, m.fallbacks, m.bgInflight, m.bgTotal, m.retries)
 	return m
 }

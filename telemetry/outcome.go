@@ -28,7 +28,8 @@ func GRPCOutcome(c codes.Code, canceled bool) Outcome {
 	case c == codes.DeadlineExceeded:
 		return OutcomeTimeout
 	case c == codes.Unknown, c == codes.Unimplemented, c == codes.Internal,
-		c == codes.Unavailable, c == codes.DataLoss, c == codes.ResourceExhausted:
+		c == codes.Unavailable, c == codes.DataLoss, c == codes.ResourceExhausted,
+		c > codes.Unauthenticated: // a number outside the defined codes is Unknown (see codeLabel)
 		return OutcomeError
 	}
 	return OutcomeOK
@@ -48,13 +49,14 @@ func HTTPOutcome(status int, canceled bool) Outcome {
 	return OutcomeOK
 }
 
-// HTTPCode is the code label of an HTTP status, without allocating for the
-// common ones.
+// HTTPCode is the code label of an HTTP status, without allocating: a
+// status outside 100–599 (which an upstream can send, RFC 9110 section
+// 15 only defines those classes) is "other", so labels stay a fixed set.
 func HTTPCode(status int) string {
 	if status >= 100 && status < 600 {
 		return statusText[status-100]
 	}
-	return strconv.Itoa(status)
+	return otherCode
 }
 
 var statusText = func() [500]string {

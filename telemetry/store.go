@@ -5,7 +5,9 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"go.opentelemetry.io/otel/trace"
 )
@@ -34,6 +36,12 @@ const (
 // passes through the proxy, so those spans alone draw the turn's waterfall
 // without any tracing backend.
 //
+// It is bounded three ways: in traces (max_traces), in spans per trace
+// (MaxSpansPerTrace) and in bytes (max_bytes): each trace's memory is
+// estimated as its spans arrive (see spanBytes) and the oldest traces are
+// evicted while the estimate is over the bound, so a burst of large traces
+// (many retries, long fan-outs) cannot grow the store past it.
+//
 // Add is on the request path: one mutex, held for well under a
 // microsecond, and no allocation once the ring is full (evicted entries
 // hand their span slices on). Queries never hold the mutex for long: they
@@ -41,37 +49,132 @@ const (
 // single mutex measured fast enough (see BenchmarkStoreAdd); sharding would
 // cost the global age order the ring gives for free.
 type Store struct {
-	max int
+	max      int
+	maxBytes int64
+	// evicted counts evictions by reason (hopwatch_trace_store_evictions_total);
+	// nil entries count nothing.
+	evicted [numEvictReasons]counter
 
 	mu sync.Mutex // guards the fields below
 	// ring holds the traces in the order their first span arrived: the
-	// trace with sequence number k is at ring[k % max]. It grows to max
-	// entries, then each new trace replaces the oldest.
-	ring  []traceEntry
-	total uint64                // traces ever inserted: the next sequence number
-	index map[trace.TraceID]int // trace ID → position in ring
+	// trace with sequence number k is at ring[k % max]. The live traces are
+	// those numbered oldest to total-1. The ring grows to max entries, then
+	// each new trace takes the slot of the oldest.
+	ring   []traceEntry
+	total  uint64                // traces ever inserted: the next sequence number
+	oldest uint64                // sequence number of the oldest live trace
+	index  map[trace.TraceID]int // trace ID → position in ring
+	// bytes is the estimated memory of the live traces, not counting the
+	// ring's own slots (see Bytes).
+	bytes int64
 
 	droppedSpans  uint64
 	evictedTraces uint64
+
+	// slos are the entry routes' turn SLOs (see SetTurnSLOs), swapped whole.
+	slos atomic.Pointer[map[string]time.Duration]
 }
+
+// counter is the part of a Prometheus counter the store uses.
+type counter interface{ Inc() }
+
+// Eviction reasons, the reason label of hopwatch_trace_store_evictions_total.
+const (
+	evictCount = iota // the store held max_traces traces
+	evictBytes        // the store's estimate was over max_bytes
+	numEvictReasons
+)
+
+var evictReasonName = [numEvictReasons]string{"max_traces", "max_bytes"}
 
 // traceEntry is one trace in the ring. Its summary is computed when a query
 // first needs it after a change, not on Add.
 type traceEntry struct {
 	id      trace.TraceID
+	seq     uint64 // sequence number, see Store.ring
 	spans   []Span // in arrival order
 	dropped int    // spans refused because of MaxSpansPerTrace
+	bytes   int64  // estimated memory held by the entry (not its ring slot)
 	sum     TraceSummary
 	fresh   bool // sum reflects spans and dropped
 }
 
-// NewStore returns a store that keeps the maxTraces most recent traces
-// (DefaultMaxTraces when maxTraces ≤ 0).
-func NewStore(maxTraces int) *Store {
-	if maxTraces <= 0 {
-		maxTraces = DefaultMaxTraces
+// Memory estimates. Strings that come from the configuration or are
+// constants (hop names, kinds, outcomes) are shared by every span and not
+// counted; the rest is counted in full even where it might be shared, and
+// every allocation is rounded up as the allocator's size classes do (by up
+// to 1/8 for spans slices, to 16 bytes for strings), so the estimate errs
+// high: TestStoreHeapBounded measures the heap within it.
+var (
+	spanSize  = int64(unsafe.Sizeof(Span{}))
+	eventSize = int64(unsafe.Sizeof(SpanEvent{}))
+	entrySize = int64(unsafe.Sizeof(traceEntry{}))
+)
+
+const (
+	// indexEntryBytes is a trace's share of the ID index: a map entry of
+	// a 16-byte key and an int, with the map's load factor and overhead.
+	indexEntryBytes = 64
+	// attrMapBytes and attrEntryBytes estimate an event's attribute map:
+	// header and first group of eight slots, then each further entry's
+	// key and value headers and slot share.
+	attrMapBytes   = 320
+	attrEntryBytes = 48
+)
+
+// spanSliceBytes is the allocation of a span slice of capacity n.
+func spanSliceBytes(n int) int64 {
+	b := int64(n) * spanSize
+	return b + b/8
+}
+
+// stringBytes is the allocation of a string of n bytes (none when empty).
+func stringBytes(n int) int64 { return int64(n+15) &^ 15 }
+
+// spanBytes is the estimated memory a stored span holds beyond its slot in
+// the trace's span slice.
+func spanBytes(sp *Span) int64 {
+	n := stringBytes(len(sp.Method)) + stringBytes(len(sp.Code)) + stringBytes(len(sp.Endpoint))
+	if cap(sp.Events) > 0 {
+		n += int64(cap(sp.Events)) * eventSize
 	}
-	return &Store{max: maxTraces, index: make(map[trace.TraceID]int)}
+	for i := range sp.Events {
+		e := &sp.Events[i]
+		n += stringBytes(len(e.Name))
+		if e.Attrs != nil {
+			n += attrMapBytes + int64(max(0, len(e.Attrs)-8))*attrEntryBytes
+			for k, v := range e.Attrs {
+				n += stringBytes(len(k)) + stringBytes(len(v))
+			}
+		}
+	}
+	return n
+}
+
+// StoreLimits bounds a Store; zero fields take the defaults.
+type StoreLimits struct {
+	MaxTraces int   // DefaultMaxTraces
+	MaxBytes  int64 // DefaultStoreMaxBytes
+}
+
+// NewStore returns a store that keeps the maxTraces most recent traces
+// (DefaultMaxTraces when maxTraces ≤ 0) within DefaultStoreMaxBytes.
+func NewStore(maxTraces int) *Store {
+	return NewStoreLimits(StoreLimits{MaxTraces: maxTraces})
+}
+
+// NewStoreLimits returns a store bounded by l. The ring of trace slots is
+// itself counted against MaxBytes: max_traces is lowered, if need be, so
+// that the slots take at most half of it.
+func NewStoreLimits(l StoreLimits) *Store {
+	if l.MaxTraces <= 0 {
+		l.MaxTraces = DefaultMaxTraces
+	}
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = DefaultStoreMaxBytes
+	}
+	l.MaxTraces = int(max(1, min(int64(l.MaxTraces), l.MaxBytes/2/entrySize)))
+	return &Store{max: l.MaxTraces, maxBytes: l.MaxBytes, index: make(map[trace.TraceID]int)}
 }
 
 // Add records a finished span. It is safe for concurrent use and cheap: the
@@ -79,7 +182,9 @@ func NewStore(maxTraces int) *Store {
 // copied, so the caller must not change it afterwards). A span for a trace
 // not yet in the store starts a new entry, evicting the oldest trace when
 // the store is full. A span arriving after its trace was evicted starts a
-// new, partial entry. Spans without a valid trace ID are ignored.
+// new, partial entry. Spans without a valid trace ID are ignored. Then the
+// oldest traces are evicted while the store is over its byte bound (never
+// the trace just added to: one trace is bounded by MaxSpansPerTrace).
 func (s *Store) Add(sp Span) {
 	if !sp.TraceID.IsValid() {
 		return
@@ -95,47 +200,92 @@ func (s *Store) Add(sp Span) {
 		e.dropped++
 		s.droppedSpans++
 	} else {
+		oldCap := cap(e.spans)
 		e.spans = append(e.spans, sp)
+		grown := spanSliceBytes(cap(e.spans)) - spanSliceBytes(oldCap) + spanBytes(&sp)
+		e.bytes += grown
+		s.bytes += grown
+		for s.bytes+s.ringBytesLocked() > s.maxBytes && s.oldest < e.seq {
+			s.evictOldestLocked(evictBytes)
+		}
 	}
 	s.mu.Unlock()
 }
 
+func (s *Store) ringBytesLocked() int64 { return int64(cap(s.ring)) * entrySize }
+
 // insertLocked makes room for a new trace and returns its ring position.
 func (s *Store) insertLocked(id trace.TraceID) int {
 	seq := s.total
+	if s.total-s.oldest >= uint64(s.max) {
+		s.evictOldestLocked(evictCount)
+	}
 	s.total++
-	if len(s.ring) < s.max {
-		s.ring = append(s.ring, traceEntry{id: id, spans: make([]Span, 0, initialSpanCap)})
-		i := len(s.ring) - 1
-		s.index[id] = i
-		return i
-	}
 	i := int(seq % uint64(s.max))
-	old := &s.ring[i]
-	delete(s.index, old.id)
-	s.evictedTraces++
-	spans := old.spans
-	if cap(spans) > spanSliceRecycleCap {
-		spans = make([]Span, 0, initialSpanCap)
-	} else {
-		clear(spans) // drop references (events) held by the evicted trace
-		spans = spans[:0]
+	if i == len(s.ring) {
+		if len(s.ring) == cap(s.ring) {
+			// Grow towards max without overshooting it: the slots are
+			// counted against the byte bound.
+			s.ring = slices.Grow(s.ring, min(s.max, max(16, 2*len(s.ring)))-len(s.ring))
+		}
+		s.ring = append(s.ring, traceEntry{})
 	}
-	*old = traceEntry{id: id, spans: spans}
+	e := &s.ring[i]
+	spans := e.spans // empty: left by evictOldestLocked for reuse, or nil
+	if spans == nil {
+		spans = make([]Span, 0, initialSpanCap)
+	}
+	*e = traceEntry{id: id, seq: seq, spans: spans, bytes: spanSliceBytes(cap(spans)) + indexEntryBytes}
+	s.bytes += e.bytes
 	s.index[id] = i
 	return i
 }
+
+// evictOldestLocked drops the oldest live trace. Its span slice stays in
+// the slot for the next trace when small and evicted for count (the slot
+// is about to be reused); otherwise it is released.
+func (s *Store) evictOldestLocked(reason int) {
+	e := &s.ring[s.oldest%uint64(s.max)]
+	delete(s.index, e.id)
+	s.bytes -= e.bytes
+	s.oldest++
+	s.evictedTraces++
+	if c := s.evicted[reason]; c != nil {
+		c.Inc()
+	}
+	spans := e.spans
+	if reason == evictCount && cap(spans) <= spanSliceRecycleCap {
+		clear(spans) // drop references (events) held by the evicted trace
+		spans = spans[:0]
+	} else {
+		spans = nil
+	}
+	*e = traceEntry{spans: spans}
+}
+
+// Bytes is the store's estimated memory: the live traces (spans, their
+// strings and events, index entries) and the ring's slots. It stays at or
+// under the byte bound, except for a single trace bigger than the bound.
+func (s *Store) Bytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bytes + s.ringBytesLocked()
+}
+
+// MaxBytes is the byte bound, MaxTraces the trace bound (after lowering).
+func (s *Store) MaxBytes() int64 { return s.maxBytes }
+func (s *Store) MaxTraces() int  { return s.max }
 
 // Len is the number of traces held.
 func (s *Store) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.ring)
+	return int(s.total - s.oldest)
 }
 
 // Dropped reports the spans refused because their trace was at
-// MaxSpansPerTrace and the traces evicted to make room, since the store was
-// created.
+// MaxSpansPerTrace and the traces evicted to make room (for either bound),
+// since the store was created.
 func (s *Store) Dropped() (spans, traces uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -156,7 +306,7 @@ const scanChunk = 256
 func (s *Store) scan(f func(e *traceEntry)) {
 	s.mu.Lock()
 	k := s.total // one past the sequence number to visit next
-	for n := 1; k > 0 && s.total-k < uint64(len(s.ring)); n++ {
+	for n := 1; k > s.oldest; n++ {
 		k--
 		f(&s.ring[k%uint64(s.max)])
 		if n%scanChunk == 0 {
@@ -175,6 +325,12 @@ type TraceQuery struct {
 	ErrorOnly   bool          // traces with a failed hop
 	Limit       int           // at most this many (default 50, at most 1000)
 	Since       time.Time     // traces that started at or after this
+	// Slow keeps only the turns that the bottleneck analysis would call
+	// slow (see slow.go) among those whose root started within Window
+	// (default 5m) before Now (default: the time of the call).
+	Slow   bool
+	Window time.Duration
+	Now    time.Time
 }
 
 // TraceSummary describes a trace in a list.
@@ -207,9 +363,31 @@ func (s *Store) Traces(q TraceQuery) []TraceSummary {
 	}
 	limit = min(limit, maxTraceLimit)
 
+	var rules map[string]*SlowRule
+	var from time.Time
+	if q.Slow {
+		if q.Window <= 0 {
+			q.Window = defaultBottleneckWindow
+		}
+		if q.Now.IsZero() {
+			q.Now = time.Now()
+		}
+		from = q.Now.Add(-q.Window)
+		_, rules = s.judge(from, q.Now, 0)
+	}
+
 	var out []TraceSummary
 	s.scan(func(e *traceEntry) {
 		sum := e.summary()
+		if q.Slow {
+			// The same turns as the analysis: in the window, not canceled,
+			// slow by their root route's rule (a trace that arrived since
+			// is judged by the rule of the others).
+			r := rules[sum.Root.Route]
+			if r == nil || sum.Outcome == OutcomeCanceled || sum.Start.Before(from) || sum.Start.After(q.Now) || !r.IsSlow(sum.Duration) {
+				return
+			}
+		}
 		if q.Route != "" && sum.Root.Route != q.Route ||
 			sum.Duration < q.MinDuration ||
 			q.ErrorOnly && !sum.Error ||

@@ -432,7 +432,7 @@ func TestStoreConcurrent(t *testing.T) {
 			for _, sum := range s.Traces(TraceQuery{Limit: 10}) {
 				s.Trace(sum.TraceID)
 			}
-			s.Bottlenecks(BottleneckQuery{Now: t0.Add(time.Hour), Window: 2 * time.Hour, MinDuration: ms(1)}, nil)
+			s.Bottlenecks(BottleneckQuery{Now: t0.Add(time.Hour), Window: 2 * time.Hour, MinDuration: ms(1)})
 		}
 	})
 	wg.Wait()

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -36,7 +37,11 @@ type Telemetry struct {
 	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
 	fields []string // headers the propagator reads and writes
-	trust  bool
+	// dropFields are removed from every upstream request before injection:
+	// fields, or, when incoming context is not trusted, the headers of
+	// every propagator the proxy knows.
+	dropFields []string
+	trust      bool
 	// export is true when an OTLP exporter is configured; only then are
 	// spans made with the SDK (see Route.Start).
 	export  bool
@@ -73,27 +78,48 @@ func New(opts Options) (*Telemetry, error) {
 		return nil, err
 	}
 	prop := newPropagator(opts.Config.propagators())
-	maxTraces := opts.Config.Tracing.Store.MaxTraces
-	if maxTraces <= 0 {
-		maxTraces = DefaultMaxTraces
+	store := NewStoreLimits(StoreLimits{
+		MaxTraces: opts.Config.Tracing.Store.MaxTraces,
+		MaxBytes:  opts.Config.Tracing.Store.MaxBytes,
+	})
+	for r := range store.evicted {
+		store.evicted[r] = m.storeEvictions.WithLabelValues(evictReasonName[r])
+	}
+	if err := opts.Registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "hopwatch_trace_store_bytes",
+		Help: "Estimated memory of the built-in trace store (bounded by telemetry.tracing.store.max_bytes).",
+	}, func() float64 { return float64(store.Bytes()) })); err != nil {
+		return nil, fmt.Errorf("telemetry: %w", err)
 	}
 	return &Telemetry{
-		cfg:     opts.Config,
-		reg:     opts.Registry,
-		m:       m,
-		tp:      tp,
-		tracer:  tp.Tracer("github.com/hopwatch/hopwatch"),
-		prop:    prop,
-		fields:  prop.Fields(),
-		trust:   opts.Config.trustIncoming(),
-		export:  opts.Config.Tracing.OTLP != nil,
-		sampler: sdktrace.TraceIDRatioBased(opts.Config.sampleRatio()),
-		now:     opts.Now,
-		log:     opts.Logger,
-		replay:  newReplayMetrics(opts.Registry),
-		Store:   NewStore(maxTraces),
-		Stats:   NewStats(),
+		cfg:        opts.Config,
+		reg:        opts.Registry,
+		m:          m,
+		tp:         tp,
+		tracer:     tp.Tracer("github.com/hopwatch/hopwatch"),
+		prop:       prop,
+		fields:     prop.Fields(),
+		dropFields: dropFields(prop, opts.Config.trustIncoming()),
+		trust:      opts.Config.trustIncoming(),
+		export:     opts.Config.Tracing.OTLP != nil,
+		sampler:    sdktrace.TraceIDRatioBased(opts.Config.sampleRatio()),
+		now:        opts.Now,
+		log:        opts.Logger,
+		replay:     newReplayMetrics(opts.Registry),
+		Store:      store,
+		Stats:      NewStats(),
 	}, nil
+}
+
+// SetTurnSLOs sets the turn SLO of each entry route (route name → SLO),
+// for the slow-turn rules of the bottleneck analysis: a turn over its
+// route's SLO is slow. nil or a missing route: no SLO. Safe to call while
+// requests are served (on every configuration reload, say).
+func (t *Telemetry) SetTurnSLOs(slos map[string]time.Duration) {
+	if t == nil {
+		return
+	}
+	t.Store.SetTurnSLOs(slos)
 }
 
 // Shutdown flushes spans still queued for export, until ctx ends.

@@ -34,6 +34,32 @@ func newPropagator(names []string) propagation.TextMapPropagator {
 	return propagation.NewCompositeTextMapPropagator(ps...)
 }
 
+// knownPropagators are every format the proxy can speak, configured or not.
+var knownPropagators = newPropagator([]string{"tracecontext", "baggage", "b3"})
+
+// dropFields lists the headers removed from upstream requests before the
+// proxy injects its context: the configured propagators' when the caller
+// is trusted, all known ones otherwise (an untrusted caller's trace state,
+// B3 headers and baggage must not reach the upstream as if the proxy sent
+// them, even in a format the proxy does not itself propagate).
+func dropFields(configured propagation.TextMapPropagator, trust bool) []string {
+	if trust {
+		return configured.Fields()
+	}
+	var out []string
+	seen := map[string]bool{}
+	// The B3 propagator does not list X-B3-ParentSpanId, which B3 callers
+	// may send.
+	all := append(configured.Fields(), knownPropagators.Fields()...)
+	for _, f := range append(all, "x-b3-parentspanid") {
+		if !seen[f] {
+			seen[f] = true
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // newTracerProvider builds the SDK provider: sampling per the config, and,
 // when OTLP is configured, a batch processor behind a bound that drops (and
 // counts) instead of queueing without limit.

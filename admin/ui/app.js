@@ -27,8 +27,7 @@
   const state = {
     sparks: new Map(), // hop key → p95 samples (seconds, null: no traffic)
     bottleneckKey: null, // hop key of the top bottleneck
-    threshold: 0, // seconds: lowest p95 of the root routes, 0 unknown
-    thresholdRoutes: [],
+    slowRules: [], // per root route: how /api/bottlenecks judged its turns slow
     selected: null, // trace ID shown in the waterfall
     shownSpans: -1, // span count of the trace drawn
     listSpans: new Map(), // trace ID → span count in the latest list
@@ -257,25 +256,32 @@
 
   // ---------- bottleneck of slow turns ----------
 
+  // ruleText says how a route's turns were judged slow (api.go slowRuleJSON).
+  function ruleText(r) {
+    let t = r.rule === 'bimodal' ? `${r.route}: the slow mode, from ${fmtDur(r.threshold)}`
+      : r.rule === 'p95' ? `${r.route}: at least ${fmtDur(r.threshold)} (p95 ${fmtDur(r.p95)} less 5%)`
+        : `${r.route}: at least ${fmtDur(r.threshold)}`;
+    if (r.slo > 0) t += `, or over the SLO of ${fmtDur(r.slo)}`;
+    return t;
+  }
+
   function renderBottlenecks(r) {
     const table = $('#bottlenecks'), tbody = $('#bottlenecks tbody'), summary = $('#bn-summary');
     if (r.status !== 200 || !r.body) {
       state.bottleneckKey = null;
-      state.threshold = 0;
+      state.slowRules = [];
       table.hidden = true;
       setMsg(summary, r.status === 0 ? 'admin server unreachable' : `bottlenecks: ${r.error}`, 'bad');
       state.lastBottlenecks = '';
       return;
     }
     const b = r.body;
-    const th = Object.entries(b.thresholds || {}).filter(([, v]) => v > 0).sort((x, y) => x[1] - y[1]);
-    state.threshold = th.length ? th[0][1] : 0;
-    state.thresholdRoutes = th;
+    state.slowRules = (b.rules || []).filter((x) => x.turns > 0);
     const hops = b.hops || [];
     state.bottleneckKey = hops.length ? hopKey(hops[0]) : null;
 
     let text = `${b.slow_traces} of ${b.traces} turns in the last ${fmtSpan(b.window)} were slow`;
-    if (th.length) text += ` (at least the p95 of their route: ${th.map(([route, v]) => `${route} ${fmtDur(v)}`).join(', ')})`;
+    if (state.slowRules.length) text += ` (${state.slowRules.map(ruleText).join('; ')})`;
     text += hops.length ? '.' : '; no bottleneck to name.';
     setMsg(summary, text);
 
@@ -295,12 +301,12 @@
   // ---------- slowest recent traces ----------
 
   function tracesQuery() {
-    // Traces at least as long as the lowest p95 of the root routes, the
-    // newest TRACE_LIMIT of them, drawn slowest first. Without a p95 yet,
-    // the newest 100 traces, of which the slowest TRACE_LIMIT are shown.
-    if (state.threshold > 0) {
-      return `api/traces?limit=${TRACE_LIMIT}&min_duration=${(state.threshold * 1000).toFixed(3)}ms`;
-    }
+    // The turns the bottleneck panel calls slow, judged by the server on
+    // their exact durations with the same rule (never a client-side
+    // comparison with a percentile, which can exclude every slow turn):
+    // the newest TRACE_LIMIT of them, drawn slowest first. Before there
+    // are any, the newest 100 traces, of which the slowest are shown.
+    if (state.slowRules.length) return `api/traces?slow=true&window=5m&limit=${TRACE_LIMIT}`;
     return 'api/traces?limit=100';
   }
 
@@ -314,8 +320,8 @@
       .sort((a, b) => b.duration - a.duration)
       .slice(0, TRACE_LIMIT);
     state.listSpans = new Map(list.map((t) => [t.trace_id, t.spans]));
-    sub.textContent = state.threshold > 0
-      ? `Recent traces of at least ${fmtDur(state.threshold)} (p95), slowest first. Click one for its waterfall.`
+    sub.textContent = state.slowRules.length
+      ? 'Recent slow turns (as the bottleneck panel judges them), slowest first. Click one for its waterfall.'
       : 'The slowest of the 100 newest traces. Click one for its waterfall.';
     setMsg(msg, list.length ? '' : 'no traces yet');
     table.hidden = !list.length;
