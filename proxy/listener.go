@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"reflect"
-	"time"
 
 	"google.golang.org/grpc"
 
@@ -17,34 +16,58 @@ import (
 
 // listener is one bound address with its server.
 type listener struct {
-	spec routes.Listener
-	ln   net.Listener
-	grpc *grpc.Server
-	http *http.Server
+	spec  routes.Listener
+	ln    net.Listener
+	grpc  *grpc.Server
+	http  *http.Server
+	guard *connGuard // connection cap and rapid-reset policy
 }
 
+// newListener builds the server of spec; Apply calls it with p.mu held.
 func (p *Proxy) newListener(spec routes.Listener) *listener {
 	l := &listener{spec: spec}
+	lim := listenerLimits(spec.Limits)
+	counters := new(connCounters)
+	if old, ok := p.listeners[spec.Name]; ok {
+		counters = old.guard.counters
+	}
+	l.guard = newConnGuard(spec.Name, lim.maxConnections, counters, p.log, p.now)
+	maxMsg := spec.MaxMessageBytes
+	if maxMsg <= 0 {
+		maxMsg = routes.DefaultMaxMessageBytes
+	}
 	switch spec.Protocol {
 	case routes.ListenerGRPC:
-		maxMsg := spec.MaxMessageBytes
-		if maxMsg <= 0 {
-			maxMsg = routes.DefaultMaxMessageBytes
-		}
-		l.grpc = p.newGRPCServer(spec.Name, maxMsg)
+		l.grpc = p.newGRPCServer(spec.Name, maxMsg, lim, l.guard)
 	default:
 		protocols := new(http.Protocols)
 		protocols.SetHTTP1(true)
 		protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge, which gRPC clients use
 		l.http = &http.Server{
-			Handler:   httpHandler{p: p, listener: spec.Name},
+			Handler:   resetGuardHandler{next: grpcLimitHandler{next: httpHandler{p: p, listener: spec.Name}, maxMsg: maxMsg}, guard: l.guard, now: p.now},
 			Protocols: protocols,
 			// Bound the time a client may take to send headers (slowloris);
 			// bodies and streams are unbounded by design (uploads, SSE).
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			BaseContext:       func(net.Listener) context.Context { return p.ctx },
-			ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
+			ReadHeaderTimeout: lim.readHeaderTimeout,
+			// HTTP/1 keep-alive and HTTP/2 connections without streams.
+			IdleTimeout: lim.idleTimeout,
+			// HTTP/1 header bytes, and for HTTP/2 the advertised
+			// SETTINGS_MAX_HEADER_LIST_SIZE, which net/http derives from
+			// it (plus 32 bytes per field for ten fields) and enforces
+			// while decoding, so HPACK references cannot expand beyond it;
+			// a request over it gets 431.
+			MaxHeaderBytes: lim.maxHeaderBytes,
+			HTTP2: &http.HTTP2Config{
+				// Streams beyond it are refused (RFC 9113 §5.1.2), and
+				// net/http runs at most this many handlers per connection.
+				MaxConcurrentStreams: lim.maxConcurrentStreams,
+				// Ping a silent connection, close it if the ping is not
+				// answered: a vanished peer's streams end.
+				SendPingTimeout: keepaliveTime,
+				PingTimeout:     keepaliveTimeout,
+			},
+			BaseContext: func(net.Listener) context.Context { return p.ctx },
+			ErrorLog:    slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
 		}
 	}
 	return l
@@ -62,7 +85,7 @@ func (l *listener) bind() error {
 	if err != nil {
 		return fmt.Errorf("listener %q: %w", l.spec.Name, err)
 	}
-	l.ln = ln
+	l.ln = l.guard.wrap(ln)
 	return nil
 }
 
