@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -20,6 +21,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
@@ -266,6 +269,7 @@ func TestHeaderListBomb(t *testing.T) {
 	for _, kind := range listenerKinds {
 		t.Run(kind+" listener", func(t *testing.T) {
 			addr := p.Addr(kind).String()
+			hold.total.Store(0)
 			before := heapInUse()
 			raw := dialRaw(t, addr)
 			for i := range streams {
@@ -275,7 +279,9 @@ func TestHeaderListBomb(t *testing.T) {
 			}
 			// Refused streams get RST_STREAM (grpc-go) or 431 (net/http);
 			// forwarded ones would get the upstream's headers.
-			answered := func() bool { return raw.status("431")+int(raw.rst.Load()) >= streams || raw.status("200") > 0 }
+			answered := func() bool {
+				return raw.status("431") >= streams || kind == "grpc" && raw.rst.Load() >= streams || raw.status("200") > 0
+			}
 			if !eventually(5*time.Second, answered) {
 				t.Fatalf("only %d of %d streams answered", raw.rst.Load()+raw.headers.Load(), streams)
 			}
@@ -285,8 +291,8 @@ func TestHeaderListBomb(t *testing.T) {
 				eventually(2*time.Second, func() bool { return raw.status("200") >= streams })
 			}
 			growth := int64(heapInUse()) - int64(before)
-			t.Logf("heap growth with %d bomb streams open: %.1f MiB; upstream saw %d calls; answers: %d RST_STREAM, statuses %v",
-				streams, float64(growth)/(1<<20), hold.total.Load(), raw.rst.Load(), raw.statuses)
+			t.Logf("heap growth with %d bomb streams open: %.1f MiB; upstream saw %d calls; answers: %d RST_STREAM, %d 431, %d 200",
+				streams, float64(growth)/(1<<20), hold.total.Load(), raw.rst.Load(), raw.status("431"), raw.status("200"))
 			if growth > 10<<20 {
 				t.Errorf("heap grew by %.1f MiB under the header-list bomb, want < 10 MiB", float64(growth)/(1<<20))
 			}
@@ -300,10 +306,13 @@ func TestHeaderListBomb(t *testing.T) {
 				}
 			case "http":
 				if raw.status("431") != streams {
-					t.Errorf("431 for %d of %d streams (statuses %v), want all", raw.status("431"), streams, raw.statuses)
+					t.Errorf("431 for %d of %d streams, want all", raw.status("431"), streams)
 				}
 			}
 			raw.c.Close()
+			if !eventually(5*time.Second, func() bool { return hold.inflight.Load() == 0 }) {
+				t.Fatalf("%d calls still held upstream after the client left", hold.inflight.Load())
+			}
 		})
 		t.Run(kind+" listener, grpc-go client gets a clear error", func(t *testing.T) {
 			cc := dial(t, p.Addr(kind).String())
@@ -315,7 +324,7 @@ func TestHeaderListBomb(t *testing.T) {
 			md := metadata.Pairs("x-big-bin", string(bytes.Repeat([]byte{1}, 100<<10)))
 			o := unary(ctx, cc, "/"+echoService+"/Unary", md, []byte("q"))
 			if o.Code == codes.OK || !strings.Contains(o.Message, "header list size") {
-				t.Fatalf("100 KiB of metadata: got %v, want an error naming the header list size", o)
+				t.Fatalf("100 KiB of metadata: got %v %q, want an error naming the header list size", o.Code, o.Message)
 			}
 			t.Logf("100 KiB of metadata: %v %q", o.Code, o.Message)
 			if o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-small-bin", "ok"), []byte("q")); o.Code != codes.OK {
@@ -511,6 +520,14 @@ func TestRapidReset(t *testing.T) {
 			if o := unary(ctx, cc, "/"+echoService+"/Unary", nil, []byte("warm")); o.Code != codes.OK {
 				t.Fatalf("warm-up call: %v", o)
 			}
+			// Connect the hold upstream too, so that its connection is
+			// part of the baseline.
+			wctx, wcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			unary(wctx, cc, "/"+holdService+"/Call", nil, nil)
+			wcancel()
+			if !eventually(5*time.Second, func() bool { return hold.inflight.Load() == 0 }) {
+				t.Fatalf("warm-up call still held upstream")
+			}
 			base := runtime.NumGoroutine()
 			before := p.ListenerStats()[kind]
 
@@ -560,7 +577,7 @@ func TestRapidReset(t *testing.T) {
 			wg.Wait()
 			after := p.ListenerStats()[kind]
 			t.Logf("flood: %d pairs written, connection closed: %v (GOAWAY %v), %d calls reached the upstream; other client: %d ok, %d failed; reset floods counted: %d",
-				sent, closed, raw.goaway.Load(), hold.total.Load(), ok.Load(), failed.Load(), after.ResetFloods-before.ResetFloods)
+				sent, closed, raw.goaway.Load(), hold.total.Load()-1, ok.Load(), failed.Load(), after.ResetFloods-before.ResetFloods)
 			if !closed {
 				t.Errorf("the flooding connection is still open")
 			}
@@ -570,7 +587,7 @@ func TestRapidReset(t *testing.T) {
 			if ok.Load() == 0 {
 				t.Errorf("the other client made no call during the flood")
 			}
-			if n := hold.total.Load(); n > 6000 {
+			if n := hold.total.Load() - 1; n > 6000 {
 				t.Errorf("%d of %d reset streams were forwarded upstream", n, pairs)
 			}
 			if kind == "grpc" && after.ResetFloods-before.ResetFloods != 1 {
@@ -622,7 +639,7 @@ func TestGRPCMessageLimitOnHTTPListener(t *testing.T) {
 				defer cancel()
 				o := tc.call(ctx, dial(t, p.Addr(kind).String()))
 				if o.Code != tc.wantCode {
-					t.Fatalf("got %v, want %v", o, tc.wantCode)
+					t.Fatalf("got %v %q (%d messages), want %v", o.Code, o.Message, len(o.Msgs), tc.wantCode)
 				}
 				if tc.wantCode == codes.ResourceExhausted && !strings.Contains(o.Message, "larger than max") {
 					t.Fatalf("message %q does not say what was too large", o.Message)
@@ -630,5 +647,170 @@ func TestGRPCMessageLimitOnHTTPListener(t *testing.T) {
 				t.Logf("%v %q", o.Code, o.Message)
 			})
 		}
+	}
+}
+
+// connEnds counts the connections a gRPC server saw end.
+type connEnds struct{ n atomic.Int64 }
+
+func (c *connEnds) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context   { return ctx }
+func (c *connEnds) HandleRPC(context.Context, stats.RPCStats)                         {}
+func (c *connEnds) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (c *connEnds) HandleConn(_ context.Context, s stats.ConnStats) {
+	if _, ok := s.(*stats.ConnEnd); ok {
+		c.n.Add(1)
+	}
+}
+
+// TestUpstreamLimits: the proxy's client side bounds what an upstream's
+// answer may hold (response headers) and closes idle pooled connections.
+func TestUpstreamLimits(t *testing.T) {
+	big := strings.Repeat("v", 32<<10)
+	lim := routes.UpstreamLimits{MaxHeaderBytes: 16 << 10, IdleTimeout: 200 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	t.Run("grpc upstream: response headers over max_header_bytes", func(t *testing.T) {
+		echo := startEcho(t)
+		p := startProxy(t, &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC}},
+			Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{echo.addr}, Limits: lim}},
+		})
+		cc := dial(t, p.Addr("grpc").String())
+		if o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("h-small", "ok"), []byte("q")); o.Code != codes.OK {
+			t.Fatalf("small response header: %v %q", o.Code, o.Message)
+		}
+		// The echo backend sends h-* request metadata back as headers.
+		o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("h-big", big), []byte("q"))
+		if o.Code == codes.OK {
+			t.Fatalf("32 KiB response header with a 16 KiB limit: OK, want an error")
+		}
+		t.Logf("32 KiB response header: %v %q", o.Code, o.Message)
+	})
+
+	t.Run("http upstream: response headers over max_header_bytes", func(t *testing.T) {
+		for _, proto := range []string{protoHTTP1, protoH2C} {
+			up := startHTTPUpstream(t, proto, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/big" {
+					w.Header().Set("X-Big", big)
+				}
+				io.WriteString(w, "ok")
+			}), nil)
+			spec := singleRouteSpec(upstreamProtocol(proto), hostPort(up))
+			spec.Upstreams[0].Limits = lim
+			p := startProxy(t, spec)
+			c := newHTTPClient(t, protoHTTP1)
+			for path, want := range map[string]int{"/small": http.StatusOK, "/big": http.StatusBadGateway} {
+				resp, err := c.Get(proxyURL(p, "http") + path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != want {
+					t.Errorf("%s upstream, %s: status %d, want %d", proto, path, resp.StatusCode, want)
+				}
+			}
+		}
+	})
+
+	t.Run("http upstream: idle connection closed after idle_timeout", func(t *testing.T) {
+		var closed atomic.Int64
+		up := startHTTPUpstream(t, protoHTTP1, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }),
+			func(s *http.Server) {
+				s.ConnState = func(_ net.Conn, st http.ConnState) {
+					if st == http.StateClosed {
+						closed.Add(1)
+					}
+				}
+			})
+		spec := singleRouteSpec(routes.UpstreamHTTP, hostPort(up))
+		spec.Upstreams[0].Limits = lim
+		p := startProxy(t, spec)
+		resp, err := newHTTPClient(t, protoHTTP1).Get(proxyURL(p, "http") + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if !eventually(5*time.Second, func() bool { return closed.Load() > 0 }) {
+			t.Fatalf("the pooled upstream connection is still open 5s after its call; idle_timeout is 200ms")
+		}
+	})
+
+	t.Run("grpc upstream: idle connection closed after idle_timeout", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ends := new(connEnds)
+		srv := grpc.NewServer(grpc.StatsHandler(ends), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			return ss.SendMsg(wrapperspb.Bytes(nil))
+		}))
+		go srv.Serve(ln)
+		defer srv.Stop()
+		p := startProxy(t, &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC}},
+			Routes:    []routes.Route{{Name: "all", Listener: "grpc", Upstream: "up"}},
+			Upstreams: []routes.Upstream{{Name: "up", Protocol: routes.UpstreamGRPC, Endpoints: []string{ln.Addr().String()}, Limits: lim}},
+		})
+		if o := unary(ctx, dial(t, p.Addr("grpc").String()), "/any.v1.S/M", nil, nil); o.Code != codes.OK {
+			t.Fatalf("call: %v %q", o.Code, o.Message)
+		}
+		if !eventually(5*time.Second, func() bool { return ends.n.Load() > 0 }) {
+			t.Fatalf("the upstream connection is still open 5s after its call; idle_timeout is 200ms")
+		}
+	})
+}
+
+// TestListenerLimitsReload: a reload that changes a listener's limits
+// rebuilds it with the new ones, on the same address, and its counters
+// carry on.
+func TestListenerLimitsReload(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	spec := func(maxConns int) *routes.Spec {
+		return &routes.Spec{Listeners: []routes.Listener{{Name: "grpc", Address: addr, Protocol: routes.ListenerGRPC,
+			Limits: routes.ListenerLimits{MaxConnections: maxConns}}}}
+	}
+	p := startProxy(t, spec(1))
+	hold := func(n int) (refusedAt int) {
+		t.Helper()
+		refusedAt = -1
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for i := range n {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+			c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			if _, err := c.Read(make([]byte, 64<<10)); errors.Is(err, io.EOF) || isReset(err) {
+				return i
+			}
+		}
+		return refusedAt
+	}
+	if got := hold(2); got != 1 {
+		t.Fatalf("max_connections 1: connection %d refused, want the second (1)", got)
+	}
+	if err := p.Apply(spec(3)); err != nil {
+		t.Fatal(err)
+	}
+	if got := hold(3); got != -1 {
+		t.Fatalf("after a reload to max_connections 3: connection %d refused, want none", got)
+	}
+	if st := p.ListenerStats()["grpc"]; st.Refused != 1 {
+		t.Fatalf("stats after the reload: %+v, want the refusal before it still counted", st)
 	}
 }

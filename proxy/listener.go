@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 
@@ -21,6 +22,9 @@ type listener struct {
 	grpc  *grpc.Server
 	http  *http.Server
 	guard *connGuard // connection cap and rapid-reset policy
+	// closed is set when the socket was closed ahead of the drain, so that
+	// its Serve loop ending is not reported as a failure.
+	closed atomic.Bool
 }
 
 // newListener builds the server of spec; Apply calls it with p.mu held.
@@ -99,10 +103,20 @@ func (p *Proxy) serve(l *listener) {
 		} else {
 			err = l.http.Serve(l.ln)
 		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+		if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) && !l.closed.Load() {
 			p.log.Error("listener stopped", "listener", l.spec.Name, "err", err)
 		}
 	}()
+}
+
+// stopAccepting closes the listening socket at once, before the drain that
+// follows runs in the background: a reload that rebuilds a listener on the
+// same address (new limits, say) binds it right after, and would otherwise
+// race the drain for it ("address already in use"). Connections already
+// accepted are untouched; the drain ends them.
+func (l *listener) stopAccepting() {
+	l.closed.Store(true)
+	l.ln.Close()
 }
 
 // drain stops accepting at once and lets calls in flight finish until ctx is
