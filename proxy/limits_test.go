@@ -334,6 +334,69 @@ func TestHeaderListBomb(t *testing.T) {
 	}
 }
 
+// TestContinuationFlood (CVE-2024-27316 class): a header block that never
+// ends, sent as CONTINUATION frames without END_HEADERS. Once the block
+// passes max_header_bytes the connection is closed, long before the 4 MiB
+// the client tries to send, and nothing is forwarded.
+func TestContinuationFlood(t *testing.T) {
+	hold := startHold(t)
+	echo := startEcho(t)
+	p := limitsProxy(t, routes.ListenerLimits{}, hold.addr, echo.addr)
+	// Never-indexed literals: every byte sent is a byte to decode.
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for block.Len() < 4<<20 {
+		enc.WriteField(hpack.HeaderField{Name: "x-c", Value: strings.Repeat("c", 1000), Sensitive: true})
+	}
+	for _, kind := range listenerKinds {
+		t.Run(kind+" listener", func(t *testing.T) {
+			hold.total.Store(0)
+			addr := p.Addr(kind).String()
+			raw := dialRaw(t, addr)
+			if err := raw.open(1, addr, "/"+holdService+"/Call", nil, true); err != nil {
+				t.Fatal(err)
+			}
+			// The SETTINGS exchange is over once stream 1 is answered; from
+			// then on nothing else is written until the block is abandoned
+			// (another frame inside a header block is a protocol error,
+			// RFC 9113 §6.10, which would close the connection for us).
+			if !eventually(5*time.Second, func() bool { return raw.headers.Load() >= 1 }) {
+				t.Fatalf("the normal stream was not answered")
+			}
+			// Stream 3: HEADERS without END_HEADERS, then CONTINUATIONs.
+			sent := 0
+			err := raw.write(func() error {
+				const n = 16 << 10
+				b := block.Bytes()
+				if err := raw.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b[:n]}); err != nil {
+					return err
+				}
+				for b = b[n:]; len(b) >= n; b = b[n:] {
+					if err := raw.fr.WriteContinuation(3, false, b[:n]); err != nil {
+						return err
+					}
+					if err := raw.bw.Flush(); err != nil {
+						return err
+					}
+					sent += n
+				}
+				return nil
+			})
+			closed := raw.closedWithin(5 * time.Second)
+			t.Logf("write error: %v; GOAWAY: %v", err, raw.goaway.Load())
+			t.Logf("CONTINUATION bytes written before the write failed or ended: %d KiB; connection closed: %v; upstream calls: %d",
+				sent>>10, closed, hold.total.Load())
+			if !closed {
+				t.Fatalf("connection still open after %d KiB of one header block", sent>>10)
+			}
+			// Only the normal stream 1 may have been forwarded.
+			if n := hold.total.Load(); n > 1 {
+				t.Fatalf("%d calls forwarded, want at most the normal one", n)
+			}
+		})
+	}
+}
+
 // TestStreamCap: a client that ignores SETTINGS_MAX_CONCURRENT_STREAMS
 // opens 40 streams on one connection; at most max_concurrent_streams (8)
 // of them reach the upstream, the rest are refused, and the proxy's
