@@ -117,12 +117,13 @@ type connGuard struct {
 	open    atomic.Int64 // connections of this socket, against max
 	lastLog atomic.Int64 // unix nanoseconds of the last refusal logged
 
-	mu    sync.Mutex // guards conns
-	conns map[string]*guardedConn
+	// conns maps a peer address to its open connection: written once per
+	// connection, read once per call, which is what sync.Map is for.
+	conns sync.Map // string → *guardedConn
 }
 
 func newConnGuard(listener string, max int, counters *connCounters, log *slog.Logger, now func() time.Time) *connGuard {
-	return &connGuard{listener: listener, max: max, counters: counters, log: log, now: now, conns: map[string]*guardedConn{}}
+	return &connGuard{listener: listener, max: max, counters: counters, log: log, now: now}
 }
 
 // wrap returns ln with the guard in front of its Accept.
@@ -155,9 +156,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		}
 		g.counters.open.Add(1)
 		gc := &guardedConn{Conn: c, g: g, key: c.RemoteAddr().String()}
-		g.mu.Lock()
-		g.conns[gc.key] = gc
-		g.mu.Unlock()
+		g.conns.Store(gc.key, gc)
 		return gc, nil
 	}
 }
@@ -176,9 +175,9 @@ func (g *connGuard) logRefused(remote net.Addr) {
 
 // conn finds the open connection a call arrived on (nil if it is gone).
 func (g *connGuard) conn(remoteAddr string) *guardedConn {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.conns[remoteAddr]
+	c, _ := g.conns.Load(remoteAddr)
+	gc, _ := c.(*guardedConn)
+	return gc
 }
 
 // guardedConn is one accepted connection with its stream accounting.
@@ -196,11 +195,7 @@ type guardedConn struct {
 func (c *guardedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
-		c.g.mu.Lock()
-		if c.g.conns[c.key] == c {
-			delete(c.g.conns, c.key)
-		}
-		c.g.mu.Unlock()
+		c.g.conns.CompareAndDelete(c.key, c)
 		c.g.open.Add(-1)
 		c.g.counters.open.Add(-1)
 	})
