@@ -149,8 +149,9 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		}
 		if g.open.Add(1) > int64(g.max) {
 			g.open.Add(-1)
-			c.Close()
+			// Counted before the close, which the client sees at once.
 			g.counters.refused.Add(1)
+			c.Close()
 			g.logRefused(c.RemoteAddr())
 			continue
 		}

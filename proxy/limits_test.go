@@ -831,17 +831,17 @@ func TestUpstreamLimits(t *testing.T) {
 // rebuilds it with the new ones, on the same address, and its counters
 // carry on.
 func TestListenerLimitsReload(t *testing.T) {
+	spec := func(addr string, maxConns int) *routes.Spec {
+		return &routes.Spec{Listeners: []routes.Listener{{Name: "grpc", Address: addr, Protocol: routes.ListenerGRPC,
+			Limits: routes.ListenerLimits{MaxConnections: maxConns}}}}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	spec := func(maxConns int) *routes.Spec {
-		return &routes.Spec{Listeners: []routes.Listener{{Name: "grpc", Address: addr, Protocol: routes.ListenerGRPC,
-			Limits: routes.ListenerLimits{MaxConnections: maxConns}}}}
-	}
-	p := startProxy(t, spec(1))
+	p := startProxy(t, spec(addr, 1))
 	hold := func(n int) (refusedAt int) {
 		t.Helper()
 		refusedAt = -1
@@ -867,7 +867,12 @@ func TestListenerLimitsReload(t *testing.T) {
 	if got := hold(2); got != 1 {
 		t.Fatalf("max_connections 1: connection %d refused, want the second (1)", got)
 	}
-	if err := p.Apply(spec(3)); err != nil {
+	if st := p.ListenerStats()["grpc"]; st.Refused != 1 {
+		t.Fatalf("stats before the reload: %+v, want 1 refused", st)
+	}
+	// Only the limits change: the listener is rebuilt with them, on the
+	// same address (the old socket is released first).
+	if err := p.Apply(spec(addr, 3)); err != nil {
 		t.Fatal(err)
 	}
 	if got := hold(3); got != -1 {
