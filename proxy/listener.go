@@ -47,8 +47,13 @@ func (p *Proxy) newListener(spec routes.Listener) *listener {
 		protocols := new(http.Protocols)
 		protocols.SetHTTP1(true)
 		protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge, which gRPC clients use
+		// Outside in: the rapid-reset policy, the gRPC message limit,
+		// then routing.
+		var h http.Handler = httpHandler{p: p, listener: spec.Name}
+		h = grpcLimitHandler{next: h, maxMsg: maxMsg}
+		h = resetGuardHandler{next: h, guard: l.guard, now: p.now}
 		l.http = &http.Server{
-			Handler:   resetGuardHandler{next: grpcLimitHandler{next: httpHandler{p: p, listener: spec.Name}, maxMsg: maxMsg}, guard: l.guard, now: p.now},
+			Handler:   h,
 			Protocols: protocols,
 			// Bound the time a client may take to send headers (slowloris);
 			// bodies and streams are unbounded by design (uploads, SSE).
