@@ -37,6 +37,8 @@ func upstreamError(err error) error {
 		return nil
 	case errors.Is(err, errRejected), errors.Is(err, errBodyTimeout):
 		return err
+	case errors.As(err, new(*errMessageTooLarge)):
+		return err
 	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("%w: %w", errCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):
@@ -68,7 +70,7 @@ func isProxyError(err error) bool {
 			return true
 		}
 	}
-	return false
+	return errors.As(err, new(*errMessageTooLarge))
 }
 
 // classify maps a proxy error to a gRPC code and a message that names
@@ -77,6 +79,8 @@ func classify(err error) (codes.Code, string) {
 	switch {
 	case errors.Is(err, errNoRoute):
 		return codes.Unimplemented, "hopwatch: no route"
+	case errors.As(err, new(*errMessageTooLarge)):
+		return codes.ResourceExhausted, "hopwatch: " + err.Error()
 	case errors.Is(err, errOverloaded):
 		return codes.ResourceExhausted, "hopwatch: upstream " + err.Error()
 	case errors.Is(err, errBreakerOpen):
@@ -97,6 +101,8 @@ func httpStatus(err error) int {
 	switch {
 	case errors.Is(err, errNoRoute):
 		return http.StatusNotFound
+	case errors.As(err, new(*errMessageTooLarge)):
+		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, errUnreachable), errors.Is(err, errRejected):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errTimeout):

@@ -9,7 +9,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	_ "google.golang.org/grpc/encoding/gzip" // accept gzip-compressed messages from clients, as upstreams would
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/hopwatch/hopwatch/routes"
@@ -23,15 +25,53 @@ var bidi = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 
 // newGRPCServer builds the listener's server: no services are registered,
 // every call reaches handle through grpc.UnknownServiceHandler and moves as
-// raw frames.
-func (p *Proxy) newGRPCServer(listener string, maxMsg int) *grpc.Server {
+// raw frames. lim bounds what one client can hold; guard closes
+// connections that flood resets.
+func (p *Proxy) newGRPCServer(listener string, maxMsg int, lim limits, guard *connGuard) *grpc.Server {
 	return grpc.NewServer(
 		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
-			return p.handleGRPC(listener, ss)
+			ctx := ss.Context()
+			var c *guardedConn
+			if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
+				c = guard.conn(pr.Addr.String())
+			}
+			start := p.now()
+			if err := ctx.Err(); err != nil {
+				// Reset (or expired) before its handler ran: nothing to
+				// forward.
+				c.callEnded(errors.Is(err, context.Canceled))
+				return status.FromContextError(err).Err()
+			}
+			err := p.handleGRPC(listener, ss)
+			c.callEnded(isPremature(ctx, start, p.now()))
+			return err
 		}),
 		grpc.ForceServerCodecV2(rawCodec{}),
 		grpc.MaxRecvMsgSize(maxMsg),
 		grpc.MaxSendMsgSize(maxMsg),
+		// Advertised as SETTINGS_MAX_HEADER_LIST_SIZE and enforced while
+		// decoding: the HPACK decoder stops emitting fields beyond it, so
+		// one-byte references to a large dynamic-table entry (RFC 7541
+		// §7.3) cannot expand into megabytes of metadata; the stream is
+		// reset. grpc-go's own default is 16 MiB per stream.
+		grpc.MaxHeaderListSize(uint32(lim.maxHeaderBytes)),
+		// Beyond it a new stream is refused (REFUSED_STREAM), and grpc-go
+		// runs at most this many handlers per connection: it stops
+		// reading the connection until one ends, which also bounds what a
+		// rapid-reset flood dispatches at once (grpc-go 1.58.3 and later).
+		grpc.MaxConcurrentStreams(uint32(lim.maxConcurrentStreams)),
+		// The connection handshake (HTTP/2 preface and SETTINGS) must
+		// complete within it (slowloris); grpc-go's default is 120s.
+		grpc.ConnectionTimeout(lim.readHeaderTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: lim.idleTimeout, // GOAWAY, then close
+			Time:              keepaliveTime,
+			Timeout:           keepaliveTimeout,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             keepaliveMinTime,
+			PermitWithoutStream: true,
+		}),
 	)
 }
 

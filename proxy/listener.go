@@ -8,7 +8,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
-	"time"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 
@@ -17,34 +17,66 @@ import (
 
 // listener is one bound address with its server.
 type listener struct {
-	spec routes.Listener
-	ln   net.Listener
-	grpc *grpc.Server
-	http *http.Server
+	spec  routes.Listener
+	ln    net.Listener
+	grpc  *grpc.Server
+	http  *http.Server
+	guard *connGuard // connection cap and rapid-reset policy
+	// closed is set when the socket was closed ahead of the drain, so that
+	// its Serve loop ending is not reported as a failure.
+	closed atomic.Bool
 }
 
+// newListener builds the server of spec; Apply calls it with p.mu held.
 func (p *Proxy) newListener(spec routes.Listener) *listener {
 	l := &listener{spec: spec}
+	lim := listenerLimits(spec.Limits)
+	counters := new(connCounters)
+	if old, ok := p.listeners[spec.Name]; ok {
+		counters = old.guard.counters
+	}
+	l.guard = newConnGuard(spec.Name, lim.maxConnections, counters, p.log, p.now)
+	maxMsg := spec.MaxMessageBytes
+	if maxMsg <= 0 {
+		maxMsg = routes.DefaultMaxMessageBytes
+	}
 	switch spec.Protocol {
 	case routes.ListenerGRPC:
-		maxMsg := spec.MaxMessageBytes
-		if maxMsg <= 0 {
-			maxMsg = routes.DefaultMaxMessageBytes
-		}
-		l.grpc = p.newGRPCServer(spec.Name, maxMsg)
+		l.grpc = p.newGRPCServer(spec.Name, maxMsg, lim, l.guard)
 	default:
 		protocols := new(http.Protocols)
 		protocols.SetHTTP1(true)
 		protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge, which gRPC clients use
+		// Outside in: the rapid-reset policy, the gRPC message limit,
+		// then routing.
+		var h http.Handler = httpHandler{p: p, listener: spec.Name}
+		h = grpcLimitHandler{next: h, maxMsg: maxMsg}
+		h = resetGuardHandler{next: h, guard: l.guard, now: p.now}
 		l.http = &http.Server{
-			Handler:   httpHandler{p: p, listener: spec.Name},
+			Handler:   h,
 			Protocols: protocols,
 			// Bound the time a client may take to send headers (slowloris);
 			// bodies and streams are unbounded by design (uploads, SSE).
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       2 * time.Minute,
-			BaseContext:       func(net.Listener) context.Context { return p.ctx },
-			ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
+			ReadHeaderTimeout: lim.readHeaderTimeout,
+			// HTTP/1 keep-alive and HTTP/2 connections without streams.
+			IdleTimeout: lim.idleTimeout,
+			// HTTP/1 header bytes, and for HTTP/2 the advertised
+			// SETTINGS_MAX_HEADER_LIST_SIZE, which net/http derives from
+			// it (plus 32 bytes per field for ten fields) and enforces
+			// while decoding, so HPACK references cannot expand beyond it;
+			// a request over it gets 431.
+			MaxHeaderBytes: lim.maxHeaderBytes,
+			HTTP2: &http.HTTP2Config{
+				// Streams beyond it are refused (RFC 9113 §5.1.2), and
+				// net/http runs at most this many handlers per connection.
+				MaxConcurrentStreams: lim.maxConcurrentStreams,
+				// Ping a silent connection, close it if the ping is not
+				// answered: a vanished peer's streams end.
+				SendPingTimeout: keepaliveTime,
+				PingTimeout:     keepaliveTimeout,
+			},
+			BaseContext: func(net.Listener) context.Context { return p.ctx },
+			ErrorLog:    slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
 		}
 	}
 	return l
@@ -62,7 +94,7 @@ func (l *listener) bind() error {
 	if err != nil {
 		return fmt.Errorf("listener %q: %w", l.spec.Name, err)
 	}
-	l.ln = ln
+	l.ln = l.guard.wrap(ln)
 	return nil
 }
 
@@ -76,10 +108,20 @@ func (p *Proxy) serve(l *listener) {
 		} else {
 			err = l.http.Serve(l.ln)
 		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+		if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) && !l.closed.Load() {
 			p.log.Error("listener stopped", "listener", l.spec.Name, "err", err)
 		}
 	}()
+}
+
+// stopAccepting closes the listening socket at once, before the drain that
+// follows runs in the background: a reload that rebuilds a listener on the
+// same address (new limits, say) binds it right after, and would otherwise
+// race the drain for it ("address already in use"). Connections already
+// accepted are untouched; the drain ends them.
+func (l *listener) stopAccepting() {
+	l.closed.Store(true)
+	l.ln.Close()
 }
 
 // drain stops accepting at once and lets calls in flight finish until ctx is

@@ -418,8 +418,10 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// drainInBackground stops l without blocking Apply.
+// drainInBackground stops l without blocking Apply; its socket is closed
+// before it returns, so that its address is free for the new listeners.
 func (p *Proxy) drainInBackground(l *listener) {
+	l.stopAccepting()
 	p.serving.Add(1)
 	go func() {
 		defer p.serving.Done()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -83,6 +84,8 @@ func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Tele
 	if maxMsg <= 0 {
 		maxMsg = routes.DefaultMaxMessageBytes
 	}
+	maxHeader := cmp.Or(spec.Limits.MaxHeaderBytes, routes.DefaultUpstreamMaxHeaderBytes)
+	idle := cmp.Or(spec.Limits.IdleTimeout, routes.DefaultUpstreamIdleTimeout)
 	for i, addr := range spec.Endpoints {
 		u.eps = append(u.eps, &endpoint{addr: addr, idx: i})
 		cc, err := grpc.NewClient(addr,
@@ -106,6 +109,13 @@ func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Tele
 			// The proxy must not retry on its own: a retry policy is a
 			// route decision (and would hide failures from telemetry).
 			grpc.WithDisableRetry(),
+			// Response headers and trailers from the upstream are
+			// bounded like a client's requests (SETTINGS_MAX_HEADER_LIST_SIZE,
+			// enforced while decoding); over it the call fails INTERNAL.
+			grpc.WithMaxHeaderListSize(uint32(maxHeader)),
+			// A channel without calls for this long closes its
+			// connections and reconnects on the next call.
+			grpc.WithIdleTimeout(idle),
 		)
 		if err != nil {
 			u.close()
@@ -118,7 +128,10 @@ func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Tele
 		DialContext:         dialer.DialContext,
 		MaxIdleConns:        0, // per-host limit below is what matters
 		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
+		IdleConnTimeout:     idle,
+		// HTTP/1 response header bytes and the HTTP/2 header list size
+		// (advertised and enforced while decoding, trailers included).
+		MaxResponseHeaderBytes: int64(maxHeader),
 		// Transparency: never add Accept-Encoding nor decompress what the
 		// upstream sends.
 		DisableCompression:    true,

@@ -86,9 +86,78 @@ type Listener struct {
 	// only). From anyone else they are dropped and set afresh by the proxy.
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	// MaxMessageBytes limits one gRPC message in either direction
-	// (0: DefaultMaxMessageBytes).
+	// (0: DefaultMaxMessageBytes). On an http listener it applies to the
+	// messages of gRPC requests that arrive there.
 	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// Limits bounds what one client may hold of the proxy: header sizes,
+	// streams, connections and time (zero fields: safe defaults).
+	Limits ListenerLimits `yaml:"limits"`
 }
+
+// ListenerLimits are a listener's protection against clients that hold
+// memory, goroutines or sockets without doing useful work (header-list
+// bombs, stream floods, rapid reset, slowloris). Every zero field takes its
+// documented default; none of them can be switched off. Worst-case memory
+// held by streams is about MaxConnections x MaxConcurrentStreams x
+// max_message_bytes, so lower one of them when a host has little memory.
+type ListenerLimits struct {
+	// MaxHeaderBytes bounds one request's header block: HTTP/1 header
+	// bytes, and the HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE (RFC 9113
+	// §6.5.2: decoded size, 32 bytes of overhead per field), which also
+	// caps HPACK amplification (RFC 7541 §7.3) (0:
+	// DefaultListenerMaxHeaderBytes, at most MaxHeaderBytesLimit).
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxConcurrentStreams is the HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
+	// of each connection (RFC 9113 §5.1.2), and the most calls one
+	// connection may have in progress in the proxy (0:
+	// DefaultMaxConcurrentStreams, at most MaxConcurrentStreamsLimit).
+	MaxConcurrentStreams int `yaml:"max_concurrent_streams"`
+	// IdleTimeout closes a connection that has had no call in progress for
+	// this long (0: DefaultIdleTimeout).
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxConnections caps the connections open at once on the listener;
+	// beyond it a new connection is accepted and closed at once (0:
+	// DefaultMaxConnections, at most MaxConnectionsLimit).
+	MaxConnections int `yaml:"max_connections"`
+	// ReadHeaderTimeout bounds how long a client may take to send a
+	// request's headers (http) or to complete the connection handshake,
+	// the HTTP/2 preface and SETTINGS (grpc): the slowloris bound (0:
+	// DefaultReadHeaderTimeout).
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+}
+
+// Listener and upstream limit defaults: what a zero (unwritten) field of
+// ListenerLimits or UpstreamLimits means, and the most that may be written.
+const (
+	// DefaultListenerMaxHeaderBytes leaves room for large trace context,
+	// baggage and a few binary metadata entries while keeping one stream's
+	// decoded headers small; Envoy's default is 60 KiB.
+	DefaultListenerMaxHeaderBytes = 64 << 10
+	// DefaultMaxConcurrentStreams is the floor RFC 9113 §6.5.2 recommends
+	// (no less than 100) and grpc-go's and Go's order of magnitude.
+	DefaultMaxConcurrentStreams = 100
+	// DefaultIdleTimeout closes connections without calls after two
+	// minutes, as net/http's servers commonly do.
+	DefaultIdleTimeout = 2 * time.Minute
+	// DefaultMaxConnections caps a listener's open connections.
+	DefaultMaxConnections = 1024
+	// DefaultReadHeaderTimeout is the slowloris bound.
+	DefaultReadHeaderTimeout = 10 * time.Second
+
+	// DefaultUpstreamMaxHeaderBytes bounds the response headers (and
+	// trailers) hopwatch accepts from an upstream: upstreams are trusted
+	// more than clients, so the bound is net/http's server default.
+	DefaultUpstreamMaxHeaderBytes = 1 << 20
+	// DefaultUpstreamIdleTimeout closes pooled upstream connections that
+	// carried nothing for this long.
+	DefaultUpstreamIdleTimeout = 90 * time.Second
+
+	// Largest values that may be written: beyond them a "limit" no
+	// longer limits anything.
+	MaxHeaderBytesLimit       = 16 << 20
+	MaxConcurrentStreamsLimit = 10000
+	MaxConnectionsLimit       = 1 << 20
+)
 
 // Route sends matching requests on one listener to one upstream.
 type Route struct {
@@ -282,6 +351,26 @@ type Upstream struct {
 	// Outlier tunes passive outlier ejection of endpoints that fail
 	// repeatedly (nil: ejection runs with the defaults).
 	Outlier *Outlier `yaml:"outlier"`
+	// Limits bounds what an upstream's answers may hold of the proxy
+	// (zero fields: safe defaults).
+	Limits UpstreamLimits `yaml:"limits"`
+}
+
+// UpstreamLimits bound the proxy's client side of one upstream. Every zero
+// field takes its documented default. The number of calls in flight is
+// bounded by Upstream.MaxConcurrent (the bulkhead); the streams per
+// connection are the upstream server's to set (its
+// SETTINGS_MAX_CONCURRENT_STREAMS), and both grpc-go and net/http honour
+// them.
+type UpstreamLimits struct {
+	// MaxHeaderBytes bounds the response headers and trailers accepted
+	// from the upstream (HTTP/1 header bytes, HTTP/2 header list size,
+	// advertised to the upstream as SETTINGS_MAX_HEADER_LIST_SIZE)
+	// (0: DefaultUpstreamMaxHeaderBytes, at most MaxHeaderBytesLimit).
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// IdleTimeout closes pooled connections to the upstream that carried
+	// no call for this long (0: DefaultUpstreamIdleTimeout).
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
 }
 
 // Breaker is the per-upstream circuit breaker. It trips when, over the

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 )
@@ -154,6 +155,37 @@ func (v *validator) listeners() {
 		if l.MaxMessageBytes < 0 {
 			v.errorf(p+".max_message_bytes", "must not be negative (0 means the default, %d)", DefaultMaxMessageBytes)
 		}
+		v.listenerLimits(p+".limits", &l.Limits)
+	}
+}
+
+func (v *validator) listenerLimits(p string, l *ListenerLimits) {
+	v.intLimit(p+".max_header_bytes", l.MaxHeaderBytes, DefaultListenerMaxHeaderBytes, MaxHeaderBytesLimit)
+	v.intLimit(p+".max_concurrent_streams", l.MaxConcurrentStreams, DefaultMaxConcurrentStreams, MaxConcurrentStreamsLimit)
+	v.intLimit(p+".max_connections", l.MaxConnections, DefaultMaxConnections, MaxConnectionsLimit)
+	v.durationLimit(p+".idle_timeout", l.IdleTimeout, DefaultIdleTimeout)
+	v.durationLimit(p+".read_header_timeout", l.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+}
+
+func (v *validator) upstreamLimits(p string, l *UpstreamLimits) {
+	v.intLimit(p+".max_header_bytes", l.MaxHeaderBytes, DefaultUpstreamMaxHeaderBytes, MaxHeaderBytesLimit)
+	v.durationLimit(p+".idle_timeout", l.IdleTimeout, DefaultUpstreamIdleTimeout)
+}
+
+// intLimit checks a count or size limit: 0 is the default, and a limit
+// must be neither negative nor so large that it no longer limits.
+func (v *validator) intLimit(p string, n, def, most int) {
+	switch {
+	case n < 0:
+		v.errorf(p, "must not be negative (0 means the default, %d)", def)
+	case n > most:
+		v.errorf(p, "%d is above the most allowed, %d (0 means the default, %d)", n, most, def)
+	}
+}
+
+func (v *validator) durationLimit(p string, d, def time.Duration) {
+	if d < 0 {
+		v.errorf(p, "must not be negative (0 means the default, %s)", def)
 	}
 }
 
@@ -264,6 +296,7 @@ func (v *validator) upstreams() {
 		if u.Outlier != nil {
 			v.outlier(p+".outlier", u.Outlier)
 		}
+		v.upstreamLimits(p+".limits", &u.Limits)
 	}
 }
 

@@ -103,6 +103,25 @@ func TestValidate(t *testing.T) {
 			[]want{{"listeners[1].trusted_proxies[0]", `invalid CIDR or IP "10.0.0.0/33"`}}},
 		{"negative listener max message", func(s *Spec) { s.Listeners[0].MaxMessageBytes = -1 },
 			[]want{{"listeners[0].max_message_bytes", "must not be negative"}}},
+		{"listener limits negative", func(s *Spec) {
+			s.Listeners[0].Limits = ListenerLimits{MaxHeaderBytes: -1, MaxConcurrentStreams: -1, IdleTimeout: -time.Second, MaxConnections: -1, ReadHeaderTimeout: -time.Second}
+		}, []want{
+			{"listeners[0].limits.max_header_bytes", "must not be negative (0 means the default, 65536)"},
+			{"listeners[0].limits.max_concurrent_streams", "must not be negative (0 means the default, 100)"},
+			{"listeners[0].limits.max_connections", "must not be negative (0 means the default, 1024)"},
+			{"listeners[0].limits.idle_timeout", "must not be negative (0 means the default, 2m0s)"},
+			{"listeners[0].limits.read_header_timeout", "must not be negative (0 means the default, 10s)"},
+		}},
+		{"listener limits absurd", func(s *Spec) {
+			s.Listeners[1].Limits = ListenerLimits{MaxHeaderBytes: 1 << 30, MaxConcurrentStreams: 1 << 20, MaxConnections: 1 << 30}
+		}, []want{
+			{"listeners[1].limits.max_header_bytes", "1073741824 is above the most allowed, 16777216"},
+			{"listeners[1].limits.max_concurrent_streams", "1048576 is above the most allowed, 10000"},
+			{"listeners[1].limits.max_connections", "1073741824 is above the most allowed, 1048576"},
+		}},
+		{"listener limits at the most allowed", func(s *Spec) {
+			s.Listeners[1].Limits = ListenerLimits{MaxHeaderBytes: MaxHeaderBytesLimit, MaxConcurrentStreams: MaxConcurrentStreamsLimit, MaxConnections: MaxConnectionsLimit}
+		}, nil},
 
 		// Upstreams.
 		{"upstream name required", func(s *Spec) { s.Upstreams[2].Name = ""; s.Routes = s.Routes[:2] },
@@ -129,6 +148,14 @@ func TestValidate(t *testing.T) {
 			[]want{{"upstreams[0].dial_timeout", "must not be negative"}}},
 		{"negative upstream max message", func(s *Spec) { s.Upstreams[0].MaxMessageBytes = -1 },
 			[]want{{"upstreams[0].max_message_bytes", "must not be negative"}}},
+		{"upstream limits negative", func(s *Spec) {
+			s.Upstreams[2].Limits = UpstreamLimits{MaxHeaderBytes: -1, IdleTimeout: -time.Second}
+		}, []want{
+			{"upstreams[2].limits.max_header_bytes", "must not be negative (0 means the default, 1048576)"},
+			{"upstreams[2].limits.idle_timeout", "must not be negative (0 means the default, 1m30s)"},
+		}},
+		{"upstream limits absurd", func(s *Spec) { s.Upstreams[0].Limits.MaxHeaderBytes = MaxHeaderBytesLimit + 1 },
+			[]want{{"upstreams[0].limits.max_header_bytes", "16777217 is above the most allowed, 16777216"}}},
 
 		// Routes.
 		{"route name required", func(s *Spec) { s.Routes[0].Name = "" },
