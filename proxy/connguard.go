@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // limits is a listener's ListenerLimits with every default filled in.
@@ -100,6 +101,15 @@ func (p *Proxy) ListenerStats() map[string]ListenerStats {
 	out := make(map[string]ListenerStats, len(p.listeners))
 	for name, l := range p.listeners {
 		out[name] = l.guard.counters.stats()
+	}
+	return out
+}
+
+// listenerCounts adapts ListenerStats for telemetry's listener metrics.
+func (p *Proxy) listenerCounts() map[string]telemetry.ListenerCounts {
+	out := map[string]telemetry.ListenerCounts{}
+	for name, s := range p.ListenerStats() {
+		out[name] = telemetry.ListenerCounts{Open: s.Open, Refused: s.Refused, ResetFloods: s.ResetFloods}
 	}
 	return out
 }

@@ -882,3 +882,34 @@ func TestListenerLimitsReload(t *testing.T) {
 		t.Fatalf("stats after the reload: %+v, want the refusal before it still counted", st)
 	}
 }
+
+// TestListenerMetrics: the connection counters reach /metrics under the
+// listener's name.
+func TestListenerMetrics(t *testing.T) {
+	echo := startEcho(t)
+	env := startResEnv(t, &routes.Spec{
+		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC,
+			Limits: routes.ListenerLimits{MaxConnections: 1}}},
+		Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
+		Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{echo.addr}}},
+	})
+	held, err := net.Dial("tcp", env.grpcAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	waitFor(t, "one open connection", func() bool {
+		return env.metric(t, "hopwatch_listener_connections", map[string]string{"listener": "grpc"}) == 1
+	})
+	extra, err := net.Dial("tcp", env.grpcAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	waitFor(t, "the refusal counted", func() bool {
+		return env.metric(t, "hopwatch_listener_connections_refused_total", map[string]string{"listener": "grpc"}) == 1
+	})
+	if n := env.metric(t, "hopwatch_listener_reset_floods_total", map[string]string{"listener": "grpc"}); n != 0 {
+		t.Errorf("reset floods = %v", n)
+	}
+}

@@ -90,6 +90,7 @@ func New(opts Options) *Proxy {
 		res:          map[string]*resilience{},
 	}
 	p.replay = fallback.NewMemory(routes.DefaultReplayMaxBytes, p.tel.ReplayBytes)
+	p.tel.WatchListeners(p.listenerCounts)
 	if p.log == nil {
 		p.log = slog.Default()
 	}

@@ -49,7 +49,8 @@ type Telemetry struct {
 	now     func() time.Time
 	log     *slog.Logger
 
-	replay replayMetrics
+	replay    replayMetrics
+	listeners *listenerCollector
 
 	fbMu     sync.Mutex              // guards fbCounts
 	fbCounts map[FallbackCount]int64 // keys have Count 0
@@ -106,6 +107,7 @@ func New(opts Options) (*Telemetry, error) {
 		now:        opts.Now,
 		log:        opts.Logger,
 		replay:     newReplayMetrics(opts.Registry),
+		listeners:  newListenerCollector(opts.Registry),
 		Store:      store,
 		Stats:      NewStats(),
 	}, nil
