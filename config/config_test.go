@@ -86,8 +86,8 @@ func invalidCases() []invalidCase {
 		},
 		{
 			name: "negative duration",
-			yaml: base + "    timeout: -1s\n",
-			line: 13, path: "routes[0].timeout",
+			yaml: upstreamLast + "    dial_timeout: -1s\n",
+			line: 13, path: "upstreams[0].dial_timeout",
 			msg: "must not be negative",
 		},
 		{
