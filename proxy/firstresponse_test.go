@@ -176,14 +176,22 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 			}
 			p := startFirstResponseProxy(t, spec, firstResponse)
 			cc := dial(t, p.Addr("in").String())
-			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-			defer cancel()
+			// byProxy fails the test if the client's own deadline, not the
+			// proxy, ended the call.
+			byProxy := func(t *testing.T, ctx context.Context) {
+				if ctx.Err() != nil {
+					t.Fatal("the client's own deadline ended the call, not the proxy's first-response timeout")
+				}
+			}
 
 			t.Run("stuck upstream", func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+				defer cancel()
 				o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-block", "1"), []byte("q"))
 				if o.Code != codes.DeadlineExceeded {
 					t.Fatalf("got %v, want DeadlineExceeded", o)
 				}
+				byProxy(t, ctx)
 				select {
 				case <-backend.canceled:
 				case <-time.After(waitLong):
@@ -191,12 +199,17 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 				}
 			})
 			t.Run("black hole", func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+				defer cancel()
 				o := unary(ctx, cc, "/hole.v1.Hole/Call", nil, []byte("q"))
 				if o.Code != codes.DeadlineExceeded {
 					t.Fatalf("got %v, want DeadlineExceeded", o)
 				}
+				byProxy(t, ctx)
 			})
 			t.Run("server stream outlives the timeout", func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+				defer cancel()
 				md := metadata.Pairs("x-count", "2", "x-size", "8", "x-sleep-ms", strconv.Itoa(int(3*firstResponse/time.Millisecond)))
 				o := stream(ctx, cc, "/"+echoService+"/ServerStream", md, [][]byte{[]byte("q")})
 				if o.Code != codes.OK || len(o.Msgs) != 2 {
