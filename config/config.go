@@ -50,6 +50,12 @@ type Admin struct {
 	// Prometheus scraping from another pod. It is a separate switch so that
 	// exposing config and traces is always a written decision.
 	AllowRemote bool `yaml:"allow_remote"`
+	// AllowedHosts lists host names (no port) that requests to the admin
+	// server may carry in Host, besides IP literals and localhost, which
+	// are always accepted; any other Host gets 403, which defeats DNS
+	// rebinding. Name here what scrapers and browsers use to reach it,
+	// e.g. hopwatch.monitoring.svc.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // Section stands for a top-level section whose feature is not implemented

@@ -158,6 +158,12 @@ func invalidCases() []invalidCase {
 			msg: "10.0.0.1:9901 is not a loopback address; the admin server exposes config and traces, so set admin.allow_remote: true",
 		},
 		{
+			name: "admin allowed host with a port",
+			yaml: base + "admin:\n  allowed_hosts: [ok.example, \"hopwatch.svc:9901\"]\n",
+			line: 14, path: "admin.allowed_hosts[1]",
+			msg: `invalid host name "hopwatch.svc:9901": write the name only, without scheme or port`,
+		},
+		{
 			name: "admin on all interfaces",
 			yaml: base + "admin: {address: 0.0.0.0:9901}\n",
 			line: 13, path: "admin.address",

@@ -75,7 +75,7 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	}
 	a.admin = admin.New(admin.Options{
 		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
-		Traces: tel.Store, Hops: tel.Stats,
+		Traces: tel.Store, Hops: tel.Stats, AllowedHosts: cfg.Admin.AllowedHosts,
 		Breakers: func() any {
 			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": tel.FallbackCounts()}
 		},
@@ -125,6 +125,7 @@ func (a *app) reload(trigger string) {
 		var partial *proxy.PartialError
 		if err == nil || errors.As(err, &partial) {
 			a.cfg = cfg
+			a.admin.SetAllowedHosts(cfg.Admin.AllowedHosts)
 		}
 	}
 	res.OK = err == nil
