@@ -99,6 +99,8 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 				Listeners: []routes.Listener{{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP}},
 				Routes: []routes.Route{
 					{Name: "hole", Listener: "http", Match: routes.Match{PathPrefix: "/hole/"}, Upstream: "hole"},
+					{Name: "hole-retry", Listener: "http", Match: routes.Match{PathPrefix: "/retry/"}, Upstream: "hole",
+						Retry: &routes.Retry{Attempts: 2, On: []string{"503", "connect-failure"}}},
 					{Name: "hole-none", Listener: "http", Match: routes.Match{PathPrefix: "/none/"}, Upstream: "hole", Timeout: -1},
 					{Name: "stream", Listener: "http", Upstream: "stream"},
 				},
@@ -122,15 +124,17 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 					b, err := io.ReadAll(resp.Body)
 					return resp, string(b), err
 				}
-				t.Run(clientProto+" client/black hole", func(t *testing.T) {
-					resp, body, err := get("/hole/x", waitLong)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if resp.StatusCode != http.StatusGatewayTimeout || body != "hopwatch: upstream timeout\n" {
-						t.Fatalf("got %d %q, want 504 hopwatch: upstream timeout", resp.StatusCode, body)
-					}
-				})
+				for _, path := range []string{"/hole/x", "/retry/x"} {
+					t.Run(clientProto+" client/black hole "+path, func(t *testing.T) {
+						resp, body, err := get(path, waitLong)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if resp.StatusCode != http.StatusGatewayTimeout || body != "hopwatch: upstream timeout\n" {
+							t.Fatalf("got %d %q, want 504 hopwatch: upstream timeout", resp.StatusCode, body)
+						}
+					})
+				}
 				t.Run(clientProto+" client/stream outlives the timeout", func(t *testing.T) {
 					resp, body, err := get("/s", waitLong)
 					if err != nil {
@@ -167,6 +171,8 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 				Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: lproto}},
 				Routes: []routes.Route{
 					{Name: "hole", Listener: "in", Match: routes.Match{GRPCMethod: "/hole.v1.Hole/Call"}, Upstream: "hole"},
+					{Name: "echo-retry", Listener: "in", Match: routes.Match{GRPCMethod: "/" + echoService + "/ClientStream"}, Upstream: "echo",
+						Retry: &routes.Retry{Attempts: 2, On: []string{"unavailable"}}},
 					{Name: "echo", Listener: "in", Upstream: "echo"},
 				},
 				Upstreams: []routes.Upstream{
@@ -188,6 +194,20 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 				defer cancel()
 				o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-block", "1"), []byte("q"))
+				if o.Code != codes.DeadlineExceeded {
+					t.Fatalf("got %v, want DeadlineExceeded", o)
+				}
+				byProxy(t, ctx)
+				select {
+				case <-backend.canceled:
+				case <-time.After(waitLong):
+					t.Fatal("the upstream call was not canceled")
+				}
+			})
+			t.Run("stuck upstream, route with retries", func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+				defer cancel()
+				o := stream(ctx, cc, "/"+echoService+"/ClientStream", metadata.Pairs("x-block", "1"), [][]byte{[]byte("q")})
 				if o.Code != codes.DeadlineExceeded {
 					t.Fatalf("got %v, want DeadlineExceeded", o)
 				}

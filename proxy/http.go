@@ -266,6 +266,12 @@ func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, errRejected) {
 				hopFrom(r.Context()).Rejected(reasonOf(err))
+			} else if cerr := r.Context().Err(); cerr != nil {
+				// The request's context ended (client gone, route or
+				// first-response timeout): that is why the call failed,
+				// whatever the transport saw on the way (a retry loop's
+				// detached attempt reports its own cancellation).
+				err = cerr
 			}
 			writeError(w, r, upstreamError(err))
 		},
