@@ -194,8 +194,8 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 				defer cancel()
 				o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-block", "1"), []byte("q"))
-				if o.Code != codes.DeadlineExceeded {
-					t.Fatalf("got %v, want DeadlineExceeded", o)
+				if o.Code != codes.DeadlineExceeded || o.Message != "hopwatch: upstream timeout" {
+					t.Fatalf("got %v, want DEADLINE_EXCEEDED from hopwatch", o)
 				}
 				byProxy(t, ctx)
 				select {
@@ -208,8 +208,8 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 				defer cancel()
 				o := stream(ctx, cc, "/"+echoService+"/ClientStream", metadata.Pairs("x-block", "1"), [][]byte{[]byte("q")})
-				if o.Code != codes.DeadlineExceeded {
-					t.Fatalf("got %v, want DeadlineExceeded", o)
+				if o.Code != codes.DeadlineExceeded || o.Message != "hopwatch: upstream timeout" {
+					t.Fatalf("got %v, want DEADLINE_EXCEEDED from hopwatch", o)
 				}
 				byProxy(t, ctx)
 				select {
@@ -222,8 +222,8 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 				defer cancel()
 				o := unary(ctx, cc, "/hole.v1.Hole/Call", nil, []byte("q"))
-				if o.Code != codes.DeadlineExceeded {
-					t.Fatalf("got %v, want DeadlineExceeded", o)
+				if o.Code != codes.DeadlineExceeded || o.Message != "hopwatch: upstream timeout" {
+					t.Fatalf("got %v, want DEADLINE_EXCEEDED from hopwatch", o)
 				}
 				byProxy(t, ctx)
 			})

@@ -84,10 +84,11 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 		return grpcError(errNoRoute, method)
 	}
 	rt := gen.routes[idx]
+	var fr *firstResponse
 	if rt.spec.Timeout == 0 {
 		// No written timeout: bound the wait for the first response
 		// (headers, a message or the status), not a stream once begun.
-		fr := newFirstResponse(ctx, p.firstResp)
+		fr = newFirstResponse(ctx, p.firstResp)
 		defer fr.release()
 		ss = &firstResponseStream{ServerStream: ss, fr: fr}
 		ctx = fr
@@ -100,6 +101,13 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 		err = p.callGRPCResilient(clientCtx, ctx, ss, rt, hop, md, method)
 	} else {
 		err = p.callGRPC(ctx, ss, rt, hop, md, method)
+	}
+	if fr != nil && status.Code(err) == codes.DeadlineExceeded && errors.Is(fr.Err(), context.DeadlineExceeded) {
+		// Nothing reached the client before the deadline (the first
+		// response would have lifted it), so the status is still ours to
+		// word, as on the HTTP listener, rather than grpc-go's "context
+		// deadline exceeded".
+		err = grpcError(errTimeout, method)
 	}
 	code := status.Code(err)
 	hop.End(code.String(), telemetry.GRPCOutcome(code, errors.Is(clientCtx.Err(), context.Canceled)))
