@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"sync"
 	"time"
 
@@ -10,9 +11,13 @@ import (
 )
 
 // firstResponse is the context of a call on a route without a written
-// timeout: it ends with context.DeadlineExceeded when the upstream's
-// response has not started within the first-response timeout, unless
-// started is called first, and with its parent in any case.
+// timeout: it ends with context.DeadlineExceeded when the first-response
+// timeout passes with no progress (the upstream's response has not
+// started and the client has sent nothing more), unless started is called
+// first, and with its parent in any case. Client progress (touch) restarts
+// the clock: an upstream only owes a response once it has the request, and
+// a client stream (audio, a long upload) may take longer than the timeout
+// to send before any answer is due.
 //
 // A plain deadline cannot do this: it would also cut a healthy stream (SSE
 // tokens, a gRPC server stream, a WebSocket) that runs longer than the
@@ -30,14 +35,16 @@ type firstResponse struct {
 	timer       *time.Timer
 	unhook      func() bool // stops following inner
 
-	mu    sync.Mutex // guards err and hooks
+	d     time.Duration
+	mu    sync.Mutex // guards the fields below
 	err   error
+	begun bool // the response has started: the timer stays stopped
 	hooks map[*func()]struct{}
 }
 
 func newFirstResponse(parent context.Context, d time.Duration) *firstResponse {
 	inner, cancel := context.WithCancelCause(parent)
-	c := &firstResponse{Context: inner, cancelInner: cancel, done: make(chan struct{})}
+	c := &firstResponse{Context: inner, cancelInner: cancel, done: make(chan struct{}), d: d}
 	c.timer = time.AfterFunc(d, func() { c.end(context.DeadlineExceeded) })
 	c.unhook = context.AfterFunc(inner, func() { c.end(inner.Err()) })
 	return c
@@ -71,7 +78,24 @@ func (c *firstResponse) Err() error {
 
 // started lifts the first-response bound: the response has begun, and from
 // now on only the client (or the route's explicit timeout) ends the call.
-func (c *firstResponse) started() { c.timer.Stop() }
+func (c *firstResponse) started() {
+	c.mu.Lock()
+	c.begun = true
+	c.mu.Unlock()
+	c.timer.Stop()
+}
+
+// touch notes the client's progress (request bytes or a message): the
+// timeout counts again from now. A touch that races with the timer firing
+// does not save the call.
+func (c *firstResponse) touch() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.begun || c.err != nil {
+		return
+	}
+	c.timer.Reset(c.d)
+}
 
 // release ends the context once the call is over.
 func (c *firstResponse) release() {
@@ -123,10 +147,33 @@ func (c *firstResponse) end(err error) {
 
 // firstResponseStream is a gRPC server stream whose context is a
 // firstResponse that its first response to the client (headers or a
-// message) lifts. A trailers-only response ends the call anyway.
+// message) lifts and every client message restarts. A trailers-only
+// response ends the call anyway.
 type firstResponseStream struct {
 	grpc.ServerStream
 	fr *firstResponse
+}
+
+func (s *firstResponseStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if err == nil {
+		s.fr.touch()
+	}
+	return err
+}
+
+// touchBody is an HTTP request body whose reads restart a firstResponse.
+type touchBody struct {
+	io.ReadCloser
+	fr *firstResponse
+}
+
+func (b *touchBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.fr.touch()
+	}
+	return n, err
 }
 
 func (s *firstResponseStream) Context() context.Context { return s.fr }

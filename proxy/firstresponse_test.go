@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
@@ -85,6 +87,9 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 		t.Run(upProto+" upstream", func(t *testing.T) {
 			hole := startBlackHole(t)
 			stream := startHTTPUpstream(t, upProto, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				// The response starts once the request body is in.
+				n, _ := io.Copy(io.Discard, r.Body)
+				w.Header().Set("X-Received", strconv.FormatInt(n, 10))
 				w.Header().Set("Content-Type", "text/event-stream")
 				io.WriteString(w, "data: first\n\n")
 				w.(http.Flusher).Flush()
@@ -144,6 +149,34 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 						t.Fatalf("got %d %q, want the whole stream", resp.StatusCode, body)
 					}
 				})
+				t.Run(clientProto+" client/slow upload outlives the timeout", func(t *testing.T) {
+					// The client takes three timeouts to send its body; the
+					// upstream answers once it has it all.
+					pr, pw := io.Pipe()
+					go func() {
+						for range 6 {
+							time.Sleep(firstResponse / 2)
+							if _, err := pw.Write([]byte("chunk")); err != nil {
+								return
+							}
+						}
+						pw.Close()
+					}()
+					ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+					defer cancel()
+					req, _ := http.NewRequestWithContext(ctx, "POST", proxyURL(p, "http")+"/upload", pr)
+					resp, err := client.Do(req)
+					if err != nil {
+						t.Fatal(err)
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					pr.Close()
+					if resp.StatusCode != 200 || resp.Header.Get("X-Received") != "30" || string(b) != "data: first\n\ndata: last\n\n" {
+						t.Fatalf("got %d received=%s %q, want 200 with the whole body sent and the whole stream back",
+							resp.StatusCode, resp.Header.Get("X-Received"), b)
+					}
+				})
 				t.Run(clientProto+" client/negative timeout is none", func(t *testing.T) {
 					// The client's own deadline, well past the first-response
 					// timeout, is what ends the call.
@@ -171,7 +204,7 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 				Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: lproto}},
 				Routes: []routes.Route{
 					{Name: "hole", Listener: "in", Match: routes.Match{GRPCMethod: "/hole.v1.Hole/Call"}, Upstream: "hole"},
-					{Name: "echo-retry", Listener: "in", Match: routes.Match{GRPCMethod: "/" + echoService + "/ClientStream"}, Upstream: "echo",
+					{Name: "echo-retry", Listener: "in", Match: routes.Match{Headers: map[string]string{"x-route": "retry"}}, Upstream: "echo",
 						Retry: &routes.Retry{Attempts: 2, On: []string{"unavailable"}}},
 					{Name: "echo", Listener: "in", Upstream: "echo"},
 				},
@@ -207,7 +240,7 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 			t.Run("stuck upstream, route with retries", func(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 				defer cancel()
-				o := stream(ctx, cc, "/"+echoService+"/ClientStream", metadata.Pairs("x-block", "1"), [][]byte{[]byte("q")})
+				o := stream(ctx, cc, "/"+echoService+"/ClientStream", metadata.Pairs("x-block", "1", "x-route", "retry"), [][]byte{[]byte("q")})
 				if o.Code != codes.DeadlineExceeded || o.Message != "hopwatch: upstream timeout" {
 					t.Fatalf("got %v, want DEADLINE_EXCEEDED from hopwatch", o)
 				}
@@ -227,6 +260,32 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 				}
 				byProxy(t, ctx)
 			})
+			for _, route := range []string{"plain", "retry"} {
+				t.Run("slow client stream outlives the timeout, "+route+" route", func(t *testing.T) {
+					// The upstream answers a client stream once it has ended;
+					// the client takes three timeouts to send it.
+					ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+					defer cancel()
+					ctx = metadata.AppendToOutgoingContext(ctx, "x-route", route)
+					cs, err := cc.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, "/"+echoService+"/ClientStream")
+					if err != nil {
+						t.Fatal(err)
+					}
+					for range 6 {
+						time.Sleep(firstResponse / 2)
+						if err := cs.SendMsg(wrapperspb.Bytes([]byte("chunk"))); err != nil {
+							t.Fatalf("send: %v", err)
+						}
+					}
+					if err := cs.CloseSend(); err != nil {
+						t.Fatal(err)
+					}
+					out := new(wrapperspb.BytesValue)
+					if err := cs.RecvMsg(out); err != nil || string(out.Value) != strings.Repeat("chunk", 6) {
+						t.Fatalf("got %q, %v; want the six chunks back", out.Value, err)
+					}
+				})
+			}
 			t.Run("server stream outlives the timeout", func(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 				defer cancel()

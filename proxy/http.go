@@ -71,12 +71,16 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case rt.spec.Timeout == 0:
 		// No written timeout: bound the wait for the response headers, not
 		// the stream that may follow (the recorder lifts the bound when
-		// they are written). Negative: no timeout at all.
+		// they are written), counting from the client's last request
+		// bytes (touchBody). Negative: no timeout at all.
 		fr = newFirstResponse(ctx, h.p.firstResp)
 		defer fr.release()
 		ctx = fr
 	}
 	r = r.WithContext(ctx) // a shallow copy: the inbound request is untouched
+	if fr != nil && r.Body != nil && r.Body != http.NoBody {
+		r.Body = &touchBody{ReadCloser: r.Body, fr: fr} // on the copy
+	}
 
 	// net/http adds a Date header when the handler sets none; a nil entry
 	// suppresses that, so the client sees the upstream's Date or none, as it

@@ -80,7 +80,8 @@ type Route struct {
 	// Timeout bounds the whole upstream call, streams included, when it is
 	// written (> 0). Unwritten (0), DefaultFirstResponseTimeout bounds only
 	// the wait for the response to start (HTTP: its status and headers;
-	// gRPC: its headers, first message or status), so that a black-holed
+	// gRPC: its headers, first message or status), counted from the
+	// client's last request bytes or message, so that a black-holed
 	// upstream cannot hold a client forever while a healthy long stream
 	// (SSE tokens, gRPC server streams, WebSockets) runs as long as the
 	// client keeps it. Negative (e.g. -1s): no proxy timeout at all, only
