@@ -162,6 +162,18 @@ func (s *firstResponseStream) RecvMsg(m any) error {
 	return err
 }
 
+func (s *firstResponseStream) Context() context.Context { return s.fr }
+
+func (s *firstResponseStream) SendHeader(md metadata.MD) error {
+	s.fr.started()
+	return s.ServerStream.SendHeader(md)
+}
+
+func (s *firstResponseStream) SendMsg(m any) error {
+	s.fr.started()
+	return s.ServerStream.SendMsg(m)
+}
+
 // touchBody is an HTTP request body whose reads restart a firstResponse.
 type touchBody struct {
 	io.ReadCloser
@@ -174,16 +186,4 @@ func (b *touchBody) Read(p []byte) (int, error) {
 		b.fr.touch()
 	}
 	return n, err
-}
-
-func (s *firstResponseStream) Context() context.Context { return s.fr }
-
-func (s *firstResponseStream) SendHeader(md metadata.MD) error {
-	s.fr.started()
-	return s.ServerStream.SendHeader(md)
-}
-
-func (s *firstResponseStream) SendMsg(m any) error {
-	s.fr.started()
-	return s.ServerStream.SendMsg(m)
 }

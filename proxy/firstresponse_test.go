@@ -77,6 +77,14 @@ func startFirstResponseProxy(t *testing.T, spec *routes.Spec, d time.Duration) *
 
 const firstResponse = 300 * time.Millisecond
 
+// progressChunks and progressGap: a client that sends this many chunks this
+// far apart takes longer than firstResponse in all, while each gap leaves
+// a wide margin for a loaded machine.
+const (
+	progressChunks = 10
+	progressGap    = firstResponse / 5
+)
+
 // TestHTTPFirstResponseTimeout: a route without a timeout answers 504 when
 // the upstream accepts the connection but never answers, instead of
 // holding the client forever; but a response that has begun (a slow
@@ -94,7 +102,7 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 				io.WriteString(w, "data: first\n\n")
 				w.(http.Flusher).Flush()
 				select {
-				case <-time.After(3 * firstResponse): // a healthy pause between tokens
+				case <-time.After(2 * firstResponse): // a healthy pause between tokens
 				case <-r.Context().Done():
 					return
 				}
@@ -150,12 +158,12 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 					}
 				})
 				t.Run(clientProto+" client/slow upload outlives the timeout", func(t *testing.T) {
-					// The client takes three timeouts to send its body; the
+					// The client takes two timeouts to send its body; the
 					// upstream answers once it has it all.
 					pr, pw := io.Pipe()
 					go func() {
-						for range 6 {
-							time.Sleep(firstResponse / 2)
+						for range progressChunks {
+							time.Sleep(progressGap)
 							if _, err := pw.Write([]byte("chunk")); err != nil {
 								return
 							}
@@ -172,7 +180,7 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 					b, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
 					pr.Close()
-					if resp.StatusCode != 200 || resp.Header.Get("X-Received") != "30" || string(b) != "data: first\n\ndata: last\n\n" {
+					if resp.StatusCode != 200 || resp.Header.Get("X-Received") != strconv.Itoa(5*progressChunks) || string(b) != "data: first\n\ndata: last\n\n" {
 						t.Fatalf("got %d received=%s %q, want 200 with the whole body sent and the whole stream back",
 							resp.StatusCode, resp.Header.Get("X-Received"), b)
 					}
@@ -180,7 +188,7 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 				t.Run(clientProto+" client/negative timeout is none", func(t *testing.T) {
 					// The client's own deadline, well past the first-response
 					// timeout, is what ends the call.
-					_, _, err := get("/none/x", 4*firstResponse)
+					_, _, err := get("/none/x", 2*firstResponse)
 					if !errors.Is(err, context.DeadlineExceeded) {
 						t.Fatalf("got %v, want the client's own deadline to end the call", err)
 					}
@@ -263,7 +271,7 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 			for _, route := range []string{"plain", "retry"} {
 				t.Run("slow client stream outlives the timeout, "+route+" route", func(t *testing.T) {
 					// The upstream answers a client stream once it has ended;
-					// the client takes three timeouts to send it.
+					// the client takes two timeouts to send it.
 					ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 					defer cancel()
 					ctx = metadata.AppendToOutgoingContext(ctx, "x-route", route)
@@ -271,8 +279,8 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					for range 6 {
-						time.Sleep(firstResponse / 2)
+					for range progressChunks {
+						time.Sleep(progressGap)
 						if err := cs.SendMsg(wrapperspb.Bytes([]byte("chunk"))); err != nil {
 							t.Fatalf("send: %v", err)
 						}
@@ -281,15 +289,15 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 						t.Fatal(err)
 					}
 					out := new(wrapperspb.BytesValue)
-					if err := cs.RecvMsg(out); err != nil || string(out.Value) != strings.Repeat("chunk", 6) {
-						t.Fatalf("got %q, %v; want the six chunks back", out.Value, err)
+					if err := cs.RecvMsg(out); err != nil || string(out.Value) != strings.Repeat("chunk", progressChunks) {
+						t.Fatalf("got %q, %v; want every chunk back", out.Value, err)
 					}
 				})
 			}
 			t.Run("server stream outlives the timeout", func(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 				defer cancel()
-				md := metadata.Pairs("x-count", "2", "x-size", "8", "x-sleep-ms", strconv.Itoa(int(3*firstResponse/time.Millisecond)))
+				md := metadata.Pairs("x-count", "2", "x-size", "8", "x-sleep-ms", strconv.Itoa(int(2*firstResponse/time.Millisecond)))
 				o := stream(ctx, cc, "/"+echoService+"/ServerStream", md, [][]byte{[]byte("q")})
 				if o.Code != codes.OK || len(o.Msgs) != 2 {
 					t.Fatalf("got %v, want OK with 2 messages", o)
