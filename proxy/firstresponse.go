@@ -38,8 +38,14 @@ type firstResponse struct {
 	d     time.Duration
 	mu    sync.Mutex // guards the fields below
 	err   error
-	begun bool // the response has started: the timer stays stopped
-	hooks map[*func()]struct{}
+	begun bool   // the response has started: the timer stays stopped
+	hooks []hook // AfterFunc registrations; usually one derived context
+	next  uint64 // id of the next hook
+}
+
+type hook struct {
+	id uint64
+	f  func()
 }
 
 func newFirstResponse(parent context.Context, d time.Duration) *firstResponse {
@@ -114,17 +120,19 @@ func (c *firstResponse) AfterFunc(f func()) (stop func() bool) {
 		go f()
 		return func() bool { return false }
 	}
-	if c.hooks == nil {
-		c.hooks = make(map[*func()]struct{})
-	}
-	key := &f
-	c.hooks[key] = struct{}{}
+	id := c.next
+	c.next++
+	c.hooks = append(c.hooks, hook{id, f})
 	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		_, ok := c.hooks[key]
-		delete(c.hooks, key)
-		return ok
+		for i, h := range c.hooks {
+			if h.id == id {
+				c.hooks = append(c.hooks[:i], c.hooks[i+1:]...)
+				return true
+			}
+		}
+		return false
 	}
 }
 
@@ -140,8 +148,8 @@ func (c *firstResponse) end(err error) {
 	c.hooks = nil
 	c.mu.Unlock()
 	c.cancelInner(err) // context.Cause(c) = err from now on
-	for f := range hooks {
-		go (*f)()
+	for _, h := range hooks {
+		go h.f()
 	}
 }
 
