@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hopwatch/hopwatch/routes"
 )
@@ -252,6 +254,44 @@ func TestGRPCAmbiguousMethods(t *testing.T) {
 					}
 					if tc.want != codes.OK && !strings.HasPrefix(o.Message, "hopwatch: bad request") {
 						t.Fatalf("%s: message %q does not come from hopwatch", tc.method, o.Message)
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestGRPCHostMatch: a host match on gRPC calls reads :authority the way
+// HTTP reads Host, ignoring case, port and a trailing dot, on both
+// listeners; another authority finds no route.
+func TestGRPCHostMatch(t *testing.T) {
+	backend := startEcho(t)
+	for _, lproto := range []string{routes.ListenerGRPC, routes.ListenerHTTP} {
+		t.Run(lproto+" listener", func(t *testing.T) {
+			spec := &routes.Spec{
+				Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: lproto}},
+				Routes:    []routes.Route{{Name: "echo", Listener: "in", Match: routes.Match{Host: "kb.internal", GRPCService: echoService}, Upstream: "echo"}},
+				Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{backend.addr}}},
+			}
+			p := startProxy(t, spec)
+			for _, tc := range []struct {
+				authority string
+				want      codes.Code
+			}{
+				{"kb.internal", codes.OK},
+				{"KB.Internal.:7000", codes.OK},
+				{"kb.internal.evil", codes.Unimplemented},
+			} {
+				t.Run(tc.authority, func(t *testing.T) {
+					cc, err := grpc.NewClient(p.Addr("in").String(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority(tc.authority))
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer cc.Close()
+					ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+					defer cancel()
+					if o := unary(ctx, cc, "/"+echoService+"/Unary", nil, []byte("q")); o.Code != tc.want {
+						t.Fatalf("authority %q: %v, want %v", tc.authority, o, tc.want)
 					}
 				})
 			}

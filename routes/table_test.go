@@ -166,3 +166,28 @@ func FuzzCheckPath(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCheckGRPCMethod: an accepted method is "/" service "/" method with
+// neither part a dot-segment nor anything an upstream would decode.
+func FuzzCheckGRPCMethod(f *testing.F) {
+	for _, s := range []string{"/a.B/C", "/a.B/../C", "/a/%2e", "//x", "/a/b/c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, m string) {
+		if CheckGRPCMethod(m) != nil {
+			return
+		}
+		parts := strings.Split(m, "/")
+		if len(parts) != 3 || parts[0] != "" {
+			t.Fatalf("accepted %q with %d parts", m, len(parts))
+		}
+		for _, p := range parts[1:] {
+			if p == "" || p == "." || p == ".." || strings.ContainsAny(p, "%\\;\x00") {
+				t.Fatalf("accepted %q with part %q", m, p)
+			}
+		}
+		if CheckPath(m) != nil {
+			t.Fatalf("accepted method %q that CheckPath refuses", m)
+		}
+	})
+}
