@@ -134,6 +134,7 @@ func TestHTTPAmbiguousPaths(t *testing.T) {
 		{"plain", "/kb/search?q=1", "", 200, "kb", "", false},
 		{"escapes forwarded as written", "/kb/caf%C3%A9/%41%20b", "", 200, "kb", "", false},
 		{"empty segment kept", "/kb//search", "", 200, "kb", "", false},
+		{"leading double slash", "//evil.example/kb/x", "", 400, "", "", false},
 		{"dots inside names", "/kb/v1.2/...x", "", 200, "kb", "", false},
 		{"dot-dot", "/kb/../admin/secret", "", 400, "", "", false},
 		{"dot-dot at the end", "/kb/..", "", 400, "", "", false},

@@ -143,6 +143,7 @@ var (
 	ErrAmbiguousPath = errors.New("ambiguous request path")
 
 	errNotOriginForm    = fmt.Errorf("%w: not an absolute path", ErrAmbiguousPath)
+	errNetworkPath      = fmt.Errorf("%w: starts with '//'", ErrAmbiguousPath)
 	errDotSegment       = fmt.Errorf("%w: dot-segment", ErrAmbiguousPath)
 	errEncodedSeparator = fmt.Errorf("%w: encoded '/', '\\' or NUL", ErrAmbiguousPath)
 	errBackslash        = fmt.Errorf("%w: backslash", ErrAmbiguousPath)
@@ -165,15 +166,22 @@ var (
 //     servers decode before splitting the path, so that "/kb/..%2Fadmin"
 //     becomes "/kb/../admin" behind the proxy's back;
 //   - no raw '\' (Windows servers and some frameworks read it as '/'), no
-//     control characters, no malformed escapes.
+//     control characters, no malformed escapes;
+//   - it does not start with "//": resolved as a URI reference (RFC 3986
+//     §4.2, a network-path reference), "//evil.example/x" names the host
+//     evil.example, and URL parsers and redirect helpers in many upstream
+//     frameworks read it so.
 //
 // Everything else passes byte for byte: hopwatch does not normalise, it
 // refuses what normalisation would change, so the string matched is the
-// string forwarded. Empty segments ("//") are kept: they cannot climb out
-// of a prefix. CheckPath does not allocate.
+// string forwarded. Empty segments after the first ("/kb//x") are kept:
+// they cannot climb out of a prefix. CheckPath does not allocate.
 func CheckPath(p string) error {
 	if p == "" || p[0] != '/' {
 		return errNotOriginForm
+	}
+	if len(p) > 1 && p[1] == '/' {
+		return errNetworkPath
 	}
 	seg := 1 // start of the current segment
 	for i := 1; i <= len(p); i++ {

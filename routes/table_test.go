@@ -24,6 +24,8 @@ func TestCheckPath(t *testing.T) {
 
 		{"empty", "", false},
 		{"asterisk", "*", false},
+		{"network-path reference", "//evil.example/kb/x", false},
+		{"network-path reference, root", "//", false},
 		{"authority form", "evil.example:443", false},
 		{"dot-dot", "/kb/../admin/secret", false},
 		{"dot-dot at end", "/kb/..", false},
