@@ -5,5 +5,8 @@
 //
 // It sits beside the request path, never on it: it reads what the other
 // packages expose and changes no routing. It listens on loopback unless the
-// configuration says otherwise, because it shows configuration and traces.
+// configuration says otherwise, because it shows configuration and traces,
+// and for the same reason it answers only requests whose Host is an IP
+// literal, localhost or an allowed name (DNS rebinding), and never shows
+// header values or other secrets at /config.
 package admin

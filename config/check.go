@@ -34,6 +34,12 @@ func checkAdmin(c *Config) []routes.FieldError {
 		return []routes.FieldError{{Path: path, Msg: err.Error()}}
 	}
 	var errs []routes.FieldError
+	for i, h := range c.Admin.AllowedHosts {
+		if !isHostName(h) {
+			errs = append(errs, routes.FieldError{Path: fmt.Sprintf("admin.allowed_hosts[%d]", i), Msg: fmt.Sprintf(
+				"invalid host name %q: write the name only, without scheme or port, e.g. hopwatch.monitoring.svc (IP addresses and localhost are always allowed)", h)})
+		}
+	}
 	if host, _, _ := net.SplitHostPort(addr); !c.Admin.AllowRemote && !isLoopback(host) {
 		errs = append(errs, routes.FieldError{Path: path, Msg: fmt.Sprintf(
 			"%s is not a loopback address; the admin server exposes config and traces, so set admin.allow_remote: true to serve it beyond this host", addr)})
@@ -63,4 +69,25 @@ func isLoopback(host string) bool {
 	}
 	a, err := netip.ParseAddr(host)
 	return err == nil && a.Unmap().IsLoopback()
+}
+
+// isHostName accepts a DNS name as it appears in a Host header: labels of
+// letters, digits, '-' and '_', separated by dots, an optional final dot.
+func isHostName(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }

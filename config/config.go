@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"go.yaml.in/yaml/v3"
 
@@ -49,6 +50,12 @@ type Admin struct {
 	// Prometheus scraping from another pod. It is a separate switch so that
 	// exposing config and traces is always a written decision.
 	AllowRemote bool `yaml:"allow_remote"`
+	// AllowedHosts lists host names (no port) that requests to the admin
+	// server may carry in Host, besides IP literals and localhost, which
+	// are always accepted; any other Host gets 403, which defeats DNS
+	// rebinding. Name here what scrapers and browsers use to reach it,
+	// e.g. hopwatch.monitoring.svc.
+	AllowedHosts []string `yaml:"allowed_hosts"`
 }
 
 // Section stands for a top-level section whose feature is not implemented
@@ -56,16 +63,37 @@ type Admin struct {
 // validation rejects it when present. An explicit null counts as absent.
 type Section struct{}
 
+// ErrNotRegular is returned by Load for a path that is not a regular file
+// (a FIFO, a device, a directory).
+var ErrNotRegular = errors.New("not a regular file")
+
 // Load reads and parses the file at path. Problems with the content come
 // back as Errors, all of them, each with file:line:col and field path;
 // problems reading the file come back wrapped (errors.Is(err,
 // fs.ErrNotExist) works).
+//
+// Only a regular file (or a symlink to one, as Kubernetes mounts them) is
+// read. A FIFO at the path would block the open, and then every read, until
+// some writer came along: a reload, /config and shutdown all waited on it.
+// So the path is checked before opening, the open does not block
+// (O_NONBLOCK, which regular files ignore), and the opened file is checked
+// again, since the path may have been replaced in between.
 func Load(path string) (*Config, error) {
-	f, err := os.Open(path)
+	if fi, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("config: %s: %w (%s)", path, ErrNotRegular, fi.Mode().Type())
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("config: %s: %w (%s)", path, ErrNotRegular, fi.Mode().Type())
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxFileBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("config: read %s: %w", path, err)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -86,8 +87,8 @@ func invalidCases() []invalidCase {
 		},
 		{
 			name: "negative duration",
-			yaml: base + "    timeout: -1s\n",
-			line: 13, path: "routes[0].timeout",
+			yaml: upstreamLast + "    dial_timeout: -1s\n",
+			line: 13, path: "upstreams[0].dial_timeout",
 			msg: "must not be negative",
 		},
 		{
@@ -155,6 +156,12 @@ func invalidCases() []invalidCase {
 			yaml: base + "admin:\n  address: 10.0.0.1:9901\n",
 			line: 14, path: "admin.address",
 			msg: "10.0.0.1:9901 is not a loopback address; the admin server exposes config and traces, so set admin.allow_remote: true",
+		},
+		{
+			name: "admin allowed host with a port",
+			yaml: base + "admin:\n  allowed_hosts: [ok.example, \"hopwatch.svc:9901\"]\n",
+			line: 14, path: "admin.allowed_hosts[1]",
+			msg: `invalid host name "hopwatch.svc:9901": write the name only, without scheme or port`,
 		},
 		{
 			name: "admin on all interfaces",
@@ -728,5 +735,63 @@ func TestErrorString(t *testing.T) {
 	errs := config.Errors{{File: "a", Line: 1, Msg: "x"}, {File: "a", Line: 2, Msg: "y"}}
 	if got, want := errs.Error(), "a:1: x\na:2: y"; got != want {
 		t.Errorf("Errors.Error() = %q, want %q", got, want)
+	}
+}
+
+// TestLoadNotRegular: Load refuses what is not a regular file, at once and
+// with a clear error; a FIFO used to block it until a writer came along. A
+// symlink to a regular file (Kubernetes ConfigMap mounts) still loads.
+func TestLoadNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte(base), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo.yaml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("cannot make a FIFO here: %v", err)
+	}
+	linkToGood := filepath.Join(dir, "link-good.yaml")
+	linkToFIFO := filepath.Join(dir, "link-fifo.yaml")
+	if err := os.Symlink(good, linkToGood); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(fifo, linkToFIFO); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, path string
+		ok         bool
+	}{
+		{"regular file", good, true},
+		{"symlink to a regular file", linkToGood, true},
+		{"FIFO", fifo, false},
+		{"symlink to a FIFO", linkToFIFO, false},
+		{"directory", dir, false},
+		{"character device", "/dev/zero", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() {
+				_, err := config.Load(tc.path)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if tc.ok != (err == nil) {
+					t.Fatalf("Load(%s) = %v, want ok=%v", tc.path, err, tc.ok)
+				}
+				if !tc.ok && (!errors.Is(err, config.ErrNotRegular) || !strings.Contains(err.Error(), tc.path)) {
+					t.Fatalf("Load(%s) = %v, want ErrNotRegular naming the file", tc.path, err)
+				}
+			case <-time.After(5 * time.Second):
+				// Unblock the open so that the goroutine ends.
+				if w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+					w.Close()
+				}
+				<-done
+				t.Fatalf("Load(%s) blocked", tc.path)
+			}
+		})
 	}
 }

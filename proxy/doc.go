@@ -9,4 +9,11 @@
 // (route table, upstream pools, listeners) before swapping it in atomically;
 // requests hold the generation they started on until they end, so a reload
 // never cuts a call or a stream in flight.
+//
+// It must never forward what it did not route: a request path or gRPC method
+// that an upstream could read differently from the route table
+// (routes.CheckPath, routes.CheckGRPCMethod), a CONNECT tunnel, or a call to
+// any address but a configured endpoint. And it must never hold a client
+// forever: a route without a timeout still bounds the wait for the first
+// response (Options.FirstResponseTimeout).
 package proxy

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -26,6 +27,9 @@ var (
 	errCanceled = errors.New("client canceled")
 	// errBadGateway: the upstream broke the exchange (reset, bad response).
 	errBadGateway = errors.New("bad upstream response")
+	// errBadRequest: the request is refused before routing (an ambiguous
+	// path, a CONNECT); never forwarded.
+	errBadRequest = errors.New("bad request")
 )
 
 // upstreamError classifies an error from an upstream attempt. A status error
@@ -45,8 +49,20 @@ func upstreamError(err error) error {
 		return fmt.Errorf("%w: %w", errTimeout, err)
 	case errors.Is(err, errNoEndpoint), isDialError(err):
 		return fmt.Errorf("%w: %w", errUnreachable, err)
+	case isHeaderTimeout(err):
+		return fmt.Errorf("%w: %w", errTimeout, err)
 	}
-	if _, ok := status.FromError(err); ok {
+	if s, ok := status.FromError(err); ok {
+		// upstreamError sees gRPC errors only from opening the upstream
+		// stream (the upstream's own statuses arrive later, from RecvMsg,
+		// and go to the client untouched). grpc-go creates a stream without
+		// waiting for the server, so UNAVAILABLE here is its account of a
+		// connection that could not be made ("connection error: desc =
+		// transport: Error while dialing ..."): the upstream is unreachable,
+		// in the same words on every listener.
+		if s.Code() == codes.Unavailable {
+			return fmt.Errorf("%w: %w", errUnreachable, err)
+		}
 		return err
 	}
 	return fmt.Errorf("%w: %w", errBadGateway, err)
@@ -65,7 +81,7 @@ func grpcError(err error, method string) error {
 }
 
 func isProxyError(err error) bool {
-	for _, e := range []error{errNoRoute, errUnreachable, errTimeout, errCanceled, errBadGateway, errRejected, errBodyTimeout} {
+	for _, e := range []error{errNoRoute, errUnreachable, errTimeout, errCanceled, errBadGateway, errRejected, errBodyTimeout, errBadRequest} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -74,26 +90,42 @@ func isProxyError(err error) bool {
 }
 
 // classify maps a proxy error to a gRPC code and a message that names
-// hopwatch, so that nobody mistakes it for the upstream's own answer.
+// hopwatch, so that nobody mistakes it for the upstream's own answer. The
+// messages of upstream failures are fixed ("hopwatch: upstream
+// unreachable"): the wrapped cause (grpc-go's or net's text, with upstream
+// addresses) is for logs and spans, not for the client.
 func classify(err error) (codes.Code, string) {
 	switch {
 	case errors.Is(err, errNoRoute):
 		return codes.Unimplemented, "hopwatch: no route"
 	case errors.As(err, new(*errMessageTooLarge)):
 		return codes.ResourceExhausted, "hopwatch: " + err.Error()
+	case errors.Is(err, errBadRequest):
+		return codes.InvalidArgument, "hopwatch: " + err.Error()
 	case errors.Is(err, errOverloaded):
 		return codes.ResourceExhausted, "hopwatch: upstream " + err.Error()
 	case errors.Is(err, errBreakerOpen):
 		return codes.Unavailable, "hopwatch: upstream " + err.Error()
 	case errors.Is(err, errUnreachable):
-		return codes.Unavailable, "hopwatch: " + err.Error()
-	case errors.Is(err, errTimeout), errors.Is(err, errBodyTimeout):
-		return codes.DeadlineExceeded, "hopwatch: " + err.Error()
+		return codes.Unavailable, "hopwatch: " + errUnreachable.Error()
+	case errors.Is(err, errTimeout):
+		return codes.DeadlineExceeded, "hopwatch: " + errTimeout.Error()
+	case errors.Is(err, errBodyTimeout):
+		return codes.DeadlineExceeded, "hopwatch: " + errBodyTimeout.Error()
 	case errors.Is(err, errCanceled):
-		return codes.Canceled, "hopwatch: " + err.Error()
+		return codes.Canceled, "hopwatch: " + errCanceled.Error()
+	case errors.Is(err, errBadGateway):
+		return codes.Unavailable, "hopwatch: " + errBadGateway.Error()
 	default:
 		return codes.Unavailable, "hopwatch: " + err.Error()
 	}
+}
+
+// isHeaderTimeout reports http.Transport's own "timeout awaiting response
+// headers" (HTTP/1.1 and HTTP/2 alike: a net.Error that is a timeout).
+func isHeaderTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() && !isDialError(err)
 }
 
 // httpStatus maps a proxy error to an HTTP status.
@@ -103,6 +135,8 @@ func httpStatus(err error) int {
 		return http.StatusNotFound
 	case errors.As(err, new(*errMessageTooLarge)):
 		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, errBadRequest):
+		return http.StatusBadRequest
 	case errors.Is(err, errUnreachable), errors.Is(err, errRejected):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, errTimeout):
@@ -136,7 +170,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	code := httpStatus(err)
-	msg := "hopwatch: " + err.Error()
+	_, msg := classify(err)
 	if errors.Is(err, errNoRoute) {
 		msg = "hopwatch: no route for " + r.Method + " " + r.URL.Path
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 
@@ -109,6 +110,13 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 		return status.Error(codes.Internal, "hopwatch: no method on server stream")
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
+	// grpc-go hands any path with a '/' to the unknown-service handler
+	// ("/pkg.Svc/../x" included), and routes match by prefix: refuse what
+	// is not a plain method name before matching.
+	if err := routes.CheckGRPCMethod(method); err != nil {
+		p.tel.Unrouted(listener)
+		return grpcError(fmt.Errorf("%w: %w", errBadRequest, err), method)
+	}
 	req := routes.Request{Host: mdHeader(md).Get(":authority"), Path: method, Method: "POST", Header: mdHeader(md)}
 	idx := gen.table.Match(listener, &req)
 	if idx < 0 {
@@ -116,6 +124,15 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 		return grpcError(errNoRoute, method)
 	}
 	rt := gen.routes[idx]
+	var fr *firstResponse
+	if rt.spec.Timeout == 0 {
+		// No written timeout: bound the wait for the first response
+		// (headers, a message or the status), not a stream once begun.
+		fr = newFirstResponse(ctx, p.firstResp)
+		defer fr.release()
+		ss = &firstResponseStream{ServerStream: ss, fr: fr}
+		ctx = fr
+	}
 	clientCtx := ctx
 	ctx, hop := rt.tel.Start(ctx, mdHeader(md), gen.listeners[listener].callerOf(mdHeader(md)), method)
 
@@ -124,6 +141,13 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 		err = p.callGRPCResilient(clientCtx, ctx, ss, rt, hop, md, method)
 	} else {
 		err = p.callGRPC(ctx, ss, rt, hop, md, method)
+	}
+	if fr != nil && status.Code(err) == codes.DeadlineExceeded && errors.Is(fr.Err(), context.DeadlineExceeded) {
+		// Nothing reached the client before the deadline (the first
+		// response would have lifted it), so the status is still ours to
+		// word, as on the HTTP listener, rather than grpc-go's "context
+		// deadline exceeded".
+		err = grpcError(errTimeout, method)
 	}
 	code := status.Code(err)
 	hop.End(code.String(), telemetry.GRPCOutcome(code, errors.Is(clientCtx.Err(), context.Canceled)))

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -30,7 +31,21 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	gen := h.p.acquire()
 	defer gen.release()
 
-	req := routes.Request{Host: r.Host, Path: r.URL.Path, Method: r.Method, Header: r.Header}
+	// Routes match the path exactly as it is forwarded (Rewrite keeps
+	// In.URL's Path and RawPath, so the request line upstream carries this
+	// escaped form), after refusing what an upstream could read as another
+	// path (routes.CheckPath). An absolute-form target ("GET http://evil/
+	// HTTP/1.1") only lends its host to Host matching: the upstream is
+	// always the route's. CONNECT asks for a tunnel, which a reverse proxy
+	// does not open.
+	path := r.URL.EscapedPath()
+	grpcReq := isGRPCRequest(r)
+	if err := checkRequest(r.Method, path, grpcReq); err != nil {
+		h.p.tel.Unrouted(h.listener)
+		writeError(w, r, err)
+		return
+	}
+	req := routes.Request{Host: r.Host, Path: path, Method: r.Method, Header: r.Header}
 	idx := gen.table.Match(h.listener, &req)
 	if idx < 0 {
 		h.p.tel.Unrouted(h.listener)
@@ -38,7 +53,6 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rt := gen.routes[idx]
-	grpcReq := isGRPCRequest(r)
 	method := httpMethod(r.Method)
 	if grpcReq {
 		method = r.URL.Path // the gRPC method, bounded per route by telemetry
@@ -48,18 +62,35 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if hop != nil {
 		ctx = context.WithValue(ctx, hopKey{}, hop)
 	}
-	if rt.spec.Timeout > 0 {
+	var fr *firstResponse
+	switch {
+	case rt.spec.Timeout > 0:
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, rt.spec.Timeout)
 		defer cancel()
+	case rt.spec.Timeout == 0:
+		// No written timeout: bound the wait for the response headers, not
+		// the stream that may follow (the recorder lifts the bound when
+		// they are written), counting from the client's last request
+		// bytes (touchBody). Negative: no timeout at all.
+		fr = newFirstResponse(ctx, h.p.firstResp)
+		defer fr.release()
+		ctx = fr
 	}
 	if rt.res != nil {
 		// The resilient transport buffers the body, bounding that read by
 		// the route's deadline through the connection's read deadline,
 		// and checks the client's own headers for credentials.
-		ctx = context.WithValue(ctx, inboundKey{}, inbound{rc: http.NewResponseController(w), header: r.Header})
+		in := inbound{rc: http.NewResponseController(w), header: r.Header}
+		if fr != nil {
+			in.readLimit = h.p.firstResp
+		}
+		ctx = context.WithValue(ctx, inboundKey{}, in)
 	}
 	r = r.WithContext(ctx) // a shallow copy: the inbound request is untouched
+	if fr != nil && r.Body != nil && r.Body != http.NoBody {
+		r.Body = &touchBody{ReadCloser: r.Body, fr: fr} // on the copy
+	}
 
 	// net/http adds a Date header when the handler sets none; a nil entry
 	// suppresses that, so the client sees the upstream's Date or none, as it
@@ -71,12 +102,15 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// trailer metadata.
 		w.Header()["Content-Length"] = nil
 	}
-	if hop == nil {
+	if hop == nil && fr == nil {
 		rt.http.ServeHTTP(w, r)
 		return
 	}
-	rec := &responseRecorder{ResponseWriter: w, hop: hop}
+	rec := &responseRecorder{ResponseWriter: w, hop: hop, fr: fr}
 	rt.http.ServeHTTP(rec, r)
+	if hop == nil {
+		return
+	}
 
 	canceled := errors.Is(clientCtx.Err(), context.Canceled)
 	var code string
@@ -127,19 +161,22 @@ func grpcStatus(h http.Header) (codes.Code, bool) {
 	return codes.Code(n), true
 }
 
-// responseRecorder notes the status and the first byte for the hop. It
-// unwraps for http.ResponseController, through which ReverseProxy flushes
-// and hijacks (WebSocket upgrades), so it hides no capability.
+// responseRecorder notes the status and the first byte for the hop, and
+// lifts the first-response timeout (fr, nil when the route has none) once
+// the response has begun. It unwraps for http.ResponseController, through
+// which ReverseProxy flushes and hijacks (WebSocket upgrades), so it hides
+// no capability.
 type responseRecorder struct {
 	http.ResponseWriter
 	hop  *telemetry.Hop
+	fr   *firstResponse
 	code int
 }
 
 func (r *responseRecorder) WriteHeader(code int) {
 	if r.code == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
 		r.code = code
-		r.hop.FirstByte()
+		r.started()
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
@@ -147,9 +184,34 @@ func (r *responseRecorder) WriteHeader(code int) {
 func (r *responseRecorder) Write(p []byte) (int, error) {
 	if r.code == 0 {
 		r.code = http.StatusOK
-		r.hop.FirstByte()
+		r.started()
 	}
 	return r.ResponseWriter.Write(p)
+}
+
+func (r *responseRecorder) started() {
+	r.hop.FirstByte()
+	if r.fr != nil {
+		r.fr.started()
+	}
+}
+
+// checkRequest refuses, before routing, what must never be forwarded: a
+// CONNECT, a path an upstream could read as another one, and a gRPC call
+// whose path is not a method name.
+func checkRequest(method, path string, grpcReq bool) error {
+	if method == http.MethodConnect {
+		return fmt.Errorf("%w: CONNECT is not proxied", errBadRequest)
+	}
+	if err := routes.CheckPath(path); err != nil {
+		return fmt.Errorf("%w: %w", errBadRequest, err)
+	}
+	if grpcReq {
+		if err := routes.CheckGRPCMethod(path); err != nil {
+			return fmt.Errorf("%w: %w", errBadRequest, err)
+		}
+	}
+	return nil
 }
 
 func (r *responseRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
@@ -218,6 +280,13 @@ func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, errRejected) {
 				hopFrom(r.Context()).Rejected(reasonOf(err))
+			} else if cerr := r.Context().Err(); cerr != nil && !errors.Is(err, errBodyTimeout) {
+				// The request's context ended (client gone, route or
+				// first-response timeout): that is why the call failed,
+				// whatever the transport saw on the way (a retry loop's
+				// detached attempt reports its own cancellation). A body
+				// that never came is the client's delay, not the upstream's.
+				err = cerr
 			}
 			writeError(w, r, upstreamError(err))
 		},

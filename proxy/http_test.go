@@ -305,7 +305,8 @@ func TestHTTPTransparency(t *testing.T) {
 		req  transparencyReq
 	}{
 		{"GET", transparencyReq{method: "GET", path: "/kb/item", wantSt: 200}},
-		{"GET with odd escaping in path and query", transparencyReq{method: "GET", path: "/kb/a%2Fb?q=x%20y&q=z", wantSt: 200}},
+		// An encoded '/' is refused (TestHTTPAmbiguousPaths); other escapes pass as written.
+		{"GET with odd escaping in path and query", transparencyReq{method: "GET", path: "/kb/a%41b%2Cc?q=x%20y&q=z", wantSt: 200}},
 		{"GET with encoded unicode and plus", transparencyReq{method: "GET", path: "/kb/caf%C3%A9+x?a=%2B%26b&empty=&flag", wantSt: 200}},
 		{"POST with body", transparencyReq{method: "POST", path: "/kb/search",
 			header: http.Header{"Content-Type": {"application/json"}}, body: []byte(`{"q":"opening hours"}`), wantSt: 200}},

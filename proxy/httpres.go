@@ -113,6 +113,9 @@ type inboundKey struct{}
 type inbound struct {
 	rc     *http.ResponseController
 	header http.Header
+	// readLimit bounds buffering a body when the context has no
+	// deadline (a route without a written timeout).
+	readLimit time.Duration
 }
 
 func inboundOf(ctx context.Context) inbound {
@@ -120,35 +123,54 @@ func inboundOf(ctx context.Context) inbound {
 	return in
 }
 
-// readBody reads a body of declared length n, within the request
-// context's deadline (the route timeout, or the client's).
+// readBody reads a body of declared length n, bounded in time: by the
+// request context's deadline (a written route timeout, or the client's), or
+// else by the route's first-response timeout counted once from the start
+// (client progress does not extend it here: a buffered body is at most
+// replay.max_request_bytes and has no reason to trickle); and the read ends
+// at once when the context does (the client left, the route gave up).
 func readBody(req *http.Request, n int64) ([]byte, error) {
 	if n == 0 {
 		return nil, nil
 	}
 	ctx := req.Context()
-	rc := inboundOf(ctx).rc
-	lift := false
-	if dl, ok := ctx.Deadline(); ok && rc != nil {
-		lift = rc.SetReadDeadline(dl) == nil
+	in := inboundOf(ctx)
+	var left atomic.Bool // the client went away (not a timeout)
+	if in.rc != nil {
+		dl, ok := ctx.Deadline()
+		if !ok && in.readLimit > 0 {
+			dl, ok = time.Now().Add(in.readLimit), true
+		}
+		if ok {
+			in.rc.SetReadDeadline(dl)
+		}
+		// A body read has no context: the connection's read deadline is
+		// what unblocks it.
+		stop := context.AfterFunc(ctx, func() {
+			left.Store(errors.Is(ctx.Err(), context.Canceled))
+			in.rc.SetReadDeadline(time.Now())
+		})
+		defer stop()
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(req.Body, b); err != nil {
 		// The deadline stays: the rest of the body will not be read, and
 		// the server must not wait for it either (see abandonBody).
 		abandonBody(req)
+		// A failed read of an HTTP/1 connection cancels the request's
+		// context too, so the read error decides, not ctx.Err().
 		switch {
+		case left.Load():
+			return nil, ctx.Err()
 		case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(ctx.Err(), context.DeadlineExceeded):
 			return nil, errBodyTimeout
-		case ctx.Err() != nil:
-			return nil, ctx.Err()
 		}
 		return nil, fmt.Errorf("%w: reading the request body: %w", errCanceled, err)
 	}
-	if lift {
+	if in.rc != nil {
 		// The body is in: the rest of the exchange is bounded by the
 		// contexts.
-		rc.SetReadDeadline(time.Time{})
+		in.rc.SetReadDeadline(time.Time{})
 	}
 	return b, nil
 }

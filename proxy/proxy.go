@@ -30,6 +30,10 @@ type Options struct {
 	DrainTimeout time.Duration
 	// Telemetry times every hop; nil records nothing (benchmarks compare).
 	Telemetry *telemetry.Telemetry
+	// FirstResponseTimeout bounds the wait for the upstream's response to
+	// start on routes without a written timeout. Default:
+	// routes.DefaultFirstResponseTimeout (tests shorten it).
+	FirstResponseTimeout time.Duration
 }
 
 // ErrClosed is returned by Apply after Shutdown.
@@ -57,6 +61,7 @@ type Proxy struct {
 	bufs         *bufferPool
 	now          func() time.Time
 	drainTimeout time.Duration
+	firstResp    time.Duration // Options.FirstResponseTimeout
 
 	cur atomic.Pointer[generation]
 
@@ -99,6 +104,9 @@ func New(opts Options) *Proxy {
 	}
 	if p.drainTimeout <= 0 {
 		p.drainTimeout = 30 * time.Second
+	}
+	if p.firstResp = opts.FirstResponseTimeout; p.firstResp <= 0 {
+		p.firstResp = routes.DefaultFirstResponseTimeout
 	}
 	p.ctx, p.stop = context.WithCancel(context.Background())
 	empty, _ := routes.Compile(&routes.Spec{})

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
 )
 
@@ -285,4 +286,35 @@ func rawRequestBody(t *testing.T, addr, raw string) (int, time.Duration, string)
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, time.Since(start), string(b)
+}
+
+// TestReplayBodyWithoutTimeout: on a resilient route without a written
+// timeout, a body that never comes is still given up on (at the
+// first-response bound), instead of holding the handler for as long as the
+// client keeps the connection.
+func TestReplayBodyWithoutTimeout(t *testing.T) {
+	var got atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		io.Copy(io.Discard, r.Body)
+	}))
+	defer up.Close()
+	p := proxy.New(proxy.Options{FirstResponseTimeout: 300 * time.Millisecond})
+	if err := p.Apply(httpSpec(up.Listener.Addr().String(), routes.Route{Retry: &routes.Retry{Attempts: 2, On: []string{"503"}}}, routes.Upstream{})); err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, p)
+	for _, tc := range []struct{ name, raw string }{
+		{"no body at all", "POST /kb HTTP/1.1\r\nHost: kb\r\nContent-Length: 1000\r\n\r\n"},
+		{"a few bytes, then nothing", "POST /kb HTTP/1.1\r\nHost: kb\r\nContent-Length: 1000\r\n\r\nabc"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if status, _ := rawRequest(t, p.Addr("http").String(), tc.raw); status != http.StatusRequestTimeout {
+				t.Fatalf("status %d, want 408", status)
+			}
+		})
+	}
+	if got.Load() != 0 {
+		t.Errorf("the upstream got %d requests whose bodies never came", got.Load())
+	}
 }

@@ -159,13 +159,28 @@ const (
 	MaxConnectionsLimit       = 1 << 20
 )
 
+// DefaultFirstResponseTimeout is how long a route without a written timeout
+// waits for the upstream's response to start. It bounds no stream once
+// begun. 30s is above any healthy time to first byte of the bot's hops,
+// slow model inference included, and below the point where a client would
+// rather get an error than keep waiting.
+const DefaultFirstResponseTimeout = 30 * time.Second
+
 // Route sends matching requests on one listener to one upstream.
 type Route struct {
 	Name     string `yaml:"name"`
 	Listener string `yaml:"listener"`
 	Match    Match  `yaml:"match"`
 	Upstream string `yaml:"upstream"`
-	// Timeout bounds the upstream call (0: none beyond the client's deadline).
+	// Timeout bounds the whole upstream call, streams included, when it is
+	// written (> 0). Unwritten (0), DefaultFirstResponseTimeout bounds only
+	// the wait for the response to start (HTTP: its status and headers;
+	// gRPC: its headers, first message or status), counted from the
+	// client's last request bytes or message, so that a black-holed
+	// upstream cannot hold a client forever while a healthy long stream
+	// (SSE tokens, gRPC server streams, WebSockets) runs as long as the
+	// client keeps it. Negative (e.g. -1s): no proxy timeout at all, only
+	// the client's deadline (long polls that answer late).
 	Timeout time.Duration `yaml:"timeout"`
 	// Retry re-sends a failed call under a budget (nil: no retries).
 	Retry *Retry `yaml:"retry"`

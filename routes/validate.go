@@ -352,9 +352,6 @@ func (v *validator) routes() {
 
 		v.match(p+".match", &r.Match, l)
 
-		if r.Timeout < 0 {
-			v.errorf(p+".timeout", "must not be negative (0 means no timeout beyond the client's deadline)")
-		}
 		if r.Retry != nil {
 			v.retry(p+".retry", r.Retry, l)
 		}
@@ -382,6 +379,10 @@ func (v *validator) match(p string, m *Match, l *Listener) {
 	}
 	if m.PathPrefix != "" && !strings.HasPrefix(m.PathPrefix, "/") {
 		v.errorf(p+".path_prefix", "path_prefix %q must start with '/'", m.PathPrefix)
+	} else if err := CheckPath(m.PathPrefix); m.PathPrefix != "" && err != nil {
+		// Such paths are refused before matching, so the route could never
+		// match (and "/kb/.." would suggest it reaches above /kb/).
+		v.errorf(p+".path_prefix", "path_prefix %q can never match: %v", m.PathPrefix, err)
 	}
 	if m.Method != "" && (!isToken(m.Method) || strings.ToUpper(m.Method) != m.Method) {
 		// Methods are case-sensitive (RFC 9110 §9.1), so "post" would never
@@ -461,6 +462,9 @@ func (v *validator) fallback(p string, r *Route, l *Listener, upstreams map[stri
 	case r.Timeout > 0 && f.After >= r.Timeout:
 		v.errorf(p+".after", "after (%s) must be shorter than the route timeout (%s), or the timeout always ends the call first",
 			f.After, r.Timeout)
+	case r.Timeout == 0 && f.After >= DefaultFirstResponseTimeout:
+		v.errorf(p+".after", "after (%s) must be shorter than the default first-response timeout (%s) of a route without timeout, or the timeout always ends the call first; write a longer timeout",
+			f.After, DefaultFirstResponseTimeout)
 	}
 
 	if len(f.Use) == 0 {

@@ -174,8 +174,10 @@ func TestValidate(t *testing.T) {
 			[]want{{"routes[0].upstream", `unknown upstream "nlu" (no upstreams defined)`}}},
 		{"grpc listener to http upstream", func(s *Spec) { s.Routes[0].Upstream = "kb" },
 			[]want{{"routes[0].upstream", `upstream "kb" speaks http (HTTP/1.1) but listener "bot-grpc" is grpc: gRPC needs an HTTP/2 upstream`}}},
-		{"negative timeout", func(s *Spec) { s.Routes[0].Timeout = -time.Second },
-			[]want{{"routes[0].timeout", "must not be negative"}}},
+		{"path_prefix with a dot-segment", func(s *Spec) { s.Routes[2].Match.PathPrefix = "/kb/../admin/" },
+			[]want{{"routes[2].match.path_prefix", `path_prefix "/kb/../admin/" can never match: ambiguous request path: dot-segment`}}},
+		{"path_prefix with an encoded slash", func(s *Spec) { s.Routes[2].Match.PathPrefix = "/kb%2F" },
+			[]want{{"routes[2].match.path_prefix", "can never match: ambiguous request path: encoded"}}},
 
 		// Matches.
 		{"service and method", func(s *Spec) { s.Routes[0].Match.GRPCMethod = "/bot.v1.NLU/Parse" },
@@ -234,14 +236,14 @@ func TestValidateReportsEverything(t *testing.T) {
 	s.Listeners[0].Protocol = "tcp"
 	s.Upstreams[0].Endpoints = nil
 	s.Routes[2].Upstream = "nope"
-	s.Routes[3].Timeout = -1
+	s.Routes[3].Match = Match{GRPCMethod: "nope"}
 	got := Validate(s)
 	want := []string{
 		"callers[0]",
 		"listeners[0].protocol",
 		"upstreams[0].endpoints",
 		"routes[2].upstream",
-		"routes[3].timeout",
+		"routes[3].match.grpc_method",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %v, want errors at %v", got, want)
@@ -450,7 +452,10 @@ func TestValidateResilience(t *testing.T) {
 			[]want{{"routes[2].fallback.after", "must be positive"}}},
 		{"fallback after not shorter than timeout", func(s *Spec) { s.Routes[2].Fallback.After = 5 * time.Second },
 			[]want{{"routes[2].fallback.after", "after (5s) must be shorter than the route timeout (5s)"}}},
-		{"fallback after without route timeout", func(s *Spec) { s.Routes[2].Timeout = 0; s.Routes[2].Fallback.After = time.Minute }, nil},
+		{"fallback after without route timeout", func(s *Spec) { s.Routes[2].Timeout = 0; s.Routes[2].Fallback.After = 29 * time.Second }, nil},
+		{"fallback after beyond the default first-response timeout", func(s *Spec) { s.Routes[2].Timeout = 0; s.Routes[2].Fallback.After = time.Minute },
+			[]want{{"routes[2].fallback.after", "must be shorter than the default first-response timeout (30s)"}}},
+		{"fallback after with no timeout at all", func(s *Spec) { s.Routes[2].Timeout = -1; s.Routes[2].Fallback.After = time.Minute }, nil},
 		{"fallback use missing", func(s *Spec) {
 			s.Routes[2].Fallback = &Fallback{After: time.Second}
 		}, []want{{"routes[2].fallback.use", "at least one source is required (cache, static, upstream)"}}},

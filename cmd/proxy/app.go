@@ -29,7 +29,15 @@ type app struct {
 
 	ready atomic.Bool
 
-	mu        sync.Mutex // serializes reloads; guards the fields below
+	// reloading serializes reloads, file read included, so that two
+	// reloads cannot apply their files out of order. It is never held by
+	// /config or shutdown.
+	reloading sync.Mutex
+
+	// mu guards the fields below. It is held only to read or swap them,
+	// never across file I/O: a file that cannot be read promptly must not
+	// stall /config or shutdown.
+	mu        sync.Mutex
 	cfg       *config.Config
 	adminAddr string
 	last      reloadResult
@@ -67,7 +75,7 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	}
 	a.admin = admin.New(admin.Options{
 		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
-		Traces: tel.Store, Hops: tel.Stats,
+		Traces: tel.Store, Hops: tel.Stats, AllowedHosts: cfg.Admin.AllowedHosts,
 		Breakers: func() any {
 			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": tel.FallbackCounts()}
 		},
@@ -95,10 +103,12 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 // cannot apply, leaves the running configuration untouched; the error is
 // logged and shown at /config.
 func (a *app) reload(trigger string) {
+	a.reloading.Lock()
+	defer a.reloading.Unlock()
+	res := reloadResult{Time: time.Now(), Trigger: trigger}
+	cfg, err := config.Load(a.path) // file I/O: before taking mu
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	res := reloadResult{Time: time.Now(), Trigger: trigger}
-	cfg, err := config.Load(a.path)
 	if err == nil && cfg.Admin.Address != a.adminAddr {
 		err = fmt.Errorf("admin.address changed from %s to %s: restart hopwatch to move the admin server", a.adminAddr, cfg.Admin.Address)
 	}
@@ -115,6 +125,7 @@ func (a *app) reload(trigger string) {
 		var partial *proxy.PartialError
 		if err == nil || errors.As(err, &partial) {
 			a.cfg = cfg
+			a.admin.SetAllowedHosts(cfg.Admin.AllowedHosts)
 		}
 	}
 	res.OK = err == nil
