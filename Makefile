@@ -9,6 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 ## build: compile the proxy and the demo into bin/
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/proxy ./cmd/proxy
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/demo ./cmd/demo
 
 ## run: the demo: bot services behind hopwatch, simulated users, live hop table (ARGS="-duration 1m -fallback=on")
 run:
@@ -19,11 +20,22 @@ test:
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-## lint: gofmt and vet
+# staticcheck is pinned and installed into bin/tools, so every machine runs
+# the same checks whatever is on PATH.
+STATICCHECK_VERSION ?= v0.8.2
+TOOLS               := $(CURDIR)/bin/tools
+
+## lint: gofmt, vet, staticcheck (pinned), go.mod tidy, proto/ matches its .proto files (needs protoc)
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet $(PKGS)
+	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(TOOLS)/staticcheck $(PKGS)
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+	@$(MAKE) --no-print-directory proto >/dev/null
+	@drift=$$(git status --porcelain -- proto/); \
+	if [ -n "$$drift" ]; then echo "proto/ differs from what make proto generates:"; echo "$$drift"; git diff --stat -- proto/; exit 1; fi
 
 ## fuzz: run the config loader fuzz target for a while
 fuzz:

@@ -37,7 +37,7 @@ func TestFirstResponseContext(t *testing.T) {
 			defer cancel()
 			c := newFirstResponse(parent, d)
 			defer c.release()
-			child, ccancel := context.WithCancel(context.WithValue(c, struct{}{}, 1))
+			child, ccancel := context.WithCancel(context.WithValue(c, testKey{}, 1))
 			defer ccancel()
 			after := make(chan struct{})
 			stop := context.AfterFunc(c, func() { close(after) })
@@ -67,3 +67,6 @@ func TestFirstResponseContext(t *testing.T) {
 		})
 	}
 }
+
+// testKey is a context key of this test only.
+type testKey struct{}
