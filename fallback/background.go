@@ -1,13 +1,10 @@
 package fallback
 
 import (
-	"cmp"
 	"context"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/hopwatch/hopwatch/routes"
 )
 
 // Background runs the calls that are still going when the client has
@@ -31,17 +28,17 @@ type Background struct {
 	count    atomic.Int64  // inflight, for InFlight without the lock
 }
 
-// NewBackground returns a queue of at most maxInflight concurrent tasks,
-// each bounded by timeout (<= 0: routes.DefaultBackgroundMaxInflight and
-// routes.DefaultBackgroundTimeout). onChange, if not nil, is told the new
+// NewBackground returns a queue of at most s.MaxInflight concurrent tasks,
+// each bounded by s.Timeout (zero: the defaults). onChange, if not nil, is told the new
 // count whenever a task starts or ends, for a gauge; it runs under the
 // queue's lock, so that the values arrive in order, and must be quick and
 // must not call TryStart or Close.
-func NewBackground(maxInflight int, timeout time.Duration, onChange func(inflight int)) *Background {
+func NewBackground(s BackgroundSettings, onChange func(inflight int)) *Background {
+	s = s.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Background{
-		max:      cmp.Or(max(maxInflight, 0), routes.DefaultBackgroundMaxInflight),
-		timeout:  cmp.Or(max(timeout, 0), routes.DefaultBackgroundTimeout),
+		max:      s.MaxInflight,
+		timeout:  s.Timeout,
 		onChange: onChange,
 		ctx:      ctx,
 		cancel:   cancel,

@@ -36,7 +36,7 @@ func TestBackgroundBound(t *testing.T) {
 				started                    atomic.Int64
 				release                    = make(chan struct{})
 			)
-			bg := fallback.NewBackground(tc.maxInflight, time.Minute, func(n int) {
+			bg := fallback.NewBackground(fallback.BackgroundSettings{MaxInflight: tc.maxInflight, Timeout: time.Minute}, func(n int) {
 				hookPeak.see(int64(n))
 				running.v.Store(int64(n))
 			})
@@ -83,7 +83,7 @@ func TestBackgroundBound(t *testing.T) {
 }
 
 func TestBackgroundSlotsFreeUp(t *testing.T) {
-	bg := fallback.NewBackground(2, time.Minute, nil)
+	bg := fallback.NewBackground(fallback.BackgroundSettings{MaxInflight: 2, Timeout: time.Minute}, nil)
 	defer bg.Close(context.Background())
 	for i := range 100 {
 		done := make(chan struct{})
@@ -96,7 +96,7 @@ func TestBackgroundSlotsFreeUp(t *testing.T) {
 }
 
 func TestBackgroundTimeout(t *testing.T) {
-	bg := fallback.NewBackground(1, 20*time.Millisecond, nil)
+	bg := fallback.NewBackground(fallback.BackgroundSettings{MaxInflight: 1, Timeout: 20 * time.Millisecond}, nil)
 	defer bg.Close(context.Background())
 	errc := make(chan error, 1)
 	bg.TryStart(func(ctx context.Context) {
@@ -113,7 +113,7 @@ func TestBackgroundTimeout(t *testing.T) {
 }
 
 func TestBackgroundCloseCancelsAndWaits(t *testing.T) {
-	bg := fallback.NewBackground(8, time.Hour, nil)
+	bg := fallback.NewBackground(fallback.BackgroundSettings{MaxInflight: 8, Timeout: time.Hour}, nil)
 	var finished atomic.Int32
 	started := make(chan struct{}, 8)
 	for range 8 {
@@ -144,7 +144,7 @@ func TestBackgroundCloseCancelsAndWaits(t *testing.T) {
 }
 
 func TestBackgroundCloseBoundedByContext(t *testing.T) {
-	bg := fallback.NewBackground(1, time.Hour, nil)
+	bg := fallback.NewBackground(fallback.BackgroundSettings{MaxInflight: 1, Timeout: time.Hour}, nil)
 	release := make(chan struct{})
 	bg.TryStart(func(context.Context) { <-release }) // ignores cancellation
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)

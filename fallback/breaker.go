@@ -1,7 +1,6 @@
 package fallback
 
 import (
-	"cmp"
 	"errors"
 	"math"
 	"sync"
@@ -9,8 +8,6 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
-
-	"github.com/hopwatch/hopwatch/routes"
 )
 
 // State is a circuit breaker state. The numbers are those of the
@@ -132,35 +129,36 @@ var (
 	errExcluded = errors.New("excluded")
 )
 
-// NewBreaker builds the breaker of one upstream from its config as
-// written (zero fields take the routes.DefaultBreaker* values). onState,
+// NewBreaker builds the breaker of one upstream (zero settings take the
+// DefaultBreaker* values). onState,
 // if not nil, is told of every transition, in order, after the breaker's
 // locks are released, so it may call the breaker; it runs on the goroutine
 // of the call that caused the transition, which includes an Allow or State
 // that finds the open timeout over.
-func NewBreaker(name string, cfg routes.Breaker, onState func(name string, from, to State), opts ...BreakerOption) *Breaker {
+func NewBreaker(name string, s BreakerSettings, onState func(name string, from, to State), opts ...BreakerOption) *Breaker {
+	cfg := s.withDefaults()
 	b := &Breaker{
 		name:         name,
 		now:          time.Now,
-		minRequests:  clampUint32(cmp.Or(max(cfg.MinRequests, 0), routes.DefaultBreakerMinRequests)),
-		failureRatio: cmp.Or(cfg.FailureRatio, routes.DefaultBreakerFailureRatio),
-		slowCall:     max(cfg.SlowCall, 0),
-		slowRatio:    cmp.Or(cfg.SlowRatio, routes.DefaultBreakerSlowRatio),
+		minRequests:  clampUint32(cfg.MinRequests),
+		failureRatio: cfg.FailureRatio,
+		slowCall:     cfg.SlowCall,
+		slowRatio:    cfg.SlowRatio,
 		onState:      onState,
 	}
 	for _, opt := range opts {
 		opt(b)
 	}
-	span := cmp.Or(max(cfg.Window, 0), routes.DefaultBreakerWindow)
+	span := cfg.Window
 	b.win.width = max(int64(span)/windowBuckets, 1)
 	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        name,
-		MaxRequests: clampUint32(cmp.Or(max(cfg.HalfOpenRequests, 0), routes.DefaultBreakerHalfOpenRequests)),
+		MaxRequests: clampUint32(cfg.HalfOpenRequests),
 		// gobreaker's own counts only serve the half-open state; its
 		// rolling window mirrors ours so that Counts() reads sensibly.
 		Interval:      span,
 		BucketPeriod:  time.Duration(b.win.width),
-		Timeout:       cmp.Or(max(cfg.OpenFor, 0), routes.DefaultBreakerOpenFor),
+		Timeout:       cfg.OpenFor,
 		ReadyToTrip:   b.readyToTrip,
 		OnStateChange: b.stateChanged,
 		IsExcluded:    func(err error) bool { return err == errExcluded },

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/hopwatch/hopwatch/fallback"
-	"github.com/hopwatch/hopwatch/routes"
 )
 
 var (
@@ -40,10 +39,10 @@ func call(t testing.TB, b *fallback.Breaker, r fallback.Result) {
 }
 
 func TestBreakerTrips(t *testing.T) {
-	base := routes.Breaker{MinRequests: 10, FailureRatio: 0.5, SlowCall: time.Second, SlowRatio: 0.8, OpenFor: time.Hour}
+	base := fallback.BreakerSettings{MinRequests: 10, FailureRatio: 0.5, SlowCall: time.Second, SlowRatio: 0.8, OpenFor: time.Hour}
 	for _, tc := range []struct {
 		name  string
-		cfg   routes.Breaker
+		cfg   fallback.BreakerSettings
 		steps []step
 		want  fallback.State
 	}{
@@ -54,23 +53,23 @@ func TestBreakerTrips(t *testing.T) {
 		}, fallback.StateOpen},
 		{"failure ratio not reached", base, []step{{n: 6, r: ok}, {n: 4, r: failed}}, fallback.StateClosed},
 		{"below min requests", base, []step{{n: 9, r: failed}}, fallback.StateClosed},
-		{"min requests default is 20", routes.Breaker{}, []step{{n: 19, r: failed}}, fallback.StateClosed},
-		{"defaults trip at 20", routes.Breaker{}, []step{{n: 10, r: ok}, {n: 10, r: failed}}, fallback.StateOpen},
+		{"min requests default is 20", fallback.BreakerSettings{}, []step{{n: 19, r: failed}}, fallback.StateClosed},
+		{"defaults trip at 20", fallback.BreakerSettings{}, []step{{n: 10, r: ok}, {n: 10, r: failed}}, fallback.StateOpen},
 		{"slow ratio reached", base, []step{{n: 2, r: ok}, {n: 8, r: slowOK}}, fallback.StateOpen},
 		{"slow ratio not reached", base, []step{{n: 3, r: ok}, {n: 7, r: slowOK}}, fallback.StateClosed},
-		{"slow calls are not failures", routes.Breaker{MinRequests: 10, FailureRatio: 0.5, SlowCall: time.Second, SlowRatio: 1},
+		{"slow calls are not failures", fallback.BreakerSettings{MinRequests: 10, FailureRatio: 0.5, SlowCall: time.Second, SlowRatio: 1},
 			[]step{{n: 1, r: ok}, {n: 9, r: slowOK}}, fallback.StateClosed},
-		{"slow failures count as both", routes.Breaker{MinRequests: 10, FailureRatio: 0.9, SlowCall: time.Second, SlowRatio: 0.5},
+		{"slow failures count as both", fallback.BreakerSettings{MinRequests: 10, FailureRatio: 0.9, SlowCall: time.Second, SlowRatio: 0.5},
 			[]step{{n: 5, r: ok}, {n: 5, r: slowFail}}, fallback.StateOpen},
-		{"no slow_call, slowness ignored", routes.Breaker{MinRequests: 10}, []step{{n: 20, r: slowOK}}, fallback.StateClosed},
+		{"no slow_call, slowness ignored", fallback.BreakerSettings{MinRequests: 10}, []step{{n: 20, r: slowOK}}, fallback.StateClosed},
 		{"failures leave the window", base, []step{{n: 9, r: failed}, {advance: 11 * time.Second, n: 1, r: failed}}, fallback.StateClosed},
 		{"failures within the window", base, []step{{n: 9, r: failed}, {advance: 8 * time.Second, n: 1, r: failed}}, fallback.StateOpen},
-		{"window rolls by tenths", routes.Breaker{Window: 10 * time.Second, MinRequests: 10, FailureRatio: 0.6}, []step{
+		{"window rolls by tenths", fallback.BreakerSettings{Window: 10 * time.Second, MinRequests: 10, FailureRatio: 0.6}, []step{
 			{n: 10, r: ok}, // bucket 0
 			{advance: 5 * time.Second, n: 9, r: failed}, // 9 of 19: closed
 			{advance: 5 * time.Second, n: 1, r: failed}, // bucket 0 gone: 10 of 10
 		}, fallback.StateOpen},
-		{"window keeps the last tenths", routes.Breaker{Window: 10 * time.Second, MinRequests: 10, FailureRatio: 0.6}, []step{
+		{"window keeps the last tenths", fallback.BreakerSettings{Window: 10 * time.Second, MinRequests: 10, FailureRatio: 0.6}, []step{
 			{n: 10, r: ok},
 			{advance: 5 * time.Second, n: 9, r: failed},
 			{advance: 5*time.Second - time.Nanosecond, n: 1, r: failed}, // bucket 0 still in: 10 of 20
@@ -113,10 +112,10 @@ func halfOpen(t *testing.T, b *fallback.Breaker) {
 	eventually(t, "half-open", func() bool { return b.State() == fallback.StateHalfOpen })
 }
 
-var quick = routes.Breaker{MinRequests: 10, OpenFor: 20 * time.Millisecond, HalfOpenRequests: 3}
+var quick = fallback.BreakerSettings{MinRequests: 10, OpenFor: 20 * time.Millisecond, HalfOpenRequests: 3}
 
 func TestBreakerOpenRejects(t *testing.T) {
-	b := fallback.NewBreaker("kb", routes.Breaker{MinRequests: 10, OpenFor: time.Hour}, nil)
+	b := fallback.NewBreaker("kb", fallback.BreakerSettings{MinRequests: 10, OpenFor: time.Hour}, nil)
 	trip(t, b)
 	done, err := b.Allow()
 	if done != nil || !errors.Is(err, fallback.ErrOpen) || !errors.Is(err, fallback.ErrRejected) {
@@ -234,7 +233,7 @@ func TestBreakerExcludedFreesHalfOpenSlot(t *testing.T) {
 }
 
 func TestBreakerCancellationsNeverTrip(t *testing.T) {
-	b := fallback.NewBreaker("kb", routes.Breaker{MinRequests: 1, FailureRatio: 0.01, SlowCall: time.Millisecond, SlowRatio: 0.01}, nil)
+	b := fallback.NewBreaker("kb", fallback.BreakerSettings{MinRequests: 1, FailureRatio: 0.01, SlowCall: time.Millisecond, SlowRatio: 0.01}, nil)
 	var wg sync.WaitGroup
 	for range 1000 {
 		wg.Go(func() {
@@ -318,7 +317,7 @@ func TestBreakerIgnoresResultsOfOldGenerations(t *testing.T) {
 
 func TestBreakerStats(t *testing.T) {
 	clk := newClock()
-	b := fallback.NewBreaker("kb", routes.Breaker{SlowCall: time.Second}, nil, fallback.BreakerClock(clk.Now))
+	b := fallback.NewBreaker("kb", fallback.BreakerSettings{SlowCall: time.Second}, nil, fallback.BreakerClock(clk.Now))
 	for _, r := range []fallback.Result{ok, ok, failed, slowOK, slowFail, canceled} {
 		call(t, b, r)
 	}
@@ -346,7 +345,7 @@ func TestStateString(t *testing.T) {
 }
 
 func BenchmarkBreakerAllowDone(b *testing.B) {
-	br := fallback.NewBreaker("kb", routes.Breaker{SlowCall: time.Second}, nil)
+	br := fallback.NewBreaker("kb", fallback.BreakerSettings{SlowCall: time.Second}, nil)
 	b.ReportAllocs()
 	b.Run("serial", func(b *testing.B) {
 		for b.Loop() {

@@ -5,8 +5,6 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
-
-	"github.com/hopwatch/hopwatch/routes"
 )
 
 // Budget bounds retries to a share of first attempts over a sliding window,
@@ -31,30 +29,20 @@ type Budget struct {
 // budgetBuckets is how many steps the window moves in (1s for 10s).
 const budgetBuckets = 10
 
-// DefaultBudgetWindow is the window when none is given.
-const DefaultBudgetWindow = 10 * time.Second
-
 type budgetBucket struct {
 	epoch             int64
 	requests, retries uint32
 }
 
 // NewBudget returns a budget allowing, at any moment, fewer retries in the
-// last window than max(minRetriesPerSecond × window in seconds, ratio ×
-// first attempts in the window). ratio <= 0 means routes.DefaultRetryBudget
-// (as retry.budget: 0 does); window <= 0 means DefaultBudgetWindow; a
-// negative floor is none.
-func NewBudget(ratio float64, window time.Duration, minRetriesPerSecond float64) *Budget {
-	if ratio <= 0 {
-		ratio = routes.DefaultRetryBudget
-	}
-	if window <= 0 {
-		window = DefaultBudgetWindow
-	}
+// last window than max(MinRetriesPerSecond × window in seconds, Ratio ×
+// first attempts in the window); zero settings take the defaults.
+func NewBudget(s BudgetSettings) *Budget {
+	s = s.withDefaults()
 	return &Budget{
-		ratio: ratio,
-		floor: max(minRetriesPerSecond, 0) * window.Seconds(),
-		width: max(int64(window)/budgetBuckets, 1),
+		ratio: s.Ratio,
+		floor: s.MinRetriesPerSecond * s.Window.Seconds(),
+		width: max(int64(s.Window)/budgetBuckets, 1),
 	}
 }
 

@@ -25,11 +25,12 @@ func TestBudgetOutage(t *testing.T) {
 		{"ratio 0.1", 0.1, 1, 100, 9, 60},
 		{"ratio 1", 1, 1, 50, 3, 30},
 		{"quiet route lives on the floor", 0.2, 1, 1, 3, 60},
-		{"no floor", 0.2, 0, 100, 3, 60},
+		{"no floor", 0.2, -1, 100, 3, 60},
+		{"default floor", 0.2, 0, 1, 3, 60},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := newClock()
-			b := fallback.NewBudget(tc.ratio, 10*time.Second, tc.floor)
+			b := fallback.NewBudget(fallback.BudgetSettings{Ratio: tc.ratio, Window: 10 * time.Second, MinRetriesPerSecond: tc.floor})
 			ratio := tc.ratio
 			if ratio == 0 {
 				ratio = 0.2
@@ -47,7 +48,14 @@ func TestBudgetOutage(t *testing.T) {
 				}
 				clk.Advance(step)
 			}
-			limit := ratio*float64(requests) + tc.floor*float64(tc.seconds)
+			floor := tc.floor
+			switch {
+			case floor == 0:
+				floor = fallback.DefaultBudgetMinRetriesPerSecond
+			case floor < 0:
+				floor = 0
+			}
+			limit := ratio*float64(requests) + floor*float64(tc.seconds)
 			t.Logf("%d requests, %d retries: upstream load ×%.3f (limit %.0f retries)",
 				requests, retries, float64(requests+retries)/float64(requests), limit)
 			if float64(retries) > limit {
@@ -64,7 +72,7 @@ func TestBudgetOutage(t *testing.T) {
 
 func TestBudgetWindowSlides(t *testing.T) {
 	clk := newClock()
-	b := fallback.NewBudget(0.5, 10*time.Second, 0)
+	b := fallback.NewBudget(fallback.BudgetSettings{Ratio: 0.5, Window: 10 * time.Second, MinRetriesPerSecond: -1})
 	for range 10 {
 		b.Request(clk.Now())
 	}
@@ -89,7 +97,7 @@ func TestBudgetWindowSlides(t *testing.T) {
 
 func TestBudgetFloor(t *testing.T) {
 	clk := newClock()
-	b := fallback.NewBudget(0.2, 10*time.Second, 1) // 10 retries per window, always
+	b := fallback.NewBudget(fallback.BudgetSettings{Ratio: 0.2, Window: 10 * time.Second, MinRetriesPerSecond: 1}) // 10 retries per window, always
 	n := 0
 	for b.TryRetry(clk.Now()) {
 		n++
@@ -104,7 +112,7 @@ func TestBudgetFloor(t *testing.T) {
 
 func TestBudgetClockStepsBack(t *testing.T) {
 	clk := newClock()
-	b := fallback.NewBudget(1, 10*time.Second, 0)
+	b := fallback.NewBudget(fallback.BudgetSettings{Ratio: 1, Window: 10 * time.Second, MinRetriesPerSecond: -1})
 	b.Request(clk.Now())
 	// A time far in the past counts as the latest seen, so the request is
 	// still in the window and earns its retry, and no more.

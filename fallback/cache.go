@@ -1,7 +1,6 @@
 package fallback
 
 import (
-	"cmp"
 	"container/list"
 	"crypto/hmac"
 	"crypto/rand"
@@ -11,8 +10,6 @@ import (
 	"io"
 	"sync"
 	"time"
-
-	"github.com/hopwatch/hopwatch/routes"
 )
 
 // Entry is one stored response. One shape serves both protocols: for HTTP,
@@ -132,33 +129,16 @@ type cacheItem struct {
 	size    int64
 }
 
-// CacheOption adjusts a Cache.
-type CacheOption func(*Cache)
-
-// CacheMaxBytes bounds the estimated memory of the stored entries
-// (n <= 0: routes.DefaultCacheMaxBytes).
-func CacheMaxBytes(n int64) CacheOption {
-	return func(c *Cache) {
-		if n > 0 {
-			c.maxBytes = n
-		}
-	}
-}
-
-// NewCache returns an empty cache. ttl <= 0 means routes.DefaultCacheTTL,
-// maxEntries <= 0 routes.DefaultCacheMaxEntries; the byte bound is
-// routes.DefaultCacheMaxBytes unless CacheMaxBytes says otherwise.
-func NewCache(ttl time.Duration, maxEntries int, opts ...CacheOption) *Cache {
+// NewCache returns an empty cache; zero settings take the defaults.
+func NewCache(s CacheSettings) *Cache {
+	s = s.withDefaults()
 	c := &Cache{
-		ttl:        cmp.Or(max(ttl, 0), routes.DefaultCacheTTL),
-		maxEntries: cmp.Or(max(maxEntries, 0), routes.DefaultCacheMaxEntries),
-		maxBytes:   routes.DefaultCacheMaxBytes,
+		ttl:        s.TTL,
+		maxEntries: s.MaxEntries,
+		maxBytes:   s.MaxBytes,
 		items:      make(map[Key]*list.Element),
 	}
 	rand.Read(c.secret[:]) // crypto/rand: never fails on supported platforms (Go 1.24+)
-	for _, opt := range opts {
-		opt(c)
-	}
 	return c
 }
 

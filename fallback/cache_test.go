@@ -46,7 +46,7 @@ func TestCacheLRU(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := newClock()
-			c := fallback.NewCache(time.Minute, 3)
+			c := fallback.NewCache(fallback.CacheSettings{TTL: time.Minute, MaxEntries: 3})
 			for _, op := range tc.ops {
 				var verb, k string
 				fmt.Sscan(op, &verb, &k)
@@ -71,7 +71,7 @@ func TestCacheLRU(t *testing.T) {
 
 func TestCacheTTL(t *testing.T) {
 	clk := newClock()
-	c := fallback.NewCache(10*time.Second, 10)
+	c := fallback.NewCache(fallback.CacheSettings{TTL: 10 * time.Second, MaxEntries: 10})
 	c.Put(key("a"), entry("a1"), clk.Now())
 	clk.Advance(5 * time.Second)
 	c.Put(key("b"), entry("b"), clk.Now())
@@ -103,7 +103,7 @@ func TestCacheTTL(t *testing.T) {
 func TestCacheBytes(t *testing.T) {
 	clk := newClock()
 	big := func(n int) *fallback.Entry { return &fallback.Entry{Body: make([]byte, n)} }
-	c := fallback.NewCache(time.Minute, 100, fallback.CacheMaxBytes(10_000))
+	c := fallback.NewCache(fallback.CacheSettings{TTL: time.Minute, MaxEntries: 100, MaxBytes: 10_000})
 	if c.Put(key("huge"), big(20_000), clk.Now()) {
 		t.Error("Put of an entry above the byte bound succeeded")
 	}
@@ -132,7 +132,7 @@ func TestCacheBytes(t *testing.T) {
 
 func TestCacheDefaults(t *testing.T) {
 	clk := newClock()
-	c := fallback.NewCache(0, 0)
+	c := fallback.NewCache(fallback.CacheSettings{TTL: 0, MaxEntries: 0})
 	for i := range 10_001 {
 		c.Put(key(fmt.Sprint(i)), entry(""), clk.Now())
 	}
@@ -151,7 +151,7 @@ func TestCacheDefaults(t *testing.T) {
 
 func TestCacheConcurrent(t *testing.T) {
 	clk := newClock()
-	c := fallback.NewCache(time.Second, 50)
+	c := fallback.NewCache(fallback.CacheSettings{TTL: time.Second, MaxEntries: 50})
 	var wg sync.WaitGroup
 	for g := range 16 {
 		wg.Go(func() {
@@ -191,7 +191,7 @@ func TestKeyBuilder(t *testing.T) {
 	}
 	base := req{"kb", "POST", "/kb/search?q=x", `{"q":"x"}`, []string{"x-tenant", "acme"}}
 	large := strings.Repeat("x", 64<<10)
-	c := fallback.NewCache(time.Minute, 10)
+	c := fallback.NewCache(fallback.CacheSettings{TTL: time.Minute, MaxEntries: 10})
 	for _, tc := range []struct {
 		name string
 		a, b req
@@ -222,7 +222,7 @@ func TestKeyBuilder(t *testing.T) {
 	t.Run("keyed per cache", func(t *testing.T) {
 		// The same request hashes differently in another cache: a key is
 		// no plain digest of its parts (which may hold a credential).
-		other := fallback.NewCache(time.Minute, 10)
+		other := fallback.NewCache(fallback.CacheSettings{TTL: time.Minute, MaxEntries: 10})
 		if reqKey(c, "kb", "GET", "/", "", []string{"authorization", "Bearer s3cret"}) ==
 			reqKey(other, "kb", "GET", "/", "", []string{"authorization", "Bearer s3cret"}) {
 			t.Error("two caches derived the same key")
@@ -236,7 +236,7 @@ func TestKeyBuilder(t *testing.T) {
 
 func BenchmarkCacheGet(b *testing.B) {
 	now := time.Now()
-	c := fallback.NewCache(time.Hour, 10_000)
+	c := fallback.NewCache(fallback.CacheSettings{TTL: time.Hour, MaxEntries: 10_000})
 	keys := make([]fallback.Key, 1000)
 	for i := range keys {
 		keys[i] = key(fmt.Sprint(i))
@@ -266,7 +266,7 @@ func BenchmarkCacheGet(b *testing.B) {
 
 func BenchmarkKeyBuilder(b *testing.B) {
 	headers := []string{"x-tenant", "acme", "accept-language", "en"}
-	c := fallback.NewCache(time.Minute, 10)
+	c := fallback.NewCache(fallback.CacheSettings{TTL: time.Minute, MaxEntries: 10})
 	for _, size := range []int{512, 64 << 10} {
 		body := strings.Repeat("x", size)
 		b.Run(fmt.Sprintf("body=%d", size), func(b *testing.B) {

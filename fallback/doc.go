@@ -9,7 +9,10 @@
 // these types only decide whether a request may proceed and remember what
 // they need to. None of them performs I/O.
 //
-// The package registers no metrics and imports no telemetry: what is worth
+// It imports nothing of hopwatch's: each primitive takes its own settings
+// struct (settings.go), whose zero value means the defaults defined there,
+// so the primitives can be read, tested and reused without the config
+// model. The package registers no metrics and imports no telemetry: what is worth
 // observing (breaker transitions, background queue depth, ejections) comes
 // back through hook funcs and return values, so that one package owns the
 // metric names. Types that depend on time take it as an argument or an

@@ -1,13 +1,10 @@
 package fallback
 
 import (
-	"cmp"
 	"math"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/hopwatch/hopwatch/routes"
 )
 
 // Ejector is passive outlier ejection for the endpoints of one upstream:
@@ -42,20 +39,19 @@ type endpointHealth struct {
 }
 
 // NewEjector returns an ejector for n endpoints, indexed 0..n-1. Zero or
-// negative settings take the routes.DefaultOutlier* values; a max below
-// base is raised to base.
-func NewEjector(n, consecutive int, base, maxEjection time.Duration, maxEjectedPercent int) *Ejector {
+// negative settings take the defaults; a max below base is raised to base.
+func NewEjector(n int, s EjectorSettings) *Ejector {
+	s = s.withDefaults()
 	e := &Ejector{
-		threshold: int32(min(cmp.Or(max(consecutive, 0), routes.DefaultOutlierConsecutiveFailures), 1<<30)),
-		base:      cmp.Or(max(base, 0), routes.DefaultOutlierBaseEjection),
-		most:      cmp.Or(max(maxEjection, 0), routes.DefaultOutlierMaxEjection),
+		threshold: int32(s.ConsecutiveFailures),
+		base:      s.BaseEjection,
+		most:      s.MaxEjection,
 		eps:       make([]endpointHealth, n),
 	}
-	e.most = max(e.most, e.base)
 	for d := e.base; d < e.most && d <= math.MaxInt64/2; d *= 2 {
 		e.maxDoublings++
 	}
-	pct := min(cmp.Or(max(maxEjectedPercent, 0), routes.DefaultOutlierMaxEjectedPercent), 100)
+	pct := s.MaxEjectedPercent
 	if n > 1 {
 		e.maxEjected = min(max(n*pct/100, 1), n-1)
 	}

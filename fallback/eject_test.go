@@ -24,7 +24,7 @@ func TestEjectorMaxEjected(t *testing.T) {
 		{10, 100, 9}, //
 		{0, 50, 0},   //
 	} {
-		if got := fallback.NewEjector(tc.n, 0, 0, 0, tc.percent).MaxEjected(); got != tc.want {
+		if got := fallback.NewEjector(tc.n, fallback.EjectorSettings{ConsecutiveFailures: 0, BaseEjection: 0, MaxEjection: 0, MaxEjectedPercent: tc.percent}).MaxEjected(); got != tc.want {
 			t.Errorf("n=%d percent=%d: MaxEjected() = %d, want %d", tc.n, tc.percent, got, tc.want)
 		}
 	}
@@ -33,7 +33,7 @@ func TestEjectorMaxEjected(t *testing.T) {
 func TestEjectorThresholdAndGrowth(t *testing.T) {
 	const base, most = 10 * time.Second, 35 * time.Second
 	clk := newClock()
-	e := fallback.NewEjector(3, 5, base, most, 50)
+	e := fallback.NewEjector(3, fallback.EjectorSettings{ConsecutiveFailures: 5, BaseEjection: base, MaxEjection: most, MaxEjectedPercent: 50})
 	fail := func(times int) (last time.Duration) {
 		for range times {
 			last = e.Report(0, true, clk.Now())
@@ -82,7 +82,7 @@ func TestEjectorThresholdAndGrowth(t *testing.T) {
 
 func TestEjectorCap(t *testing.T) {
 	clk := newClock()
-	e := fallback.NewEjector(4, 1, time.Second, time.Minute, 50) // 2 of 4 at most
+	e := fallback.NewEjector(4, fallback.EjectorSettings{ConsecutiveFailures: 1, BaseEjection: time.Second, MaxEjection: time.Minute, MaxEjectedPercent: 50}) // 2 of 4 at most
 	for i := range 4 {
 		e.Report(i, true, clk.Now())
 	}
@@ -102,7 +102,7 @@ func TestEjectorCap(t *testing.T) {
 
 func TestEjectorDefaults(t *testing.T) {
 	clk := newClock()
-	e := fallback.NewEjector(2, 0, 0, 0, 0)
+	e := fallback.NewEjector(2, fallback.EjectorSettings{ConsecutiveFailures: 0, BaseEjection: 0, MaxEjection: 0, MaxEjectedPercent: 0})
 	for i := range 5 {
 		if d := e.Report(1, true, clk.Now()); (d != 0) != (i == 4) {
 			t.Fatalf("failure %d: ejected for %v; want the 5th to eject", i+1, d)
@@ -124,7 +124,7 @@ func TestEjectorDefaults(t *testing.T) {
 
 func TestEjectorConcurrentCap(t *testing.T) {
 	clk := newClock()
-	e := fallback.NewEjector(10, 3, time.Hour, time.Hour, 30)
+	e := fallback.NewEjector(10, fallback.EjectorSettings{ConsecutiveFailures: 3, BaseEjection: time.Hour, MaxEjection: time.Hour, MaxEjectedPercent: 30})
 	var wg sync.WaitGroup
 	for g := range 20 {
 		wg.Go(func() {
@@ -144,7 +144,7 @@ func TestEjectorConcurrentCap(t *testing.T) {
 }
 
 func BenchmarkEjectorReport(b *testing.B) {
-	e := fallback.NewEjector(8, 5, time.Second, time.Minute, 50)
+	e := fallback.NewEjector(8, fallback.EjectorSettings{ConsecutiveFailures: 5, BaseEjection: time.Second, MaxEjection: time.Minute, MaxEjectedPercent: 50})
 	now := time.Now()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {

@@ -117,7 +117,7 @@ func (p *Proxy) Breakers() []BreakerStatus {
 		s := BreakerStatus{Upstream: name, State: "closed", MaxConcurrent: u.spec.MaxConcurrent}
 		if u.breaker != nil {
 			st := u.breaker.Stats()
-			s.State = stateName(st.State)
+			s.State = st.State.String()
 			s.Requests, s.Failures, s.Slow = st.Requests, st.Failures, st.Slow
 		}
 		if u.bulkhead != nil {
@@ -127,14 +127,4 @@ func (p *Proxy) Breakers() []BreakerStatus {
 	}
 	slices.SortFunc(out, func(a, b BreakerStatus) int { return strings.Compare(a.Upstream, b.Upstream) })
 	return out
-}
-
-func stateName(s fallback.State) string {
-	switch s {
-	case fallback.StateOpen:
-		return "open"
-	case fallback.StateHalfOpen:
-		return "half_open"
-	}
-	return "closed"
 }

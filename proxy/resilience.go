@@ -22,9 +22,6 @@ const (
 	maxCachedResponse   = 1 << 20
 	retryBackoffBase    = 25 * time.Millisecond
 	retryBackoffMax     = 250 * time.Millisecond
-	retryBudgetWindow   = 10 * time.Second
-	retryBudgetFloor    = 1.0 // retries per second always allowed, so low traffic can still retry
-	defaultRetryBudget  = 0.2
 	fallbackHeader      = "X-Hopwatch-Fallback"
 	fallbackTrailerGRPC = "x-hopwatch-fallback"
 )
@@ -84,34 +81,18 @@ func newResilience(r routes.Route, up routes.Upstream, now func() time.Time, mem
 	if r.Retry != nil {
 		res.attempts = max(1, r.Retry.Attempts)
 		res.on, _ = routes.ParseRetryOn(r.Retry.On) // validated
-		ratio := r.Retry.Budget
-		if ratio <= 0 {
-			ratio = defaultRetryBudget
-		}
-		res.budget = fallback.NewBudget(ratio, retryBudgetWindow, retryBudgetFloor)
+		res.budget = fallback.NewBudget(fallback.BudgetSettings{Ratio: r.Retry.Budget})
 	}
 	if fb := r.Fallback; fb != nil {
 		if fb.Cache != nil || uses(fb, "cache") {
-			var ttl time.Duration
-			var n int
-			var opts []fallback.CacheOption
+			res.cache = fallback.NewCache(fb.Cache.Settings())
 			if fb.Cache != nil {
-				ttl, n = fb.Cache.TTL, fb.Cache.MaxEntries
-				if fb.Cache.MaxBytes > 0 {
-					opts = append(opts, fallback.CacheMaxBytes(fb.Cache.MaxBytes))
-				}
 				for _, h := range fb.Cache.Headers {
 					res.keyNames = append(res.keyNames, http.CanonicalHeaderKey(h))
 				}
 			}
-			res.cache = fallback.NewCache(ttl, n, opts...)
 		}
-		var maxIn int
-		var timeout time.Duration
-		if fb.Background != nil {
-			maxIn, timeout = fb.Background.MaxInflight, fb.Background.Timeout
-		}
-		res.bg = fallback.NewBackground(maxIn, timeout, func(n int) { res.telemetry().BackgroundInflight(n) })
+		res.bg = fallback.NewBackground(fb.Background.Settings(), func(n int) { res.telemetry().BackgroundInflight(n) })
 	}
 	return res
 }

@@ -58,18 +58,14 @@ func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Tele
 	u := &upstream{spec: spec, now: now}
 	if spec.Breaker != nil {
 		tel.BreakerInit(spec.Name)
-		u.breaker = fallback.NewBreaker(spec.Name, *spec.Breaker, func(name string, _, to fallback.State) {
-			tel.BreakerChanged(name, breakerState(to))
+		u.breaker = fallback.NewBreaker(spec.Name, spec.Breaker.Settings(), func(name string, _, to fallback.State) {
+			tel.BreakerChanged(name, to)
 		})
 	}
 	if spec.MaxConcurrent > 0 {
 		u.bulkhead = fallback.NewBulkhead(spec.MaxConcurrent)
 	}
-	var o routes.Outlier
-	if spec.Outlier != nil {
-		o = *spec.Outlier
-	}
-	u.ejector = fallback.NewEjector(len(spec.Endpoints), o.ConsecutiveFailures, o.BaseEjection, o.MaxEjection, o.MaxEjectedPercent)
+	u.ejector = fallback.NewEjector(len(spec.Endpoints), spec.Outlier.Settings())
 	switch spec.Balance {
 	case routes.BalanceRoundRobin:
 		u.bal = &roundRobin{}
@@ -491,17 +487,6 @@ func (u *upstream) openGRPC(ctx context.Context, hop *telemetry.Hop, md metadata
 		lastErr = errNoEndpoint
 	}
 	return nil, nil, nil, lastErr
-}
-
-// breakerState maps a breaker state to its exported number.
-func breakerState(s fallback.State) int {
-	switch s {
-	case fallback.StateOpen:
-		return telemetry.BreakerOpen
-	case fallback.StateHalfOpen:
-		return telemetry.BreakerHalfOpen
-	}
-	return telemetry.BreakerClosed
 }
 
 // outcome feeds passive outlier detection with one call's result at ep:

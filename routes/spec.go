@@ -1,6 +1,10 @@
 package routes
 
-import "time"
+import (
+	"time"
+
+	"github.com/hopwatch/hopwatch/fallback"
+)
 
 // Spec is the routing part of the configuration, as written in the YAML file:
 // listeners, the bounded caller list, routes and upstreams. It is plain data;
@@ -206,38 +210,36 @@ type Match struct {
 	Headers map[string]string `yaml:"headers"`
 }
 
-// Resilience defaults: what a zero (unwritten) field means. They live here,
-// next to the types, so that the documentation, the validator and the
-// fallback package agree on one set of numbers.
+// Resilience defaults: what a zero (unwritten) field means. The numbers
+// belong to the fallback package, whose primitives apply them (zero settings
+// mean the default there); they are named here too so that the
+// documentation and the validator speak of the same constants.
 const (
 	// DefaultRetryBudget is Retry.Budget when 0: one retry per five first
 	// attempts, Linkerd's default retry ratio.
-	DefaultRetryBudget = 0.2
+	DefaultRetryBudget = fallback.DefaultBudgetRatio
 	// MaxRetryAttempts bounds Retry.Attempts: beyond a few attempts a
 	// retry only adds load to a dependency that is already failing.
 	MaxRetryAttempts = 10
 
-	DefaultCacheTTL        = 10 * time.Minute
-	DefaultCacheMaxEntries = 10000
-	// DefaultCacheMaxBytes bounds one route's cache by size as well as by
-	// count, since a few large bodies would otherwise hold the memory that
-	// max_entries was meant to bound.
-	DefaultCacheMaxBytes = 64 << 20
+	DefaultCacheTTL        = fallback.DefaultCacheTTL
+	DefaultCacheMaxEntries = fallback.DefaultCacheMaxEntries
+	DefaultCacheMaxBytes   = fallback.DefaultCacheMaxBytes
 
-	DefaultBackgroundMaxInflight = 64
-	DefaultBackgroundTimeout     = 10 * time.Second
+	DefaultBackgroundMaxInflight = fallback.DefaultBackgroundMaxInflight
+	DefaultBackgroundTimeout     = fallback.DefaultBackgroundTimeout
 
-	DefaultBreakerWindow           = 10 * time.Second
-	DefaultBreakerMinRequests      = 20
-	DefaultBreakerFailureRatio     = 0.5
-	DefaultBreakerSlowRatio        = 0.8
-	DefaultBreakerOpenFor          = 5 * time.Second
-	DefaultBreakerHalfOpenRequests = 3
+	DefaultBreakerWindow           = fallback.DefaultBreakerWindow
+	DefaultBreakerMinRequests      = fallback.DefaultBreakerMinRequests
+	DefaultBreakerFailureRatio     = fallback.DefaultBreakerFailureRatio
+	DefaultBreakerSlowRatio        = fallback.DefaultBreakerSlowRatio
+	DefaultBreakerOpenFor          = fallback.DefaultBreakerOpenFor
+	DefaultBreakerHalfOpenRequests = fallback.DefaultBreakerHalfOpenRequests
 
-	DefaultOutlierConsecutiveFailures = 5
-	DefaultOutlierBaseEjection        = 10 * time.Second
-	DefaultOutlierMaxEjection         = 5 * time.Minute
-	DefaultOutlierMaxEjectedPercent   = 50
+	DefaultOutlierConsecutiveFailures = fallback.DefaultEjectorConsecutiveFailures
+	DefaultOutlierBaseEjection        = fallback.DefaultEjectorBaseEjection
+	DefaultOutlierMaxEjection         = fallback.DefaultEjectorMaxEjection
+	DefaultOutlierMaxEjectedPercent   = fallback.DefaultEjectorMaxEjectedPercent
 )
 
 // Fallback sources, in the words of Fallback.Use.
@@ -420,6 +422,16 @@ type Breaker struct {
 	HalfOpenRequests int `yaml:"half_open_requests"`
 }
 
+// Settings are the breaker's settings as the fallback package takes them
+// (zero fields: its defaults).
+func (b *Breaker) Settings() fallback.BreakerSettings {
+	if b == nil {
+		return fallback.BreakerSettings{}
+	}
+	return fallback.BreakerSettings{Window: b.Window, MinRequests: b.MinRequests, FailureRatio: b.FailureRatio,
+		SlowCall: b.SlowCall, SlowRatio: b.SlowRatio, OpenFor: b.OpenFor, HalfOpenRequests: b.HalfOpenRequests}
+}
+
 // Outlier is passive outlier ejection: an endpoint that fails
 // ConsecutiveFailures times in a row is left out of load balancing for
 // BaseEjection, twice that on its next ejection, and so on up to
@@ -437,4 +449,29 @@ type Outlier struct {
 	// (0: DefaultOutlierMaxEjectedPercent). One endpoint of two or more
 	// may always be ejected, and one always stays.
 	MaxEjectedPercent int `yaml:"max_ejected_percent"`
+}
+
+// Settings are the ejector's settings (nil: all defaults).
+func (o *Outlier) Settings() fallback.EjectorSettings {
+	if o == nil {
+		return fallback.EjectorSettings{}
+	}
+	return fallback.EjectorSettings{ConsecutiveFailures: o.ConsecutiveFailures, BaseEjection: o.BaseEjection,
+		MaxEjection: o.MaxEjection, MaxEjectedPercent: o.MaxEjectedPercent}
+}
+
+// Settings are the cache's settings (nil: all defaults).
+func (c *FallbackCache) Settings() fallback.CacheSettings {
+	if c == nil {
+		return fallback.CacheSettings{}
+	}
+	return fallback.CacheSettings{TTL: c.TTL, MaxEntries: c.MaxEntries, MaxBytes: c.MaxBytes}
+}
+
+// Settings are the background queue's settings (nil: all defaults).
+func (b *FallbackBackground) Settings() fallback.BackgroundSettings {
+	if b == nil {
+		return fallback.BackgroundSettings{}
+	}
+	return fallback.BackgroundSettings{MaxInflight: b.MaxInflight, Timeout: b.Timeout}
 }

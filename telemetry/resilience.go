@@ -5,27 +5,22 @@ import (
 	"slices"
 
 	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/hopwatch/hopwatch/fallback"
 )
 
 // The resilience code (fallback/, wired by proxy/) reports through these
 // hooks: it registers no metrics of its own.
 
-// Breaker states as exported by hopwatch_breaker_state.
-const (
-	BreakerClosed   = 0
-	BreakerHalfOpen = 1
-	BreakerOpen     = 2
-)
-
-var breakerStateName = [...]string{"closed", "half_open", "open"}
-
-// BreakerChanged records a breaker transition of upstream.
-func (t *Telemetry) BreakerChanged(upstream string, to int) {
-	if t == nil || to < 0 || to > BreakerOpen {
+// BreakerChanged records a breaker transition of upstream. The state's
+// number is the gauge's value (0 closed, 1 half-open, 2 open) and its name
+// the transition's label: fallback.State is the one breaker-state type.
+func (t *Telemetry) BreakerChanged(upstream string, to fallback.State) {
+	if t == nil || to < fallback.StateClosed || to > fallback.StateOpen {
 		return
 	}
 	t.m.breakerState.WithLabelValues(upstream).Set(float64(to))
-	t.m.breakerTransitions.WithLabelValues(upstream, breakerStateName[to]).Inc()
+	t.m.breakerTransitions.WithLabelValues(upstream, to.String()).Inc()
 }
 
 // BreakerInit exports a breaker's initial (closed) state so the series
@@ -34,7 +29,7 @@ func (t *Telemetry) BreakerInit(upstream string) {
 	if t == nil {
 		return
 	}
-	t.m.breakerState.WithLabelValues(upstream).Set(BreakerClosed)
+	t.m.breakerState.WithLabelValues(upstream).Set(float64(fallback.StateClosed))
 }
 
 // Fallback counts an answer served from a fallback source.
