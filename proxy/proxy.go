@@ -196,97 +196,145 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 	if p.closed {
 		return ErrClosed
 	}
-
-	// Upstreams: keep identical pools (warm connections), build new ones.
-	ups := make(map[string]*upstream, len(spec.Upstreams))
-	var built []*upstream
-	fail := func(err error) error {
-		for _, u := range built {
-			u.close()
-		}
+	// Build everything first; until the swap, a failure undoes what was
+	// built and the previous configuration keeps serving.
+	pl := &applyPlan{spec: spec, table: table}
+	if err := p.planUpstreams(pl); err != nil {
+		pl.abort()
 		return err
 	}
-	for _, us := range spec.Upstreams {
+	if err := p.planListeners(pl); err != nil {
+		pl.abort()
+		return err
+	}
+	p.planResilience(pl)
+	g := p.buildGeneration(pl)
+
+	p.cur.Swap(g).retire()
+	p.ups = pl.ups
+	p.res = pl.res
+	return p.startListeners(pl)
+}
+
+// applyPlan is one reload being built: what Apply keeps from the current
+// configuration, what it builds anew, and what it binds, before anything
+// is swapped in.
+type applyPlan struct {
+	spec  *routes.Spec
+	table *routes.Table
+
+	ups   map[string]*upstream // by name: kept or built
+	built []*upstream          // built by this plan: closed if it fails
+
+	listeners map[string]routes.Listener // the new specs, by name
+	keep      map[string]*listener       // unchanged: socket and connections kept
+	fresh     []*listener                // bound, not serving yet
+	deferred  []*listener                // to bind once a replaced listener lets go of the address
+
+	res map[string]*resilience // by route: kept or built
+}
+
+// abort undoes a plan that will not be applied.
+func (pl *applyPlan) abort() {
+	for _, l := range pl.fresh {
+		l.ln.Close()
+	}
+	for _, u := range pl.built {
+		u.close()
+	}
+}
+
+// planUpstreams keeps identical pools (warm connections) and builds the
+// others.
+func (p *Proxy) planUpstreams(pl *applyPlan) error {
+	pl.ups = make(map[string]*upstream, len(pl.spec.Upstreams))
+	for _, us := range pl.spec.Upstreams {
 		if old, ok := p.ups[us.Name]; ok && old.sameSpec(us) {
-			ups[us.Name] = old
+			pl.ups[us.Name] = old
 			continue
 		}
 		u, err := newUpstream(us, p.now, p.tel)
 		if err != nil {
-			return fail(err)
+			return err
 		}
-		ups[us.Name] = u
-		built = append(built, u)
+		pl.ups[us.Name] = u
+		pl.built = append(pl.built, u)
 	}
+	return nil
+}
 
-	// Listeners: a listener whose spec is unchanged keeps its socket and
-	// connections; its handler reads the new generation per request.
-	specs := make(map[string]routes.Listener, len(spec.Listeners))
-	for _, ls := range spec.Listeners {
-		specs[ls.Name] = ls
+// planListeners keeps listeners whose spec is unchanged (their handlers
+// read the new generation per request) and binds the new ones, except
+// those whose address a replaced listener still holds: they are bound
+// once it has let go (startListeners).
+func (p *Proxy) planListeners(pl *applyPlan) error {
+	pl.listeners = make(map[string]routes.Listener, len(pl.spec.Listeners))
+	for _, ls := range pl.spec.Listeners {
+		pl.listeners[ls.Name] = ls
 	}
-	keep := map[string]*listener{}
-	var fresh, deferred []*listener
+	pl.keep = map[string]*listener{}
 	held := map[string]bool{} // addresses of listeners that will be stopped
 	for name, l := range p.listeners {
-		if ls, ok := specs[name]; ok && l.sameSpec(ls) {
-			keep[name] = l
+		if ls, ok := pl.listeners[name]; ok && l.sameSpec(ls) {
+			pl.keep[name] = l
 		} else {
 			held[l.spec.Address] = true
 		}
 	}
-	closeFresh := func() {
-		for _, l := range fresh {
-			l.ln.Close()
-		}
-	}
-	for _, ls := range spec.Listeners {
-		if _, ok := keep[ls.Name]; ok {
+	for _, ls := range pl.spec.Listeners {
+		if _, ok := pl.keep[ls.Name]; ok {
 			continue
 		}
 		l := p.newListener(ls)
 		if held[ls.Address] {
-			// The address is still held by a listener this reload
-			// replaces: bind once that one has let go.
-			deferred = append(deferred, l)
+			pl.deferred = append(pl.deferred, l)
 			continue
 		}
 		if err := l.bind(); err != nil {
-			closeFresh()
-			return fail(err)
+			return err
 		}
-		fresh = append(fresh, l)
+		pl.fresh = append(pl.fresh, l)
 	}
+	return nil
+}
 
-	// Route resilience: keep unchanged policies (warm caches, budgets).
+// planResilience keeps the routes' retry and fallback states whose policy,
+// listener, match and upstream are unchanged (warm caches, budgets), and
+// builds the others.
+func (p *Proxy) planResilience(pl *applyPlan) {
+	spec := pl.spec
 	p.replay.SetLimit(cmp.Or(spec.Replay.MaxBytes, routes.DefaultReplayMaxBytes))
 	maxRequest := cmp.Or(spec.Replay.MaxRequestBytes, routes.DefaultReplayMaxRequestBytes)
 	upSpecs := make(map[string]routes.Upstream, len(spec.Upstreams))
 	for _, us := range spec.Upstreams {
 		upSpecs[us.Name] = us
 	}
-	ress := map[string]*resilience{}
+	pl.res = map[string]*resilience{}
 	for _, rs := range spec.Routes {
 		if !needsResilience(rs) {
 			continue
 		}
 		if old, ok := p.res[rs.Name]; ok && old.same(rs, upSpecs[rs.Upstream]) && old.maxRequest == maxRequest {
-			ress[rs.Name] = old
+			pl.res[rs.Name] = old
 		} else {
-			ress[rs.Name] = newResilience(rs, upSpecs[rs.Upstream], p.now, p.replay, maxRequest)
+			pl.res[rs.Name] = newResilience(rs, upSpecs[rs.Upstream], p.now, p.replay, maxRequest)
 		}
 	}
+}
 
-	g := &generation{table: table, listeners: map[string]listenerConf{}}
-	for _, r := range ress {
+// buildGeneration assembles the generation of the plan: its routes, and
+// a reference on everything it shares with other generations.
+func (p *Proxy) buildGeneration(pl *applyPlan) *generation {
+	g := &generation{table: pl.table, listeners: map[string]listenerConf{}}
+	for _, r := range pl.res {
 		r.hold()
 		g.held = append(g.held, r)
 	}
-	for _, u := range ups {
+	for _, u := range pl.ups {
 		u.hold()
 		g.held = append(g.held, u)
 	}
-	for _, ls := range spec.Listeners {
+	for _, ls := range pl.spec.Listeners {
 		g.listeners[ls.Name] = listenerConf{caller: ls.Caller, callerHeader: strings.ToLower(ls.CallerHeader)}
 	}
 	g.onDrained = func() {
@@ -296,53 +344,58 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 			}
 		}
 	}
-	for _, rs := range spec.Routes {
-		rt := &route{spec: rs, up: ups[rs.Upstream], res: ress[rs.Name]}
-		if rs.Fallback != nil && rs.Fallback.Upstream != "" {
-			rt.alt = ups[rs.Fallback.Upstream]
-		}
-		ls := specs[rs.Listener]
-		rt.tel = p.tel.Route(telemetry.RouteInfo{
-			Name:      rs.Name,
-			Upstream:  rs.Upstream,
-			Listener:  rs.Listener,
-			GRPC:      ls.Protocol == routes.ListenerGRPC,
-			HTTPRoute: rs.Match.PathPrefix,
-		}, spec.Callers)
-		if rt.res != nil {
-			rt.res.tel.Store(rt.tel)
-		}
-		if ls.Protocol == routes.ListenerHTTP {
-			transport := &routeTransport{up: rt.up, alt: rt.alt, res: rt.res}
-			rt.http = newReverseProxy(rt.up, transport, parseTrusted(ls.TrustedProxies), p.log, p.bufs)
-		}
-		g.routes = append(g.routes, rt)
+	for _, rs := range pl.spec.Routes {
+		g.routes = append(g.routes, p.buildRoute(pl, rs))
 	}
+	return g
+}
 
-	old := p.cur.Swap(g)
-	old.retire()
-	p.ups = ups
-	p.res = ress
+// buildRoute compiles one route of the plan with what forwarding needs.
+func (p *Proxy) buildRoute(pl *applyPlan, rs routes.Route) *route {
+	rt := &route{spec: rs, up: pl.ups[rs.Upstream], res: pl.res[rs.Name]}
+	if rs.Fallback != nil && rs.Fallback.Upstream != "" {
+		rt.alt = pl.ups[rs.Fallback.Upstream]
+	}
+	ls := pl.listeners[rs.Listener]
+	rt.tel = p.tel.Route(telemetry.RouteInfo{
+		Name:      rs.Name,
+		Upstream:  rs.Upstream,
+		Listener:  rs.Listener,
+		GRPC:      ls.Protocol == routes.ListenerGRPC,
+		HTTPRoute: rs.Match.PathPrefix,
+	}, pl.spec.Callers)
+	if rt.res != nil {
+		rt.res.tel.Store(rt.tel)
+	}
+	if ls.Protocol == routes.ListenerHTTP {
+		transport := &routeTransport{up: rt.up, alt: rt.alt, res: rt.res}
+		rt.http = newReverseProxy(rt.up, transport, parseTrusted(ls.TrustedProxies), p.log, p.bufs)
+	}
+	return rt
+}
 
-	// Stop what the new configuration no longer has; the calls they carry
-	// finish on the old generation, bounded by the drain timeout.
+// startListeners, after the swap, stops the listeners the new
+// configuration no longer has (the calls they carry finish on the old
+// generation, bounded by the drain timeout), binds the deferred ones and
+// serves the new ones.
+func (p *Proxy) startListeners(pl *applyPlan) error {
 	for name, l := range p.listeners {
-		if keep[name] == l {
+		if pl.keep[name] == l {
 			continue
 		}
 		p.log.Info("listener removed, draining", "listener", name, "address", l.spec.Address)
 		p.drainInBackground(l)
 	}
-	p.listeners = keep
+	p.listeners = pl.keep
 	var errs []error
-	for _, l := range deferred {
+	for _, l := range pl.deferred {
 		if err := l.bind(); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		fresh = append(fresh, l)
+		pl.fresh = append(pl.fresh, l)
 	}
-	for _, l := range fresh {
+	for _, l := range pl.fresh {
 		p.listeners[l.spec.Name] = l
 		p.serve(l)
 		p.log.Info("listening", "listener", l.spec.Name, "protocol", l.spec.Protocol, "address", l.ln.Addr().String())
