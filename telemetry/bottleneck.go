@@ -151,9 +151,14 @@ func (s *Store) Bottlenecks(q BottleneckQuery) BottleneckReport {
 	} else {
 		rep.Threshold = slowRuleText
 	}
+	slow := s.slowTurns(q, &rep)
+	rep.Hops = aggregateBlame(s.blame(slow))
+	return rep
+}
 
-	// Pass 1, a scan under the mutex: the turns in the window and their
-	// routes' rules.
+// slowTurns is pass 1, a scan under the mutex: the turns in the window,
+// their routes' rules (reported), and the turns the rules call slow.
+func (s *Store) slowTurns(q BottleneckQuery, rep *BottleneckReport) []turn {
 	turns, rules := s.judge(q.Now.Add(-q.Window), q.Now, q.MinDuration)
 	rep.Traces = len(turns)
 	for route, r := range rules {
@@ -168,16 +173,22 @@ func (s *Store) Bottlenecks(q BottleneckQuery) BottleneckReport {
 		}
 	}
 	rep.SlowTraces = len(slow)
+	return slow
+}
 
-	// Pass 2: copy the slow traces' spans under the lock, analyse them
-	// outside it. A trace evicted in between is skipped.
-	type found struct {
-		key  HopKey
-		self time.Duration
-		dur  time.Duration
-		id   trace.TraceID
-	}
-	var results []found
+// blamed is the hop that took the most self time in one slow turn.
+type blamed struct {
+	key  HopKey
+	self time.Duration
+	dur  time.Duration
+	id   trace.TraceID
+}
+
+// blame is pass 2: it copies each slow trace's spans under the lock and
+// finds, outside it, the server span with the largest self time (the
+// earliest on a tie). A trace evicted in between is skipped.
+func (s *Store) blame(slow []turn) []blamed {
+	var results []blamed
 	var buf []Span
 	for _, c := range slow {
 		buf = buf[:0]
@@ -200,18 +211,22 @@ func (s *Store) Bottlenecks(q BottleneckQuery) BottleneckReport {
 				best = i
 			}
 		}
-		if best < 0 {
-			continue
+		if best >= 0 {
+			results = append(results, blamed{buf[best].HopKey, t.self[best], c.dur, c.id})
 		}
-		results = append(results, found{buf[best].HopKey, t.self[best], c.dur, c.id})
 	}
+	return results
+}
 
-	// Aggregate per hop.
+// aggregateBlame sums the blame per hop: how many slow turns, the mean
+// share of the turn and the mean self time, and the slowest examples; the
+// hop blamed most often first.
+func aggregateBlame(results []blamed) []BottleneckHop {
 	type agg struct {
 		hop      BottleneckHop
 		shareSum float64
 		selfSum  time.Duration
-		examples []found
+		examples []blamed
 	}
 	byHop := map[HopKey]*agg{}
 	for _, r := range results {
@@ -225,16 +240,17 @@ func (s *Store) Bottlenecks(q BottleneckQuery) BottleneckReport {
 		a.selfSum += r.self
 		a.examples = append(a.examples, r)
 	}
+	var hops []BottleneckHop
 	for _, a := range byHop {
 		a.hop.Share = a.shareSum / float64(a.hop.Count)
 		a.hop.MeanSelf = a.selfSum / time.Duration(a.hop.Count)
-		slices.SortStableFunc(a.examples, func(x, y found) int { return cmp.Compare(y.dur, x.dur) })
+		slices.SortStableFunc(a.examples, func(x, y blamed) int { return cmp.Compare(y.dur, x.dur) })
 		for _, ex := range a.examples[:min(len(a.examples), bottleneckExamples)] {
 			a.hop.ExampleTraceIDs = append(a.hop.ExampleTraceIDs, ex.id)
 		}
-		rep.Hops = append(rep.Hops, a.hop)
+		hops = append(hops, a.hop)
 	}
-	slices.SortFunc(rep.Hops, func(x, y BottleneckHop) int {
+	slices.SortFunc(hops, func(x, y BottleneckHop) int {
 		return cmp.Or(
 			cmp.Compare(y.Count, x.Count),
 			cmp.Compare(y.MeanSelf, x.MeanSelf),
@@ -243,5 +259,5 @@ func (s *Store) Bottlenecks(q BottleneckQuery) BottleneckReport {
 			cmp.Compare(x.Upstream, y.Upstream),
 		)
 	})
-	return rep
+	return hops
 }
