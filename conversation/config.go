@@ -1,0 +1,263 @@
+package conversation
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the conversation section of the configuration file, as
+// written. A nil *Config (section absent) turns conversation signals off.
+// Zero values are the documented defaults below.
+type Config struct {
+	// EntryRoutes names the routes whose requests are user turns: one
+	// request on one of them is one turn (required, at least one).
+	EntryRoutes []string `yaml:"entry_routes"`
+	// SessionFrom lists where the session id is read, first match wins:
+	// "header:NAME" (an HTTP header or gRPC metadata key) or
+	// "baggage:KEY" (a W3C baggage member). Default DefaultSessionFrom.
+	SessionFrom []string `yaml:"session_from"`
+	// TextFrom says where the user's message is in the entry request body
+	// ("json:FIELD" or "proto:N"). Not supported yet.
+	TextFrom string `yaml:"text_from"`
+	// VerdictHeader is the response header with the service's own verdict
+	// (no_match, handoff, resolved). Not supported yet.
+	VerdictHeader string `yaml:"verdict_header"`
+	// TurnSLO: a turn whose answer starts later than this is slow
+	// (default DefaultTurnSLO).
+	TurnSLO time.Duration `yaml:"turn_slo"`
+	// IdleTimeout ends a session this long after its last turn (default
+	// DefaultIdleTimeout).
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// MaxDuration ends a session this long after its first turn (default
+	// DefaultMaxDuration); the next turn starts a new one.
+	MaxDuration time.Duration `yaml:"max_duration"`
+	// MaxSessions bounds the sessions tracked at once (default
+	// DefaultMaxSessions); beyond it the least recently active one ends as
+	// "evicted".
+	MaxSessions int `yaml:"max_sessions"`
+	// Repeat tunes repeat detection.
+	Repeat Repeat `yaml:"repeat"`
+	// FrustrationKeywords are words or phrases whose presence in a message
+	// flags it (case-insensitive, whole words). Empty (default): off.
+	FrustrationKeywords []string `yaml:"frustration_keywords"`
+	// HashIDs replaces every session id by a keyed hash (HMAC-SHA256 with
+	// the key in HashKeyFile) before it is kept, put on spans or served.
+	HashIDs bool `yaml:"hash_ids"`
+	// HashKeyFile holds the HMAC key (at least MinHashKeyBytes bytes);
+	// required with hash_ids.
+	HashKeyFile string `yaml:"hash_key_file"`
+	// Events exports turn and session events. Not supported yet.
+	Events Events `yaml:"events"`
+}
+
+// Repeat tunes repeat detection.
+type Repeat struct {
+	// Similarity is the fingerprint similarity (0 < s ≤ 1) at or above
+	// which two messages are the same question (default
+	// DefaultRepeatSimilarity).
+	Similarity float64 `yaml:"similarity"`
+	// Last is how many of the session's previous messages a new one is
+	// compared with (1..MaxRepeatLast, default DefaultRepeatLast).
+	Last int `yaml:"last"`
+}
+
+// Events configures turn and session events for fleets.
+type Events struct {
+	File string `yaml:"file"`
+	OTLP bool   `yaml:"otlp"`
+}
+
+// Defaults and limits.
+const (
+	DefaultTurnSLO          = 2 * time.Second
+	DefaultIdleTimeout      = 15 * time.Minute
+	DefaultMaxDuration      = 24 * time.Hour
+	DefaultMaxSessions      = 100_000
+	DefaultRepeatSimilarity = 0.8
+	DefaultRepeatLast       = 3
+	// MaxRepeatLast bounds Repeat.Last: the fingerprints of a session are
+	// a fixed array of this size.
+	MaxRepeatLast = 8
+	// MaxSessionsLimit keeps max_sessions to what fits comfortably in memory
+	// (a session costs well under 1 KiB).
+	MaxSessionsLimit = 10_000_000
+	// MinHashKeyBytes is the shortest accepted HMAC key (128 bits).
+	MinHashKeyBytes = 16
+	// FrustratedSignals is how many repeat and frustration signals in one
+	// session make it "frustrated".
+	FrustratedSignals = 2
+)
+
+// DefaultSessionFrom is where session ids are looked for when session_from
+// is not written: the headers chat gateways and LLM tools use, then the
+// OpenTelemetry GenAI and general session baggage keys.
+var DefaultSessionFrom = []string{
+	"header:x-session-id",
+	"header:x-conversation-id",
+	"header:helicone-session-id",
+	"baggage:gen_ai.conversation.id",
+	"baggage:session.id",
+}
+
+// Identity sources (the source label of hopwatch_conversation_identity_total).
+const (
+	SourceHeader  = "header"
+	SourceBaggage = "baggage"
+	SourceNone    = "none"
+)
+
+// source is one parsed session_from entry.
+type source struct {
+	kind string // SourceHeader or SourceBaggage
+	key  string // header name lowercased, or baggage key
+}
+
+func parseSource(s string) (source, error) {
+	kind, key, ok := strings.Cut(s, ":")
+	if !ok || key == "" {
+		return source{}, fmt.Errorf("%q: want header:NAME or baggage:KEY", s)
+	}
+	switch kind {
+	case SourceHeader:
+		if !validToken(key) {
+			return source{}, fmt.Errorf("%q: %q is not a valid header name", s, key)
+		}
+		return source{kind: kind, key: strings.ToLower(key)}, nil
+	case SourceBaggage:
+		if !validToken(key) {
+			return source{}, fmt.Errorf("%q: %q is not a valid baggage key", s, key)
+		}
+		return source{kind: kind, key: key}, nil
+	case "json", "proto":
+		return source{}, fmt.Errorf("%q: reading the session id from the request body is not supported yet (use header: or baggage:)", s)
+	}
+	return source{}, fmt.Errorf("%q: unknown source %q (want header:NAME or baggage:KEY)", s, kind)
+}
+
+// validToken reports an RFC 9110 §5.6.2 token: header names and W3C
+// baggage keys are both tokens.
+func validToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
+			continue
+		}
+		if !strings.ContainsRune("!#$%&'*+-.^_`|~", rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate reports problems as field paths relative to "conversation".
+// Whether entry routes exist is for the caller, which knows the routes.
+func (c *Config) Validate() map[string]string {
+	errs := map[string]string{}
+	if len(c.EntryRoutes) == 0 {
+		errs["entry_routes"] = "required: name at least one route whose requests are user turns"
+	}
+	seen := map[string]bool{}
+	for i, r := range c.EntryRoutes {
+		if seen[r] {
+			errs[pathIndex("entry_routes", i)] = fmt.Sprintf("duplicate entry route %q", r)
+		}
+		seen[r] = true
+	}
+	seenSrc := map[string]bool{}
+	for i, s := range c.SessionFrom {
+		if _, err := parseSource(s); err != nil {
+			errs[pathIndex("session_from", i)] = err.Error()
+		} else if seenSrc[s] {
+			errs[pathIndex("session_from", i)] = fmt.Sprintf("duplicate source %q", s)
+		}
+		seenSrc[s] = true
+	}
+	if c.TextFrom != "" {
+		errs["text_from"] = "not supported yet: messages are not read from request bodies in this version"
+	}
+	if c.VerdictHeader != "" {
+		errs["verdict_header"] = "not supported yet: service verdicts are not read in this version"
+	}
+	for name, d := range map[string]time.Duration{"turn_slo": c.TurnSLO, "idle_timeout": c.IdleTimeout, "max_duration": c.MaxDuration} {
+		if d < 0 {
+			errs[name] = "must not be negative"
+		}
+	}
+	if c.MaxSessions < 0 || c.MaxSessions > MaxSessionsLimit {
+		errs["max_sessions"] = fmt.Sprintf("must be between 1 and %d (0: default %d)", MaxSessionsLimit, DefaultMaxSessions)
+	}
+	if s := c.Repeat.Similarity; s < 0 || s > 1 {
+		errs["repeat.similarity"] = fmt.Sprintf("must be in (0, 1] (0: default %v)", DefaultRepeatSimilarity)
+	}
+	if n := c.Repeat.Last; n < 0 || n > MaxRepeatLast {
+		errs["repeat.last"] = fmt.Sprintf("must be between 1 and %d (0: default %d)", MaxRepeatLast, DefaultRepeatLast)
+	}
+	for i, k := range c.FrustrationKeywords {
+		if len(normalizeKeyword(k)) == 0 {
+			errs[pathIndex("frustration_keywords", i)] = "has no word in it"
+		}
+	}
+	if c.HashIDs && c.HashKeyFile == "" {
+		errs["hash_key_file"] = "required with hash_ids: true (a file holding at least 16 secret bytes)"
+	}
+	if !c.HashIDs && c.HashKeyFile != "" {
+		errs["hash_key_file"] = "set without hash_ids: true; ids would be kept in clear"
+	}
+	if c.Events.File != "" {
+		errs["events.file"] = "not supported yet: turn and session events are not exported in this version"
+	}
+	if c.Events.OTLP {
+		errs["events.otlp"] = "not supported yet: turn and session events are not exported in this version"
+	}
+	return errs
+}
+
+// TurnSLOs returns the turn SLO of each entry route, defaults applied, for
+// the slow-trace analysis of those routes.
+func (c *Config) TurnSLOs() map[string]time.Duration {
+	if c == nil {
+		return nil
+	}
+	m := make(map[string]time.Duration, len(c.EntryRoutes))
+	for _, r := range c.EntryRoutes {
+		m[r] = orDefault(c.TurnSLO, DefaultTurnSLO)
+	}
+	return m
+}
+
+// WithDefaults returns a copy with every defaulted field written out, for
+// showing the effective configuration.
+func (c Config) WithDefaults() Config {
+	if len(c.SessionFrom) == 0 {
+		c.SessionFrom = append([]string(nil), DefaultSessionFrom...)
+	}
+	c.TurnSLO = orDefault(c.TurnSLO, DefaultTurnSLO)
+	c.IdleTimeout = orDefault(c.IdleTimeout, DefaultIdleTimeout)
+	c.MaxDuration = orDefault(c.MaxDuration, DefaultMaxDuration)
+	if c.MaxSessions == 0 {
+		c.MaxSessions = DefaultMaxSessions
+	}
+	if c.Repeat.Similarity == 0 {
+		c.Repeat.Similarity = DefaultRepeatSimilarity
+	}
+	if c.Repeat.Last == 0 {
+		c.Repeat.Last = DefaultRepeatLast
+	}
+	return c
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+func pathIndex(p string, i int) string {
+	return p + "[" + strconv.Itoa(i) + "]"
+}
