@@ -203,7 +203,7 @@ func (c *Config) Validate() map[string]string {
 		}
 	}
 	if c.HashIDs && c.HashKeyFile == "" {
-		errs["hash_key_file"] = "required with hash_ids: true (a file holding at least 16 secret bytes)"
+		errs["hash_ids"] = "needs hash_key_file: a file holding the secret key (at least 16 bytes)"
 	}
 	if !c.HashIDs && c.HashKeyFile != "" {
 		errs["hash_key_file"] = "set without hash_ids: true; ids would be kept in clear"

@@ -122,7 +122,7 @@ func TestValidate(t *testing.T) {
 		{"similarity over 1", ok(conversation.Config{Repeat: conversation.Repeat{Similarity: 1.5}}), "repeat.similarity", "(0, 1]"},
 		{"last over the limit", ok(conversation.Config{Repeat: conversation.Repeat{Last: conversation.MaxRepeatLast + 1}}), "repeat.last", "between 1 and"},
 		{"keyword without words", ok(conversation.Config{FrustrationKeywords: []string{"ok", "?!"}}), "frustration_keywords[1]", "no word"},
-		{"hash_ids without key", ok(conversation.Config{HashIDs: true}), "hash_key_file", "required"},
+		{"hash_ids without key", ok(conversation.Config{HashIDs: true}), "hash_ids", "needs hash_key_file"},
 		{"key without hash_ids", ok(conversation.Config{HashKeyFile: "/k"}), "hash_key_file", "without hash_ids"},
 		{"events.file later", ok(conversation.Config{Events: conversation.Events{File: "/tmp/e"}}), "events.file", "not supported yet"},
 		{"events.otlp later", ok(conversation.Config{Events: conversation.Events{OTLP: true}}), "events.otlp", "not supported yet"},
