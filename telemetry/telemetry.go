@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +44,8 @@ type Telemetry struct {
 	sampler sdktrace.Sampler
 	now     func() time.Time
 	log     *slog.Logger
+
+	turns atomic.Pointer[turnHook] // see SetTurnObserver
 
 	fbMu     sync.Mutex              // guards fbCounts
 	fbCounts map[FallbackCount]int64 // keys have Count 0

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/hopwatch/hopwatch/admin"
 	"github.com/hopwatch/hopwatch/config"
+	"github.com/hopwatch/hopwatch/conversation"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
@@ -26,6 +28,11 @@ type app struct {
 	tel   *telemetry.Telemetry
 	proxy *proxy.Proxy
 	admin *admin.Server
+	// conv tracks conversations (nil without a conversation section);
+	// stopConv ends its sweeper, convDone closes when it has.
+	conv     *conversation.Tracker
+	stopConv context.CancelFunc
+	convDone chan struct{}
 
 	ready atomic.Bool
 
@@ -34,6 +41,10 @@ type app struct {
 	adminAddr string
 	last      reloadResult
 }
+
+// convSweepEvery is how often idle sessions are ended when no turn comes
+// to do it: a session's end is counted at most this late.
+const convSweepEvery = time.Second
 
 // reloadResult is the outcome of the last load, shown at /config.
 type reloadResult struct {
@@ -56,6 +67,11 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	conv, err := newTracker(cfg.Conversation, reg)
+	if err != nil {
+		tel.Shutdown(context.Background())
+		return nil, err
+	}
 	a := &app{
 		path:      path,
 		log:       log,
@@ -64,6 +80,10 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		cfg:       cfg,
 		adminAddr: cfg.Admin.Address,
 		last:      reloadResult{Time: time.Now(), Trigger: "start", OK: true},
+		conv:      conv,
+	}
+	if conv != nil {
+		tel.SetTurnObserver(turnAdapter{conv})
 	}
 	a.admin = admin.New(admin.Options{
 		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
@@ -86,6 +106,14 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		return nil, err
 	}
 	tel.ConfigReloaded(true)
+	if conv != nil {
+		ctx, stop := context.WithCancel(context.Background())
+		a.stopConv, a.convDone = stop, make(chan struct{})
+		go func() {
+			defer close(a.convDone)
+			conv.Run(ctx, convSweepEvery)
+		}()
+	}
 	a.ready.Store(true)
 	log.Info("hopwatch started", "config", path, "admin", a.admin.Addr().String(), "version", buildVersion())
 	return a, nil
@@ -106,6 +134,11 @@ func (a *app) reload(trigger string) {
 		// The tracer provider and exporter are built once; swapping them
 		// under live spans would lose or misparent them.
 		err = errors.New("the telemetry section changed: restart hopwatch to apply it")
+	}
+	if err == nil && !reflect.DeepEqual(cfg.Conversation, a.cfg.Conversation) {
+		// Sessions live in the tracker; rebuilding it would end them all
+		// with outcomes nobody earned.
+		err = errors.New("the conversation section changed: restart hopwatch to apply it")
 	}
 	if err == nil {
 		// Apply either refuses the configuration whole (nothing changed) or
@@ -151,6 +184,10 @@ func (a *app) drain(grace time.Duration) {
 		a.log.Warn("span export at shutdown", "err", err)
 	}
 	a.admin.Shutdown(actx)
+	if a.stopConv != nil {
+		a.stopConv()
+		<-a.convDone
+	}
 }
 
 // configDoc is the /config document: the effective configuration (defaults

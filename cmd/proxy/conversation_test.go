@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	collectorpb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	"google.golang.org/grpc"
+)
+
+// otlpReceiver is a real OTLP/gRPC trace endpoint on loopback that keeps
+// the attributes of every server span it receives, by span name.
+type otlpReceiver struct {
+	collectorpb.UnimplementedTraceServiceServer
+	mu    sync.Mutex
+	spans []map[string]string
+}
+
+func (r *otlpReceiver) Export(_ context.Context, req *collectorpb.ExportTraceServiceRequest) (*collectorpb.ExportTraceServiceResponse, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, rs := range req.ResourceSpans {
+		for _, ss := range rs.ScopeSpans {
+			for _, sp := range ss.Spans {
+				if sp.Kind.String() != "SPAN_KIND_SERVER" {
+					continue
+				}
+				attrs := map[string]string{"name": sp.Name}
+				for _, kv := range sp.Attributes {
+					attrs[kv.Key] = anyValue(kv.Value)
+				}
+				r.spans = append(r.spans, attrs)
+			}
+		}
+	}
+	return &collectorpb.ExportTraceServiceResponse{}, nil
+}
+
+func anyValue(v *commonpb.AnyValue) string {
+	switch x := v.Value.(type) {
+	case *commonpb.AnyValue_StringValue:
+		return x.StringValue
+	case *commonpb.AnyValue_IntValue:
+		return fmt.Sprint(x.IntValue)
+	}
+	return v.String()
+}
+
+func startOTLP(t *testing.T) (*otlpReceiver, string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	rec := &otlpReceiver{}
+	collectorpb.RegisterTraceServiceServer(srv, rec)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return rec, ln.Addr().String()
+}
+
+// TestConversationThroughProxy runs the command's app with a conversation
+// section in front of a two-hop bot (a gateway that calls a KB through
+// hopwatch, forwarding trace headers as an instrumented service does) and
+// checks what the issue asks of the wire: turns classified and blamed on
+// the right hop, sessions counted when they go idle, identity sources
+// counted, and the entry spans marked with the session and turn.
+func TestConversationThroughProxy(t *testing.T) {
+	p := newPorts(t)
+	kb := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Query().Get("q") {
+		case "fail":
+			http.Error(w, "kb down", http.StatusInternalServerError)
+		case "slow":
+			time.Sleep(400 * time.Millisecond)
+			fmt.Fprint(w, `{"results":[]}`)
+		default:
+			fmt.Fprint(w, `{"results":[]}`)
+		}
+	}))
+	t.Cleanup(kb.Close)
+	gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, _ := http.NewRequestWithContext(r.Context(), "GET",
+			fmt.Sprintf("http://127.0.0.1:%d/kb/search?q=%s", p.http, r.URL.Query().Get("q")), nil)
+		for _, h := range []string{"Traceparent", "Tracestate", "Baggage"} {
+			if v := r.Header.Get(h); v != "" {
+				req.Header.Set(h, v)
+			}
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != 200 {
+			http.Error(w, "kb failed", http.StatusBadGateway)
+			return
+		}
+		fmt.Fprint(w, "answer")
+	}))
+	t.Cleanup(gateway.Close)
+	rec, otlpAddr := startOTLP(t)
+
+	cfg := fmt.Sprintf(`admin: {address: "127.0.0.1:%d"}
+telemetry:
+  tracing:
+    otlp: {endpoint: "%s", protocol: grpc}
+callers: [client, gateway]
+listeners:
+  - {name: http, address: "127.0.0.1:%d", protocol: http, caller_header: x-hop-caller}
+upstreams:
+  - {name: gateway, protocol: http, endpoints: ["%s"]}
+  - {name: kb, protocol: http, endpoints: ["%s"]}
+routes:
+  - {name: chat, listener: http, match: {path_prefix: /chat}, upstream: gateway}
+  - {name: kb, listener: http, match: {path_prefix: /kb/}, upstream: kb}
+conversation:
+  entry_routes: [chat]
+  turn_slo: 300ms
+  idle_timeout: 1s
+`, p.admin, otlpAddr, p.http, gateway.Listener.Addr(), kb.Listener.Addr())
+	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
+	writeFile(t, path, cfg)
+	a, err := start(path, 5*time.Second, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	drained := false
+	t.Cleanup(func() {
+		if !drained {
+			a.drain(time.Second)
+		}
+	})
+
+	turn := func(q string, hdr ...string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/chat?q=%s", p.http, q), nil)
+		req.Header.Set("x-hop-caller", "client")
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	// s1: a good turn, then the KB fails: abandoned, blamed on kb.
+	turn("ok", "x-session-id", "s1")
+	turn("fail", "x-session-id", "s1")
+	// s2: a slow KB turn, then a good one: completed, good.
+	turn("slow", "X-Conversation-Id", "s2")
+	turn("ok", "X-Conversation-Id", "s2")
+	// s3 from baggage: one good turn.
+	turn("ok", "baggage", "session.id=s3")
+	// No id: a turn, no session.
+	turn("ok")
+
+	metrics := func() string {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", p.admin))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	// Sessions end 1 s after their last turn; the sweeper runs every
+	// second.
+	waitFor(t, "three sessions ended", func() bool {
+		return strings.Contains(metrics(), "hopwatch_conversation_active_sessions 0")
+	})
+	m := metrics()
+	for _, want := range []string{
+		`hopwatch_conversation_turns_total{outcome="good",route="chat"} 4`,
+		`hopwatch_conversation_turns_total{outcome="error",route="chat"} 1`,
+		`hopwatch_conversation_turns_total{outcome="slow",route="chat"} 1`,
+		`hopwatch_conversation_bad_turns_total{cause="error",hop="kb"} 1`,
+		`hopwatch_conversation_bad_turns_total{cause="slow",hop="kb"} 1`,
+		`hopwatch_conversation_sessions_total{good="false",outcome="abandoned"} 1`,
+		`hopwatch_conversation_sessions_total{good="true",outcome="completed"} 2`,
+		`hopwatch_conversation_identity_total{source="header"} 4`,
+		`hopwatch_conversation_identity_total{source="baggage"} 1`,
+		`hopwatch_conversation_identity_total{source="none"} 1`,
+		`hopwatch_conversation_session_turns_count 3`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(m, `s1"`) || strings.Contains(m, `"s2`) {
+		t.Error("a session id appears in /metrics")
+	}
+	// The KB hops are not turns.
+	if strings.Contains(m, `hopwatch_conversation_turns_total{outcome="good",route="kb"}`) {
+		t.Error("kb requests counted as turns")
+	}
+
+	a.drain(2 * time.Second) // flushes the spans
+	drained = true
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var marked []string
+	for _, sp := range rec.spans {
+		switch sp["hopwatch.route"] {
+		case "chat":
+			if sp["session.id"] != sp["gen_ai.conversation.id"] {
+				t.Errorf("chat span: session.id %q, gen_ai.conversation.id %q", sp["session.id"], sp["gen_ai.conversation.id"])
+			}
+			if sp["hopwatch.turn.outcome"] == "" {
+				t.Errorf("chat span without hopwatch.turn.outcome: %v", sp)
+			}
+			marked = append(marked, fmt.Sprintf("%s#%s:%s", sp["session.id"], sp["hopwatch.turn.index"], sp["hopwatch.turn.outcome"]))
+		case "kb":
+			if _, ok := sp["hopwatch.turn.outcome"]; ok {
+				t.Errorf("kb span marked as a turn: %v", sp)
+			}
+		}
+	}
+	want := "#:good,s1#1:good,s1#2:error,s2#1:slow,s2#2:good,s3#1:good"
+	slices.Sort(marked)
+	if got := strings.Join(marked, ","); got != want {
+		t.Errorf("chat spans %s, want %s", got, want)
+	}
+}
