@@ -133,6 +133,7 @@ type Tracker struct {
 	lru   session // sentinel: lru.next is the most recently active
 	ended []SessionResult
 	endAt int // next slot in ended once it is full
+	sli   sliSeries
 	count struct {
 		evicted uint64
 	}
@@ -242,6 +243,7 @@ func (t *Tracker) Observe(turn Turn) TurnResult {
 	now := t.now()
 	t.mu.Lock()
 	ended = t.expireLocked(now, ended)
+	t.sli.turn(turn.Start.Add(turn.Duration), rec.Latency, outcome == TurnError)
 	if turn.SessionID != "" {
 		s := t.byID[turn.SessionID]
 		if s != nil && turn.Start.Sub(s.start) >= t.cfg.MaxDuration {
@@ -378,7 +380,11 @@ func (t *Tracker) endLocked(s *session, reason EndReason, at time.Time) SessionR
 	r.Outcome = sessionOutcome(s, reason)
 	r.Good = (r.Outcome == SessionResolved || r.Outcome == SessionCompleted) && s.frust == 0 && s.repeats <= 1
 	if reason == EndEvicted {
+		// The tracker ended it, not the user: not a valid event for the
+		// SLI (Google SRE's "good events / valid events").
 		t.count.evicted++
+	} else {
+		t.sli.session(at, r.Good)
 	}
 	if len(t.ended) < MaxEndedKept {
 		t.ended = append(t.ended, r)

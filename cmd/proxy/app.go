@@ -87,7 +87,7 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	}
 	a.admin = admin.New(admin.Options{
 		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
-		Traces: tel.Store, Hops: tel.Stats,
+		Traces: tel.Store, Hops: tel.Stats, Sessions: conv,
 		Breakers: func() any {
 			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": tel.FallbackCounts()}
 		},

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -210,6 +211,42 @@ conversation:
 		t.Error("kb requests counted as turns")
 	}
 
+	// The drill-down: s1 ended abandoned after the KB failed, and its
+	// turn links to a trace the built-in store has.
+	var s1 struct {
+		Outcome string `json:"outcome"`
+		Turns   []struct {
+			Outcome string `json:"outcome"`
+			Blame   string `json:"blame"`
+			TraceID string `json:"trace_id"`
+		} `json:"turns_detail"`
+	}
+	if code := getJSON(t, fmt.Sprintf("http://127.0.0.1:%d/api/sessions/s1", p.admin), &s1); code != 200 {
+		t.Fatalf("/api/sessions/s1: %d", code)
+	}
+	if s1.Outcome != "abandoned" || len(s1.Turns) != 2 || s1.Turns[1].Outcome != "error" || s1.Turns[1].Blame != "kb" {
+		t.Errorf("/api/sessions/s1: %+v", s1)
+	}
+	if len(s1.Turns) == 2 {
+		var tr struct {
+			Spans []struct {
+				Route string `json:"route"`
+			} `json:"spans"`
+		}
+		if code := getJSON(t, fmt.Sprintf("http://127.0.0.1:%d/api/traces/%s", p.admin, s1.Turns[1].TraceID), &tr); code != 200 || len(tr.Spans) < 4 {
+			t.Errorf("trace of s1's bad turn: %d, %d spans", code, len(tr.Spans))
+		}
+	}
+	var list struct {
+		Sessions []struct {
+			ID string `json:"id"`
+		} `json:"sessions"`
+	}
+	getJSON(t, fmt.Sprintf("http://127.0.0.1:%d/api/sessions?good=true", p.admin), &list)
+	if len(list.Sessions) != 2 {
+		t.Errorf("/api/sessions?good=true: %+v, want s2 and s3", list.Sessions)
+	}
+
 	a.drain(2 * time.Second) // flushes the spans
 	drained = true
 	rec.mu.Lock()
@@ -235,5 +272,76 @@ conversation:
 	slices.Sort(marked)
 	if got := strings.Join(marked, ","); got != want {
 		t.Errorf("chat spans %s, want %s", got, want)
+	}
+}
+
+// TestConversationConfig: a hash key file is read (its trailing newline
+// dropped) and the raw id is nowhere in the API; a changed conversation
+// section is refused on reload (sessions live in the tracker), an
+// unchanged one is not; a missing key file fails the start.
+func TestConversationConfig(t *testing.T) {
+	s := startStack(t)
+	p := newPorts(t)
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "key")
+	writeFile(t, keyFile, "0123456789abcdef0123\n")
+	base := configText(s, p, "a")
+	conv := func(idle string) string {
+		return base + fmt.Sprintf("conversation:\n  entry_routes: [web]\n  idle_timeout: %s\n  hash_ids: true\n  hash_key_file: %q\n", idle, keyFile)
+	}
+	path := filepath.Join(dir, "hopwatch.yaml")
+	writeFile(t, path, conv("1m"))
+	a, err := start(path, time.Second, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.drain(time.Second)
+
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/x", p.http), nil)
+	req.Header.Set("x-session-id", "alice@example.com")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	var list struct {
+		Sessions []struct {
+			ID string `json:"id"`
+		} `json:"sessions"`
+	}
+	getJSON(t, fmt.Sprintf("http://127.0.0.1:%d/api/sessions", p.admin), &list)
+	if len(list.Sessions) != 1 || len(list.Sessions[0].ID) != 32 || strings.Contains(list.Sessions[0].ID, "alice") {
+		t.Errorf("sessions %+v, want one with a 32-hex-digit keyed hash", list.Sessions)
+	}
+
+	cases := []struct {
+		name string
+		text string
+		ok   bool
+	}{
+		{"unchanged section", conv("1m"), true},
+		{"changed section", conv("2m"), false},
+		{"section removed", base, false},
+	}
+	for _, tc := range cases {
+		writeFile(t, path, tc.text)
+		a.reload(tc.name)
+		a.mu.Lock()
+		last := a.last
+		a.mu.Unlock()
+		if last.OK != tc.ok || !tc.ok && !strings.Contains(strings.Join(last.Errors, ";"), "conversation section changed") {
+			t.Errorf("%s: reload %+v, want ok=%v", tc.name, last, tc.ok)
+		}
+	}
+
+	writeFile(t, path, conv("1m"))
+	os.Remove(keyFile)
+	p2 := newPorts(t)
+	writeFile(t, path, strings.ReplaceAll(conv("1m"), fmt.Sprint(p.admin), fmt.Sprint(p2.admin)))
+	if b, err := start(path, time.Second, testLogger(t)); err == nil || !strings.Contains(err.Error(), "hash_key_file") {
+		if b != nil {
+			b.drain(time.Second)
+		}
+		t.Errorf("start without the key file: %v, want a hash_key_file error", err)
 	}
 }
