@@ -212,8 +212,8 @@ func invalidCases() []invalidCase {
 			msg: "unknown source",
 		},
 		{
-			name: "conversation session from the body is not there yet",
-			yaml: base + "conversation:\n  entry_routes: [kb]\n  session_from:\n    - json:session_id\n",
+			name: "conversation session from gRPC messages is not there yet",
+			yaml: base + "conversation:\n  entry_routes: [kb]\n  session_from:\n    - proto:1\n",
 			line: 16, path: "conversation.session_from[0]",
 			msg: "not supported yet",
 		},
@@ -610,11 +610,12 @@ func TestParseDefaults(t *testing.T) {
 }
 
 // conversationExample is the conversation section of design.md §3 as far
-// as it is implemented (text_from, verdict_header, events and body
-// sources come later).
+// as it is implemented (events and gRPC message sources come later).
 const conversationExample = `conversation:
   entry_routes: [kb]
-  session_from: [header:x-session-id, header:x-conversation-id, baggage:gen_ai.conversation.id, baggage:session.id]
+  session_from: [header:x-session-id, header:x-conversation-id, baggage:gen_ai.conversation.id, baggage:session.id, json:session_id]
+  text_from: json:message
+  verdict_header: x-bot-outcome
   turn_slo: 2s
   idle_timeout: 15m
   max_duration: 24h

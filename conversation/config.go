@@ -15,14 +15,19 @@ type Config struct {
 	// request on one of them is one turn (required, at least one).
 	EntryRoutes []string `yaml:"entry_routes"`
 	// SessionFrom lists where the session id is read, first match wins:
-	// "header:NAME" (an HTTP header or gRPC metadata key) or
-	// "baggage:KEY" (a W3C baggage member). Default DefaultSessionFrom.
+	// "header:NAME" (an HTTP header or gRPC metadata key), "baggage:KEY"
+	// (a W3C baggage member) or "json:PATH" (a string or number at a dotted
+	// path of the entry request's JSON body, HTTP only). Default
+	// DefaultSessionFrom.
 	SessionFrom []string `yaml:"session_from"`
-	// TextFrom says where the user's message is in the entry request body
-	// ("json:FIELD" or "proto:N"). Not supported yet.
+	// TextFrom says where the user's message is in the entry request body:
+	// "json:PATH" (HTTP only). It is fingerprinted for repeats and matched
+	// against keywords, never stored. Empty: no text, no text signals.
 	TextFrom string `yaml:"text_from"`
-	// VerdictHeader is the response header with the service's own verdict
-	// (no_match, handoff, resolved). Not supported yet.
+	// VerdictHeader is the response header (HTTP hops) in which a service
+	// gives its own verdict on the turn: no_match, handoff, resolved. It
+	// is read on every hop of the turn and removed before the response
+	// leaves hopwatch (default DefaultVerdictHeader).
 	VerdictHeader string `yaml:"verdict_header"`
 	// TurnSLO: a turn whose answer starts later than this is slow
 	// (default DefaultTurnSLO).
@@ -88,6 +93,8 @@ const (
 	// FrustratedSignals is how many repeat and frustration signals in one
 	// session make it "frustrated".
 	FrustratedSignals = 2
+	// DefaultVerdictHeader carries service verdicts.
+	DefaultVerdictHeader = "x-bot-outcome"
 )
 
 // DefaultSessionFrom is where session ids are looked for when session_from
@@ -105,19 +112,21 @@ var DefaultSessionFrom = []string{
 const (
 	SourceHeader  = "header"
 	SourceBaggage = "baggage"
+	SourceJSON    = "json"
 	SourceNone    = "none"
 )
 
 // source is one parsed session_from entry.
 type source struct {
-	kind string // SourceHeader or SourceBaggage
-	key  string // header name lowercased, or baggage key
+	kind string   // SourceHeader, SourceBaggage or SourceJSON
+	key  string   // header name lowercased, baggage key, or JSON path as written
+	path jsonPath // SourceJSON
 }
 
 func parseSource(s string) (source, error) {
 	kind, key, ok := strings.Cut(s, ":")
 	if !ok || key == "" {
-		return source{}, fmt.Errorf("%q: want header:NAME or baggage:KEY", s)
+		return source{}, fmt.Errorf("%q: want header:NAME, baggage:KEY or json:PATH", s)
 	}
 	switch kind {
 	case SourceHeader:
@@ -130,10 +139,30 @@ func parseSource(s string) (source, error) {
 			return source{}, fmt.Errorf("%q: %q is not a valid baggage key", s, key)
 		}
 		return source{kind: kind, key: key}, nil
-	case "json", "proto":
-		return source{}, fmt.Errorf("%q: reading the session id from the request body is not supported yet (use header: or baggage:)", s)
+	case SourceJSON:
+		p, ok := parseJSONPath(key)
+		if !ok {
+			return source{}, fmt.Errorf("%q: %q is not a dotted path of object keys (like session_id or metadata.thread_id)", s, key)
+		}
+		return source{kind: kind, key: key, path: p}, nil
+	case "proto":
+		return source{}, fmt.Errorf("%q: reading gRPC request messages is not supported yet (use header:, baggage: or json:)", s)
 	}
-	return source{}, fmt.Errorf("%q: unknown source %q (want header:NAME or baggage:KEY)", s, kind)
+	return source{}, fmt.Errorf("%q: unknown source %q (want header:NAME, baggage:KEY or json:PATH)", s, kind)
+}
+
+func parseTextFrom(s string) (jsonPath, error) {
+	kind, key, _ := strings.Cut(s, ":")
+	switch kind {
+	case SourceJSON:
+		if p, ok := parseJSONPath(key); ok {
+			return p, nil
+		}
+		return nil, fmt.Errorf("%q: %q is not a dotted path of object keys (like message or input.text)", s, key)
+	case "proto":
+		return nil, fmt.Errorf("%q: reading gRPC request messages is not supported yet (use json:PATH)", s)
+	}
+	return nil, fmt.Errorf("%q: want json:PATH", s)
 }
 
 // validToken reports an RFC 9110 §5.6.2 token: header names and W3C
@@ -177,11 +206,16 @@ func (c *Config) Validate() map[string]string {
 		}
 		seenSrc[s] = true
 	}
-	if c.TextFrom != "" {
-		errs["text_from"] = "not supported yet: messages are not read from request bodies in this version"
+	if len(c.SessionFrom) > maxJSONPaths-1 {
+		errs["session_from"] = fmt.Sprintf("at most %d sources", maxJSONPaths-1)
 	}
-	if c.VerdictHeader != "" {
-		errs["verdict_header"] = "not supported yet: service verdicts are not read in this version"
+	if c.TextFrom != "" {
+		if _, err := parseTextFrom(c.TextFrom); err != nil {
+			errs["text_from"] = err.Error()
+		}
+	}
+	if c.VerdictHeader != "" && !validToken(c.VerdictHeader) {
+		errs["verdict_header"] = fmt.Sprintf("%q is not a valid header name", c.VerdictHeader)
 	}
 	for name, d := range map[string]time.Duration{"turn_slo": c.TurnSLO, "idle_timeout": c.IdleTimeout, "max_duration": c.MaxDuration} {
 		if d < 0 {
@@ -247,6 +281,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Repeat.Last == 0 {
 		c.Repeat.Last = DefaultRepeatLast
+	}
+	if c.VerdictHeader == "" {
+		c.VerdictHeader = DefaultVerdictHeader
 	}
 	return c
 }

@@ -11,10 +11,11 @@
 // and nothing here can delay, change or refuse a request. The proxy never
 // imports this package.
 //
-// It must never store raw user text. A message is reduced, on the caller's
-// goroutine and without keeping the input, to a 64-bit similarity
-// fingerprint (SimHash over word shingles) that lives only in memory for
-// the session's life; keywords are matched on the fly. Session ids can be
+// It must never store raw user text. A message (read from the first 64 KiB
+// of an entry request's JSON body) is reduced, on the caller's goroutine
+// and without keeping the input, to a 64-bit similarity fingerprint
+// (SimHash over words and word pairs) that lives only in memory for the
+// session's life; keywords are matched on the fly. Session ids can be
 // replaced by a keyed hash (HMAC-SHA256) before they are kept, exported or
 // shown. The package performs no I/O, starts no goroutine of its own
 // (Tracker.Run is driven by its caller's context) and reads time only from

@@ -17,21 +17,37 @@ import (
 // tracker hold large keys.
 const MaxSessionIDBytes = 200
 
-// identifier reads session ids from request headers and hashes them when
-// configured.
+// identifier reads session ids from request headers and bodies, hashes
+// them when configured, and reads the message text from bodies.
 type identifier struct {
 	sources []source
+	// paths are the JSON paths looked for in a body: the json: sources in
+	// order, then text_from's if set (hasText).
+	paths   []jsonPath
+	hasText bool
 	key     []byte
 	pool    sync.Pool // of hash.Hash (HMAC-SHA256 keyed with key)
 }
 
-func newIdentifier(sources []source, key []byte) *identifier {
+func newIdentifier(sources []source, text jsonPath, key []byte) *identifier {
 	id := &identifier{sources: sources, key: key}
+	for _, s := range sources {
+		if s.kind == SourceJSON {
+			id.paths = append(id.paths, s.path)
+		}
+	}
+	if text != nil {
+		id.paths = append(id.paths, text)
+		id.hasText = true
+	}
 	if key != nil {
 		id.pool.New = func() any { return hmac.New(sha256.New, key) }
 	}
 	return id
 }
+
+// readsBody reports whether anything is read from request bodies.
+func (d *identifier) readsBody() bool { return len(d.paths) > 0 }
 
 // Identify returns the session id of a turn and where it was found
 // (SourceNone and "" when nowhere). get reads a request header or gRPC
@@ -40,28 +56,47 @@ func (t *Tracker) Identify(get func(key string) string) (id, source string) {
 	if t == nil {
 		return "", SourceNone
 	}
-	return t.ids.identify(get)
+	id, src, _ := t.ids.read(get, nil)
+	return id, src
 }
 
-func (d *identifier) identify(get func(key string) string) (string, string) {
+// read returns the session id of a request (hashed if configured) and
+// where it was found, and its message text. get (may be nil) reads
+// headers; body (may be nil) is the start of a JSON body.
+func (d *identifier) read(get func(key string) string, body []byte) (id, src, text string) {
+	var vals []string
+	if len(body) > 0 && len(d.paths) > 0 {
+		vals = extractJSON(body, d.paths)
+		if d.hasText {
+			text = vals[len(vals)-1]
+		}
+	}
 	var bag string
 	bagRead := false
+	jsonAt := 0
 	for _, s := range d.sources {
 		var v string
 		switch s.kind {
 		case SourceHeader:
-			v = strings.TrimSpace(get(s.key))
+			if get != nil {
+				v = strings.TrimSpace(get(s.key))
+			}
 		case SourceBaggage:
-			if !bagRead {
+			if !bagRead && get != nil {
 				bag, bagRead = get("baggage"), true
 			}
 			v = baggageValue(bag, s.key)
+		case SourceJSON:
+			if vals != nil {
+				v = vals[jsonAt]
+			}
+			jsonAt++
 		}
 		if validID(v) {
-			return d.hash(v), s.kind
+			return d.hash(v), s.kind, text
 		}
 	}
-	return "", SourceNone
+	return "", SourceNone, text
 }
 
 // hash is the id as kept: itself, or with hash_ids the first 128 bits of

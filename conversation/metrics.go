@@ -42,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"hop", "cause"}),
 		identity: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopwatch_conversation_identity_total",
-			Help: "Turns by where their session id was found: header, baggage, none.",
+			Help: "Turns by where their session id was found: header, baggage, json, none.",
 		}, []string{"source"}),
 		turnsPer: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "hopwatch_conversation_session_turns",

@@ -105,3 +105,24 @@ func TestSLI(t *testing.T) {
 		t.Errorf("an hour later: %d points, total %+v", len(points), total)
 	}
 }
+
+// TestTurnsKept: a long session keeps its last MaxTurnsKept turns, oldest
+// first, and counts all of them.
+func TestTurnsKept(t *testing.T) {
+	c := newClock()
+	tr := newTracker(t, conversation.Config{}, c)
+	n := conversation.MaxTurnsKept + 5
+	for range n {
+		tr.Observe(conversation.Turn{Route: "chat", SessionID: "long", Start: c.now(), Code: "200", HopOutcome: "ok"})
+		c.add(time.Second)
+	}
+	r, ok := tr.Session("long")
+	if !ok || r.Turns != n || len(r.Records) != conversation.MaxTurnsKept {
+		t.Fatalf("%d turns, %d kept, want %d and %d", r.Turns, len(r.Records), n, conversation.MaxTurnsKept)
+	}
+	for i, rec := range r.Records {
+		if rec.Index != 6+i {
+			t.Fatalf("record %d has index %d, want %d", i, rec.Index, 6+i)
+		}
+	}
+}

@@ -37,11 +37,18 @@ type sliSeries struct {
 
 func (s *sliSeries) slot(at time.Time) *sliSlot {
 	e := at.Unix() / int64(SLIStep/time.Second)
-	sl := &s.slots[int(e%int64(sliSlots))]
+	sl := &s.slots[slotIndex(e)]
 	if sl.epoch != e {
 		*sl = sliSlot{epoch: e}
 	}
 	return sl
+}
+
+// slotIndex places a minute in the ring; times before 1970 (a zero
+// time.Time from a careless caller) must not index out of it.
+func slotIndex(e int64) int {
+	n := int64(sliSlots)
+	return int((e%n + n) % n)
 }
 
 func (s *sliSeries) turn(at time.Time, latency time.Duration, failed bool) {
@@ -100,7 +107,7 @@ func (t *Tracker) SLI(now time.Time, window, step time.Duration) ([]SLIPoint, SL
 		var agg sliSlot
 		for k := 0; k < per; k++ {
 			e := first + int64(i*per+k)
-			sl := &t.sli.slots[int(((e%int64(sliSlots))+int64(sliSlots))%int64(sliSlots))]
+			sl := &t.sli.slots[slotIndex(e)]
 			if sl.epoch != e {
 				continue
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -160,7 +161,8 @@ type session struct {
 	fpAt       int // next slot
 	prevFP     fingerprint
 	lastTrace  trace.TraceID
-	records    []TurnRecord
+	records    []TurnRecord // a ring once full: records[recAt] is the oldest
+	recAt      int
 }
 
 // New builds a tracker.
@@ -189,6 +191,14 @@ func New(opts Options) (*Tracker, error) {
 		}
 		srcs = append(srcs, src)
 	}
+	var textPath jsonPath
+	if cfg.TextFrom != "" {
+		p, err := parseTextFrom(cfg.TextFrom)
+		if err != nil {
+			return nil, fmt.Errorf("conversation: text_from: %w", err)
+		}
+		textPath = p
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -198,7 +208,7 @@ func New(opts Options) (*Tracker, error) {
 		sim:  cfg.Repeat.Similarity,
 		last: cfg.Repeat.Last,
 		kws:  compileKeywords(cfg.FrustrationKeywords),
-		ids:  newIdentifier(srcs, key),
+		ids:  newIdentifier(srcs, textPath, key),
 		now:  opts.Now,
 		m:    opts.Metrics,
 		onT:  opts.OnTurn,
@@ -219,12 +229,29 @@ func (t *Tracker) IsEntry(route string) bool {
 	return false
 }
 
+// ReadsBody reports whether entry requests' JSON bodies are read (json:
+// session sources or text_from).
+func (t *Tracker) ReadsBody() bool { return t.ids.readsBody() }
+
+// VerdictHeader is the response header that carries service verdicts,
+// lowercase.
+func (t *Tracker) VerdictHeader() string { return strings.ToLower(t.cfg.VerdictHeader) }
+
 // Config is the configuration in effect, defaults written out.
 func (t *Tracker) Config() Config { return t.cfg }
 
 // Observe classifies a finished turn, adds it to its session (starting,
 // ending or evicting sessions as needed) and returns its result.
 func (t *Tracker) Observe(turn Turn) TurnResult {
+	if turn.Header != nil || len(turn.Body) > 0 {
+		id, src, text := t.ids.read(turn.Header, turn.Body)
+		if turn.SessionID == "" {
+			turn.SessionID, turn.Source = id, src
+		}
+		if turn.Text == "" {
+			turn.Text = text
+		}
+	}
 	fp := fingerprintOf(turn.Text, t.kws)
 	outcome, blame := classify(&turn, t.slo)
 	rec := TurnRecord{
@@ -320,11 +347,12 @@ func (t *Tracker) addTurnLocked(s *session, rec *TurnRecord, fp fingerprint) {
 	s.flagged = bad || rec.Signals&(SignalRepeat|SignalFrustration) != 0
 	s.canceled = rec.Outcome == TurnCanceled
 	s.lastTrace = rec.TraceID
-	if len(s.records) == MaxTurnsKept {
-		copy(s.records, s.records[1:])
-		s.records = s.records[:MaxTurnsKept-1]
+	if len(s.records) < MaxTurnsKept {
+		s.records = append(s.records, *rec)
+	} else {
+		s.records[s.recAt] = *rec
+		s.recAt = (s.recAt + 1) % MaxTurnsKept
 	}
-	s.records = append(s.records, *rec)
 }
 
 // greenCode: what a latency/error dashboard counts as success.
@@ -413,7 +441,9 @@ func sessionOutcome(s *session, reason EndReason) SessionOutcome {
 
 func (s *session) result() SessionResult {
 	r := s.summary()
-	r.Records = append([]TurnRecord(nil), s.records...)
+	r.Records = make([]TurnRecord, 0, len(s.records))
+	r.Records = append(r.Records, s.records[s.recAt:]...)
+	r.Records = append(r.Records, s.records[:s.recAt]...)
 	return r
 }
 

@@ -68,7 +68,7 @@ func TestSessionlessTurns(t *testing.T) {
 		t.Errorf("%d active sessions, want 0", st.Active)
 	}
 	want := `
-# HELP hopwatch_conversation_identity_total Turns by where their session id was found: header, baggage, none.
+# HELP hopwatch_conversation_identity_total Turns by where their session id was found: header, baggage, json, none.
 # TYPE hopwatch_conversation_identity_total counter
 hopwatch_conversation_identity_total{source="none"} 1
 `
@@ -199,4 +199,17 @@ func BenchmarkObserve(b *testing.B) {
 		tr.Observe(conversation.Turn{Route: "chat", SessionID: ids[i%len(ids)], Start: c.now(), Duration: time.Millisecond,
 			Code: "200", HopOutcome: "ok", Text: "hello, could you tell me where my order 12345 is right now?"})
 	}
+}
+
+// TestZeroTimes: a turn without a start time (a careless caller) is
+// tracked and expired without indexing the SLI ring out of range.
+func TestZeroTimes(t *testing.T) {
+	c := newClock()
+	tr := newTracker(t, conversation.Config{}, c)
+	tr.Observe(conversation.Turn{Route: "chat", SessionID: "z", Code: "200", HopOutcome: "ok"})
+	tr.Sweep() // idle since year 1: ends now
+	if st := tr.Stats(); st.Active != 0 {
+		t.Errorf("%d active, want 0", st.Active)
+	}
+	tr.SLI(time.Time{}, time.Hour, time.Minute)
 }

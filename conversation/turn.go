@@ -12,13 +12,19 @@ import (
 type Turn struct {
 	// Route is the entry route's name.
 	Route string
-	// SessionID and Source come from Tracker.Identify ("" / SourceNone:
-	// the turn belongs to no session).
+	// SessionID and Source, when already known (Tracker.Identify);
+	// otherwise Observe reads them from Header and Body. "" / SourceNone:
+	// the turn belongs to no session.
 	SessionID string
 	Source    string
-	TraceID   trace.TraceID
-	Start     time.Time
-	Duration  time.Duration
+	// Header reads the request's headers (lowercase names); Body is the
+	// start of its JSON body (at most MaxBodyBytes). Both may be nil and
+	// neither is kept after Observe returns.
+	Header   func(key string) string
+	Body     []byte
+	TraceID  trace.TraceID
+	Start    time.Time
+	Duration time.Duration
 	// FirstByte is the time to the answer's first byte (response headers,
 	// first message, first token), 0 if none came.
 	FirstByte time.Duration
@@ -30,7 +36,8 @@ type Turn struct {
 	// Verdict is the service's own verdict, if any: no_match, handoff,
 	// resolved.
 	Verdict string
-	// Text is the user's message, if known. Never stored.
+	// Text is the user's message, if known (else read from Body with
+	// text_from). Never stored.
 	Text string
 	// Hops are the hops of the turn's trace (the entry hop included), for
 	// blame.
@@ -43,6 +50,8 @@ type Hop struct {
 	Name    string
 	Outcome string
 	Code    string
+	// Verdict is the verdict this hop's response carried, if any.
+	Verdict string
 	// Self is the hop's own time: its duration minus its child hops'.
 	Self time.Duration
 	// Depth is 0 for the entry hop, 1 for the hops it called, ...
@@ -133,7 +142,7 @@ func classify(t *Turn, slo time.Duration) (TurnOutcome, string) {
 	case t.HopOutcome == "canceled":
 		return TurnCanceled, blameSlowest(t)
 	case t.HopOutcome == "fallback" || t.Verdict == VerdictNoMatch || anyHop(t, "fallback"):
-		return TurnFallback, blameDeepest(t, func(h *Hop) bool { return h.Outcome == "fallback" })
+		return TurnFallback, blameDeepest(t, func(h *Hop) bool { return h.Outcome == "fallback" || h.Verdict == VerdictNoMatch })
 	case t.latency() > slo:
 		return TurnSlow, blameSlowest(t)
 	}
@@ -165,9 +174,9 @@ func anyHop(t *Turn, outcome string) bool {
 	return false
 }
 
-// blameDeepest names the deepest hop that matches: a failure or fallback
-// deep in the trace surfaces through every hop above it, and the deepest
-// is where it happened. Without one, the entry route is to blame.
+// blameDeepest names the deepest hop that matches: a failure, fallback or
+// no_match deep in the trace surfaces through every hop above it, and the
+// deepest is where it happened. Without one, the entry route is to blame.
 func blameDeepest(t *Turn, match func(*Hop) bool) string {
 	best := -1
 	for i := range t.Hops {

@@ -54,6 +54,7 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 	}
 	r = r.WithContext(ctx) // a shallow copy: the inbound request is untouched
+	r.Body = hop.RequestBody(r.Body)
 
 	// net/http adds a Date header when the handler sets none; a nil entry
 	// suppresses that, so the client sees the upstream's Date or none, as it
@@ -134,6 +135,7 @@ func (r *responseRecorder) WriteHeader(code int) {
 	if r.code == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
 		r.code = code
 		r.hop.FirstByte()
+		r.hop.ResponseHeader(r.ResponseWriter.Header())
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
@@ -142,6 +144,7 @@ func (r *responseRecorder) Write(p []byte) (int, error) {
 	if r.code == 0 {
 		r.code = http.StatusOK
 		r.hop.FirstByte()
+		r.hop.ResponseHeader(r.ResponseWriter.Header())
 	}
 	return r.ResponseWriter.Write(p)
 }

@@ -1,6 +1,10 @@
 package telemetry
 
 import (
+	"io"
+	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -14,30 +18,48 @@ import (
 // ends, with the hops of its trace, and writes what the observer returns
 // onto the entry hop's span. The proxy never sees any of it.
 
-// TurnObserver is told about turns. Its methods run on the request's
-// goroutine and must be quick and safe for concurrent use.
+// TurnObserver is told about turns. Its methods run on request goroutines
+// and must be quick and safe for concurrent use.
 type TurnObserver interface {
-	// IsEntry reports whether requests on route are turns.
-	IsEntry(route string) bool
-	// Identify reads the session id from the incoming request: get
-	// returns a header (HTTP) or metadata key (gRPC), given in lowercase.
-	Identify(get func(key string) string) (id, source string)
-	// TurnEnded classifies a finished turn.
+	// Entry reports whether requests on route are turns, and whether the
+	// start of their JSON request bodies is wanted (Turn.Body).
+	Entry(route string) (turn, body bool)
+	// VerdictHeader names the response header, lowercase, in which a
+	// service gives its verdict on a turn ("" for none). Any hop's
+	// response may carry it; it is removed before the response leaves.
+	VerdictHeader() string
+	// TurnEnded classifies a finished turn. Header and Body are valid only
+	// during the call.
 	TurnEnded(Turn) TurnMark
 }
 
+// MaxTurnBodyBytes is how much of an entry request's JSON body is kept
+// for the observer: the start of it, copied as it streams to the
+// upstream; the rest passes unseen.
+const MaxTurnBodyBytes = 64 << 10
+
+// Verdicts a service may give in the verdict header; other values are
+// removed and ignored.
+var verdictRank = map[string]int{"no_match": 1, "resolved": 2, "handoff": 3}
+
 // Turn is a finished entry hop and the hops of its trace.
 type Turn struct {
-	Route     string
-	SessionID string
-	Source    string
-	TraceID   trace.TraceID
-	Start     time.Time
-	Duration  time.Duration
+	Route string
+	// Header reads the request's headers or metadata (lowercase names).
+	Header func(key string) string
+	// Body is the start of a JSON request body (HTTP entry routes whose
+	// observer wants it), at most MaxTurnBodyBytes; nil otherwise.
+	Body     []byte
+	TraceID  trace.TraceID
+	Start    time.Time
+	Duration time.Duration
 	// FirstByte is the time to the first response byte; 0 if none came.
 	FirstByte time.Duration
 	Code      string
 	Outcome   Outcome
+	// Verdict is the strongest verdict any hop of the turn gave (handoff,
+	// then resolved, then no_match), "" for none.
+	Verdict string
 	// Hops are the server spans of the turn's trace that ran within the
 	// entry hop (it included, first), with their self times.
 	Hops []TurnHop
@@ -48,6 +70,8 @@ type TurnHop struct {
 	HopKey
 	Code    string
 	Outcome Outcome
+	// Verdict is the verdict this hop's response carried, if any.
+	Verdict string
 	Self    time.Duration
 	// Depth counts hops from the entry hop (0).
 	Depth int
@@ -77,20 +101,103 @@ func (t *Telemetry) SetTurnObserver(o TurnObserver) {
 
 // turnState is an entry hop's turn in progress.
 type turnState struct {
-	o         TurnObserver
-	sessionID string
-	source    string
+	o       TurnObserver
+	carrier propagation.TextMapCarrier
+	body    bool // the observer wants the body
+	capture *bodyCapture
 }
 
 // startTurn returns the turn state of a hop on r, nil when r is not an
 // entry route (or no observer is set).
 func (r *Route) startTurn(carrier propagation.TextMapCarrier) *turnState {
 	hook := r.t.turns.Load()
-	if hook == nil || !hook.o.IsEntry(r.info.Name) {
+	if hook == nil {
 		return nil
 	}
-	id, src := hook.o.Identify(carrier.Get)
-	return &turnState{o: hook.o, sessionID: id, source: src}
+	turn, body := hook.o.Entry(r.info.Name)
+	if !turn {
+		return nil
+	}
+	return &turnState{o: hook.o, carrier: carrier, body: body}
+}
+
+// RequestBody returns what the proxy should forward as the request body:
+// body itself, or, on an entry route whose observer reads JSON bodies, a
+// reader that copies the first MaxTurnBodyBytes as they stream through.
+// Nothing is read ahead: streaming and size limits are untouched.
+func (h *Hop) RequestBody(body io.ReadCloser) io.ReadCloser {
+	if h == nil || h.turn == nil || !h.turn.body || body == nil || body == http.NoBody ||
+		!isJSON(h.turn.carrier.Get("content-type")) {
+		return body
+	}
+	h.turn.capture = &bodyCapture{ReadCloser: body}
+	return h.turn.capture
+}
+
+// isJSON: application/json, or a +json structured syntax suffix (RFC 6839).
+func isJSON(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
+}
+
+// bodyCapture copies the start of a body as it is read. The transport may
+// still be reading (on its own goroutine) when the hop ends, so the copy
+// is guarded and stops when taken.
+type bodyCapture struct {
+	io.ReadCloser
+	mu   sync.Mutex // guards buf and done
+	buf  []byte
+	done bool
+}
+
+func (c *bodyCapture) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if n > 0 {
+		c.mu.Lock()
+		if !c.done && len(c.buf) < MaxTurnBodyBytes {
+			c.buf = append(c.buf, p[:min(n, MaxTurnBodyBytes-len(c.buf))]...)
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+// take ends the copy and returns what was read so far.
+func (c *bodyCapture) take() []byte {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.done = true
+	return c.buf
+}
+
+// ResponseHeader looks for a service verdict in a hop's response headers,
+// records it as a "verdict" event on the hop and removes the header: it is
+// between the bot's services and hopwatch, not for the client.
+func (h *Hop) ResponseHeader(hdr http.Header) {
+	if h == nil {
+		return
+	}
+	hook := h.r.t.turns.Load()
+	if hook == nil {
+		return
+	}
+	name := hook.o.VerdictHeader()
+	if name == "" {
+		return
+	}
+	v := hdr.Get(name)
+	if v == "" {
+		return
+	}
+	hdr.Del(name)
+	v = strings.ToLower(strings.TrimSpace(v))
+	if verdictRank[v] > 0 {
+		h.Event("verdict", attribute.String("hopwatch.verdict", v))
+	}
 }
 
 // endTurn reports the finished entry hop to the observer and marks its
@@ -106,10 +213,14 @@ func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration) {
 		HopKey: HopKey{Caller: h.caller, Route: h.r.info.Name, Upstream: h.r.info.Upstream},
 		Start:  h.start, Duration: d, Code: code, Outcome: outcome,
 	}
+	h.mu.Lock()
+	entry.Events = h.events
+	h.mu.Unlock()
+	hops, verdict := h.r.t.turnHops(entry)
 	mark := ts.o.TurnEnded(Turn{
-		Route: h.r.info.Name, SessionID: ts.sessionID, Source: ts.source,
+		Route: h.r.info.Name, Header: ts.carrier.Get, Body: ts.capture.take(),
 		TraceID: entry.TraceID, Start: h.start, Duration: d, FirstByte: h.ttfb,
-		Code: code, Outcome: outcome, Hops: h.r.t.turnHops(entry),
+		Code: code, Outcome: outcome, Verdict: verdict, Hops: hops,
 	})
 	if h.span == nil {
 		return
@@ -137,14 +248,13 @@ func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration) {
 // service's own spans (an instrumented service starts one per request),
 // which the proxy never sees, so parent ids rarely link proxy hops
 // directly.
-func (t *Telemetry) turnHops(entry Span) []TurnHop {
+func (t *Telemetry) turnHops(entry Span) ([]TurnHop, string) {
 	spans := []Span{entry}
 	if d, ok := t.Store.Trace(entry.TraceID); ok {
 		from, to := entry.Start, entry.End()
 		for i := range d.Spans {
 			sp := d.Spans[i].Span
 			if sp.Kind == KindServer && sp.SpanID != entry.SpanID && !sp.Start.Before(from) && !sp.End().After(to) {
-				sp.Events = nil
 				spans = append(spans, sp)
 			}
 		}
@@ -160,11 +270,29 @@ func (t *Telemetry) turnHops(entry Span) []TurnHop {
 	}
 	tr := buildTree(spans)
 	hops := make([]TurnHop, len(spans))
+	verdict := ""
 	for i := range spans {
-		hops[i] = TurnHop{HopKey: spans[i].HopKey, Code: spans[i].Code, Outcome: spans[i].Outcome,
+		v := verdictOf(spans[i].Events, "")
+		hops[i] = TurnHop{HopKey: spans[i].HopKey, Code: spans[i].Code, Outcome: spans[i].Outcome, Verdict: v,
 			Self: tr.self[i], Depth: max(0, tr.depth[i]-tr.depth[0])}
+		if verdictRank[v] > verdictRank[verdict] {
+			verdict = v
+		}
 	}
-	return hops
+	return hops, verdict
+}
+
+// verdictOf returns the stronger of v and the verdicts among events.
+func verdictOf(events []SpanEvent, v string) string {
+	for _, e := range events {
+		if e.Name != "verdict" {
+			continue
+		}
+		if got := e.Attrs["hopwatch.verdict"]; verdictRank[got] > verdictRank[v] {
+			v = got
+		}
+	}
+	return v
 }
 
 // encloses reports whether span a (index ai) may be the parent of b: its

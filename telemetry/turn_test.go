@@ -2,7 +2,9 @@ package telemetry
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,23 +16,21 @@ import (
 
 // turnRecorder is a TurnObserver that keeps what it is told.
 type turnRecorder struct {
-	entry string
-	mu    sync.Mutex
-	turns []Turn
+	entry    string
+	mu       sync.Mutex
+	turns    []Turn
+	sessions []string
 }
 
-func (r *turnRecorder) IsEntry(route string) bool { return route == r.entry }
-func (r *turnRecorder) Identify(get func(string) string) (string, string) {
-	if id := get("x-session-id"); id != "" {
-		return id, "header"
-	}
-	return "", "none"
-}
+func (r *turnRecorder) Entry(route string) (bool, bool) { return route == r.entry, true }
+func (r *turnRecorder) VerdictHeader() string           { return "x-bot-outcome" }
 func (r *turnRecorder) TurnEnded(t Turn) TurnMark {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.sessions = append(r.sessions, t.Header("x-session-id"))
+	t.Header = nil
 	r.turns = append(r.turns, t)
-	return TurnMark{SessionID: t.SessionID, Index: len(r.turns), Outcome: "good"}
+	return TurnMark{SessionID: "s", Index: len(r.turns), Outcome: "good"}
 }
 
 type fakeClock struct{ t time.Time }
@@ -95,7 +95,7 @@ func TestTurnHops(t *testing.T) {
 		t.Fatalf("%d turns, want 2 (dm and kb are not entry routes)", len(rec.turns))
 	}
 	turn := rec.turns[1]
-	if turn.Route != "chat" || turn.SessionID != "s1" || turn.Source != "header" || turn.TraceID != tid ||
+	if turn.Route != "chat" || rec.sessions[1] != "s1" || turn.TraceID != tid ||
 		turn.Duration != 650*time.Millisecond || turn.FirstByte != 50*time.Millisecond || turn.Code != "502" || turn.Outcome != OutcomeError {
 		t.Errorf("turn %+v", turn)
 	}
@@ -120,4 +120,99 @@ func TestTurnHops(t *testing.T) {
 	if len(rec.turns) != 2 {
 		t.Errorf("%d turns after the observer was removed, want 2", len(rec.turns))
 	}
+}
+
+// TestTurnBodyAndVerdict: an entry hop copies the start of a JSON body as
+// it streams (nothing of other types), a verdict header on any hop of the
+// turn is removed and the strongest one reaches the observer, and a body
+// still being read after the hop ended is neither raced on nor copied.
+func TestTurnBodyAndVerdict(t *testing.T) {
+	clk := &fakeClock{t0}
+	tel, err := New(Options{Registry: prometheus.NewRegistry(), Now: clk.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &turnRecorder{entry: "chat"}
+	tel.SetTurnObserver(rec)
+	chat := tel.Route(RouteInfo{Name: "chat", Upstream: "gateway"}, nil)
+	nlu := tel.Route(RouteInfo{Name: "nlu", Upstream: "nlu"}, nil)
+
+	big := `{"message":"` + strings.Repeat("a", MaxTurnBodyBytes) + `"}`
+	cases := []struct {
+		name        string
+		ct          string
+		body        string
+		entryV      string // verdict header on the entry hop's response
+		nluV        string // ...on the nlu hop's response
+		wantBody    string
+		wantVerdict string
+	}{
+		{"json body, no verdict", "application/json", `{"session_id":"s"}`, "", "", `{"session_id":"s"}`, ""},
+		{"json with charset and suffix", "application/vnd.bot+json; charset=utf-8", `{"a":1}`, "", "", `{"a":1}`, ""},
+		{"not json", "text/plain", "hello", "", "", "", ""},
+		{"cut at the limit", "application/json", big, "", "", big[:MaxTurnBodyBytes], ""},
+		{"verdict from a downstream hop", "application/json", `{}`, "", "no_match", `{}`, "no_match"},
+		{"the strongest verdict wins", "application/json", `{}`, "resolved", "HANDOFF", `{}`, "handoff"},
+		{"an unknown verdict is removed and ignored", "application/json", `{}`, "great", "", `{}`, ""},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			clk.t = t0.Add(time.Duration(i) * time.Second)
+			hdr := http.Header{}
+			hdr.Set("Content-Type", tc.ct)
+			ctx, entry := chat.Start(context.Background(), propagation.HeaderCarrier(hdr), "client", "POST")
+			body := entry.RequestBody(io.NopCloser(strings.NewReader(tc.body)))
+			if _, err := io.Copy(io.Discard, body); err != nil {
+				t.Fatal(err)
+			}
+			// The nlu hop, called by the gateway within the turn.
+			out := http.Header{}
+			propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(out))
+			clk.t = clk.t.Add(time.Millisecond)
+			_, n := nlu.Start(context.Background(), propagation.HeaderCarrier(out), "gateway", "POST")
+			resp := http.Header{}
+			if tc.nluV != "" {
+				resp.Set("X-Bot-Outcome", tc.nluV)
+			}
+			n.ResponseHeader(resp)
+			if resp.Get("X-Bot-Outcome") != "" {
+				t.Error("the nlu response kept the verdict header")
+			}
+			clk.t = clk.t.Add(time.Millisecond)
+			n.End("200", OutcomeOK)
+			resp = http.Header{}
+			if tc.entryV != "" {
+				resp.Set("X-Bot-Outcome", tc.entryV)
+			}
+			entry.ResponseHeader(resp)
+			if len(resp) != 0 {
+				t.Errorf("the entry response kept %v", resp)
+			}
+			clk.t = clk.t.Add(time.Millisecond)
+			entry.End("200", OutcomeOK)
+			got := rec.turns[len(rec.turns)-1]
+			if string(got.Body) != tc.wantBody || got.Verdict != tc.wantVerdict {
+				t.Errorf("body %d bytes %.20q, verdict %q; want %d bytes, %q", len(got.Body), got.Body, got.Verdict, len(tc.wantBody), tc.wantVerdict)
+			}
+		})
+	}
+
+	t.Run("read after the hop ended", func(t *testing.T) {
+		hdr := http.Header{}
+		hdr.Set("Content-Type", "application/json")
+		_, entry := chat.Start(context.Background(), propagation.HeaderCarrier(hdr), "client", "POST")
+		body := entry.RequestBody(io.NopCloser(strings.NewReader(`{"a":1}`)))
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(body, buf); err != nil {
+			t.Fatal(err)
+		}
+		entry.End("200", OutcomeOK)
+		rest, _ := io.ReadAll(body) // the transport, still sending
+		if string(rest) != "1}" {
+			t.Errorf("rest of the body %q", rest)
+		}
+		if got := rec.turns[len(rec.turns)-1].Body; string(got) != `{"a":` {
+			t.Errorf("body %q, want what was read before the end", got)
+		}
+	})
 }

@@ -33,20 +33,25 @@ func newTracker(cfg *conversation.Config, reg prometheus.Registerer) (*conversat
 // either package importing the other.
 type turnAdapter struct{ tr *conversation.Tracker }
 
-func (a turnAdapter) IsEntry(route string) bool { return a.tr.IsEntry(route) }
+func (a turnAdapter) Entry(route string) (bool, bool) {
+	if !a.tr.IsEntry(route) {
+		return false, false
+	}
+	return true, a.tr.ReadsBody()
+}
 
-func (a turnAdapter) Identify(get func(string) string) (string, string) { return a.tr.Identify(get) }
+func (a turnAdapter) VerdictHeader() string { return a.tr.VerdictHeader() }
 
 func (a turnAdapter) TurnEnded(t telemetry.Turn) telemetry.TurnMark {
 	var buf [8]conversation.Hop
 	hops := buf[:0]
 	for _, h := range t.Hops {
-		hops = append(hops, conversation.Hop{Name: h.Route, Outcome: string(h.Outcome), Code: h.Code, Self: h.Self, Depth: h.Depth})
+		hops = append(hops, conversation.Hop{Name: h.Route, Outcome: string(h.Outcome), Code: h.Code, Verdict: h.Verdict, Self: h.Self, Depth: h.Depth})
 	}
 	res := a.tr.Observe(conversation.Turn{
-		Route: t.Route, SessionID: t.SessionID, Source: t.Source, TraceID: t.TraceID,
+		Route: t.Route, Header: t.Header, Body: t.Body, TraceID: t.TraceID,
 		Start: t.Start, Duration: t.Duration, FirstByte: t.FirstByte,
-		Code: t.Code, HopOutcome: string(t.Outcome), Hops: hops,
+		Code: t.Code, HopOutcome: string(t.Outcome), Verdict: t.Verdict, Hops: hops,
 	})
 	return telemetry.TurnMark{SessionID: res.SessionID, Index: res.Index, Outcome: string(res.Outcome)}
 }

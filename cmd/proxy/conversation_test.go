@@ -345,3 +345,118 @@ func TestConversationConfig(t *testing.T) {
 		t.Errorf("start without the key file: %v, want a hash_key_file error", err)
 	}
 }
+
+// TestConversationBodyAndVerdict: session id and message from the entry
+// request's JSON body (the upstream still gets every byte, also past the
+// 64 KiB read), repeats found from the message, verdict headers from any
+// hop read, counted and removed before the client sees them.
+func TestConversationBodyAndVerdict(t *testing.T) {
+	p := newPorts(t)
+	nlu := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("q") == "nomatch" {
+			w.Header().Set("X-Bot-Outcome", "no_match")
+		}
+		fmt.Fprint(w, `{"intent":"x"}`)
+	}))
+	t.Cleanup(nlu.Close)
+	var mu sync.Mutex
+	var gotBodies []int
+	gateway := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		gotBodies = append(gotBodies, len(b))
+		mu.Unlock()
+		q := "ok"
+		if strings.Contains(string(b), "nomatch") {
+			q = "nomatch"
+		}
+		req, _ := http.NewRequestWithContext(r.Context(), "GET", fmt.Sprintf("http://127.0.0.1:%d/nlu?q=%s", p.http, q), nil)
+		req.Header.Set("Traceparent", r.Header.Get("Traceparent"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		resp.Body.Close()
+		if resp.Header.Get("X-Bot-Outcome") != "" {
+			http.Error(w, "the verdict header reached the gateway", http.StatusInternalServerError)
+			return
+		}
+		if strings.Contains(string(b), "bye") {
+			w.Header().Set("X-Bot-Outcome", "resolved")
+		}
+		fmt.Fprint(w, "answer")
+	}))
+	t.Cleanup(gateway.Close)
+
+	cfg := fmt.Sprintf(`admin: {address: "127.0.0.1:%d"}
+listeners:
+  - {name: http, address: "127.0.0.1:%d", protocol: http}
+upstreams:
+  - {name: gateway, protocol: http, endpoints: ["%s"]}
+  - {name: nlu, protocol: http, endpoints: ["%s"]}
+routes:
+  - {name: chat, listener: http, match: {path_prefix: /chat}, upstream: gateway}
+  - {name: nlu, listener: http, match: {path_prefix: /nlu}, upstream: nlu}
+conversation:
+  entry_routes: [chat]
+  session_from: [header:x-session-id, json:session_id]
+  text_from: json:message
+`, p.admin, p.http, gateway.Listener.Addr(), nlu.Listener.Addr())
+	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
+	writeFile(t, path, cfg)
+	a, err := start(path, 5*time.Second, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.drain(time.Second)
+
+	var sent []int
+	turn := func(session, message string) {
+		t.Helper()
+		body := fmt.Sprintf(`{"session_id":%q,"message":%q}`, session, message)
+		sent = append(sent, len(body))
+		resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/chat", p.http), "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("X-Bot-Outcome") != "" {
+			t.Errorf("%q: status %d, verdict header %q reached the client", message, resp.StatusCode, resp.Header.Get("X-Bot-Outcome"))
+		}
+	}
+	turn("s1", "where is my order")
+	turn("s1", "where is my order?")
+	turn("s1", "nomatch: please help me now")
+	turn("s1", "ok thanks bye")
+	turn("s2", "a long one "+strings.Repeat("word ", 40_000)) // 200 KB
+
+	mu.Lock()
+	if !slices.Equal(gotBodies, sent) {
+		t.Errorf("the gateway got bodies of %v bytes, the client sent %v", gotBodies, sent)
+	}
+	mu.Unlock()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", p.admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := string(b)
+	for _, want := range []string{
+		`hopwatch_conversation_identity_total{source="json"} 5`,
+		`hopwatch_conversation_turn_signals_total{route="chat",signal="repeat"} 1`,
+		`hopwatch_conversation_turns_total{outcome="fallback",route="chat"} 1`,
+		`hopwatch_conversation_bad_turns_total{cause="fallback",hop="nlu"} 1`,
+		`hopwatch_conversation_sessions_total{good="true",outcome="resolved"} 1`,
+		`hopwatch_conversation_active_sessions 1`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(m, "where is my order") || strings.Contains(m, "s1") {
+		t.Error("user text or a session id in /metrics")
+	}
+}
