@@ -242,9 +242,9 @@ func invalidCases() []invalidCase {
 			msg: "needs hash_key_file",
 		},
 		{
-			name: "conversation events not there yet",
-			yaml: base + "conversation:\n  entry_routes: [kb]\n  events: {file: /var/log/turns.jsonl}\n",
-			line: 15, path: "conversation.events.file",
+			name: "conversation OTLP events not there yet",
+			yaml: base + "conversation:\n  entry_routes: [kb]\n  events: {file: /var/log/turns.jsonl, otlp: true}\n",
+			line: 15, path: "conversation.events.otlp",
 			msg: "not supported yet",
 		},
 		{

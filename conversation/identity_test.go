@@ -133,8 +133,8 @@ func TestValidate(t *testing.T) {
 		{"keyword without words", ok(conversation.Config{FrustrationKeywords: []string{"ok", "?!"}}), "frustration_keywords[1]", "no word"},
 		{"hash_ids without key", ok(conversation.Config{HashIDs: true}), "hash_ids", "needs hash_key_file"},
 		{"key without hash_ids", ok(conversation.Config{HashKeyFile: "/k"}), "hash_key_file", "without hash_ids"},
-		{"events.file later", ok(conversation.Config{Events: conversation.Events{File: "/tmp/e"}}), "events.file", "not supported yet"},
-		{"events.otlp later", ok(conversation.Config{Events: conversation.Events{OTLP: true}}), "events.otlp", "not supported yet"},
+		{"events file", ok(conversation.Config{Events: conversation.EventsConfig{File: "/tmp/e"}}), "", ""},
+		{"events.otlp later", ok(conversation.Config{Events: conversation.EventsConfig{OTLP: true}}), "events.otlp", "not supported yet"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -19,6 +19,7 @@ type Metrics struct {
 	turnsPer  prometheus.Histogram
 	duration  prometheus.Histogram
 	activeNow prometheus.Gauge
+	dropped   *prometheus.CounterVec
 }
 
 // NewMetrics registers the conversation series on reg.
@@ -58,8 +59,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "hopwatch_conversation_active_sessions",
 			Help: "Sessions tracked now (at most max_sessions).",
 		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_conversation_events_dropped_total",
+			Help: "Turn and session events not written: queue_full (the writer fell behind), write_error, encode.",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.turns, m.signals, m.sessions, m.badTurns, m.identity, m.turnsPer, m.duration, m.activeNow)
+	reg.MustRegister(m.turns, m.signals, m.sessions, m.badTurns, m.identity, m.turnsPer, m.duration, m.activeNow, m.dropped)
 	return m
 }
 
@@ -99,4 +104,11 @@ func (m *Metrics) session(r *SessionResult) {
 	}
 	m.turnsPer.Observe(float64(r.Turns))
 	m.duration.Observe(r.Last.Sub(r.Start).Seconds())
+}
+
+func (m *Metrics) eventDropped(reason string) {
+	if m == nil {
+		return
+	}
+	m.dropped.WithLabelValues(reason).Inc()
 }

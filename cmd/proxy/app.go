@@ -29,7 +29,8 @@ type app struct {
 	proxy *proxy.Proxy
 	admin *admin.Server
 	// conv tracks conversations (nil without a conversation section);
-	// stopConv ends its sweeper, convDone closes when it has.
+	// stopConv ends its sweeper and event writer, convDone closes when
+	// they have (events flushed, file closed).
 	conv     *conversation.Tracker
 	stopConv context.CancelFunc
 	convDone chan struct{}
@@ -67,10 +68,14 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
-	conv, err := newTracker(cfg.Conversation, reg)
+	conv, err := newConversation(cfg.Conversation, reg)
 	if err != nil {
 		tel.Shutdown(context.Background())
 		return nil, err
+	}
+	var tracker *conversation.Tracker
+	if conv != nil {
+		tracker = conv.tr
 	}
 	a := &app{
 		path:      path,
@@ -80,14 +85,14 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		cfg:       cfg,
 		adminAddr: cfg.Admin.Address,
 		last:      reloadResult{Time: time.Now(), Trigger: "start", OK: true},
-		conv:      conv,
+		conv:      tracker,
 	}
 	if conv != nil {
-		tel.SetTurnObserver(turnAdapter{conv})
+		tel.SetTurnObserver(turnAdapter{tracker})
 	}
 	a.admin = admin.New(admin.Options{
 		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
-		Traces: tel.Store, Hops: tel.Stats, Sessions: conv,
+		Traces: tel.Store, Hops: tel.Stats, Sessions: tracker,
 		Breakers: func() any {
 			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": tel.FallbackCounts()}
 		},
@@ -95,6 +100,9 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	a.admin.Handle("GET /metrics", tel.MetricsHandler())
 	if err := a.admin.Start(cfg.Admin.Address); err != nil {
 		tel.Shutdown(context.Background())
+		if conv != nil {
+			conv.close()
+		}
 		return nil, err
 	}
 	if err := a.proxy.Apply(&cfg.Spec); err != nil {
@@ -103,6 +111,9 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		a.proxy.Shutdown(ctx)
 		a.admin.Shutdown(ctx)
 		tel.Shutdown(ctx)
+		if conv != nil {
+			conv.close()
+		}
 		return nil, err
 	}
 	tel.ConfigReloaded(true)
@@ -111,7 +122,7 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		a.stopConv, a.convDone = stop, make(chan struct{})
 		go func() {
 			defer close(a.convDone)
-			conv.Run(ctx, convSweepEvery)
+			conv.run(ctx)
 		}()
 	}
 	a.ready.Store(true)

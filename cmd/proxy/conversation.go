@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -11,9 +13,17 @@ import (
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
-// newTracker builds the conversation tracker of cfg (nil: section absent)
-// with its metrics on reg.
-func newTracker(cfg *conversation.Config, reg prometheus.Registerer) (*conversation.Tracker, error) {
+// convParts are the conversation tracker of a configuration and, when
+// events.file is set, its event writer and file.
+type convParts struct {
+	tr     *conversation.Tracker
+	events *conversation.Events
+	file   *os.File // nil for standard output
+}
+
+// newConversation builds the tracker of cfg (nil: section absent) with its
+// metrics on reg, and opens the events file.
+func newConversation(cfg *conversation.Config, reg prometheus.Registerer) (*convParts, error) {
 	if cfg == nil {
 		return nil, nil
 	}
@@ -26,7 +36,54 @@ func newTracker(cfg *conversation.Config, reg prometheus.Registerer) (*conversat
 		// A trailing newline is an editor's, not part of the secret.
 		key = bytes.TrimRight(b, "\r\n")
 	}
-	return conversation.New(conversation.Options{Config: cfg, HashKey: key, Metrics: conversation.NewMetrics(reg)})
+	m := conversation.NewMetrics(reg)
+	opts := conversation.Options{Config: cfg, HashKey: key, Metrics: m}
+	parts := &convParts{}
+	switch f := cfg.Events.File; f {
+	case "":
+	case "-":
+		parts.events = conversation.NewEvents(os.Stdout, 0, m)
+	default:
+		// Appended, never truncated: a restart must not lose the events
+		// a shipper has not read yet. Not world-readable: session ids.
+		file, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("conversation.events.file: %w", err)
+		}
+		parts.file = file
+		parts.events = conversation.NewEvents(file, 0, m)
+	}
+	if parts.events != nil {
+		opts.OnTurn, opts.OnSession = parts.events.Turn, parts.events.Session
+	}
+	tr, err := conversation.New(opts)
+	if err != nil {
+		parts.close()
+		return nil, err
+	}
+	parts.tr = tr
+	return parts, nil
+}
+
+// run sweeps idle sessions and writes events until ctx ends.
+func (c *convParts) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	if c.events != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.events.Run(ctx)
+		}()
+	}
+	c.tr.Run(ctx, convSweepEvery)
+	wg.Wait()
+	c.close()
+}
+
+func (c *convParts) close() {
+	if c.file != nil {
+		c.file.Close()
+	}
 }
 
 // turnAdapter lets telemetry report entry hops to the tracker without

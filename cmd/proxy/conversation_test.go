@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -114,6 +115,7 @@ func TestConversationThroughProxy(t *testing.T) {
 	}))
 	t.Cleanup(gateway.Close)
 	rec, otlpAddr := startOTLP(t)
+	eventsFile := filepath.Join(t.TempDir(), "events.jsonl")
 
 	cfg := fmt.Sprintf(`admin: {address: "127.0.0.1:%d"}
 telemetry:
@@ -132,7 +134,8 @@ conversation:
   entry_routes: [chat]
   turn_slo: 300ms
   idle_timeout: 1s
-`, p.admin, otlpAddr, p.http, gateway.Listener.Addr(), kb.Listener.Addr())
+  events: {file: %q}
+`, p.admin, otlpAddr, p.http, gateway.Listener.Addr(), kb.Listener.Addr(), eventsFile)
 	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
 	writeFile(t, path, cfg)
 	a, err := start(path, 5*time.Second, testLogger(t))
@@ -247,8 +250,34 @@ conversation:
 		t.Errorf("/api/sessions?good=true: %+v, want s2 and s3", list.Sessions)
 	}
 
-	a.drain(2 * time.Second) // flushes the spans
+	a.drain(2 * time.Second) // flushes the spans and the events
 	drained = true
+
+	// Events: one line per turn, one per ended session, as the metrics.
+	b, err := os.ReadFile(eventsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var e struct {
+			Type      string `json:"type"`
+			SessionID string `json:"session_id"`
+			Outcome   string `json:"outcome"`
+			Blame     string `json:"blame"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("event line %q: %v", line, err)
+		}
+		counts[e.Type+":"+e.Outcome]++
+		if e.Type == "turn" && e.Outcome == "error" && (e.SessionID != "s1" || e.Blame != "kb") {
+			t.Errorf("error turn event %+v", e)
+		}
+	}
+	wantCounts := map[string]int{"turn:good": 4, "turn:error": 1, "turn:slow": 1, "session:abandoned": 1, "session:completed": 2}
+	if fmt.Sprint(counts) != fmt.Sprint(wantCounts) {
+		t.Errorf("events %v, want %v", counts, wantCounts)
+	}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	var marked []string
