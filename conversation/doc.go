@@ -17,7 +17,8 @@
 // (SimHash over words and word pairs) that lives only in memory for the
 // session's life; keywords are matched on the fly. Session ids can be
 // replaced by a keyed hash (HMAC-SHA256) before they are kept, exported or
-// shown. The package performs no I/O, starts no goroutine of its own
-// (Tracker.Run is driven by its caller's context) and reads time only from
-// an injected clock; metrics are registered on an injected registerer.
+// shown. The package opens nothing and starts no goroutine of its own
+// (Tracker.Run and Events.Run are driven by their caller's context; Events
+// writes to an injected io.Writer), and reads time only from an injected
+// clock; metrics are registered on an injected registerer.
 package conversation

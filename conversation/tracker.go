@@ -52,19 +52,18 @@ const MaxEndedKept = 1000
 
 // TurnRecord is one turn as the drill-down API shows it. No text.
 type TurnRecord struct {
-	Index     int           `json:"index"`
-	Start     time.Time     `json:"start"`
-	Latency   time.Duration `json:"-"`
-	Duration  time.Duration `json:"-"`
-	Route     string        `json:"route"`
-	Code      string        `json:"code"`
-	Outcome   TurnOutcome   `json:"outcome"`
-	Signals   Signals       `json:"-"`
-	Verdict   string        `json:"verdict,omitempty"`
-	Blame     string        `json:"blame,omitempty"`
-	TraceID   trace.TraceID `json:"trace_id"`
-	Green     bool          `json:"green"`
-	Sessioned bool          `json:"-"`
+	Index    int // in its session, from 1; 0 without a session
+	Start    time.Time
+	Latency  time.Duration // what the SLO is held against: first byte, else duration
+	Duration time.Duration
+	Route    string
+	Code     string
+	Outcome  TurnOutcome
+	Signals  Signals
+	Verdict  string
+	Blame    string // the hop (route name) that made it bad
+	TraceID  trace.TraceID
+	Green    bool // 2xx/OK and within the SLO
 }
 
 // TurnResult is what Observe returns and the turn hook receives.
@@ -310,7 +309,6 @@ func (t *Tracker) Observe(turn Turn) TurnResult {
 func (t *Tracker) addTurnLocked(s *session, rec *TurnRecord, fp fingerprint) {
 	s.turns++
 	rec.Index = s.turns
-	rec.Sessioned = true
 	if fp.comparable() {
 		for i := 0; i < s.nfp; i++ {
 			if Similarity(fp.hash, s.fps[i]) >= t.sim {

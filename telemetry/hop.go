@@ -134,6 +134,7 @@ func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, c
 	opts = append(opts, trace.WithAttributes(r.methodAttrs(method)...))
 	ctx, h.span = t.tracer.Start(pctx, spanName(r, method), opts...)
 	h.sc = h.span.SpanContext()
+	h.markSpan()
 	return ctx, h
 }
 

@@ -28,6 +28,10 @@ type TurnObserver interface {
 	// service gives its verdict on a turn ("" for none). Any hop's
 	// response may carry it; it is removed before the response leaves.
 	VerdictHeader() string
+	// SessionID returns the session id a request's headers or metadata
+	// carry (get takes lowercase names), as it may be exported; "" when
+	// none does (it may still be found in the body at the turn's end).
+	SessionID(get func(key string) string) string
 	// TurnEnded classifies a finished turn. Header and Body are valid only
 	// during the call.
 	TurnEnded(Turn) TurnMark
@@ -86,8 +90,12 @@ type TurnMark struct {
 	Outcome   string
 }
 
-// turnHook boxes the observer for an atomic pointer.
-type turnHook struct{ o TurnObserver }
+// turnHook is the installed observer and the session ids of the turns in
+// flight, by trace, so that every hop span of a turn can carry it.
+type turnHook struct {
+	o      TurnObserver
+	active sync.Map // trace.TraceID → string: the session id of an entry hop in flight
+}
 
 // SetTurnObserver installs o (nil: none). Hops that started before keep
 // the observer they started with.
@@ -96,15 +104,19 @@ func (t *Telemetry) SetTurnObserver(o TurnObserver) {
 		t.turns.Store(nil)
 		return
 	}
-	t.turns.Store(&turnHook{o})
+	t.turns.Store(&turnHook{o: o})
 }
 
 // turnState is an entry hop's turn in progress.
 type turnState struct {
 	o       TurnObserver
+	hook    *turnHook
 	carrier propagation.TextMapCarrier
 	body    bool // the observer wants the body
 	capture *bodyCapture
+	// session is the id registered in hook.active for the span of every
+	// hop of this turn ("" for none).
+	session string
 }
 
 // startTurn returns the turn state of a hop on r, nil when r is not an
@@ -118,7 +130,37 @@ func (r *Route) startTurn(carrier propagation.TextMapCarrier) *turnState {
 	if !turn {
 		return nil
 	}
-	return &turnState{o: hook.o, carrier: carrier, body: body}
+	return &turnState{o: hook.o, hook: hook, carrier: carrier, body: body}
+}
+
+// markSpan puts the session id on a new hop span: an entry hop's own, read
+// from its headers (and registered for its trace), or, for the other hops,
+// that of the turn in flight in the same trace. Only SDK spans (with an
+// exporter) carry attributes; the built-in store does not need them.
+func (h *Hop) markSpan() {
+	if h.span == nil {
+		return
+	}
+	var id string
+	if ts := h.turn; ts != nil {
+		id = ts.o.SessionID(ts.carrier.Get)
+		if id == "" {
+			return
+		}
+		ts.session = id
+		ts.hook.active.Store(h.sc.TraceID(), id)
+	} else {
+		hook := h.r.t.turns.Load()
+		if hook == nil {
+			return
+		}
+		v, ok := hook.active.Load(h.sc.TraceID())
+		if !ok {
+			return
+		}
+		id = v.(string)
+	}
+	h.span.SetAttributes(attribute.String("session.id", id), attribute.String("gen_ai.conversation.id", id))
 }
 
 // RequestBody returns what the proxy should forward as the request body:
@@ -207,6 +249,9 @@ func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration) {
 	ts := h.turn
 	if ts == nil {
 		return
+	}
+	if ts.session != "" {
+		ts.hook.active.CompareAndDelete(h.sc.TraceID(), ts.session)
 	}
 	entry := Span{
 		TraceID: h.sc.TraceID(), SpanID: h.sc.SpanID(), ParentID: h.parent, Kind: KindServer,

@@ -24,6 +24,9 @@ type turnRecorder struct {
 
 func (r *turnRecorder) Entry(route string) (bool, bool) { return route == r.entry, true }
 func (r *turnRecorder) VerdictHeader() string           { return "x-bot-outcome" }
+func (r *turnRecorder) SessionID(get func(string) string) string {
+	return get("x-session-id")
+}
 func (r *turnRecorder) TurnEnded(t Turn) TurnMark {
 	r.mu.Lock()
 	defer r.mu.Unlock()

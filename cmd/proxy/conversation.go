@@ -99,6 +99,11 @@ func (a turnAdapter) Entry(route string) (bool, bool) {
 
 func (a turnAdapter) VerdictHeader() string { return a.tr.VerdictHeader() }
 
+func (a turnAdapter) SessionID(get func(string) string) string {
+	id, _ := a.tr.Identify(get)
+	return id
+}
+
 func (a turnAdapter) TurnEnded(t telemetry.Turn) telemetry.TurnMark {
 	var buf [8]conversation.Hop
 	hops := buf[:0]

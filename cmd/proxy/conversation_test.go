@@ -280,7 +280,7 @@ conversation:
 	}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
-	var marked []string
+	var marked, kbSessions []string
 	for _, sp := range rec.spans {
 		switch sp["hopwatch.route"] {
 		case "chat":
@@ -295,7 +295,16 @@ conversation:
 			if _, ok := sp["hopwatch.turn.outcome"]; ok {
 				t.Errorf("kb span marked as a turn: %v", sp)
 			}
+			if sp["session.id"] != sp["gen_ai.conversation.id"] {
+				t.Errorf("kb span: session.id %q, gen_ai.conversation.id %q", sp["session.id"], sp["gen_ai.conversation.id"])
+			}
+			kbSessions = append(kbSessions, sp["session.id"])
 		}
+	}
+	// Every hop of a turn carries its session, not only the entry hop.
+	slices.Sort(kbSessions)
+	if got := strings.Join(kbSessions, ","); got != ",s1,s1,s2,s2,s3" {
+		t.Errorf("kb spans' session ids %q, want ,s1,s1,s2,s2,s3", got)
 	}
 	want := "#:good,s1#1:good,s1#2:error,s2#1:slow,s2#2:good,s3#1:good"
 	slices.Sort(marked)
