@@ -323,7 +323,8 @@ func TestConversationConfig(t *testing.T) {
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "key")
 	writeFile(t, keyFile, "0123456789abcdef0123\n")
-	base := configText(s, p, "a")
+	rec, otlpAddr := startOTLP(t)
+	base := configText(s, p, "a") + fmt.Sprintf("telemetry: {tracing: {otlp: {endpoint: %q}}}\n", otlpAddr)
 	conv := func(idle string) string {
 		return base + fmt.Sprintf("conversation:\n  entry_routes: [web]\n  idle_timeout: %s\n  hash_ids: true\n  hash_key_file: %q\n", idle, keyFile)
 	}
@@ -333,7 +334,12 @@ func TestConversationConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.drain(time.Second)
+	drained := false
+	defer func() {
+		if !drained {
+			a.drain(time.Second)
+		}
+	}()
 
 	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/x", p.http), nil)
 	req.Header.Set("x-session-id", "alice@example.com")
@@ -370,6 +376,26 @@ func TestConversationConfig(t *testing.T) {
 		if last.OK != tc.ok || !tc.ok && !strings.Contains(strings.Join(last.Errors, ";"), "conversation section changed") {
 			t.Errorf("%s: reload %+v, want ok=%v", tc.name, last, tc.ok)
 		}
+	}
+
+	// The spans carry the hash, never the id.
+	a.drain(time.Second)
+	drained = true
+	rec.mu.Lock()
+	var ids []string
+	for _, sp := range rec.spans {
+		for k, v := range sp {
+			if strings.Contains(v, "alice") {
+				t.Errorf("span attribute %s = %q holds the raw session id", k, v)
+			}
+		}
+		if sp["hopwatch.route"] == "web" {
+			ids = append(ids, sp["session.id"])
+		}
+	}
+	rec.mu.Unlock()
+	if len(list.Sessions) == 1 && (len(ids) != 1 || ids[0] != list.Sessions[0].ID) {
+		t.Errorf("web span session ids %q, want the hash %q", ids, list.Sessions[0].ID)
 	}
 
 	writeFile(t, path, conv("1m"))
