@@ -12,7 +12,7 @@ func (t *Tracker) Session(id string) (SessionResult, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s := t.byID[id]; s != nil {
-		return s.result(), true
+		return s.result(t), true
 	}
 	var best *SessionResult
 	for i := range t.ended {

@@ -45,7 +45,7 @@ const (
 
 // MaxTurnsKept is how many turn records a session keeps for the
 // drill-down API (the most recent ones); its counters cover every turn.
-const MaxTurnsKept = 32
+const MaxTurnsKept = 16
 
 // MaxEndedKept is how many ended sessions are kept for the drill-down API.
 const MaxEndedKept = 1000
@@ -134,6 +134,7 @@ type Tracker struct {
 	ended []SessionResult
 	endAt int // next slot in ended once it is full
 	sli   sliSeries
+	names names // interned strings of turn records
 	count struct {
 		evicted uint64
 	}
@@ -160,7 +161,7 @@ type session struct {
 	fpAt       int // next slot
 	prevFP     fingerprint
 	lastTrace  trace.TraceID
-	records    []TurnRecord // a ring once full: records[recAt] is the oldest
+	records    []turnRec // a ring once full: records[recAt] is the oldest
 	recAt      int
 }
 
@@ -346,9 +347,9 @@ func (t *Tracker) addTurnLocked(s *session, rec *TurnRecord, fp fingerprint) {
 	s.canceled = rec.Outcome == TurnCanceled
 	s.lastTrace = rec.TraceID
 	if len(s.records) < MaxTurnsKept {
-		s.records = append(s.records, *rec)
+		s.records = append(s.records, t.compact(rec))
 	} else {
-		s.records[s.recAt] = *rec
+		s.records[s.recAt] = t.compact(rec)
 		s.recAt = (s.recAt + 1) % MaxTurnsKept
 	}
 }
@@ -401,7 +402,7 @@ func (t *Tracker) Run(ctx context.Context, interval time.Duration) {
 func (t *Tracker) endLocked(s *session, reason EndReason, at time.Time) SessionResult {
 	t.unlink(s)
 	delete(t.byID, s.id)
-	r := s.result()
+	r := s.result(t)
 	r.Ended, r.Reason = at, reason
 	r.Outcome = sessionOutcome(s, reason)
 	r.Good = (r.Outcome == SessionResolved || r.Outcome == SessionCompleted) && s.frust == 0 && s.repeats <= 1
@@ -437,11 +438,12 @@ func sessionOutcome(s *session, reason EndReason) SessionOutcome {
 	return SessionCompleted
 }
 
-func (s *session) result() SessionResult {
+func (s *session) result(t *Tracker) SessionResult {
 	r := s.summary()
 	r.Records = make([]TurnRecord, 0, len(s.records))
-	r.Records = append(r.Records, s.records[s.recAt:]...)
-	r.Records = append(r.Records, s.records[:s.recAt]...)
+	for i := range s.records {
+		r.Records = append(r.Records, t.expand(&s.records[(s.recAt+i)%len(s.records)]))
+	}
 	return r
 }
 

@@ -213,3 +213,53 @@ func TestZeroTimes(t *testing.T) {
 	}
 	tr.SLI(time.Time{}, time.Hour, time.Minute)
 }
+
+// TestLongSessionsMemory: the worst case per session, every tracked
+// session holding MaxTurnsKept turn records, stays near 1.5 KiB, so the
+// default max_sessions bounds the tracker to about 150 MiB however long
+// sessions get.
+func TestLongSessionsMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	const sessions = 20_000
+	c := newClock()
+	cfg := conversation.Config{EntryRoutes: []string{"chat"}, MaxSessions: sessions}
+	tr, err := conversation.New(conversation.Options{Config: &cfg, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, sessions)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("session-%07d", i)
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapAlloc
+	fellBack := []conversation.Hop{{Name: "chat"}, {Name: "kb", Outcome: "fallback", Depth: 1}}
+	for turn := range conversation.MaxTurnsKept + 2 {
+		var hops []conversation.Hop
+		if turn%2 == 1 {
+			hops = fellBack
+		}
+		for _, id := range ids {
+			c.add(time.Microsecond)
+			tr.Observe(conversation.Turn{Route: "chat", SessionID: id, Start: c.now(), Duration: time.Millisecond,
+				Code: "200", HopOutcome: "ok", Hops: hops})
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	per := (ms.HeapAlloc - min(base, ms.HeapAlloc)) / sessions
+	t.Logf("%d sessions of %d turns: %d bytes live per session (x %d default max_sessions = %.0f MiB)",
+		sessions, conversation.MaxTurnsKept+2, per, conversation.DefaultMaxSessions, float64(per)*conversation.DefaultMaxSessions/(1<<20))
+	if per > 1600 {
+		t.Errorf("%d bytes per session, want ≤ 1600", per)
+	}
+	if r, _ := tr.Session(ids[0]); len(r.Records) != conversation.MaxTurnsKept || r.Records[0].Blame != "" || r.Records[1].Blame != "kb" {
+		t.Errorf("records %+v", r.Records[:2])
+	}
+	runtime.KeepAlive(tr)
+	runtime.KeepAlive(ids)
+}
