@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -41,6 +42,12 @@ type TurnObserver interface {
 // for the observer: the start of it, copied as it streams to the
 // upstream; the rest passes unseen.
 const MaxTurnBodyBytes = 64 << 10
+
+// MaxTurnBodyBytesInFlight bounds the body bytes held by all entry
+// requests in flight together: many slow uploads at once cannot make the
+// copies grow without bound. A request that would pass it is not copied
+// further (its turn may lack the id or text found in its body).
+const MaxTurnBodyBytesInFlight = 64 << 20
 
 // Verdicts a service may give in the verdict header; other values are
 // removed and ignored.
@@ -95,6 +102,9 @@ type TurnMark struct {
 type turnHook struct {
 	o      TurnObserver
 	active sync.Map // trace.TraceID → string: the session id of an entry hop in flight
+	// copied is the body bytes held by all entry hops in flight, bounded
+	// by MaxTurnBodyBytesInFlight.
+	copied atomic.Int64
 }
 
 // SetTurnObserver installs o (nil: none). Hops that started before keep
@@ -172,7 +182,7 @@ func (h *Hop) RequestBody(body io.ReadCloser) io.ReadCloser {
 		!isJSON(h.turn.carrier.Get("content-type")) {
 		return body
 	}
-	h.turn.capture = &bodyCapture{ReadCloser: body}
+	h.turn.capture = &bodyCapture{ReadCloser: body, budget: &h.turn.hook.copied}
 	return h.turn.capture
 }
 
@@ -188,24 +198,32 @@ func isJSON(ct string) bool {
 // is guarded and stops when taken.
 type bodyCapture struct {
 	io.ReadCloser
-	mu   sync.Mutex // guards buf and done
-	buf  []byte
-	done bool
+	budget *atomic.Int64 // shared by all captures: see MaxTurnBodyBytesInFlight
+	mu     sync.Mutex    // guards the fields below
+	buf    []byte
+	done   bool // nothing more is copied
+	taken  bool // buf's bytes went back to the budget
 }
 
 func (c *bodyCapture) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
 	if n > 0 {
 		c.mu.Lock()
-		if !c.done && len(c.buf) < MaxTurnBodyBytes {
-			c.buf = append(c.buf, p[:min(n, MaxTurnBodyBytes-len(c.buf))]...)
+		if k := min(n, MaxTurnBodyBytes-len(c.buf)); !c.done && k > 0 {
+			if c.budget.Add(int64(k)) > MaxTurnBodyBytesInFlight {
+				c.budget.Add(-int64(k))
+				c.done = true
+			} else {
+				c.buf = append(c.buf, p[:k]...)
+			}
 		}
 		c.mu.Unlock()
 	}
 	return n, err
 }
 
-// take ends the copy and returns what was read so far.
+// take ends the copy, gives its bytes back to the budget, and returns
+// what was read so far.
 func (c *bodyCapture) take() []byte {
 	if c == nil {
 		return nil
@@ -213,6 +231,10 @@ func (c *bodyCapture) take() []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.done = true
+	if !c.taken {
+		c.taken = true
+		c.budget.Add(-int64(len(c.buf)))
+	}
 	return c.buf
 }
 

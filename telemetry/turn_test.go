@@ -219,3 +219,41 @@ func TestTurnBodyAndVerdict(t *testing.T) {
 		}
 	})
 }
+
+// TestTurnBodyBudget: body copies held by entry hops in flight stay
+// within MaxTurnBodyBytesInFlight together; a hop past it copies no more,
+// and ending hops gives their bytes back.
+func TestTurnBodyBudget(t *testing.T) {
+	tel, err := New(Options{Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &turnRecorder{entry: "chat"}
+	tel.SetTurnObserver(rec)
+	chat := tel.Route(RouteInfo{Name: "chat", Upstream: "gateway"}, nil)
+	hdr := http.Header{}
+	hdr.Set("Content-Type", "application/json")
+	chunk := strings.Repeat("x", MaxTurnBodyBytes)
+	full := MaxTurnBodyBytesInFlight / MaxTurnBodyBytes
+	var hops []*Hop
+	for range full + 1 {
+		_, h := chat.Start(context.Background(), propagation.HeaderCarrier(hdr), "client", "POST")
+		io.Copy(io.Discard, h.RequestBody(io.NopCloser(strings.NewReader(chunk))))
+		hops = append(hops, h)
+	}
+	if got := tel.turns.Load().copied.Load(); got != MaxTurnBodyBytesInFlight {
+		t.Errorf("%d bytes held, want the bound %d", got, MaxTurnBodyBytesInFlight)
+	}
+	for _, h := range hops {
+		h.End("200", OutcomeOK)
+	}
+	if n := len(rec.turns[len(rec.turns)-1].Body); n != 0 {
+		t.Errorf("the hop past the budget copied %d bytes", n)
+	}
+	if n := len(rec.turns[0].Body); n != MaxTurnBodyBytes {
+		t.Errorf("the first hop copied %d bytes, want %d", n, MaxTurnBodyBytes)
+	}
+	if got := tel.turns.Load().copied.Load(); got != 0 {
+		t.Errorf("%d bytes still held after every hop ended", got)
+	}
+}
