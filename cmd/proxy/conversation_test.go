@@ -19,6 +19,11 @@ import (
 	collectorpb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // otlpReceiver is a real OTLP/gRPC trace endpoint on loopback that keeps
@@ -522,5 +527,46 @@ conversation:
 	}
 	if strings.Contains(m, "where is my order") || strings.Contains(m, "s1") {
 		t.Error("user text or a session id in /metrics")
+	}
+}
+
+// TestConversationGRPC: a gRPC entry route through the real proxy: the
+// session id from metadata, and a NOT_FOUND status, which a hop counts as
+// ok (the caller's mistake), is an error turn for the user.
+func TestConversationGRPC(t *testing.T) {
+	s := startStack(t)
+	s.health.SetServingStatus("bot", healthpb.HealthCheckResponse_SERVING)
+	p := newPorts(t)
+	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
+	writeFile(t, path, configText(s, p, "a")+"conversation: {entry_routes: [health]}\n")
+	a, err := start(path, time.Second, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.drain(time.Second)
+	cc, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", p.grpc), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-session-id", "g1")
+	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "bot"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "nope"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("unknown service: %v, want NOT_FOUND", err)
+	}
+	var d struct {
+		Turns []struct {
+			Outcome string `json:"outcome"`
+			Code    string `json:"code"`
+		} `json:"turns_detail"`
+	}
+	if code := getJSON(t, fmt.Sprintf("http://127.0.0.1:%d/api/sessions/g1", p.admin), &d); code != 200 {
+		t.Fatalf("/api/sessions/g1: %d", code)
+	}
+	if len(d.Turns) != 2 || d.Turns[0].Outcome != "good" || d.Turns[0].Code != "OK" || d.Turns[1].Outcome != "error" || d.Turns[1].Code != "NotFound" {
+		t.Errorf("turns %+v", d.Turns)
 	}
 }
