@@ -20,6 +20,7 @@ type Metrics struct {
 	duration  prometheus.Histogram
 	activeNow prometheus.Gauge
 	dropped   *prometheus.CounterVec
+	verdicts  *prometheus.CounterVec
 }
 
 // NewMetrics registers the conversation series on reg.
@@ -64,7 +65,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Turn and session events not written: queue_full (the writer fell behind), write_error, encode.",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.turns, m.signals, m.sessions, m.badTurns, m.identity, m.turnsPer, m.duration, m.activeNow, m.dropped)
+	m.verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "hopwatch_conversation_verdicts_total",
+		Help: "Turns a service gave a verdict on (the verdict header): no_match, handoff, resolved.",
+	}, []string{"route", "verdict"})
+	reg.MustRegister(m.turns, m.signals, m.sessions, m.badTurns, m.identity, m.turnsPer, m.duration, m.activeNow, m.dropped, m.verdicts)
 	return m
 }
 
@@ -82,6 +87,9 @@ func (m *Metrics) turn(r *TurnResult, active int) {
 		m.badTurns.WithLabelValues(r.Blame, string(r.Outcome)).Inc()
 	}
 	m.identity.WithLabelValues(r.Source).Inc()
+	if v := r.Verdict; v == VerdictNoMatch || v == VerdictHandoff || v == VerdictResolved {
+		m.verdicts.WithLabelValues(r.Route, v).Inc()
+	}
 	m.activeNow.Set(float64(active))
 }
 

@@ -519,6 +519,8 @@ conversation:
 		`hopwatch_conversation_turns_total{outcome="fallback",route="chat"} 1`,
 		`hopwatch_conversation_bad_turns_total{cause="fallback",hop="nlu"} 1`,
 		`hopwatch_conversation_sessions_total{good="true",outcome="resolved"} 1`,
+		`hopwatch_conversation_verdicts_total{route="chat",verdict="no_match"} 1`,
+		`hopwatch_conversation_verdicts_total{route="chat",verdict="resolved"} 1`,
 		`hopwatch_conversation_active_sessions 1`,
 	} {
 		if !strings.Contains(m, want) {
