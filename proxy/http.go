@@ -72,6 +72,7 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rec := &responseRecorder{ResponseWriter: w, hop: hop}
 	rt.http.ServeHTTP(rec, r)
+	hop.ResponseHeader(w.Header()) // trailers are there now: a verdict may come last
 
 	canceled := errors.Is(clientCtx.Err(), context.Canceled)
 	var code string

@@ -238,9 +238,10 @@ func (c *bodyCapture) take() []byte {
 	return c.buf
 }
 
-// ResponseHeader looks for a service verdict in a hop's response headers,
-// records it as a "verdict" event on the hop and removes the header: it is
-// between the bot's services and hopwatch, not for the client.
+// ResponseHeader looks for a service verdict in a hop's response headers
+// (when they are written) or trailers (when the response has ended),
+// records it as a "verdict" event on the hop and removes it: it is between
+// the bot's services and hopwatch, not for the client.
 func (h *Hop) ResponseHeader(hdr http.Header) {
 	if h == nil {
 		return
@@ -253,11 +254,19 @@ func (h *Hop) ResponseHeader(hdr http.Header) {
 	if name == "" {
 		return
 	}
+	// After the body the map holds the trailers too: announced ones under
+	// their names, others with http.TrailerPrefix (see net/http).
+	// The prefixed form is not canonicalized by Header.Get: index it.
+	trailer := http.TrailerPrefix + http.CanonicalHeaderKey(name)
 	v := hdr.Get(name)
+	if v == "" && len(hdr[trailer]) > 0 {
+		v = hdr[trailer][0]
+	}
 	if v == "" {
 		return
 	}
 	hdr.Del(name)
+	delete(hdr, trailer)
 	v = strings.ToLower(strings.TrimSpace(v))
 	if verdictRank[v] > 0 {
 		h.Event("verdict", attribute.String("hopwatch.verdict", v))

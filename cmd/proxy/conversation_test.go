@@ -451,8 +451,16 @@ func TestConversationBodyAndVerdict(t *testing.T) {
 			http.Error(w, "the verdict header reached the gateway", http.StatusInternalServerError)
 			return
 		}
-		if strings.Contains(string(b), "bye") {
+		switch {
+		case strings.Contains(string(b), "bye"):
 			w.Header().Set("X-Bot-Outcome", "resolved")
+		case strings.Contains(string(b), "human"):
+			// Known only once the streamed answer is done: a trailer,
+			// unannounced.
+			fmt.Fprint(w, "let me see")
+			w.(http.Flusher).Flush()
+			w.Header().Set(http.TrailerPrefix+"X-Bot-Outcome", "handoff")
+			return
 		}
 		fmt.Fprint(w, "answer")
 	}))
@@ -491,8 +499,9 @@ conversation:
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != 200 || resp.Header.Get("X-Bot-Outcome") != "" {
-			t.Errorf("%q: status %d, verdict header %q reached the client", message, resp.StatusCode, resp.Header.Get("X-Bot-Outcome"))
+		if resp.StatusCode != 200 || resp.Header.Get("X-Bot-Outcome") != "" || resp.Trailer.Get("X-Bot-Outcome") != "" {
+			t.Errorf("%q: status %d, verdict %q / trailer %q reached the client", message, resp.StatusCode,
+				resp.Header.Get("X-Bot-Outcome"), resp.Trailer.Get("X-Bot-Outcome"))
 		}
 	}
 	turn("s1", "where is my order")
@@ -500,6 +509,7 @@ conversation:
 	turn("s1", "nomatch: please help me now")
 	turn("s1", "ok thanks bye")
 	turn("s2", "a long one "+strings.Repeat("word ", 40_000)) // 200 KB
+	turn("s3", "I want a human")
 
 	mu.Lock()
 	if !slices.Equal(gotBodies, sent) {
@@ -514,13 +524,15 @@ conversation:
 	resp.Body.Close()
 	m := string(b)
 	for _, want := range []string{
-		`hopwatch_conversation_identity_total{source="json"} 5`,
+		`hopwatch_conversation_identity_total{source="json"} 6`,
 		`hopwatch_conversation_turn_signals_total{route="chat",signal="repeat"} 1`,
 		`hopwatch_conversation_turns_total{outcome="fallback",route="chat"} 1`,
 		`hopwatch_conversation_bad_turns_total{cause="fallback",hop="nlu"} 1`,
 		`hopwatch_conversation_sessions_total{good="true",outcome="resolved"} 1`,
 		`hopwatch_conversation_verdicts_total{route="chat",verdict="no_match"} 1`,
 		`hopwatch_conversation_verdicts_total{route="chat",verdict="resolved"} 1`,
+		`hopwatch_conversation_verdicts_total{route="chat",verdict="handoff"} 1`,
+		`hopwatch_conversation_sessions_total{good="false",outcome="handoff"} 1`,
 		`hopwatch_conversation_active_sessions 1`,
 	} {
 		if !strings.Contains(m, want) {
