@@ -15,7 +15,6 @@ type clock struct{ t time.Time }
 func (c *clock) now() time.Time                     { return c.t }
 func (c *clock) add(d time.Duration)                { c.t = c.t.Add(d) }
 func newClock() *clock                              { return &clock{t: t0} }
-func ptr[T any](v T) *T                             { return &v }
 func hops(h ...conversation.Hop) []conversation.Hop { return h }
 
 func newTracker(t testing.TB, cfg conversation.Config, c *clock) *conversation.Tracker {
