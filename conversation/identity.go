@@ -25,15 +25,22 @@ type identifier struct {
 	// order, then text_from's if set (hasText).
 	paths   []jsonPath
 	hasText bool
+	keys    []string // headers read: header: sources and baggage
 	key     []byte
 	pool    sync.Pool // of hash.Hash (HMAC-SHA256 keyed with key)
 }
 
 func newIdentifier(sources []source, text jsonPath, key []byte) *identifier {
 	id := &identifier{sources: sources, key: key}
+	bag := false
 	for _, s := range sources {
-		if s.kind == SourceJSON {
+		switch {
+		case s.kind == SourceJSON:
 			id.paths = append(id.paths, s.path)
+		case s.kind == SourceHeader:
+			id.keys = append(id.keys, s.key)
+		case s.kind == SourceBaggage && !bag:
+			id.keys, bag = append(id.keys, "baggage"), true
 		}
 	}
 	if text != nil {
@@ -45,6 +52,10 @@ func newIdentifier(sources []source, text jsonPath, key []byte) *identifier {
 	}
 	return id
 }
+
+// headerKeys lists the headers the sources read, lowercase. Callers must
+// not change the slice.
+func (d *identifier) headerKeys() []string { return d.keys }
 
 // readsBody reports whether anything is read from request bodies.
 func (d *identifier) readsBody() bool { return len(d.paths) > 0 }

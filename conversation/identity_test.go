@@ -167,3 +167,15 @@ func TestTurnSLOs(t *testing.T) {
 		t.Error("a nil section has turn SLOs")
 	}
 }
+
+// TestHeaderKeys: the headers telemetry must copy for session_from.
+func TestHeaderKeys(t *testing.T) {
+	tr, err := conversation.New(conversation.Options{Config: &conversation.Config{EntryRoutes: []string{"chat"},
+		SessionFrom: []string{"header:X-A", "baggage:session.id", "json:sid", "baggage:gen_ai.conversation.id", "header:x-b"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(tr.HeaderKeys(), ","); got != "x-a,baggage,x-b" {
+		t.Errorf("HeaderKeys %q, want x-a,baggage,x-b", got)
+	}
+}

@@ -229,6 +229,9 @@ func (t *Tracker) IsEntry(route string) bool {
 	return false
 }
 
+// HeaderKeys lists the request headers (lowercase) session_from reads.
+func (t *Tracker) HeaderKeys() []string { return t.ids.headerKeys() }
+
 // ReadsBody reports whether entry requests' JSON bodies are read (json:
 // session sources or text_from).
 func (t *Tracker) ReadsBody() bool { return t.ids.readsBody() }

@@ -29,6 +29,11 @@ type TurnObserver interface {
 	// service gives its verdict on a turn ("" for none). Any hop's
 	// response may carry it; it is removed before the response leaves.
 	VerdictHeader() string
+	// HeaderKeys lists the request headers (lowercase) the observer reads
+	// through Turn.Header: they are copied when the entry hop starts,
+	// before the proxy writes its own propagation headers into the
+	// request's metadata.
+	HeaderKeys() []string
 	// SessionID returns the session id a request's headers or metadata
 	// carry (get takes lowercase names), as it may be exported; "" when
 	// none does (it may still be found in the body at the turn's end).
@@ -122,7 +127,8 @@ type turnState struct {
 	o       TurnObserver
 	hook    *turnHook
 	carrier propagation.TextMapCarrier
-	body    bool // the observer wants the body
+	headers map[string]string // HeaderKeys as they arrived
+	body    bool              // the observer wants the body
 	capture *bodyCapture
 	// session is the id registered in hook.active for the span of every
 	// hop of this turn ("" for none).
@@ -140,8 +146,19 @@ func (r *Route) startTurn(carrier propagation.TextMapCarrier) *turnState {
 	if !turn {
 		return nil
 	}
-	return &turnState{o: hook.o, hook: hook, carrier: carrier, body: body}
+	ts := &turnState{o: hook.o, hook: hook, carrier: carrier, body: body}
+	keys := hook.o.HeaderKeys()
+	ts.headers = make(map[string]string, len(keys))
+	for _, k := range keys {
+		if v := carrier.Get(k); v != "" {
+			ts.headers[k] = v
+		}
+	}
+	return ts
 }
+
+// header reads the copy made at the start.
+func (ts *turnState) header(key string) string { return ts.headers[key] }
 
 // markSpan puts the session id on a new hop span: an entry hop's own, read
 // from its headers (and registered for its trace), or, for the other hops,
@@ -153,7 +170,7 @@ func (h *Hop) markSpan() {
 	}
 	var id string
 	if ts := h.turn; ts != nil {
-		id = ts.o.SessionID(ts.carrier.Get)
+		id = ts.o.SessionID(ts.header)
 		if id == "" {
 			return
 		}
@@ -294,7 +311,7 @@ func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration) {
 	h.mu.Unlock()
 	hops, verdict := h.r.t.turnHops(entry)
 	mark := ts.o.TurnEnded(Turn{
-		Route: h.r.info.Name, Header: ts.carrier.Get, Body: ts.capture.take(),
+		Route: h.r.info.Name, Header: ts.header, Body: ts.capture.take(),
 		TraceID: entry.TraceID, Start: h.start, Duration: d, FirstByte: h.ttfb,
 		Code: code, Outcome: outcome, Verdict: verdict, Hops: hops,
 	})

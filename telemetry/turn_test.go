@@ -24,6 +24,7 @@ type turnRecorder struct {
 
 func (r *turnRecorder) Entry(route string) (bool, bool) { return route == r.entry, true }
 func (r *turnRecorder) VerdictHeader() string           { return "x-bot-outcome" }
+func (r *turnRecorder) HeaderKeys() []string            { return []string{"x-session-id"} }
 func (r *turnRecorder) SessionID(get func(string) string) string {
 	return get("x-session-id")
 }
@@ -255,5 +256,25 @@ func TestTurnBodyBudget(t *testing.T) {
 	}
 	if got := tel.turns.Load().copied.Load(); got != 0 {
 		t.Errorf("%d bytes still held after every hop ended", got)
+	}
+}
+
+// TestTurnHeadersAsArrived: the observer reads the request's headers as
+// they arrived, although the proxy writes its own propagation headers
+// into gRPC metadata (the same map) before the hop ends.
+func TestTurnHeadersAsArrived(t *testing.T) {
+	tel, err := New(Options{Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &turnRecorder{entry: "chat"}
+	tel.SetTurnObserver(rec)
+	chat := tel.Route(RouteInfo{Name: "chat", Upstream: "gateway", GRPC: true}, nil)
+	md := propagation.MapCarrier{"x-session-id": "s1"}
+	_, h := chat.Start(context.Background(), md, "client", "/bot.v1.Chat/Say")
+	delete(md, "x-session-id") // as Inject's del would for a propagation field
+	h.End("OK", OutcomeOK)
+	if got := rec.sessions[len(rec.sessions)-1]; got != "s1" {
+		t.Errorf("session %q, want s1 as it arrived", got)
 	}
 }

@@ -99,6 +99,8 @@ func (a turnAdapter) Entry(route string) (bool, bool) {
 
 func (a turnAdapter) VerdictHeader() string { return a.tr.VerdictHeader() }
 
+func (a turnAdapter) HeaderKeys() []string { return a.tr.HeaderKeys() }
+
 func (a turnAdapter) SessionID(get func(string) string) string {
 	id, _ := a.tr.Identify(get)
 	return id
