@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hopwatch/hopwatch/conversation"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
@@ -29,6 +30,9 @@ type Options struct {
 	// the p95 thresholds of /api/bottlenecks); nil: 503 "telemetry disabled".
 	Traces *telemetry.Store
 	Hops   *telemetry.Stats
+	// Sessions serves /api/sessions and /api/sli; nil: 404, as without a
+	// conversation section.
+	Sessions *conversation.Tracker
 	// Breakers returns the /api/breakers document (circuit breakers,
 	// bulkheads, fallback counts); nil: 404, as without resilience.
 	Breakers func() any
@@ -81,6 +85,7 @@ func New(opts Options) *Server {
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /config", s.config)
 	s.mountAPI()
+	s.mountSessions()
 	s.mountUI()
 	if opts.Breakers != nil {
 		s.mux.HandleFunc("GET /api/breakers", func(w http.ResponseWriter, _ *http.Request) {

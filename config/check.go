@@ -9,8 +9,8 @@ import (
 	"github.com/hopwatch/hopwatch/routes"
 )
 
-// check holds the rules that span more than routes.Spec: the admin server
-// and the sections not implemented yet. It reports in routes.FieldError
+// check holds the rules that span more than routes.Spec: the admin server,
+// telemetry and conversation sections. It reports in routes.FieldError
 // form so that Parse places these errors exactly like routes.Validate's.
 func check(c *Config) []routes.FieldError {
 	var errs []routes.FieldError
@@ -18,8 +18,30 @@ func check(c *Config) []routes.FieldError {
 	for path, msg := range c.Telemetry.Validate() {
 		errs = append(errs, routes.FieldError{Path: "telemetry." + path, Msg: msg})
 	}
-	if c.Conversation != nil {
-		errs = append(errs, routes.FieldError{Path: "conversation", Msg: "not supported yet"})
+	errs = append(errs, checkConversation(c)...)
+	return errs
+}
+
+// checkConversation validates the conversation section and that its entry
+// routes are routes of this file.
+func checkConversation(c *Config) []routes.FieldError {
+	conv := c.Conversation
+	if conv == nil {
+		return nil
+	}
+	var errs []routes.FieldError
+	for path, msg := range conv.Validate() {
+		errs = append(errs, routes.FieldError{Path: "conversation." + path, Msg: msg})
+	}
+	known := make(map[string]bool, len(c.Routes))
+	for _, r := range c.Routes {
+		known[r.Name] = true
+	}
+	for i, name := range conv.EntryRoutes {
+		if !known[name] {
+			errs = append(errs, routes.FieldError{Path: fmt.Sprintf("conversation.entry_routes[%d]", i),
+				Msg: fmt.Sprintf("unknown route %q: an entry route must be one of routes[].name", name)})
+		}
 	}
 	return errs
 }

@@ -13,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/hopwatch/hopwatch/conversation"
 	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
@@ -35,10 +36,9 @@ type Config struct {
 	Telemetry telemetry.Config `yaml:"telemetry"`
 	// Spec is the routing part: listeners, callers, routes, upstreams.
 	routes.Spec `yaml:",inline"`
-	// Conversation is not implemented yet. It is decoded (any content) only
-	// so that a file using it fails with "not supported yet" instead of
-	// silently running without the signals it asks for.
-	Conversation *Section `yaml:"conversation"`
+	// Conversation turns entry-route requests into conversation signals
+	// (turns, sessions, repeats, abandonment); absent or null: off.
+	Conversation *conversation.Config `yaml:"conversation"`
 }
 
 // Admin configures the admin server (/metrics, /config, /ui, ...).
@@ -245,6 +245,10 @@ func isParserProblem(msg string) bool {
 func applyDefaults(c *Config) {
 	if c.Admin.Address == "" {
 		c.Admin.Address = DefaultAdminAddress
+	}
+	if c.Conversation != nil {
+		conv := c.Conversation.WithDefaults()
+		c.Conversation = &conv
 	}
 	for i := range c.Listeners {
 		l := &c.Listeners[i]

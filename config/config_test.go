@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hopwatch/hopwatch/config"
+	"github.com/hopwatch/hopwatch/conversation"
 	"github.com/hopwatch/hopwatch/routes"
 )
 
@@ -200,9 +201,57 @@ func invalidCases() []invalidCase {
 			msg: "required",
 		},
 		{
-			name: "conversation not supported",
-			yaml: base + "conversation: {entry_routes: [chat]}\n",
-			line: 13, path: "conversation",
+			name: "conversation entry route unknown",
+			yaml: base + "conversation:\n  entry_routes: [kb, chat]\n",
+			line: 14, path: "conversation.entry_routes[1]",
+			msg: `unknown route "chat"`,
+		},
+		{
+			name: "conversation without entry routes",
+			yaml: base + "conversation: {turn_slo: 2s}\n",
+			line: 13, path: "conversation.entry_routes",
+			msg: "required",
+		},
+		{
+			name: "conversation session source unparsable",
+			yaml: base + "conversation:\n  entry_routes: [kb]\n  session_from: [header:x-session-id, cookie:sid]\n",
+			line: 15, path: "conversation.session_from[1]",
+			msg: "unknown source",
+		},
+		{
+			name: "conversation session from gRPC messages is not there yet",
+			yaml: base + "conversation:\n  entry_routes: [kb]\n  session_from:\n    - proto:1\n",
+			line: 16, path: "conversation.session_from[0]",
+			msg: "not supported yet",
+		},
+		{
+			name: "conversation bad duration",
+			yaml: base + "conversation:\n  entry_routes: [kb]\n  idle_timeout: 15 minutes\n",
+			line: 15, path: "conversation.idle_timeout",
+			msg: "duration",
+		},
+		{
+			name: "conversation unknown field",
+			yaml: base + "conversation:\n  entry_routes: [kb]\n  repeat: {similarity: 0.8, lst: 3}\n",
+			line: 15, path: "conversation.repeat.lst",
+			msg: "unknown field",
+		},
+		{
+			name: "conversation similarity out of range",
+			yaml: base + "conversation:\n  entry_routes: [kb]\n  repeat:\n    similarity: 80\n",
+			line: 16, path: "conversation.repeat.similarity",
+			msg: "(0, 1]",
+		},
+		{
+			name: "conversation hash_ids without a key",
+			yaml: base + "conversation:\n  entry_routes: [kb]\n  hash_ids: true\n",
+			line: 15, path: "conversation.hash_ids",
+			msg: "needs hash_key_file",
+		},
+		{
+			name: "conversation OTLP events not there yet",
+			yaml: base + "conversation:\n  entry_routes: [kb]\n  events: {file: /var/log/turns.jsonl, otlp: true}\n",
+			line: 15, path: "conversation.events.otlp",
 			msg: "not supported yet",
 		},
 		{
@@ -567,6 +616,52 @@ func TestParseDefaults(t *testing.T) {
 	}
 }
 
+// conversationExample is the conversation section of design.md §3 as far
+// as it is implemented (events and gRPC message sources come later).
+const conversationExample = `conversation:
+  entry_routes: [kb]
+  session_from: [header:x-session-id, header:x-conversation-id, baggage:gen_ai.conversation.id, baggage:session.id, json:session_id]
+  text_from: json:message
+  verdict_header: x-bot-outcome
+  turn_slo: 2s
+  idle_timeout: 15m
+  max_duration: 24h
+  max_sessions: 100000
+  repeat: {similarity: 0.8, last: 3}
+  frustration_keywords: ["useless", "talk to a human"]
+  hash_ids: true
+  hash_key_file: /etc/hopwatch/session-key
+  events: {file: "", otlp: false}
+`
+
+// TestParseConversationDefaults: a section with only entry routes comes
+// back with every default written out, and a turn SLO per entry route.
+func TestParseConversationDefaults(t *testing.T) {
+	cfg, err := config.Parse("hopwatch.yaml", []byte(base+"conversation:\n  entry_routes: [kb]\n  turn_slo: 1500ms\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.Conversation
+	if c == nil {
+		t.Fatal("no conversation section")
+	}
+	if c.IdleTimeout != conversation.DefaultIdleTimeout || c.MaxDuration != conversation.DefaultMaxDuration ||
+		c.MaxSessions != conversation.DefaultMaxSessions || c.Repeat.Similarity != conversation.DefaultRepeatSimilarity ||
+		c.Repeat.Last != conversation.DefaultRepeatLast || !reflect.DeepEqual(c.SessionFrom, conversation.DefaultSessionFrom) {
+		t.Errorf("defaults not applied: %+v", *c)
+	}
+	if got := c.TurnSLOs(); !reflect.DeepEqual(got, map[string]time.Duration{"kb": 1500 * time.Millisecond}) {
+		t.Errorf("TurnSLOs = %v", got)
+	}
+	cfg, err = config.Parse("hopwatch.yaml", []byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Conversation != nil {
+		t.Errorf("absent section decoded as %+v", *cfg.Conversation)
+	}
+}
+
 func TestParseAccepts(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -575,6 +670,8 @@ func TestParseAccepts(t *testing.T) {
 		{"admin remote when allowed", base + "admin: {address: 0.0.0.0:9901, allow_remote: true}\n"},
 		{"admin on ipv6 loopback", base + "admin: {address: \"[::1]:9901\"}\n"},
 		{"null sections", base + "telemetry: null\nconversation: ~\n"},
+		{"conversation, entry routes only", base + "conversation: {entry_routes: [kb]}\n"},
+		{"conversation, every field", base + conversationExample},
 		{"trailing document marker", base + "---\n"},
 		{"leading document marker", "---\n" + base},
 		{"zero duration", base + "    timeout: 0\n"},

@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -26,5 +27,42 @@ func TestReadmeExample(t *testing.T) {
 	example, _, _ := strings.Cut(rest, "```")
 	if _, err := config.Parse("README.md", []byte(example)); err != nil {
 		t.Fatalf("the README example does not load:\n%v", err)
+	}
+}
+
+// TestReadmeConversationExample keeps the conversation section's example
+// true: it loads, next to a route named as its entry route, and
+// says nothing the defaults do not.
+func TestReadmeConversationExample(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "## Conversation signals")
+	if !ok {
+		t.Fatal("README has no conversation section")
+	}
+	_, rest, ok = strings.Cut(rest, "```yaml\n")
+	if !ok {
+		t.Fatal("no yaml block in the conversation section")
+	}
+	example, _, _ := strings.Cut(rest, "```")
+	const routes = `listeners: [{name: web, address: "127.0.0.1:7080", protocol: http}]
+upstreams: [{name: gateway, protocol: http, endpoints: ["127.0.0.1:7201"]}]
+routes: [{name: chat, listener: web, upstream: gateway}]
+`
+	cfg, err := config.Parse("README.md", []byte(routes+example))
+	if err != nil {
+		t.Fatalf("the README conversation example does not load:\n%v", err)
+	}
+	def, err := config.Parse("defaults", []byte(routes+"conversation: {entry_routes: [chat]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Conversation.FrustrationKeywords) == 0 {
+		cfg.Conversation.FrustrationKeywords = nil // [] as written, nil by default: both off
+	}
+	if !reflect.DeepEqual(cfg.Conversation, def.Conversation) {
+		t.Errorf("the README example differs from the defaults:\n%+v\n%+v", *cfg.Conversation, *def.Conversation)
 	}
 }

@@ -87,7 +87,8 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ctx = context.WithValue(ctx, inboundKey{}, in)
 	}
-	r = r.WithContext(ctx) // a shallow copy: the inbound request is untouched
+	r = r.WithContext(ctx)           // a shallow copy: the inbound request is untouched
+	r.Body = hop.RequestBody(r.Body) // the conversation reads an entry request's JSON as it streams
 	if fr != nil && r.Body != nil && r.Body != http.NoBody {
 		r.Body = &touchBody{ReadCloser: r.Body, fr: fr} // on the copy
 	}
@@ -111,6 +112,7 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if hop == nil {
 		return
 	}
+	hop.ResponseHeader(w.Header()) // trailers are there now: a verdict may come last
 
 	canceled := errors.Is(clientCtx.Err(), context.Canceled)
 	var code string
@@ -177,6 +179,7 @@ func (r *responseRecorder) WriteHeader(code int) {
 	if r.code == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
 		r.code = code
 		r.started()
+		r.hop.ResponseHeader(r.ResponseWriter.Header())
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
@@ -185,6 +188,7 @@ func (r *responseRecorder) Write(p []byte) (int, error) {
 	if r.code == 0 {
 		r.code = http.StatusOK
 		r.started()
+		r.hop.ResponseHeader(r.ResponseWriter.Header())
 	}
 	return r.ResponseWriter.Write(p)
 }

@@ -85,7 +85,9 @@ type Hop struct {
 	sc       trace.SpanContext
 	parent   trace.SpanID
 	firstB   bool
+	ttfb     time.Duration
 	attempts int
+	turn     *turnState // entry routes only: see turn.go
 
 	mu       sync.Mutex // guards events and override: resilience code may set them from elsewhere
 	events   []SpanEvent
@@ -104,6 +106,7 @@ func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, c
 	t := r.t
 	method = methodLabel(method, r.info.GRPC)
 	h := &Hop{r: r, caller: r.Caller(caller), method: method, start: t.now()}
+	h.turn = r.startTurn(carrier)
 	// Malformed trace headers extract to nothing, which starts a new trace:
 	// they never fail the request.
 	pctx := t.prop.Extract(ctx, carrier)
@@ -140,6 +143,7 @@ func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, c
 	opts = append(opts, trace.WithAttributes(r.methodAttrs(method)...))
 	ctx, h.span = t.tracer.Start(pctx, spanName(r, method), opts...)
 	h.sc = h.span.SpanContext()
+	h.markSpan()
 	return ctx, h
 }
 
@@ -219,7 +223,8 @@ func (h *Hop) FirstByte() {
 		return
 	}
 	h.firstB = true
-	h.r.series.firstB.Observe(h.r.t.now().Sub(h.start).Seconds())
+	h.ttfb = h.r.t.now().Sub(h.start)
+	h.r.series.firstB.Observe(h.ttfb.Seconds())
 }
 
 // Event records a resilience event (breaker trip, retry, fallback) on the
@@ -274,6 +279,7 @@ func (h *Hop) End(code string, outcome Outcome) {
 	s.requests.Inc()
 	s.observe(d, h.sc.TraceID(), h.sc.IsSampled(), end)
 
+	h.endTurn(code, outcome, d)
 	endSpan(h.span, code, outcome, end)
 
 	key := HopKey{Caller: h.caller, Route: r.info.Name, Upstream: r.info.Upstream}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,6 +52,8 @@ type Telemetry struct {
 
 	replay    replayMetrics
 	listeners *listenerCollector
+
+	turns atomic.Pointer[turnHook] // see SetTurnObserver
 
 	fbMu     sync.Mutex              // guards fbCounts
 	fbCounts map[FallbackCount]int64 // keys have Count 0

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/hopwatch/hopwatch/admin"
 	"github.com/hopwatch/hopwatch/config"
+	"github.com/hopwatch/hopwatch/conversation"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
@@ -26,6 +28,12 @@ type app struct {
 	tel   *telemetry.Telemetry
 	proxy *proxy.Proxy
 	admin *admin.Server
+	// conv tracks conversations (nil without a conversation section);
+	// stopConv ends its sweeper and event writer, convDone closes when
+	// they have (events flushed, file closed).
+	conv     *conversation.Tracker
+	stopConv context.CancelFunc
+	convDone chan struct{}
 
 	ready atomic.Bool
 
@@ -42,6 +50,10 @@ type app struct {
 	adminAddr string
 	last      reloadResult
 }
+
+// convSweepEvery is how often idle sessions are ended when no turn comes
+// to do it: a session's end is counted at most this late.
+const convSweepEvery = time.Second
 
 // reloadResult is the outcome of the last load, shown at /config.
 type reloadResult struct {
@@ -64,6 +76,15 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	conv, err := newConversation(cfg.Conversation, reg)
+	if err != nil {
+		tel.Shutdown(context.Background())
+		return nil, err
+	}
+	var tracker *conversation.Tracker
+	if conv != nil {
+		tracker = conv.tr
+	}
 	a := &app{
 		path:      path,
 		log:       log,
@@ -72,10 +93,17 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		cfg:       cfg,
 		adminAddr: cfg.Admin.Address,
 		last:      reloadResult{Time: time.Now(), Trigger: "start", OK: true},
+		conv:      tracker,
+	}
+	if conv != nil {
+		tel.SetTurnObserver(turnAdapter{tracker})
+		// The bottleneck analysis calls every turn over its SLO slow. The
+		// section cannot change on reload, so this is set once.
+		tel.SetTurnSLOs(cfg.Conversation.TurnSLOs())
 	}
 	a.admin = admin.New(admin.Options{
 		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
-		Traces: tel.Store, Hops: tel.Stats, AllowedHosts: cfg.Admin.AllowedHosts,
+		Traces: tel.Store, Hops: tel.Stats, AllowedHosts: cfg.Admin.AllowedHosts, Sessions: tracker,
 		Breakers: func() any {
 			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": tel.FallbackCounts()}
 		},
@@ -83,6 +111,9 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	a.admin.Handle("GET /metrics", tel.MetricsHandler())
 	if err := a.admin.Start(cfg.Admin.Address); err != nil {
 		tel.Shutdown(context.Background())
+		if conv != nil {
+			conv.close()
+		}
 		return nil, err
 	}
 	if err := a.proxy.Apply(&cfg.Spec); err != nil {
@@ -91,9 +122,20 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		a.proxy.Shutdown(ctx)
 		a.admin.Shutdown(ctx)
 		tel.Shutdown(ctx)
+		if conv != nil {
+			conv.close()
+		}
 		return nil, err
 	}
 	tel.ConfigReloaded(true)
+	if conv != nil {
+		ctx, stop := context.WithCancel(context.Background())
+		a.stopConv, a.convDone = stop, make(chan struct{})
+		go func() {
+			defer close(a.convDone)
+			conv.run(ctx)
+		}()
+	}
 	a.ready.Store(true)
 	log.Info("hopwatch started", "config", path, "admin", a.admin.Addr().String(), "version", buildVersion())
 	return a, nil
@@ -116,6 +158,11 @@ func (a *app) reload(trigger string) {
 		// The tracer provider and exporter are built once; swapping them
 		// under live spans would lose or misparent them.
 		err = errors.New("the telemetry section changed: restart hopwatch to apply it")
+	}
+	if err == nil && !reflect.DeepEqual(cfg.Conversation, a.cfg.Conversation) {
+		// Sessions live in the tracker; rebuilding it would end them all
+		// with outcomes nobody earned.
+		err = errors.New("the conversation section changed: restart hopwatch to apply it")
 	}
 	if err == nil {
 		// Apply either refuses the configuration whole (nothing changed) or
@@ -162,6 +209,10 @@ func (a *app) drain(grace time.Duration) {
 		a.log.Warn("span export at shutdown", "err", err)
 	}
 	a.admin.Shutdown(actx)
+	if a.stopConv != nil {
+		a.stopConv()
+		<-a.convDone
+	}
 }
 
 // configDoc is the /config document: the effective configuration (defaults

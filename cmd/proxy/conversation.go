@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hopwatch/hopwatch/conversation"
+	"github.com/hopwatch/hopwatch/telemetry"
+)
+
+// convParts are the conversation tracker of a configuration and, when
+// events.file is set, its event writer and file.
+type convParts struct {
+	tr     *conversation.Tracker
+	events *conversation.Events
+	file   *os.File // nil for standard output
+}
+
+// newConversation builds the tracker of cfg (nil: section absent) with its
+// metrics on reg, and opens the events file.
+func newConversation(cfg *conversation.Config, reg prometheus.Registerer) (*convParts, error) {
+	if cfg == nil {
+		return nil, nil
+	}
+	var key []byte
+	if cfg.HashIDs {
+		b, err := os.ReadFile(cfg.HashKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("conversation.hash_key_file: %w", err)
+		}
+		// A trailing newline is an editor's, not part of the secret.
+		key = bytes.TrimRight(b, "\r\n")
+	}
+	m := conversation.NewMetrics(reg)
+	opts := conversation.Options{Config: cfg, HashKey: key, Metrics: m}
+	parts := &convParts{}
+	switch f := cfg.Events.File; f {
+	case "":
+	case "-":
+		parts.events = conversation.NewEvents(os.Stdout, 0, m)
+	default:
+		// Appended, never truncated: a restart must not lose the events
+		// a shipper has not read yet. Not world-readable: session ids.
+		file, err := os.OpenFile(f, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("conversation.events.file: %w", err)
+		}
+		parts.file = file
+		parts.events = conversation.NewEvents(file, 0, m)
+	}
+	if parts.events != nil {
+		opts.OnTurn, opts.OnSession = parts.events.Turn, parts.events.Session
+	}
+	tr, err := conversation.New(opts)
+	if err != nil {
+		parts.close()
+		return nil, err
+	}
+	parts.tr = tr
+	return parts, nil
+}
+
+// run sweeps idle sessions and writes events until ctx ends.
+func (c *convParts) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	if c.events != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.events.Run(ctx)
+		}()
+	}
+	c.tr.Run(ctx, convSweepEvery)
+	wg.Wait()
+	c.close()
+}
+
+func (c *convParts) close() {
+	if c.file != nil {
+		c.file.Close()
+	}
+}
+
+// turnAdapter lets telemetry report entry hops to the tracker without
+// either package importing the other.
+type turnAdapter struct{ tr *conversation.Tracker }
+
+func (a turnAdapter) Entry(route string) (bool, bool) {
+	if !a.tr.IsEntry(route) {
+		return false, false
+	}
+	return true, a.tr.ReadsBody()
+}
+
+func (a turnAdapter) VerdictHeader() string { return a.tr.VerdictHeader() }
+
+func (a turnAdapter) HeaderKeys() []string { return a.tr.HeaderKeys() }
+
+func (a turnAdapter) SessionID(get func(string) string) string {
+	id, _ := a.tr.Identify(get)
+	return id
+}
+
+func (a turnAdapter) TurnEnded(t telemetry.Turn) telemetry.TurnMark {
+	var buf [8]conversation.Hop
+	hops := buf[:0]
+	for _, h := range t.Hops {
+		hops = append(hops, conversation.Hop{Name: h.Route, Outcome: string(h.Outcome), Code: h.Code, Verdict: h.Verdict, Self: h.Self, Depth: h.Depth})
+	}
+	res := a.tr.Observe(conversation.Turn{
+		Route: t.Route, Header: t.Header, Body: t.Body, TraceID: t.TraceID,
+		Start: t.Start, Duration: t.Duration, FirstByte: t.FirstByte,
+		Code: t.Code, HopOutcome: string(t.Outcome), Verdict: t.Verdict, Hops: hops,
+	})
+	return telemetry.TurnMark{SessionID: res.SessionID, Index: res.Index, Outcome: string(res.Outcome)}
+}

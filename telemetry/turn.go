@@ -1,0 +1,399 @@
+package telemetry
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Turns: a request on an entry route is one user turn of a conversation.
+// telemetry does not know what a session is; it tells a TurnObserver (the
+// conversation tracker, adapted in cmd/proxy) when an entry hop starts and
+// ends, with the hops of its trace, and writes what the observer returns
+// onto the entry hop's span. The proxy never sees any of it.
+
+// TurnObserver is told about turns. Its methods run on request goroutines
+// and must be quick and safe for concurrent use.
+type TurnObserver interface {
+	// Entry reports whether requests on route are turns, and whether the
+	// start of their JSON request bodies is wanted (Turn.Body).
+	Entry(route string) (turn, body bool)
+	// VerdictHeader names the response header, lowercase, in which a
+	// service gives its verdict on a turn ("" for none). Any hop's
+	// response may carry it; it is removed before the response leaves.
+	VerdictHeader() string
+	// HeaderKeys lists the request headers (lowercase) the observer reads
+	// through Turn.Header: they are copied when the entry hop starts,
+	// before the proxy writes its own propagation headers into the
+	// request's metadata.
+	HeaderKeys() []string
+	// SessionID returns the session id a request's headers or metadata
+	// carry (get takes lowercase names), as it may be exported; "" when
+	// none does (it may still be found in the body at the turn's end).
+	SessionID(get func(key string) string) string
+	// TurnEnded classifies a finished turn. Header and Body are valid only
+	// during the call.
+	TurnEnded(Turn) TurnMark
+}
+
+// MaxTurnBodyBytes is how much of an entry request's JSON body is kept
+// for the observer: the start of it, copied as it streams to the
+// upstream; the rest passes unseen.
+const MaxTurnBodyBytes = 64 << 10
+
+// MaxTurnBodyBytesInFlight bounds the body bytes held by all entry
+// requests in flight together: many slow uploads at once cannot make the
+// copies grow without bound. A request that would pass it is not copied
+// further (its turn may lack the id or text found in its body).
+const MaxTurnBodyBytesInFlight = 64 << 20
+
+// Verdicts a service may give in the verdict header; other values are
+// removed and ignored.
+var verdictRank = map[string]int{"no_match": 1, "resolved": 2, "handoff": 3}
+
+// Turn is a finished entry hop and the hops of its trace.
+type Turn struct {
+	Route string
+	// Header reads the request's headers or metadata (lowercase names).
+	Header func(key string) string
+	// Body is the start of a JSON request body (HTTP entry routes whose
+	// observer wants it), at most MaxTurnBodyBytes; nil otherwise.
+	Body     []byte
+	TraceID  trace.TraceID
+	Start    time.Time
+	Duration time.Duration
+	// FirstByte is the time to the first response byte; 0 if none came.
+	FirstByte time.Duration
+	Code      string
+	Outcome   Outcome
+	// Verdict is the strongest verdict any hop of the turn gave (handoff,
+	// then resolved, then no_match), "" for none.
+	Verdict string
+	// Hops are the server spans of the turn's trace that ran within the
+	// entry hop (it included, first), with their self times.
+	Hops []TurnHop
+}
+
+// TurnHop is one hop of a turn.
+type TurnHop struct {
+	HopKey
+	Code    string
+	Outcome Outcome
+	// Verdict is the verdict this hop's response carried, if any.
+	Verdict string
+	Self    time.Duration
+	// Depth counts hops from the entry hop (0).
+	Depth int
+}
+
+// TurnMark is what the observer says about a turn, for its span: the
+// session id as it may be exported (hashed if so configured; "" for
+// none), the turn's index in its session (0: none) and its outcome.
+type TurnMark struct {
+	SessionID string
+	Index     int
+	Outcome   string
+}
+
+// turnHook is the installed observer and the session ids of the turns in
+// flight, by trace, so that every hop span of a turn can carry it.
+type turnHook struct {
+	o      TurnObserver
+	active sync.Map // trace.TraceID → string: the session id of an entry hop in flight
+	// copied is the body bytes held by all entry hops in flight, bounded
+	// by MaxTurnBodyBytesInFlight.
+	copied atomic.Int64
+}
+
+// SetTurnObserver installs o (nil: none). Hops that started before keep
+// the observer they started with.
+func (t *Telemetry) SetTurnObserver(o TurnObserver) {
+	if o == nil {
+		t.turns.Store(nil)
+		return
+	}
+	t.turns.Store(&turnHook{o: o})
+}
+
+// turnState is an entry hop's turn in progress.
+type turnState struct {
+	o       TurnObserver
+	hook    *turnHook
+	carrier propagation.TextMapCarrier
+	headers map[string]string // HeaderKeys as they arrived
+	body    bool              // the observer wants the body
+	capture *bodyCapture
+	// session is the id registered in hook.active for the span of every
+	// hop of this turn ("" for none).
+	session string
+}
+
+// startTurn returns the turn state of a hop on r, nil when r is not an
+// entry route (or no observer is set).
+func (r *Route) startTurn(carrier propagation.TextMapCarrier) *turnState {
+	hook := r.t.turns.Load()
+	if hook == nil {
+		return nil
+	}
+	turn, body := hook.o.Entry(r.info.Name)
+	if !turn {
+		return nil
+	}
+	ts := &turnState{o: hook.o, hook: hook, carrier: carrier, body: body}
+	keys := hook.o.HeaderKeys()
+	ts.headers = make(map[string]string, len(keys))
+	for _, k := range keys {
+		if v := carrier.Get(k); v != "" {
+			ts.headers[k] = v
+		}
+	}
+	return ts
+}
+
+// header reads the copy made at the start.
+func (ts *turnState) header(key string) string { return ts.headers[key] }
+
+// markSpan puts the session id on a new hop span: an entry hop's own, read
+// from its headers (and registered for its trace), or, for the other hops,
+// that of the turn in flight in the same trace. Only SDK spans (with an
+// exporter) carry attributes; the built-in store does not need them.
+func (h *Hop) markSpan() {
+	if h.span == nil {
+		return
+	}
+	var id string
+	if ts := h.turn; ts != nil {
+		id = ts.o.SessionID(ts.header)
+		if id == "" {
+			return
+		}
+		ts.session = id
+		ts.hook.active.Store(h.sc.TraceID(), id)
+	} else {
+		hook := h.r.t.turns.Load()
+		if hook == nil {
+			return
+		}
+		v, ok := hook.active.Load(h.sc.TraceID())
+		if !ok {
+			return
+		}
+		id = v.(string)
+	}
+	h.span.SetAttributes(attribute.String("session.id", id), attribute.String("gen_ai.conversation.id", id))
+}
+
+// RequestBody returns what the proxy should forward as the request body:
+// body itself, or, on an entry route whose observer reads JSON bodies, a
+// reader that copies the first MaxTurnBodyBytes as they stream through.
+// Nothing is read ahead: streaming and size limits are untouched.
+func (h *Hop) RequestBody(body io.ReadCloser) io.ReadCloser {
+	if h == nil || h.turn == nil || !h.turn.body || body == nil || body == http.NoBody ||
+		!isJSON(h.turn.carrier.Get("content-type")) {
+		return body
+	}
+	h.turn.capture = &bodyCapture{ReadCloser: body, budget: &h.turn.hook.copied}
+	return h.turn.capture
+}
+
+// isJSON: application/json, or a +json structured syntax suffix (RFC 6839).
+func isJSON(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
+}
+
+// bodyCapture copies the start of a body as it is read. The transport may
+// still be reading (on its own goroutine) when the hop ends, so the copy
+// is guarded and stops when taken.
+type bodyCapture struct {
+	io.ReadCloser
+	budget *atomic.Int64 // shared by all captures: see MaxTurnBodyBytesInFlight
+	mu     sync.Mutex    // guards the fields below
+	buf    []byte
+	done   bool // nothing more is copied
+	taken  bool // buf's bytes went back to the budget
+}
+
+func (c *bodyCapture) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if n > 0 {
+		c.mu.Lock()
+		if k := min(n, MaxTurnBodyBytes-len(c.buf)); !c.done && k > 0 {
+			if c.budget.Add(int64(k)) > MaxTurnBodyBytesInFlight {
+				c.budget.Add(-int64(k))
+				c.done = true
+			} else {
+				c.buf = append(c.buf, p[:k]...)
+			}
+		}
+		c.mu.Unlock()
+	}
+	return n, err
+}
+
+// take ends the copy, gives its bytes back to the budget, and returns
+// what was read so far.
+func (c *bodyCapture) take() []byte {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.done = true
+	if !c.taken {
+		c.taken = true
+		c.budget.Add(-int64(len(c.buf)))
+	}
+	return c.buf
+}
+
+// ResponseHeader looks for a service verdict in a hop's response headers
+// (when they are written) or trailers (when the response has ended),
+// records it as a "verdict" event on the hop and removes it: it is between
+// the bot's services and hopwatch, not for the client.
+func (h *Hop) ResponseHeader(hdr http.Header) {
+	if h == nil {
+		return
+	}
+	hook := h.r.t.turns.Load()
+	if hook == nil {
+		return
+	}
+	name := hook.o.VerdictHeader()
+	if name == "" {
+		return
+	}
+	// After the body the map holds the trailers too: announced ones under
+	// their names, others with http.TrailerPrefix (see net/http).
+	// The prefixed form is not canonicalized by Header.Get: index it.
+	trailer := http.TrailerPrefix + http.CanonicalHeaderKey(name)
+	v := hdr.Get(name)
+	if v == "" && len(hdr[trailer]) > 0 {
+		v = hdr[trailer][0]
+	}
+	if v == "" {
+		return
+	}
+	hdr.Del(name)
+	delete(hdr, trailer)
+	v = strings.ToLower(strings.TrimSpace(v))
+	if verdictRank[v] > 0 {
+		h.Event("verdict", attribute.String("hopwatch.verdict", v))
+	}
+}
+
+// endTurn reports the finished entry hop to the observer and marks its
+// span. It runs before the hop's own span is stored, so the entry span is
+// added to the trace's stored spans here.
+func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration) {
+	ts := h.turn
+	if ts == nil {
+		return
+	}
+	if ts.session != "" {
+		ts.hook.active.CompareAndDelete(h.sc.TraceID(), ts.session)
+	}
+	entry := Span{
+		TraceID: h.sc.TraceID(), SpanID: h.sc.SpanID(), ParentID: h.parent, Kind: KindServer,
+		HopKey: HopKey{Caller: h.caller, Route: h.r.info.Name, Upstream: h.r.info.Upstream},
+		Start:  h.start, Duration: d, Code: code, Outcome: outcome,
+	}
+	h.mu.Lock()
+	entry.Events = h.events
+	h.mu.Unlock()
+	hops, verdict := h.r.t.turnHops(entry)
+	mark := ts.o.TurnEnded(Turn{
+		Route: h.r.info.Name, Header: ts.header, Body: ts.capture.take(),
+		TraceID: entry.TraceID, Start: h.start, Duration: d, FirstByte: h.ttfb,
+		Code: code, Outcome: outcome, Verdict: verdict, Hops: hops,
+	})
+	if h.span == nil {
+		return
+	}
+	attrs := make([]attribute.KeyValue, 0, 4)
+	if mark.SessionID != "" {
+		attrs = append(attrs,
+			attribute.String("session.id", mark.SessionID),
+			attribute.String("gen_ai.conversation.id", mark.SessionID),
+			attribute.Int("hopwatch.turn.index", mark.Index))
+	}
+	if mark.Outcome != "" {
+		attrs = append(attrs, attribute.String("hopwatch.turn.outcome", mark.Outcome))
+	}
+	h.span.SetAttributes(attrs...)
+}
+
+// turnHops returns the server spans of entry's trace that ran within it,
+// entry first, with self times and depths below entry. A client that
+// reuses one trace for several turns does not mix them: spans outside the
+// entry hop's time are left out.
+//
+// Each hop is placed under the innermost hop whose time encloses it, not
+// by its parent id: between two proxy hops the trace passes through the
+// service's own spans (an instrumented service starts one per request),
+// which the proxy never sees, so parent ids rarely link proxy hops
+// directly.
+func (t *Telemetry) turnHops(entry Span) ([]TurnHop, string) {
+	spans := []Span{entry}
+	if d, ok := t.Store.Trace(entry.TraceID); ok {
+		from, to := entry.Start, entry.End()
+		for i := range d.Spans {
+			sp := d.Spans[i].Span
+			if sp.Kind == KindServer && sp.SpanID != entry.SpanID && !sp.Start.Before(from) && !sp.End().After(to) {
+				spans = append(spans, sp)
+			}
+		}
+	}
+	for i := 1; i < len(spans); i++ {
+		parent := 0
+		for j := 1; j < len(spans); j++ {
+			if j != i && encloses(&spans[j], j, &spans[i], i) && spans[j].Start.After(spans[parent].Start) {
+				parent = j
+			}
+		}
+		spans[i].ParentID = spans[parent].SpanID
+	}
+	tr := buildTree(spans)
+	hops := make([]TurnHop, len(spans))
+	verdict := ""
+	for i := range spans {
+		v := verdictOf(spans[i].Events, "")
+		hops[i] = TurnHop{HopKey: spans[i].HopKey, Code: spans[i].Code, Outcome: spans[i].Outcome, Verdict: v,
+			Self: tr.self[i], Depth: max(0, tr.depth[i]-tr.depth[0])}
+		if verdictRank[v] > verdictRank[verdict] {
+			verdict = v
+		}
+	}
+	return hops, verdict
+}
+
+// verdictOf returns the stronger of v and the verdicts among events.
+func verdictOf(events []SpanEvent, v string) string {
+	for _, e := range events {
+		if e.Name != "verdict" {
+			continue
+		}
+		if got := e.Attrs["hopwatch.verdict"]; verdictRank[got] > verdictRank[v] {
+			v = got
+		}
+	}
+	return v
+}
+
+// encloses reports whether span a (index ai) may be the parent of b: its
+// time contains b's, and equal intervals go to the earlier index, so that
+// no two spans choose each other.
+func encloses(a *Span, ai int, b *Span, bi int) bool {
+	if a.Start.After(b.Start) || a.End().Before(b.End()) {
+		return false
+	}
+	return !a.Start.Equal(b.Start) || !a.End().Equal(b.End()) || ai < bi
+}
