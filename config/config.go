@@ -34,6 +34,11 @@ type Config struct {
 	Telemetry telemetry.Config `yaml:"telemetry"`
 	// Spec is the routing part: listeners, callers, routes, upstreams.
 	routes.Spec `yaml:",inline"`
+	// AccessLog writes one JSON line per request (off unless an output
+	// is written).
+	AccessLog telemetry.AccessLogConfig `yaml:"access_log"`
+	// GenAI holds the model names and prices of routes with genai set.
+	GenAI telemetry.GenAIConfig `yaml:"genai"`
 	// Conversation is not implemented yet. It is decoded (any content) only
 	// so that a file using it fails with "not supported yet" instead of
 	// silently running without the signals it asks for.

@@ -64,7 +64,7 @@ func invalidCases() []invalidCase {
 			name: "unknown field",
 			yaml: base + "    tmeout: 2s\n",
 			line: 13, path: "routes[0].tmeout",
-			msg: `unknown field "tmeout"; did you mean "timeout"? (valid: name, listener, match, upstream, timeout, retry, fallback)`,
+			msg: `unknown field "tmeout"; did you mean "timeout"? (valid: name, listener, match, upstream, timeout, retry, fallback, genai)`,
 		},
 		{
 			name: "unknown top-level field",
@@ -342,7 +342,7 @@ func invalidCases() []invalidCase {
 			name: "top level is a list",
 			yaml: "- listeners\n- routes\n",
 			line: 1, path: "",
-			msg: "expected a mapping with fields admin, telemetry, listeners, callers, routes, upstreams, replay, conversation, got a list",
+			msg: "expected a mapping with fields admin, telemetry, listeners, callers, routes, upstreams, replay, access_log, genai, conversation, got a list",
 		},
 		{
 			name: "empty file",

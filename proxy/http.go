@@ -76,6 +76,7 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec := &responseRecorder{ResponseWriter: w, hop: hop}
+	r.Body, rec.obs = hop.ObserveHTTP(r) // byte counts, genai usage: r is our copy
 	rt.http.ServeHTTP(rec, r)
 
 	canceled := errors.Is(clientCtx.Err(), context.Canceled)
@@ -133,6 +134,7 @@ func grpcStatus(h http.Header) (codes.Code, bool) {
 type responseRecorder struct {
 	http.ResponseWriter
 	hop  *telemetry.Hop
+	obs  *telemetry.Exchange // nil-safe; sees each write after it was made
 	code int
 }
 
@@ -140,6 +142,7 @@ func (r *responseRecorder) WriteHeader(code int) {
 	if r.code == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
 		r.code = code
 		r.hop.FirstByte()
+		r.obs.WriteHeader(code, r.Header())
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
@@ -148,8 +151,11 @@ func (r *responseRecorder) Write(p []byte) (int, error) {
 	if r.code == 0 {
 		r.code = http.StatusOK
 		r.hop.FirstByte()
+		r.obs.WriteHeader(r.code, r.Header())
 	}
-	return r.ResponseWriter.Write(p)
+	n, err := r.ResponseWriter.Write(p)
+	r.obs.Write(p[:n])
+	return n, err
 }
 
 func (r *responseRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

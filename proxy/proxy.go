@@ -293,12 +293,17 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 			rt.alt = ups[rs.Fallback.Upstream]
 		}
 		ls := specs[rs.Listener]
+		var genai string
+		if rs.GenAI != nil {
+			genai = rs.GenAI.API
+		}
 		rt.tel = p.tel.Route(telemetry.RouteInfo{
 			Name:      rs.Name,
 			Upstream:  rs.Upstream,
 			Listener:  rs.Listener,
 			GRPC:      ls.Protocol == routes.ListenerGRPC,
 			HTTPRoute: rs.Match.PathPrefix,
+			GenAI:     genai,
 		}, spec.Callers)
 		if rt.res != nil {
 			rt.res.tel.Store(rt.tel)

@@ -31,6 +31,8 @@ type RouteInfo struct {
 	GRPC bool
 	// HTTPRoute is the http.route attribute (the path prefix), if any.
 	HTTPRoute string
+	// GenAI is the route's genai API (GenAIAPIOpenAI), "" for none.
+	GenAI string
 }
 
 // Route is the per-generation telemetry of one route: metric handles and
@@ -41,6 +43,7 @@ type Route struct {
 	series  *routeSeries
 	callers map[string]bool
 	static  []attribute.KeyValue
+	genai   *genaiRoute // nil unless info.GenAI is set
 }
 
 // Route prepares the telemetry of one route. callers is the configured,
@@ -62,7 +65,11 @@ func (t *Telemetry) Route(info RouteInfo, callers []string) *Route {
 	} else if info.HTTPRoute != "" {
 		static = append(static, attribute.String("http.route", info.HTTPRoute))
 	}
-	return &Route{t: t, info: info, series: t.m.route(info.Name, info.Upstream), callers: cs, static: static}
+	rt := &Route{t: t, info: info, series: t.m.route(info.Name, info.Upstream), callers: cs, static: static}
+	if info.GenAI != "" {
+		rt.genai = &genaiRoute{t: t, route: info.Name, series: map[genaiKey]*genaiSeries{}}
+	}
+	return rt
 }
 
 // Caller bounds a caller name to the configured list.
@@ -86,6 +93,7 @@ type Hop struct {
 	parent   trace.SpanID
 	firstB   bool
 	attempts int
+	ext      hopExt // genai.go, exchange.go, accesslog.go
 
 	mu       sync.Mutex // guards events and override: resilience code may set them from elsewhere
 	events   []SpanEvent
@@ -219,7 +227,8 @@ func (h *Hop) FirstByte() {
 		return
 	}
 	h.firstB = true
-	h.r.series.firstB.Observe(h.r.t.now().Sub(h.start).Seconds())
+	h.ext.ttfb = h.r.t.now().Sub(h.start)
+	h.r.series.firstB.Observe(h.ext.ttfb.Seconds())
 }
 
 // Event records a resilience event (breaker trip, retry, fallback) on the
@@ -274,6 +283,7 @@ func (h *Hop) End(code string, outcome Outcome) {
 	s.requests.Inc()
 	s.observe(d, h.sc.TraceID(), h.sc.IsSampled(), end)
 
+	usage := h.endGenAI(end) // sets gen_ai.* on the span, so before it ends
 	endSpan(h.span, code, outcome, end)
 
 	key := HopKey{Caller: h.caller, Route: r.info.Name, Upstream: r.info.Upstream}
@@ -286,6 +296,7 @@ func (h *Hop) End(code string, outcome Outcome) {
 		Kind: KindServer, HopKey: key, Method: h.method,
 		Start: h.start, Duration: d, Code: code, Outcome: outcome, Events: events,
 	})
+	h.logAccess(code, outcome, end, d, events, usage)
 }
 
 // Attempt is one try at an upstream endpoint: a client span.
@@ -306,6 +317,7 @@ func (h *Hop) Attempt(ctx context.Context, endpoint string) (context.Context, *A
 		return ctx, nil
 	}
 	h.attempts++
+	h.ext.endpoint = endpoint
 	a := &Attempt{h: h, n: h.attempts, endpoint: endpoint, start: h.r.t.now()}
 	if !h.r.t.export {
 		a.sc = trace.NewSpanContext(trace.SpanContextConfig{

@@ -50,6 +50,7 @@ type Telemetry struct {
 	log     *slog.Logger
 
 	replay replayMetrics
+	x      extras // genai metrics and the access log
 
 	fbMu     sync.Mutex              // guards fbCounts
 	fbCounts map[FallbackCount]int64 // keys have Count 0
@@ -106,6 +107,7 @@ func New(opts Options) (*Telemetry, error) {
 		now:        opts.Now,
 		log:        opts.Logger,
 		replay:     newReplayMetrics(opts.Registry),
+		x:          newExtras(opts.Registry),
 		Store:      store,
 		Stats:      NewStats(),
 	}, nil
