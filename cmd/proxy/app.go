@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,11 +23,12 @@ import (
 
 // app is one running hopwatch: configuration file, proxy, admin server.
 type app struct {
-	path  string
-	log   *slog.Logger
-	tel   *telemetry.Telemetry
-	proxy *proxy.Proxy
-	admin *admin.Server
+	path   string
+	log    *slog.Logger
+	stdout io.Writer // where access_log.output "stdout" writes
+	tel    *telemetry.Telemetry
+	proxy  *proxy.Proxy
+	admin  *admin.Server
 
 	ready atomic.Bool
 
@@ -45,7 +48,7 @@ type reloadResult struct {
 
 // start loads the file, binds the admin server and every listener. Any
 // error leaves nothing running.
-func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
+func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer) (*app, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, err
@@ -56,9 +59,17 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	tel.SetGenAI(cfg.GenAI)
+	alog, err := tel.OpenAccessLog(cfg.AccessLog, stdout)
+	if err != nil {
+		tel.Shutdown(context.Background())
+		return nil, err
+	}
+	tel.SetAccessLog(alog)
 	a := &app{
 		path:      path,
 		log:       log,
+		stdout:    stdout,
 		tel:       tel,
 		proxy:     proxy.New(proxy.Options{Logger: log, DrainTimeout: grace, Telemetry: tel}),
 		cfg:       cfg,
@@ -74,6 +85,7 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	})
 	a.admin.Handle("GET /metrics", tel.MetricsHandler())
 	if err := a.admin.Start(cfg.Admin.Address); err != nil {
+		tel.SetAccessLog(nil).Close()
 		tel.Shutdown(context.Background())
 		return nil, err
 	}
@@ -82,6 +94,7 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		defer cancel()
 		a.proxy.Shutdown(ctx)
 		a.admin.Shutdown(ctx)
+		tel.SetAccessLog(nil).Close()
 		tel.Shutdown(ctx)
 		return nil, err
 	}
@@ -107,7 +120,13 @@ func (a *app) reload(trigger string) {
 		// under live spans would lose or misparent them.
 		err = errors.New("the telemetry section changed: restart hopwatch to apply it")
 	}
+	var newLog *telemetry.AccessLog
+	logChanged := err == nil && !reflect.DeepEqual(cfg.AccessLog, a.cfg.AccessLog)
+	if logChanged {
+		newLog, err = a.tel.OpenAccessLog(cfg.AccessLog, a.stdout)
+	}
 	if err == nil {
+		a.tel.SetGenAI(cfg.GenAI)
 		// Apply either refuses the configuration whole (nothing changed) or
 		// swaps it in; a PartialError says it is live but a listener that
 		// had to wait for its address could not bind.
@@ -115,8 +134,15 @@ func (a *app) reload(trigger string) {
 		var partial *proxy.PartialError
 		if err == nil || errors.As(err, &partial) {
 			a.cfg = cfg
+			if logChanged {
+				a.tel.SetAccessLog(newLog).Close()
+				newLog = nil
+			}
+		} else {
+			a.tel.SetGenAI(a.cfg.GenAI)
 		}
 	}
+	newLog.Close() // opened for a configuration that was refused
 	res.OK = err == nil
 	a.tel.ConfigReloaded(res.OK)
 	if err != nil {
@@ -144,6 +170,8 @@ func (a *app) drain(grace time.Duration) {
 	if err := a.proxy.Shutdown(ctx); err != nil {
 		a.log.Warn("drain cut short; remaining calls were closed", "err", err)
 	}
+	// The drained calls' lines are written before the log closes.
+	a.tel.SetAccessLog(nil).Close()
 	// Spans of the drained calls still go out, within a bound.
 	actx, acancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer acancel()
@@ -168,4 +196,14 @@ func (a *app) configDoc() any {
 		"config":      effective,
 		"last_reload": last,
 	}
+}
+
+// reopenLogs reopens the access log file (SIGUSR1, after logrotate moved
+// it away). On failure the old file stays in use.
+func (a *app) reopenLogs() {
+	if err := a.tel.AccessLog().Reopen(); err != nil {
+		a.log.Error("access log reopen failed; still writing to the old file", "err", err)
+		return
+	}
+	a.log.Info("access log reopened")
 }
