@@ -67,6 +67,24 @@ func invalidCases() []invalidCase {
 			msg: `unknown field "tmeout"; did you mean "timeout"? (valid: name, listener, match, upstream, timeout, retry, fallback, genai)`,
 		},
 		{
+			name: "genai unknown api",
+			yaml: base + "    genai: {api: claude}\n",
+			line: 13, path: "routes[0].genai.api",
+			msg: `unknown api "claude" (known: openai)`,
+		},
+		{
+			name: "genai bad price",
+			yaml: base + "genai:\n  prices:\n    m: {input: -1}\n",
+			line: 15, path: "genai.prices.m.input",
+			msg: "must be a finite price per million tokens",
+		},
+		{
+			name: "access log ratio",
+			yaml: base + "access_log: {output: stdout, sample_ratio: 2}\n",
+			line: 13, path: "access_log.sample_ratio",
+			msg: "must be between 0 and 1",
+		},
+		{
 			name: "unknown top-level field",
 			yaml: base + "listner: x\n",
 			line: 13, path: "listner",
@@ -576,6 +594,8 @@ func TestParseAccepts(t *testing.T) {
 		{"breaker and bulkhead with defaults", upstreamLast + "    max_concurrent: 512\n    breaker: {}\n    outlier: {}\n"},
 		{"retry", base + "    retry: {attempts: 2, on: [unavailable, 503, connect-failure], budget: 0.2}\n"},
 		{"fallback from cache alone", base + "    fallback: {after: 300ms, use: [cache]}\n"},
+		{"genai and access log", base + "    genai: {api: openai}\naccess_log: {output: stdout, slower_than: 1s, sample_ratio: 0.1, include_query: false, queue_size: 100}\n" +
+			"genai:\n  models: [llama3.1:8b]\n  prices:\n    gpt-4o-mini: {input: 0.15, output: 0.6}\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := config.Parse("hopwatch.yaml", []byte(tc.yaml)); err != nil {

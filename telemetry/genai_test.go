@@ -1,7 +1,11 @@
 package telemetry
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
 // Recorded OpenAI-style bodies (shapes as OpenAI, vLLM and Ollama send them).
@@ -287,6 +295,81 @@ func TestGenAIConfigValidate(t *testing.T) {
 				if errs[p] == "" {
 					t.Errorf("no error at %s: %v", p, errs)
 				}
+			}
+		})
+	}
+}
+
+// TestGenAISpanAttributes: the hop's server span carries the gen_ai.*
+// attributes of the OpenTelemetry GenAI conventions.
+func TestGenAISpanAttributes(t *testing.T) {
+	tel := newTestTelemetry(t, Config{})
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	tel.tracer, tel.export = tp.Tracer("test"), true
+	rt := tel.Route(RouteInfo{Name: "llm", Upstream: "up", GenAI: GenAIAPIOpenAI}, nil)
+	r := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(chatStreamReq))
+	_, h := rt.Start(context.Background(), propagation.HeaderCarrier(r.Header), "", "POST")
+	body, x := h.ObserveHTTP(r)
+	io.Copy(io.Discard, body)
+	x.WriteHeader(200, http.Header{"Content-Type": {"text/event-stream"}})
+	x.Write([]byte(streamWithUsage))
+	h.End("200", OutcomeOK)
+
+	spans := rec.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans", len(spans))
+	}
+	got := map[attribute.Key]attribute.Value{}
+	for _, a := range spans[0].Attributes() {
+		got[a.Key] = a.Value
+	}
+	want := map[string]string{
+		"gen_ai.operation.name":          "chat",
+		"gen_ai.request.model":           "gpt-4o-mini",
+		"gen_ai.response.model":          "llama3.1:8b",
+		"gen_ai.usage.input_tokens":      "5",
+		"gen_ai.usage.output_tokens":     "3",
+		"gen_ai.response.finish_reasons": `["length"]`,
+	}
+	for k, v := range want {
+		if g := got[attribute.Key(k)].Emit(); g != v {
+			t.Errorf("%s = %q, want %q", k, g, v)
+		}
+	}
+	if u, ok := h.GenAI(); !ok || !u.Truncated {
+		t.Errorf("GenAI() = %+v, %v: want a truncated answer for the conversation signals", u, ok)
+	}
+}
+
+// BenchmarkGenAITee is the parser's cost per streamed response (a dozen
+// SSE events with a usage chunk) and per non-streaming response: what
+// the tee adds to a genai call, beyond the copy it does not make.
+func BenchmarkGenAITee(b *testing.B) {
+	tel := newTestTelemetry(b, Config{})
+	rt := tel.Route(RouteInfo{Name: "llm", Upstream: "up", GenAI: GenAIAPIOpenAI}, nil)
+	var stream strings.Builder
+	for range 10 {
+		stream.WriteString("data: " + chunk("token", "") + "\n\n")
+	}
+	stream.WriteString(streamWithUsage)
+	for _, c := range []struct {
+		name, ct, body string
+	}{{"sse", "text/event-stream", stream.String()}, {"json", "application/json", chatResp}} {
+		body := []byte(c.body)
+		req := []byte(chatReq)
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				call := newGenAICall(rt.genai, "/v1/chat/completions", time.Now())
+				call.request(req)
+				call.header(200, c.ct, "")
+				for i := 0; i < len(body); i += 512 {
+					call.response(body[i:min(i+512, len(body))])
+				}
+				call.finish(time.Now())
 			}
 		})
 	}
