@@ -344,3 +344,76 @@ func BenchmarkGenAIProxy(b *testing.B) {
 		})
 	}
 }
+
+// TestAccessLogBackgroundRetry: a fallback answers the client and ends the
+// hop while the upstream call goes on in the background and retries. The
+// access log line is written at the end of the hop, concurrently with
+// that retry's attempt: it must read the attempt count and endpoint
+// safely (run with -race).
+func TestAccessLogBackgroundRetry(t *testing.T) {
+	var calls sync.WaitGroup
+	calls.Add(2)
+	var n atomicInt
+	us := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer calls.Done()
+		if n.add() == 1 {
+			time.Sleep(100 * time.Millisecond) // late: the fallback answers meanwhile
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "late ok")
+	}))
+	t.Cleanup(us.Close)
+	reg := prometheus.NewRegistry()
+	tel, err := telemetry.New(telemetry.Options{Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	log := &syncBuffer{}
+	a, err := tel.OpenAccessLog(telemetry.AccessLogConfig{Output: telemetry.AccessLogStdout}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tel.SetAccessLog(a)
+	t.Cleanup(func() { tel.SetAccessLog(nil).Close() })
+	p := proxy.New(proxy.Options{Telemetry: tel})
+	spec := &routes.Spec{
+		Listeners: []routes.Listener{{Name: "http", Address: "127.0.0.1:0", Protocol: "http"}},
+		Routes: []routes.Route{{Name: "kb", Listener: "http", Upstream: "kb", Timeout: 5 * time.Second,
+			Retry: &routes.Retry{Attempts: 2, On: []string{"503"}, Budget: 1},
+			Fallback: &routes.Fallback{After: 20 * time.Millisecond, Use: []string{routes.FallbackSourceStatic},
+				Static: &routes.FallbackStatic{Body: "degraded"}}}},
+		Upstreams: []routes.Upstream{{Name: "kb", Protocol: "http", Endpoints: []string{us.Listener.Addr().String()}}},
+	}
+	if err := p.Apply(spec); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shutdown(t, p) })
+	resp, err := http.Get("http://" + p.Addr("http").String() + "/kb/search")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "degraded" {
+		t.Fatalf("body %q, want the fallback", b)
+	}
+	calls.Wait() // the background retry reached the upstream
+	waitFor(t, "access log line", func() bool { return strings.Contains(log.String(), `"fallback":"static"`) })
+	if !strings.Contains(log.String(), `"outcome":"fallback"`) {
+		t.Errorf("line: %s", log.String())
+	}
+}
+
+type atomicInt struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (a *atomicInt) add() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.n++
+	return a.n
+}

@@ -284,6 +284,8 @@ type accessRecord struct {
 	d        time.Duration
 	fallback string
 	usage    *GenAIUsage
+	attempts int
+	endpoint string
 }
 
 // wants applies the filter.
@@ -308,6 +310,9 @@ func (h *Hop) logAccess(code string, outcome Outcome, end time.Time, d time.Dura
 		return
 	}
 	rec := accessRecord{h: h, code: code, outcome: outcome, end: end, d: d, usage: usage}
+	h.mu.Lock()
+	rec.attempts, rec.endpoint = h.attempts, h.ext.endpoint
+	h.mu.Unlock()
 	for _, ev := range events {
 		if ev.Name == "fallback" {
 			rec.fallback = ev.Attrs["source"]
@@ -339,8 +344,8 @@ func (a *AccessLog) appendLine(b []byte, r *accessRecord) []byte {
 	b = appendStrField(b, "caller", h.caller, maxLogField)
 	b = appendStrField(b, "route", h.r.info.Name, maxLogField)
 	b = appendStrField(b, "upstream", h.r.info.Upstream, maxLogField)
-	if h.ext.endpoint != "" {
-		b = appendStrField(b, "endpoint", h.ext.endpoint, maxLogField)
+	if r.endpoint != "" {
+		b = appendStrField(b, "endpoint", r.endpoint, maxLogField)
 	}
 	b = appendStrField(b, "method", h.method, maxLogField)
 	if x := h.ext.x; x != nil {
@@ -367,7 +372,7 @@ func (a *AccessLog) appendLine(b []byte, r *accessRecord) []byte {
 		b = strconv.AppendInt(b, x.bytesOut, 10)
 	}
 	b = append(b, `,"attempts":`...)
-	b = strconv.AppendInt(b, int64(h.attempts), 10)
+	b = strconv.AppendInt(b, int64(r.attempts), 10)
 	if r.fallback != "" {
 		b = appendStrField(b, "fallback", r.fallback, maxLogField)
 	}

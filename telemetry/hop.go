@@ -95,7 +95,7 @@ type Hop struct {
 	attempts int
 	ext      hopExt // genai.go, exchange.go, accesslog.go
 
-	mu       sync.Mutex // guards events and override: resilience code may set them from elsewhere
+	mu       sync.Mutex // guards events, override, attempts, ext.endpoint: resilience code may set them from elsewhere
 	events   []SpanEvent
 	override Outcome
 }
@@ -316,9 +316,14 @@ func (h *Hop) Attempt(ctx context.Context, endpoint string) (context.Context, *A
 	if h == nil {
 		return ctx, nil
 	}
+	// Under mu: after a fallback answer, attempts go on in the background
+	// while End reads the count for the access log.
+	h.mu.Lock()
 	h.attempts++
+	n := h.attempts
 	h.ext.endpoint = endpoint
-	a := &Attempt{h: h, n: h.attempts, endpoint: endpoint, start: h.r.t.now()}
+	h.mu.Unlock()
+	a := &Attempt{h: h, n: n, endpoint: endpoint, start: h.r.t.now()}
 	if !h.r.t.export {
 		a.sc = trace.NewSpanContext(trace.SpanContextConfig{
 			TraceID: h.sc.TraceID(), SpanID: newSpanID(), TraceFlags: h.sc.TraceFlags(), TraceState: h.sc.TraceState(),
