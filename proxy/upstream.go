@@ -333,13 +333,13 @@ func (s *sentTracker) readFor(p []byte, done <-chan struct{}) (int, error) {
 		s.n += int64(n)
 		if err != nil && s.n == s.length && errors.Is(err, http.ErrBodyReadAfterClose) {
 			// The whole declared body was read; only its EOF was lost. The
-			// transport reads once more after Content-Length bytes (to
-			// catch extra data), and net/http's HTTP/1 server closes the
-			// request body as the response headers go out: when the
-			// proxy had already flushed the headers of a streamed answer,
-			// that read failed and the transport closed the upstream
-			// connection mid-response, cutting the stream. (Found by the
-			// genai demo; TestHTTPStreamedAnswerToPOST.)
+			// transport copies Content-Length bytes straight to the socket,
+			// then reads once more (to catch extra data). In between, the
+			// upstream may answer and the proxy send the response headers,
+			// and net/http's HTTP/1 server closes the request body as they
+			// go out: that read failed and the transport closed the
+			// upstream connection mid-response, cutting streamed answers.
+			// (Found by the genai demo; TestHTTPStreamedAnswerToPOST.)
 			err = io.EOF
 		}
 		return n, err
