@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -370,6 +371,47 @@ func BenchmarkGenAITee(b *testing.B) {
 					call.response(body[i:min(i+512, len(body))])
 				}
 				call.finish(time.Now())
+			}
+		})
+	}
+}
+
+// TestGenAIParserKeepsNoCopy: the tee scans bodies of any size with
+// constant memory. 32 MiB of JSON and of SSE pass through one call each
+// while the bytes allocated stay under 64 KiB (a buffering parser would
+// allocate at least the body).
+func TestGenAIParserKeepsNoCopy(t *testing.T) {
+	tel := newTestTelemetry(t, Config{})
+	rt := tel.Route(RouteInfo{Name: "llm", Upstream: "up", GenAI: GenAIAPIOpenAI}, nil)
+	event := []byte("data: " + chunk("token", "") + "\n\n")
+	jsonPiece := []byte(`{"x":"` + strings.Repeat("y", 32<<10-8) + `"},`)
+	cases := []struct {
+		name, ct string
+		first    []byte
+		piece    []byte
+	}{
+		{"sse", "text/event-stream", nil, event},
+		{"json", "application/json", []byte(`{"data":[`), jsonPiece},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			call := newGenAICall(rt.genai, "/v1/chat/completions", time.Now())
+			call.header(200, c.ct, "")
+			if c.first != nil {
+				call.response(c.first)
+			}
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			for n := 0; n < 32<<20; n += len(c.piece) {
+				call.response(c.piece)
+			}
+			runtime.ReadMemStats(&after)
+			if d := after.TotalAlloc - before.TotalAlloc; d > 64<<10 {
+				t.Errorf("scanning 32 MiB allocated %d bytes", d)
+			}
+			u := call.finish(time.Now())
+			if c.name == "sse" && u.OutputTokens < 100000 {
+				t.Errorf("counted %d chunks", u.OutputTokens)
 			}
 		})
 	}
