@@ -400,6 +400,9 @@ func (a *AccessLog) appendLine(b []byte, r *accessRecord) []byte {
 			b = append(b, `,"ttft_ms":`...)
 			b = appendMillis(b, u.TTFT)
 		}
+		if u.Replayed {
+			b = append(b, `,"replayed":true`...)
+		}
 		if u.ParseError != "" {
 			b = appendStrField(b, "parse_error", u.ParseError, maxLogField)
 		}

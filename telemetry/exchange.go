@@ -129,7 +129,17 @@ func (h *Hop) endGenAI(end time.Time) *GenAIUsage {
 	if h.ext.x == nil || h.ext.x.gen == nil {
 		return nil
 	}
-	u := h.ext.x.gen.finish(end)
+	// A cached or static fallback answer spent no tokens: it is counted
+	// as a request, not as usage.
+	var fallback string
+	h.mu.Lock()
+	for _, ev := range h.events {
+		if ev.Name == "fallback" {
+			fallback = ev.Attrs["source"]
+		}
+	}
+	h.mu.Unlock()
+	u := h.ext.x.gen.finish(end, fallback == "cache" || fallback == "static")
 	if h.span != nil {
 		h.span.SetAttributes(u.attrs()...)
 	}

@@ -256,6 +256,9 @@ type GenAIUsage struct {
 	// Truncated is a "length" finish: the model stopped at its token limit.
 	Truncated  bool
 	ParseError string
+	// Replayed: a cached or static fallback answered; its tokens are not
+	// counted as spent.
+	Replayed bool
 }
 
 // GenAICall observes one call on a genai route: the request body as the
@@ -417,13 +420,15 @@ func (c *GenAICall) merge(f *oaiFields) {
 	c.tot.err = c.tot.err || f.err
 }
 
-// finish ends the call: what it said, recorded in the metrics and on span
-// (nil without an exporter). Called once, from Hop.End.
-func (c *GenAICall) finish(end time.Time) *GenAIUsage {
+// finish ends the call: what it said, recorded in the metrics. replayed
+// says the answer came from hopwatch's cache or a static fallback: it
+// counts as a request, but its tokens were not spent now. Called once,
+// from Hop.End.
+func (c *GenAICall) finish(end time.Time, replayed bool) *GenAIUsage {
 	if c.result != nil {
 		return c.result
 	}
-	u := &GenAIUsage{Operation: c.op}
+	u := &GenAIUsage{Operation: c.op, Replayed: replayed}
 	c.reqMu.Lock()
 	c.reqScan.end()
 	if c.req.modelN > 0 && !c.req.modelTrunc {
@@ -503,6 +508,13 @@ func (c *GenAICall) finish(end time.Time) *GenAIUsage {
 	}
 	s := c.g.get(genaiKey{model: u.Model, finish: u.FinishReason})
 	s.requests.Inc()
+	if parseErr != "" {
+		c.g.t.x.genai.parseErrors.WithLabelValues(c.g.route, parseErr).Inc()
+	}
+	c.result = u
+	if replayed {
+		return u
+	}
 	if u.InputTokens > 0 {
 		s.in.Add(float64(u.InputTokens))
 	}
@@ -526,10 +538,6 @@ func (c *GenAICall) finish(end time.Time) *GenAIUsage {
 		}
 		s.tpot.Observe(last.Sub(c.firstTok).Seconds() / float64(u.OutputTokens-1))
 	}
-	if parseErr != "" {
-		c.g.t.x.genai.parseErrors.WithLabelValues(c.g.route, parseErr).Inc()
-	}
-	c.result = u
 	return u
 }
 

@@ -75,7 +75,7 @@ func FuzzSSE(f *testing.F) {
 			for i := 0; i < len(data); i += step {
 				c.response(data[i:min(i+step, len(data))])
 			}
-			return c.finish(now)
+			return c.finish(now, false)
 		}
 		a, b := run(len(data)+1), run(int(split%32)+1)
 		if a.InputTokens != b.InputTokens || a.OutputTokens != b.OutputTokens || a.FinishReason != b.FinishReason ||

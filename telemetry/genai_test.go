@@ -141,7 +141,7 @@ func runCall(t testing.TB, tel *Telemetry, c genaiCase, split int) *GenAIUsage {
 	feed(c.req, call.request)
 	call.header(c.status, c.contentType, c.encoding)
 	feed(c.resp, call.response)
-	return call.finish(now.Add(time.Millisecond))
+	return call.finish(now.Add(time.Millisecond), false)
 }
 
 func TestGenAIParse(t *testing.T) {
@@ -193,7 +193,7 @@ func TestGenAIStreamTimings(t *testing.T) {
 		call.response([]byte("data: " + chunk("t", "") + "\n\n"))
 	}
 	call.response([]byte("data: [DONE]\n\n"))
-	u := call.finish(now)
+	u := call.finish(now, false)
 	if u.TTFT != 320*time.Millisecond {
 		t.Errorf("ttft = %v, want 320ms", u.TTFT)
 	}
@@ -370,7 +370,7 @@ func BenchmarkGenAITee(b *testing.B) {
 				for i := 0; i < len(body); i += 512 {
 					call.response(body[i:min(i+512, len(body))])
 				}
-				call.finish(time.Now())
+				call.finish(time.Now(), false)
 			}
 		})
 	}
@@ -409,9 +409,43 @@ func TestGenAIParserKeepsNoCopy(t *testing.T) {
 			if d := after.TotalAlloc - before.TotalAlloc; d > 64<<10 {
 				t.Errorf("scanning 32 MiB allocated %d bytes", d)
 			}
-			u := call.finish(time.Now())
+			u := call.finish(time.Now(), false)
 			if c.name == "sse" && u.OutputTokens < 100000 {
 				t.Errorf("counted %d chunks", u.OutputTokens)
+			}
+		})
+	}
+}
+
+// TestGenAIFallbackSpendsNoTokens: an answer from hopwatch's cache or a
+// static fallback is a request, but its tokens were not spent now.
+func TestGenAIFallbackSpendsNoTokens(t *testing.T) {
+	for _, c := range []struct {
+		source     string
+		wantTokens float64
+	}{{"cache", 0}, {"static", 0}, {"upstream", 7}, {"", 7}} {
+		t.Run("fallback="+c.source, func(t *testing.T) {
+			tel := newTestTelemetry(t, Config{})
+			rt := tel.Route(RouteInfo{Name: "llm", Upstream: "up", GenAI: GenAIAPIOpenAI}, nil)
+			r := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(chatReq))
+			_, h := rt.Start(context.Background(), propagation.HeaderCarrier(r.Header), "", "POST")
+			body, x := h.ObserveHTTP(r)
+			io.Copy(io.Discard, body)
+			if c.source != "" {
+				h.FellBack("slow", c.source)
+			}
+			x.WriteHeader(200, http.Header{"Content-Type": {"application/json"}})
+			x.Write([]byte(chatResp))
+			h.End("200", OutcomeFallback)
+			m := tel.x.genai
+			if got := testutil.ToFloat64(m.tokens.WithLabelValues("llm", OtherModel, "output")); got != c.wantTokens {
+				t.Errorf("output tokens = %v, want %v", got, c.wantTokens)
+			}
+			if got := testutil.ToFloat64(m.requests.WithLabelValues("llm", OtherModel, FinishStop)); got != 1 {
+				t.Errorf("requests = %v, want 1", got)
+			}
+			if u, _ := h.GenAI(); u.Replayed != (c.wantTokens == 0) {
+				t.Errorf("replayed = %v", u.Replayed)
 			}
 		})
 	}
