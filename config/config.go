@@ -223,6 +223,15 @@ func applyDefaults(c *Config) {
 	if c.Admin.Address == "" {
 		c.Admin.Address = DefaultAdminAddress
 	}
+	if l := &c.AccessLog; l.Output != "" {
+		if l.QueueSize == 0 {
+			l.QueueSize = telemetry.DefaultAccessLogQueue
+		}
+		if l.SampleRatio == nil {
+			all := 1.0
+			l.SampleRatio = &all
+		}
+	}
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
 		if l.MaxMessageBytes == 0 {

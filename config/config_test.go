@@ -12,6 +12,7 @@ import (
 
 	"github.com/hopwatch/hopwatch/config"
 	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // base is the smallest valid file; most cases below append to it, so line
@@ -575,6 +576,16 @@ func TestParseDefaults(t *testing.T) {
 	}
 	if got := cfg.Listeners[0].MaxMessageBytes; got != routes.DefaultMaxMessageBytes {
 		t.Errorf("listener max_message_bytes = %d, want %d", got, routes.DefaultMaxMessageBytes)
+	}
+	if cfg.AccessLog != (telemetry.AccessLogConfig{}) {
+		t.Errorf("access log without output = %+v, want it off and untouched", cfg.AccessLog)
+	}
+	cfg, err = config.Parse("log.yaml", []byte(base+"access_log: {output: stdout}\n"))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if l := cfg.AccessLog; l.QueueSize != telemetry.DefaultAccessLogQueue || l.SampleRatio == nil || *l.SampleRatio != 1 {
+		t.Errorf("access log defaults = %+v", l)
 	}
 }
 
