@@ -202,6 +202,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		// it open so that an attempt that never connected can be repeated.
 		streaming := req.ContentLength < 0 && u.spec.Protocol != routes.UpstreamHTTP
 		body = newSentTracker(req.Body, streaming)
+		body.length = req.ContentLength
 	}
 	hop := hopFrom(req.Context())
 	var tried uint64
@@ -284,6 +285,9 @@ func isDialError(err error) bool {
 type sentTracker struct {
 	r    io.ReadCloser
 	read atomic.Bool
+	// n counts the bytes read of a body of declared length (-1: unknown);
+	// see readFor.
+	n, length int64
 
 	detach  bool // read through the pump
 	started bool // pump running; only the reader touches it
@@ -351,7 +355,20 @@ func (a *attemptBody) Close() error {
 func (s *sentTracker) readFor(p []byte, done <-chan struct{}) (int, error) {
 	s.read.Store(true)
 	if !s.detach {
-		return s.r.Read(p)
+		n, err := s.r.Read(p)
+		s.n += int64(n)
+		if err != nil && s.n == s.length && errors.Is(err, http.ErrBodyReadAfterClose) {
+			// The whole declared body was read; only its EOF was lost. The
+			// transport copies Content-Length bytes straight to the socket,
+			// then reads once more (to catch extra data). In between, the
+			// upstream may answer and the proxy send the response headers,
+			// and net/http's HTTP/1 server closes the request body as they
+			// go out: that read failed and the transport closed the
+			// upstream connection mid-response, cutting streamed answers.
+			// (Found by the genai demo; TestHTTPStreamedAnswerToPOST.)
+			err = io.EOF
+		}
+		return n, err
 	}
 	if !s.started {
 		s.started = true

@@ -25,6 +25,7 @@ type app struct {
 	stack *demo.Stack
 	cfg   *config.Config
 	tel   *telemetry.Telemetry
+	reg   *prometheus.Registry // what /metrics serves; the view reads model usage here
 	proxy *proxy.Proxy
 	admin *admin.Server
 	ready atomic.Bool
@@ -60,6 +61,8 @@ func start(svc demo.Config, place demo.Placement, log *slog.Logger) (*app, error
 		a.stop()
 		return nil, err
 	}
+	a.reg = reg
+	a.tel.SetGenAI(cfg.GenAI)
 	a.proxy = proxy.New(proxy.Options{Logger: log, DrainTimeout: drainTimeout, Telemetry: a.tel})
 	a.admin = admin.New(admin.Options{
 		Logger: log, Ready: a.ready.Load, Config: a.configDoc,

@@ -145,6 +145,7 @@ type result struct {
 	// admin server did not serve them).
 	hops        []hopRow
 	bottlenecks *bottlenecks
+	models      []modelRow
 }
 
 // runDemo starts everything, prints tables until ctx ends or the duration
@@ -162,6 +163,7 @@ func runDemo(ctx context.Context, o options, stdout io.Writer, log *slog.Logger)
 	adminClient := &http.Client{Timeout: 2 * time.Second}
 	defer adminClient.CloseIdleConnections()
 	v := newView(stdout, adminClient, a.adminURL(), o.users.SlowAfter)
+	v.models = func() ([]modelRow, error) { return modelUsage(a.reg) }
 	v.banner(ctx, o, a.httpURL())
 
 	rec := demo.NewRecorder(nil)
@@ -198,7 +200,7 @@ loop:
 		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		v.final(fctx, res.total, res.calls)
 		cancel()
-		res.hops, res.bottlenecks = v.lastHops, v.lastBottlenecks
+		res.hops, res.bottlenecks, res.models = v.lastHops, v.lastBottlenecks, v.lastModels
 	}
 	a.stop()
 	return res, usersErr

@@ -34,6 +34,7 @@ var demoHops = []hopKey{
 	{"gateway", "dm", "dm"},
 	{"gateway", "kb", "kb"},
 	{"gateway", "inference", "inference"},
+	{"inference", "llm", "llm"},
 }
 
 // runFor runs the demo with the given flags (on free ports) and returns
@@ -73,6 +74,20 @@ func TestRunBounded(t *testing.T) {
 	seen := map[hopKey]hopRow{}
 	for _, h := range res.hops {
 		seen[h.hopKey] = h
+	}
+	// hopwatch read the model server's usage: tokens per configured model.
+	var tokens float64
+	for _, m := range res.models {
+		if m.Model == "other" {
+			t.Errorf("model %q: the demo's models are in its genai.models list", m.Model)
+		}
+		tokens += m.Output
+		if m.Output > 0 && (m.Input <= 0 || m.TTFT <= 0 || m.Cost <= 0) {
+			t.Errorf("model usage %+v: want input tokens, TTFT and cost", m)
+		}
+	}
+	if tokens == 0 {
+		t.Errorf("no output tokens counted; models: %+v", res.models)
 	}
 	for _, k := range demoHops {
 		if h, ok := seen[k]; !ok || h.Rate <= 0 {

@@ -28,7 +28,7 @@ routes:
 `, p.admin, allowed, p.http, s.web.Listener.Addr())
 	}
 	writeFile(t, path, text("scrape.example"))
-	a, err := start(path, time.Second, testLogger(t))
+	a, err := start(path, time.Second, testLogger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -143,7 +143,7 @@ conversation:
 `, p.admin, otlpAddr, p.http, gateway.Listener.Addr(), kb.Listener.Addr(), eventsFile)
 	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
 	writeFile(t, path, cfg)
-	a, err := start(path, 5*time.Second, testLogger(t))
+	a, err := start(path, 5*time.Second, testLogger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +360,7 @@ func TestConversationConfig(t *testing.T) {
 	}
 	path := filepath.Join(dir, "hopwatch.yaml")
 	writeFile(t, path, conv("1m"))
-	a, err := start(path, time.Second, testLogger(t))
+	a, err := start(path, time.Second, testLogger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +432,7 @@ func TestConversationConfig(t *testing.T) {
 	os.Remove(keyFile)
 	p2 := newPorts(t)
 	writeFile(t, path, strings.ReplaceAll(conv("1m"), fmt.Sprint(p.admin), fmt.Sprint(p2.admin)))
-	if b, err := start(path, time.Second, testLogger(t)); err == nil || !strings.Contains(err.Error(), "hash_key_file") {
+	if b, err := start(path, time.Second, testLogger(t), io.Discard); err == nil || !strings.Contains(err.Error(), "hash_key_file") {
 		if b != nil {
 			b.drain(time.Second)
 		}
@@ -507,7 +507,7 @@ conversation:
 `, p.admin, p.http, gateway.Listener.Addr(), nlu.Listener.Addr())
 	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
 	writeFile(t, path, cfg)
-	a, err := start(path, 5*time.Second, testLogger(t))
+	a, err := start(path, 5*time.Second, testLogger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,7 +578,7 @@ func TestConversationGRPC(t *testing.T) {
 	p := newPorts(t)
 	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
 	writeFile(t, path, configText(s, p, "a")+"conversation: {entry_routes: [health]}\n")
-	a, err := start(path, time.Second, testLogger(t))
+	a, err := start(path, time.Second, testLogger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

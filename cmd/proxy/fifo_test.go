@@ -59,7 +59,7 @@ func TestConfigFIFO(t *testing.T) {
 			}
 		})
 		within(t, "start", 5*time.Second, func() {
-			if a, err := start(path, time.Second, testLogger(t)); err == nil {
+			if a, err := start(path, time.Second, testLogger(t), io.Discard); err == nil {
 				a.drain(time.Second)
 				t.Error("start accepted a FIFO")
 			} else if !strings.Contains(err.Error(), "not a regular file") {

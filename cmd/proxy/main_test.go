@@ -254,7 +254,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	p := newPorts(t)
 	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
 	writeFile(t, path, configText(s, p, "a"))
-	a, err := start(path, 5*time.Second, testLogger(t))
+	a, err := start(path, 5*time.Second, testLogger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
