@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hopwatch/hopwatch/internal/testkit"
 )
 
 // TestAccessLogReopenSignal drives the command: the access log file is
@@ -37,7 +39,7 @@ func TestAccessLogReopenSignal(t *testing.T) {
 	}()
 	call := func(urlPath string) {
 		t.Helper()
-		waitFor(t, "a call through the proxy", func() bool {
+		testkit.WaitFor(t, "a call through the proxy", func() bool {
 			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", p.http, urlPath))
 			if err != nil {
 				return false
@@ -55,14 +57,14 @@ func TestAccessLogReopenSignal(t *testing.T) {
 	}
 
 	call("/first")
-	waitFor(t, "first line", hasLine(logPath, "/first"))
+	testkit.WaitFor(t, "first line", hasLine(logPath, "/first"))
 	if err := os.Rename(logPath, logPath+".1"); err != nil {
 		t.Fatal(err)
 	}
 	sig <- reopenSignal
-	waitFor(t, "reopened file", func() bool { _, err := os.Stat(logPath); return err == nil })
+	testkit.WaitFor(t, "reopened file", func() bool { _, err := os.Stat(logPath); return err == nil })
 	call("/second")
-	waitFor(t, "second line in the new file", hasLine(logPath, "/second"))
+	testkit.WaitFor(t, "second line in the new file", hasLine(logPath, "/second"))
 	if hasLine(logPath+".1", "/second")() {
 		t.Error("the moved file got a line after the reopen")
 	}
@@ -71,7 +73,7 @@ func TestAccessLogReopenSignal(t *testing.T) {
 	other := filepath.Join(dir, "other.log")
 	writeFile(t, path, withLog(other))
 	sig <- syscall.SIGHUP
-	waitFor(t, "log moved by reload", func() bool {
+	testkit.WaitFor(t, "log moved by reload", func() bool {
 		call("/third")
 		return hasLine(other, "/third")()
 	})
