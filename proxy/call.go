@@ -268,7 +268,7 @@ func (c *call) run() error {
 		case <-c.retryC:
 			done, err = c.retry()
 		case <-expired:
-			done, err = true, c.noAttempt(c.ctx.Err())
+			done, err = true, c.outOfTime()
 		case <-c.client.Done():
 			done, err = true, c.clientGone()
 		}
@@ -440,6 +440,15 @@ func (c *call) onLate() (bool, error) {
 	}
 	c.finishInBackground()
 	return true, err
+}
+
+// outOfTime ends a call whose upstream context ended while it waited to
+// retry: the client's cancellation reaches it too.
+func (c *call) outOfTime() error {
+	if c.client.Err() != nil {
+		return c.clientGone()
+	}
+	return c.noAttempt(c.ctx.Err())
 }
 
 // clientGone ends a call whose client went away or ran out of time.

@@ -20,7 +20,9 @@ import (
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
-// The resilient gRPC path serves routes with a retry or fallback policy.
+// The resilient gRPC path serves routes with a retry or fallback policy:
+// grpcCall adapts the policy of call.go to a gRPC stream, and requestLog
+// keeps the request so that an attempt can replay it.
 //
 // The proxy cannot know a raw call's kind, so it decides per call from what
 // the client does: every message is forwarded at once (streams behave as
