@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
 )
@@ -354,7 +355,7 @@ func TestCachedGRPCAnswerKeepsMetadata(t *testing.T) {
 				if src := o.Trailer.Get("x-hopwatch-fallback"); len(src) != 1 || src[0] != "static" {
 					t.Fatalf("late call: want the static fallback, got %v", o)
 				}
-				waitFor(t, "background refresh", func() bool {
+				testkit.WaitFor(t, "background refresh", func() bool {
 					return env.metric(t, "hopwatch_background_total", map[string]string{"result": "cached"}) == 1
 				})
 			} else if o.Code != codes.OK {

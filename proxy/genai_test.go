@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
@@ -178,7 +179,7 @@ func TestGenAIThroughProxy(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, "hops ended", func() bool {
+	testkit.WaitFor(t, "hops ended", func() bool {
 		return strings.Count(env.log.String(), "\n") == len(cases)
 	})
 
@@ -400,7 +401,7 @@ func TestAccessLogBackgroundRetry(t *testing.T) {
 		t.Fatalf("body %q, want the fallback", b)
 	}
 	calls.Wait() // the background retry reached the upstream
-	waitFor(t, "access log line", func() bool { return strings.Contains(log.String(), `"fallback":"static"`) })
+	testkit.WaitFor(t, "access log line", func() bool { return strings.Contains(log.String(), `"fallback":"static"`) })
 	if !strings.Contains(log.String(), `"outcome":"fallback"`) {
 		t.Errorf("line: %s", log.String())
 	}

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
 )
@@ -898,7 +899,7 @@ func TestListenerMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	waitFor(t, "one open connection", func() bool {
+	testkit.WaitFor(t, "one open connection", func() bool {
 		return env.metric(t, "hopwatch_listener_connections", map[string]string{"listener": "grpc"}) == 1
 	})
 	extra, err := net.Dial("tcp", env.grpcAddr)
@@ -906,7 +907,7 @@ func TestListenerMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer extra.Close()
-	waitFor(t, "the refusal counted", func() bool {
+	testkit.WaitFor(t, "the refusal counted", func() bool {
 		return env.metric(t, "hopwatch_listener_connections_refused_total", map[string]string{"listener": "grpc"}) == 1
 	})
 	if n := env.metric(t, "hopwatch_listener_reset_floods_total", map[string]string{"listener": "grpc"}); n != 0 {

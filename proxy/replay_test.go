@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
 )
@@ -91,7 +92,7 @@ func TestRequestLogBackPressure(t *testing.T) {
 	if grew > 128<<20 {
 		t.Errorf("heap grew by %d MiB", grew>>20)
 	}
-	waitFor(t, "replay bytes back to 0", func() bool {
+	testkit.WaitFor(t, "replay bytes back to 0", func() bool {
 		return env.metric(t, "hopwatch_replay_buffer_bytes", nil) == 0
 	})
 	if n := env.metric(t, "hopwatch_replay_skipped_total", map[string]string{"reason": "too_large"}); n != 1 {
@@ -189,7 +190,7 @@ func TestReplayHTTP(t *testing.T) {
 			req.Header.Set("X-Id", "held")
 			held <- do(client, req)
 		}()
-		waitFor(t, "the held request to reach the upstream", func() bool { _, ok := seen.Load("held"); return ok })
+		testkit.WaitFor(t, "the held request to reach the upstream", func() bool { _, ok := seen.Load("held"); return ok })
 		if used := env.metric(t, "hopwatch_replay_buffer_bytes", nil); used != 5<<10 {
 			t.Errorf("replay bytes = %v, want %d", used, 5<<10)
 		}
@@ -204,7 +205,7 @@ func TestReplayHTTP(t *testing.T) {
 		if r := <-held; r.status != 200 {
 			t.Fatalf("held request: %+v", r)
 		}
-		waitFor(t, "replay bytes back to 0", func() bool {
+		testkit.WaitFor(t, "replay bytes back to 0", func() bool {
 			return env.metric(t, "hopwatch_replay_buffer_bytes", nil) == 0
 		})
 	})
@@ -235,7 +236,7 @@ func TestReplayHTTP(t *testing.T) {
 				do(client, req)
 			}()
 		}
-		waitFor(t, "the bulkhead to fill", func() bool {
+		testkit.WaitFor(t, "the bulkhead to fill", func() bool {
 			_, a := seen.Load("bulk0")
 			_, b := seen.Load("bulk1")
 			return a && b

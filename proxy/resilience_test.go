@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
@@ -56,31 +57,7 @@ func startResEnv(t *testing.T, spec *routes.Spec) *resEnv {
 
 func (e *resEnv) metric(t *testing.T, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := e.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if v, ok := labels[l.GetName()]; ok && v != l.GetValue() {
-					continue next
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				sum += m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
+	return testkit.Metric(t, e.reg, name, labels)
 }
 
 func httpSpec(up string, route routes.Route, upstream routes.Upstream) *routes.Spec {
@@ -155,7 +132,7 @@ func TestBreaker(t *testing.T) {
 
 	failing.Store(false)
 	// half_open_requests (2) successes close it again.
-	waitFor(t, "half-open and closed again", func() bool {
+	testkit.WaitFor(t, "half-open and closed again", func() bool {
 		for range 2 {
 			if post(client, url, "{}").status != 200 {
 				return false
@@ -165,17 +142,6 @@ func TestBreaker(t *testing.T) {
 	})
 	if got := env.metric(t, "hopwatch_breaker_transitions_total", map[string]string{"upstream": "kb", "to": "half_open"}); got < 1 {
 		t.Fatalf("no transition to half_open recorded")
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -302,7 +268,7 @@ func TestBulkhead(t *testing.T) {
 	for range 2 {
 		go func() { results <- post(client, url, "") }()
 	}
-	waitFor(t, "two requests at the upstream", func() bool { return inside.Load() == 2 })
+	testkit.WaitFor(t, "two requests at the upstream", func() bool { return inside.Load() == 2 })
 	if r := post(client, url, ""); r.status != 503 || !strings.Contains(r.body, "bulkhead") {
 		t.Fatalf("third concurrent request: want 503 (bulkhead full), got %+v", r)
 	}
@@ -402,7 +368,7 @@ func TestAsyncFallbackHTTP(t *testing.T) {
 		t.Fatal("no answer came from a fallback although 20% of calls were slow")
 	}
 	// The slow calls finish in the background and refresh the cache.
-	waitFor(t, "background calls to finish", func() bool {
+	testkit.WaitFor(t, "background calls to finish", func() bool {
 		return env.metric(t, "hopwatch_background_inflight", nil) == 0 &&
 			env.metric(t, "hopwatch_background_total", map[string]string{"result": "cached"}) > 0
 	})
@@ -455,7 +421,7 @@ func TestAsyncFallbackGRPC(t *testing.T) {
 		t.Fatalf("first slow call: want the static fallback, got %v", o)
 	}
 	// The slow call completes in the background and fills the cache.
-	waitFor(t, "background refresh", func() bool {
+	testkit.WaitFor(t, "background refresh", func() bool {
 		return env.metric(t, "hopwatch_background_total", map[string]string{"result": "cached"}) == 1
 	})
 	o = unary(ctx, cc, m, slow, []byte("what are your opening hours"))
@@ -657,7 +623,7 @@ func TestBreakerFaults(t *testing.T) {
 			}
 			// Late calls finish in the background before the breaker counts
 			// them.
-			waitFor(t, "background calls", func() bool { return env.metric(t, "hopwatch_background_inflight", nil) == 0 })
+			testkit.WaitFor(t, "background calls", func() bool { return env.metric(t, "hopwatch_background_inflight", nil) == 0 })
 			before := hits.Load()
 			r := post(client, url, "{}")
 			if r.status != 200 || r.fallback != "static" || hits.Load() != before {
@@ -696,7 +662,7 @@ func TestBulkheadFallbackGRPC(t *testing.T) {
 		defer close(done)
 		unary(blocked, cc, m, metadata.Pairs("x-block", "1"), nil)
 	}()
-	waitFor(t, "the first call to hold the only slot", func() bool {
+	testkit.WaitFor(t, "the first call to hold the only slot", func() bool {
 		// At the upstream, not only in the proxy: the test waits below
 		// for the upstream to see it canceled.
 		return env.metric(t, "hopwatch_hop_inflight", nil) == 1 && backend.arrived.Load() == 1
@@ -897,7 +863,7 @@ func TestBackgroundQueueFull(t *testing.T) {
 			t.Fatalf("call %d: %+v", i, r)
 		}
 	}
-	waitFor(t, "the second late call to be canceled", func() bool { return canceled.Load() >= 1 })
+	testkit.WaitFor(t, "the second late call to be canceled", func() bool { return canceled.Load() >= 1 })
 	if canceled.Load() != 1 {
 		t.Fatalf("%d late calls canceled, want only the one the full queue refused", canceled.Load())
 	}
@@ -979,7 +945,7 @@ func TestBackgroundRetry(t *testing.T) {
 			if src != "static" {
 				t.Fatalf("the late call was answered by %q, want the static fallback", src)
 			}
-			waitFor(t, "the background call to end", func() bool {
+			testkit.WaitFor(t, "the background call to end", func() bool {
 				return env.metric(t, "hopwatch_background_total", map[string]string{"result": "error"}) == 1
 			})
 			if got := arrived(); got != 2 {
