@@ -62,31 +62,8 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if hop != nil {
 		ctx = context.WithValue(ctx, hopKey{}, hop)
 	}
-	var fr *firstResponse
-	switch {
-	case rt.spec.Timeout > 0:
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, rt.spec.Timeout)
-		defer cancel()
-	case rt.spec.Timeout == 0:
-		// No written timeout: bound the wait for the response headers, not
-		// the stream that may follow (the recorder lifts the bound when
-		// they are written), counting from the client's last request
-		// bytes (touchBody). Negative: no timeout at all.
-		fr = newFirstResponse(ctx, h.p.firstResp)
-		defer fr.release()
-		ctx = fr
-	}
-	if rt.res != nil {
-		// The resilient transport buffers the body, bounding that read by
-		// the route's deadline through the connection's read deadline,
-		// and checks the client's own headers for credentials.
-		in := inbound{rc: http.NewResponseController(w), header: r.Header}
-		if fr != nil {
-			in.readLimit = h.p.firstResp
-		}
-		ctx = context.WithValue(ctx, inboundKey{}, in)
-	}
+	ctx, fr, cancel := h.bound(ctx, w, r, rt)
+	defer cancel()
 	r = r.WithContext(ctx)           // a shallow copy: the inbound request is untouched
 	r.Body = hop.RequestBody(r.Body) // the conversation reads an entry request's JSON as it streams
 	if fr != nil && r.Body != nil && r.Body != http.NoBody {
@@ -114,16 +91,50 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hop.ResponseHeader(w.Header()) // trailers are there now: a verdict may come last
+	endHTTPHop(clientCtx, hop, w.Header(), rec.status(), grpcReq)
+}
 
-	canceled := errors.Is(clientCtx.Err(), context.Canceled)
-	var code string
-	var outcome telemetry.Outcome
-	if c, ok := grpcStatus(w.Header()); grpcReq && ok {
-		code, outcome = c.String(), telemetry.GRPCOutcome(c, canceled)
-	} else {
-		code, outcome = telemetry.HTTPCode(rec.status()), telemetry.HTTPOutcome(rec.status(), canceled)
+// bound puts the route's time bound on the request context: a written
+// timeout bounds the whole call; without one, only the wait for the
+// response headers is bounded (not the stream that may follow: the
+// recorder lifts the bound when they are written), counted from the
+// client's last request bytes (touchBody); negative: no bound. On resilient
+// routes it also hands the transport what it needs of the inbound request.
+// cancel must be called when the request is over.
+func (h httpHandler) bound(ctx context.Context, w http.ResponseWriter, r *http.Request, rt *route) (context.Context, *firstResponse, func()) {
+	cancel := func() {}
+	var fr *firstResponse
+	switch {
+	case rt.spec.Timeout > 0:
+		ctx, cancel = context.WithTimeout(ctx, rt.spec.Timeout)
+	case rt.spec.Timeout == 0:
+		fr = newFirstResponse(ctx, h.p.firstResp)
+		cancel = fr.release
+		ctx = fr
 	}
-	hop.End(code, outcome)
+	if rt.res != nil {
+		// The resilient transport buffers the body, bounding that read by
+		// the route's deadline through the connection's read deadline,
+		// and checks the client's own headers for credentials.
+		in := inbound{rc: http.NewResponseController(w), header: r.Header}
+		if fr != nil {
+			in.readLimit = h.p.firstResp
+		}
+		ctx = context.WithValue(ctx, inboundKey{}, in)
+	}
+	return ctx, fr, cancel
+}
+
+// endHTTPHop ends the hop with the response's status: the gRPC status for
+// gRPC over HTTP (from the trailers, or the headers of a trailers-only
+// answer), else the HTTP status.
+func endHTTPHop(clientCtx context.Context, hop *telemetry.Hop, h http.Header, status int, grpcReq bool) {
+	canceled := errors.Is(clientCtx.Err(), context.Canceled)
+	if c, ok := grpcStatus(h); grpcReq && ok {
+		hop.End(c.String(), telemetry.GRPCOutcome(c, canceled))
+		return
+	}
+	hop.End(telemetry.HTTPCode(status), telemetry.HTTPOutcome(status, canceled))
 }
 
 // hopKey carries the request's hop from ServeHTTP to the upstream
