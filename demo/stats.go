@@ -41,9 +41,9 @@ type Turn struct {
 	// Slow: the answer started later than UsersConfig.SlowAfter (the
 	// first token of a stream, the whole answer otherwise): what users
 	// wait for, and what hopwatch holds turn_slo against.
-	Slow bool
-	Outcome    Outcome
-	Err        error
+	Slow    bool
+	Outcome Outcome
+	Err     error
 }
 
 // Summary is what a Recorder counted over a span of time.
