@@ -498,6 +498,7 @@
   // ---------- conversations: SLI chart, worst sessions, turns ----------
 
   const SLI_WINDOW = '1h';
+  const MIN_CHART_POINTS = 15; // steps the SLI chart always shows
   const WORST_LIMIT = 100; // rows of the worst-sessions list (it scrolls)
 
   // renderConversation draws the panel from /api/sli and
@@ -533,7 +534,7 @@
     const t = d.total || {};
     const sep = () => el('span', {class: 'sep', 'aria-hidden': 'true', text: '|'});
     const good = t.good_ratio != null
-      ? el('strong', {class: t.good_ratio < 0.9 ? 'bad' : null, text: `${fmtPct(t.good_ratio)}%`}) : el('strong', {text: '–'});
+      ? el('strong', {text: `${fmtPct(t.good_ratio)}%`}) : el('strong', {text: '–'});
     $('#cv-summary').replaceChildren(
       el('span', {class: 'cv-key cv-key-sli'}), 'good sessions ', good,
       el('span', {class: 'sub', text: ` (${t.good_sessions || 0} of ${t.sessions || 0} ended)`}), sep(),
@@ -549,7 +550,12 @@
   // ratio, one point per step of /api/sli.
   function renderSLIChart(d) {
     const box = $('#cv-chart');
-    const points = d.points || [];
+    // Leading minutes without a turn or an ended session are left out
+    // (hopwatch just started), down to a quarter of an hour, so that a
+    // young series is not squeezed against the right edge.
+    const all = d.points || [];
+    const first = all.findIndex((p) => p.turns > 0 || p.sessions > 0);
+    const points = all.slice(first < 0 ? 0 : Math.max(0, Math.min(first, all.length - MIN_CHART_POINTS)));
     const W = Math.max(320, Math.round(box.clientWidth || 700));
     const L = 92, R = 62, STRIP = 38, GAP = 8, TOP = 4, AXIS = 16;
     const strips = [
@@ -609,7 +615,7 @@
       t.textContent = fmtClock(points[i].start).slice(0, 5);
       svg.append(t);
     }
-    const label = `Last ${fmtSpan(d.window)}, per ${fmtSpan(d.step)}: ${labels.join(', ')}`;
+    const label = `Last ${fmtSpan(points.length * d.step)}, per ${fmtSpan(d.step)}: ${labels.join(', ')}`;
     svg.setAttribute('aria-label', label);
     const title = svgEl('title');
     title.textContent = label;
