@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -177,9 +176,10 @@ func readmeEventsSQL(t *testing.T) (schema, query string) {
 // buildProxy builds cmd/proxy into the test's temporary directory.
 func buildProxy(t *testing.T) string {
 	t.Helper()
+	// go test puts its own GOROOT/bin first on the test's PATH.
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		t.Fatalf("building cmd/proxy: %v", err)
 	}
 	out := filepath.Join(t.TempDir(), "hopwatch")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
