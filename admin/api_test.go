@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"math"
 	"net/http"
@@ -10,27 +9,18 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/trace"
-
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 var t0 = time.Unix(1_800_000_000, 0).UTC()
 
-func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }
-
-func tid(n uint64) trace.TraceID {
-	var id trace.TraceID
-	binary.BigEndian.PutUint64(id[8:], n)
-	id[0] = 0xab
-	return id
-}
-
-func sid(n uint64) trace.SpanID {
-	var id trace.SpanID
-	binary.BigEndian.PutUint64(id[:], n)
-	return id
-}
+// Short names for the shared helpers: span tables read better with them.
+var (
+	tid = testkit.TraceID
+	sid = testkit.SpanID
+	ms  = testkit.Millis
+)
 
 var (
 	hopChat  = telemetry.HopKey{Caller: "client", Route: "chat", Upstream: "gateway"}

@@ -18,6 +18,12 @@ func check(c *Config) []routes.FieldError {
 	for path, msg := range c.Telemetry.Validate() {
 		errs = append(errs, routes.FieldError{Path: "telemetry." + path, Msg: msg})
 	}
+	for path, msg := range c.AccessLog.Validate() {
+		errs = append(errs, routes.FieldError{Path: "access_log." + path, Msg: msg})
+	}
+	for path, msg := range c.GenAI.Validate() {
+		errs = append(errs, routes.FieldError{Path: "genai." + path, Msg: msg})
+	}
 	errs = append(errs, checkConversation(c)...)
 	return errs
 }

@@ -39,6 +39,11 @@ type Config struct {
 	// Conversation turns entry-route requests into conversation signals
 	// (turns, sessions, repeats, abandonment); absent or null: off.
 	Conversation *conversation.Config `yaml:"conversation"`
+	// AccessLog writes one JSON line per request (off unless an output
+	// is written).
+	AccessLog telemetry.AccessLogConfig `yaml:"access_log"`
+	// GenAI holds the model names and prices of routes with genai set.
+	GenAI telemetry.GenAIConfig `yaml:"genai"`
 }
 
 // Admin configures the admin server (/metrics, /config, /ui, ...).
@@ -249,6 +254,15 @@ func applyDefaults(c *Config) {
 	if c.Conversation != nil {
 		conv := c.Conversation.WithDefaults()
 		c.Conversation = &conv
+	}
+	if l := &c.AccessLog; l.Output != "" {
+		if l.QueueSize == 0 {
+			l.QueueSize = telemetry.DefaultAccessLogQueue
+		}
+		if l.SampleRatio == nil {
+			all := 1.0
+			l.SampleRatio = &all
+		}
 	}
 	for i := range c.Listeners {
 		l := &c.Listeners[i]

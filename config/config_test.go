@@ -14,6 +14,7 @@ import (
 	"github.com/hopwatch/hopwatch/config"
 	"github.com/hopwatch/hopwatch/conversation"
 	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // base is the smallest valid file; most cases below append to it, so line
@@ -66,7 +67,25 @@ func invalidCases() []invalidCase {
 			name: "unknown field",
 			yaml: base + "    tmeout: 2s\n",
 			line: 13, path: "routes[0].tmeout",
-			msg: `unknown field "tmeout"; did you mean "timeout"? (valid: name, listener, match, upstream, timeout, retry, fallback)`,
+			msg: `unknown field "tmeout"; did you mean "timeout"? (valid: name, listener, match, upstream, timeout, retry, fallback, genai)`,
+		},
+		{
+			name: "genai unknown api",
+			yaml: base + "    genai: {api: claude}\n",
+			line: 13, path: "routes[0].genai.api",
+			msg: `unknown api "claude" (known: openai)`,
+		},
+		{
+			name: "genai bad price",
+			yaml: base + "genai:\n  prices:\n    m: {input: -1}\n",
+			line: 15, path: "genai.prices.m.input",
+			msg: "must be a finite price per million tokens",
+		},
+		{
+			name: "access log ratio",
+			yaml: base + "access_log: {output: stdout, sample_ratio: 2}\n",
+			line: 13, path: "access_log.sample_ratio",
+			msg: "must be between 0 and 1",
 		},
 		{
 			name: "unknown top-level field",
@@ -398,7 +417,7 @@ func invalidCases() []invalidCase {
 			name: "top level is a list",
 			yaml: "- listeners\n- routes\n",
 			line: 1, path: "",
-			msg: "expected a mapping with fields admin, telemetry, listeners, callers, routes, upstreams, replay, conversation, got a list",
+			msg: "expected a mapping with fields admin, telemetry, listeners, callers, routes, upstreams, replay, conversation, access_log, genai, got a list",
 		},
 		{
 			name: "empty file",
@@ -614,6 +633,16 @@ func TestParseDefaults(t *testing.T) {
 	if got := cfg.Listeners[0].MaxMessageBytes; got != routes.DefaultMaxMessageBytes {
 		t.Errorf("listener max_message_bytes = %d, want %d", got, routes.DefaultMaxMessageBytes)
 	}
+	if cfg.AccessLog != (telemetry.AccessLogConfig{}) {
+		t.Errorf("access log without output = %+v, want it off and untouched", cfg.AccessLog)
+	}
+	cfg, err = config.Parse("log.yaml", []byte(base+"access_log: {output: stdout}\n"))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if l := cfg.AccessLog; l.QueueSize != telemetry.DefaultAccessLogQueue || l.SampleRatio == nil || *l.SampleRatio != 1 {
+		t.Errorf("access log defaults = %+v", l)
+	}
 }
 
 // conversationExample is the conversation section of design.md §3 as far
@@ -680,6 +709,8 @@ func TestParseAccepts(t *testing.T) {
 		{"breaker and bulkhead with defaults", upstreamLast + "    max_concurrent: 512\n    breaker: {}\n    outlier: {}\n"},
 		{"retry", base + "    retry: {attempts: 2, on: [unavailable, 503, connect-failure], budget: 0.2}\n"},
 		{"fallback from cache alone", base + "    fallback: {after: 300ms, use: [cache]}\n"},
+		{"genai and access log", base + "    genai: {api: openai}\naccess_log: {output: stdout, slower_than: 1s, sample_ratio: 0.1, include_query: false, queue_size: 100}\n" +
+			"genai:\n  models: [llama3.1:8b]\n  prices:\n    gpt-4o-mini: {input: 0.15, output: 0.6}\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := config.Parse("hopwatch.yaml", []byte(tc.yaml)); err != nil {

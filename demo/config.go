@@ -15,10 +15,13 @@ const (
 	ServiceDM        = "dm"
 	ServiceInference = "inference"
 	ServiceKB        = "kb"
+	// ServiceLLM is the OpenAI-compatible model server that inference
+	// calls (over HTTP, through hopwatch).
+	ServiceLLM = "llm"
 )
 
 // Services lists the services in the order of a turn, for printing.
-var Services = []string{ServiceGateway, ServiceNLU, ServiceDM, ServiceKB, ServiceInference}
+var Services = []string{ServiceGateway, ServiceNLU, ServiceDM, ServiceKB, ServiceInference, ServiceLLM}
 
 // Headers (gRPC metadata keys) the demo speaks.
 const (
@@ -76,6 +79,9 @@ type Config struct {
 	TokenGap   Latency
 	// Tokens is the length of each reply (0: 12).
 	Tokens int
+	// LengthShare of the model's answers (0..1) finish with "length": cut
+	// at max_tokens, which hopwatch reports as truncated.
+	LengthShare float64
 	// KB is the knowledge base's usual latency; on a KBSlowShare of calls
 	// (0..1) it takes KBSlow instead: the intermittently slow external API
 	// that hopwatch's fallbacks exist for.
@@ -104,6 +110,7 @@ func DefaultConfig() Config {
 		FirstToken:  Latency{Base: 130 * time.Millisecond, Jitter: 40 * time.Millisecond},
 		TokenGap:    Latency{Base: 16 * time.Millisecond, Jitter: 8 * time.Millisecond},
 		Tokens:      defaultTokens,
+		LengthShare: 0.1,
 		KB:          Latency{Base: 30 * time.Millisecond, Jitter: 20 * time.Millisecond},
 		KBSlow:      Latency{Base: 1500 * time.Millisecond, Jitter: 1500 * time.Millisecond},
 		KBSlowShare: 0.15,

@@ -3,6 +3,7 @@ package demo
 import (
 	"strings"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	botv1 "github.com/hopwatch/hopwatch/proto/bot/v1"
@@ -14,10 +15,11 @@ type inference struct {
 	s *Stack
 }
 
-// Generate streams the reply token by token: a long wait for the first
-// token (prompt processing), then a steady trickle. That shape is why the
-// gateway offers an SSE variant and why time to first token is its own
-// number on a hop.
+// Generate streams the reply token by token. The tokens come from the
+// model server (llm.go), which inference calls through hopwatch like a bot
+// calls an OpenAI-compatible API: a long wait for the first token (prompt
+// processing), then a steady trickle. That shape is why the gateway offers
+// an SSE variant and why time to first token is its own number on a hop.
 func (m inference) Generate(req *botv1.GenerateRequest, stream botv1.Inference_GenerateServer) error {
 	ctx := stream.Context()
 	m.s.observeGRPC(ctx, ServiceInference)
@@ -25,23 +27,18 @@ func (m inference) Generate(req *botv1.GenerateRequest, stream botv1.Inference_G
 	if n <= 0 {
 		n = m.s.cfg.Tokens
 	}
-	words := replyWords(req.GetPrompt(), n)
-	for i, w := range words {
-		wait := m.s.cfg.TokenGap
-		if i == 0 {
-			wait = m.s.cfg.FirstToken
-		}
-		if err := sleep(ctx, wait.draw(m.s.rnd)); err != nil {
-			return status.FromContextError(err).Err()
-		}
-		if i > 0 {
-			w = " " + w
-		}
-		if err := stream.Send(&botv1.Token{Text: w, Index: uint32(i)}); err != nil {
-			return err
-		}
+	i := 0
+	err := m.s.complete(ctx, req.GetPrompt(), n, func(text string) error {
+		i++
+		return stream.Send(&botv1.Token{Text: text, Index: uint32(i - 1)})
+	})
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return status.FromContextError(ctx.Err()).Err()
 	}
-	return nil
+	return status.Error(codes.Unavailable, err.Error())
 }
 
 // cannedReply is what the "model" says, cut or repeated to length.

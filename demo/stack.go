@@ -34,7 +34,12 @@ type Stack struct {
 
 	grpcs []*grpc.Server
 	kb    *http.Server
-	wg    sync.WaitGroup // serve loops
+	llm   *http.Server
+	// llmURL is where inference calls the model server: through hopwatch's
+	// HTTP listener, known once ServeGateway is called.
+	llmURL    atomic.Pointer[string]
+	llmClient *http.Client
+	wg        sync.WaitGroup // serve loops
 
 	mu     sync.Mutex // guards the fields below
 	gw     *gateway
@@ -84,6 +89,16 @@ func Start(cfg Config) (*Stack, error) {
 	mux.Handle("POST "+KBPath, kb{s: s})
 	s.kb = newHTTPServer(mux)
 	s.goServe(func() error { return s.kb.Serve(s.lns[ServiceKB]) })
+
+	llmMux := http.NewServeMux()
+	llmMux.Handle("POST "+LLMPath, llm{s: s})
+	s.llm = newHTTPServer(llmMux)
+	s.goServe(func() error { return s.llm.Serve(s.lns[ServiceLLM]) })
+	s.llmClient = &http.Client{Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}}
 	return s, nil
 }
 
@@ -132,6 +147,8 @@ func (s *Stack) ServeGateway(via Listeners) error {
 		return err
 	}
 	s.gw = gw
+	llmURL := "http://" + via.HTTP + LLMPath
+	s.llmURL.Store(&llmURL)
 	s.gwSrv = newHTTPServer(gw.handler())
 	srv := s.gwSrv
 	s.goServe(func() error { return srv.Serve(s.lns[ServiceGateway]) })
@@ -169,11 +186,13 @@ func (s *Stack) Close(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { shutdownHTTP(ctx, s.kb) })
+	wg.Go(func() { shutdownHTTP(ctx, s.llm) })
 	for _, srv := range s.grpcs {
 		wg.Go(func() { stopGRPC(ctx, srv) })
 	}
 	wg.Wait()
 	s.wg.Wait()
+	s.llmClient.CloseIdleConnections()
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("demo: close cut calls short: %w", err)
 	}

@@ -192,8 +192,11 @@ func TestTurnThroughHopwatch(t *testing.T) {
 					continue
 				}
 				wantCaller := "gateway"
-				if svc == demo.ServiceGateway {
+				switch svc {
+				case demo.ServiceGateway:
 					wantCaller = "client"
+				case demo.ServiceLLM:
+					wantCaller = demo.ServiceInference // the model server is called by inference
 				}
 				if got[0].Caller != wantCaller {
 					t.Errorf("%s saw caller %q, want %q", svc, got[0].Caller, wantCaller)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hopwatch/hopwatch/fallback"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 )
 
 // peak keeps the highest value it was shown.
@@ -91,7 +92,7 @@ func TestBackgroundSlotsFreeUp(t *testing.T) {
 			t.Fatalf("TryStart %d refused with nothing running", i)
 		}
 		<-done
-		eventually(t, "the task to end", func() bool { return bg.InFlight() == 0 })
+		testkit.WaitFor(t, "the task to end", func() bool { return bg.InFlight() == 0 })
 	}
 }
 

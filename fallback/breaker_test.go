@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hopwatch/hopwatch/fallback"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 )
 
 var (
@@ -109,7 +110,7 @@ func trip(t *testing.T, b *fallback.Breaker) {
 func halfOpen(t *testing.T, b *fallback.Breaker) {
 	t.Helper()
 	trip(t, b)
-	eventually(t, "half-open", func() bool { return b.State() == fallback.StateHalfOpen })
+	testkit.WaitFor(t, "half-open", func() bool { return b.State() == fallback.StateHalfOpen })
 }
 
 var quick = fallback.BreakerSettings{MinRequests: 10, OpenFor: 20 * time.Millisecond, HalfOpenRequests: 3}
@@ -268,7 +269,7 @@ func TestBreakerTransitionsHook(t *testing.T) {
 	})
 	halfOpen(t, b)
 	call(t, b, failed) // reopen
-	eventually(t, "half-open again", func() bool { return b.State() == fallback.StateHalfOpen })
+	testkit.WaitFor(t, "half-open again", func() bool { return b.State() == fallback.StateHalfOpen })
 	for range 3 {
 		call(t, b, ok)
 	}

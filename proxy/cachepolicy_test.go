@@ -317,3 +317,61 @@ func TestCacheRulesGRPC(t *testing.T) {
 		})
 	}
 }
+
+// TestCachedGRPCAnswerKeepsMetadata: a gRPC answer served from the cache
+// carries the upstream's response headers and trailers, whether the
+// foreground call stored it or the background task that finished a late
+// call did. (The cached-answer header bug: the headers were once cleared
+// when sent to the client, before the cache write read them.)
+func TestCachedGRPCAnswerKeepsMetadata(t *testing.T) {
+	backend := startEcho(t)
+	m := "/" + echoService + "/Unary"
+	for _, tc := range []struct {
+		name  string
+		first []string // metadata of the call that fills the cache
+		bg    bool     // the cache is filled in the background
+	}{
+		{name: "stored by the foreground call", first: []string{"h-lang", "en", "t-src", "first"}},
+		{name: "stored by the background task", first: []string{"h-lang", "en", "t-src", "first", "x-sleep-ms", "600"}, bg: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := &routes.Spec{
+				Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
+				Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
+					After:  150 * time.Millisecond,
+					Use:    []string{"cache", "static"},
+					Static: &routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "degraded"},
+				}}},
+				Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+			}
+			env := startResEnv(t, spec)
+			cc := dial(t, env.grpcAddr)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+
+			o := unary(ctx, cc, m, metadata.Pairs(tc.first...), []byte("q"))
+			if tc.bg {
+				if src := o.Trailer.Get("x-hopwatch-fallback"); len(src) != 1 || src[0] != "static" {
+					t.Fatalf("late call: want the static fallback, got %v", o)
+				}
+				waitFor(t, "background refresh", func() bool {
+					return env.metric(t, "hopwatch_background_total", map[string]string{"result": "cached"}) == 1
+				})
+			} else if o.Code != codes.OK {
+				t.Fatalf("first call: %v", o)
+			}
+			// The upstream fails now; the answer comes from the cache, with
+			// the first call's metadata, not this one's.
+			o = unary(ctx, cc, m, metadata.Pairs("h-lang", "de", "t-src", "second", "x-status", fmt.Sprint(int(codes.Unavailable))), []byte("q"))
+			if src := o.Trailer.Get("x-hopwatch-fallback"); o.Code != codes.OK || len(src) != 1 || src[0] != "cache" {
+				t.Fatalf("want the cached answer, got %v", o)
+			}
+			if got := o.Header.Get("h-lang"); len(got) != 1 || got[0] != "en" {
+				t.Errorf("cached answer's header h-lang = %q, want the upstream's [en]: %v", got, o)
+			}
+			if got := o.Trailer.Get("t-src"); len(got) != 1 || got[0] != "first" {
+				t.Errorf("cached answer's trailer t-src = %q, want the upstream's [first]: %v", got, o)
+			}
+		})
+	}
+}

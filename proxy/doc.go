@@ -10,6 +10,13 @@
 // requests hold the generation they started on until they end, so a reload
 // never cuts a call or a stream in flight.
 //
+// Routes with a retry or fallback policy take the resilient path: one
+// policy, a per-call state machine (call, in call.go) that both listeners
+// drive through a small adapter: grpcCall replays a recorded gRPC stream,
+// httpCall a buffered HTTP body (behind ReverseProxy's Transport seam).
+// Retries, the fallback sources, the latency budget and background
+// completion are written once, there.
+//
 // It must never forward what it did not route: a request path or gRPC method
 // that an upstream could read differently from the route table
 // (routes.CheckPath, routes.CheckGRPCMethod), a CONNECT tunnel, or a call to

@@ -138,7 +138,7 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 
 	var err error
 	if rt.res != nil {
-		err = p.callGRPCResilient(clientCtx, ctx, ss, rt, hop, md, method)
+		err = newGRPCCall(ss, rt, md, method).serve(clientCtx, ctx, hop)
 	} else {
 		err = p.callGRPC(ctx, ss, rt, hop, md, method)
 	}

@@ -16,10 +16,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hopwatch/hopwatch/fallback"
+	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
-// The resilient gRPC path serves routes with a retry or fallback policy.
+// The resilient gRPC path serves routes with a retry or fallback policy:
+// grpcCall adapts the policy of call.go to a gRPC stream, and requestLog
+// keeps the request so that an attempt can replay it.
 //
 // The proxy cannot know a raw call's kind, so it decides per call from what
 // the client does: every message is forwarded at once (streams behave as
@@ -239,462 +242,338 @@ func (l *requestLog) waitComplete(ctx context.Context, d time.Duration) ([][]byt
 	}
 }
 
-// upEvent is what an attempt's reader saw: headers, a message, or the end.
-type upEvent struct {
-	header  metadata.MD
-	msg     *frame
-	end     bool
-	err     error // at end: nil for OK
-	trailer metadata.MD
+// grpcCall is the gRPC adapter of the resilient policy (call.go): one
+// client call of a route with a retry or fallback policy. An attempt
+// replays the request log to a new upstream stream and reports the
+// upstream's headers, messages and status as events; the client gets the
+// headers with the first message (held back until then, for a fallback),
+// every message as it comes, and the status in the trailers.
+type grpcCall struct {
+	call
+	ss     grpc.ServerStream
+	rt     *route
+	md     metadata.MD // outgoing metadata; each attempt writes its trace context there
+	method string
+	log    *requestLog
+
+	held  metadata.MD // upstream headers held back until a message or the end
+	hdr   metadata.MD // the upstream's response headers, kept for the cache
+	first []byte      // the first response message, kept for the cache
+	msgs  int         // response messages so far
+
+	fb   *fallback.Entry // the fallback answer being given
+	fbSt error           // its status, when not OK
 }
 
-// grpcAttempt is one upstream try of a resilient call.
-type grpcAttempt struct {
-	up        *upstream
-	cancel    context.CancelFunc
-	gate      *pass
-	ep        *endpoint
-	att       *telemetry.Attempt
-	events    chan upEvent
-	gotHeader bool
+func newGRPCCall(ss grpc.ServerStream, rt *route, md metadata.MD, method string) *grpcCall {
+	g := &grpcCall{ss: ss, rt: rt, md: md, method: method}
+	g.call = call{proto: g, res: rt.res, up: rt.up}
+	return g
 }
 
-// startAttempt admits and opens one attempt and starts its sender (replays
-// the log) and reader (turns the upstream stream into events). Both end
-// with ctx.
-func (p *Proxy) startAttempt(ctx context.Context, up *upstream, hop *telemetry.Hop, md metadata.MD, method string, log *requestLog) (*grpcAttempt, error) {
-	gate, err := up.admit()
-	if err != nil {
-		return nil, err
-	}
-	return p.openAttempt(ctx, up, gate, hop, md, method, log)
+// serve runs the call. clientCtx is the client's stream context; ctx
+// carries the hop's span.
+func (g *grpcCall) serve(clientCtx, ctx context.Context, hop *telemetry.Hop) error {
+	res := g.res
+	g.hop = hop
+	// Admission comes before the request is recorded (see RoundTrip for
+	// HTTP); a rejected call's request is still recorded, within the
+	// replay budget, when a fallback may answer it.
+	gate, admitErr := g.up.admit()
+	g.log = newRequestLog(res.maxRequest, res.mem, res.telemetry().ReplaySkipped)
+	defer g.log.drop()
+	defer g.log.stop()
+	go g.log.read(g.ss)
+	g.start(clientCtx, metadata.NewOutgoingContext(ctx, g.md), g.rt.spec.Timeout)
+	defer g.end()
+	return g.begin(gate, admitErr)
 }
 
-// openAttempt is startAttempt with the gate pass already admitted.
-func (p *Proxy) openAttempt(ctx context.Context, up *upstream, gate *pass, hop *telemetry.Hop, md metadata.MD, method string, log *requestLog) (*grpcAttempt, error) {
+func (g *grpcCall) open(ctx context.Context, gate *pass) (*attempt, error) {
+	g.held, g.hdr = nil, nil
+	return g.openOn(ctx, g.rt.up, gate, g.log)
+}
+
+// openOn opens one attempt on up, admitted by gate, and starts its sender
+// (replays log) and reader (turns the upstream stream into events). Both
+// end with ctx.
+func (g *grpcCall) openOn(ctx context.Context, up *upstream, gate *pass, log *requestLog) (*attempt, error) {
 	actx, cancel := context.WithCancel(ctx)
-	cs, ep, att, err := up.openGRPC(actx, hop, md, bidi, method, callOptions(md)...)
+	cs, ep, span, err := up.openGRPC(actx, g.hop, g.md, bidi, g.method, callOptions(g.md)...)
 	if err != nil {
 		cancel()
 		code := status.Code(err)
 		gate.report(classifyGRPC(code, false))
 		gate.release()
-		att.End(code.String(), telemetry.GRPCOutcome(code, false))
+		span.End(code.String(), telemetry.GRPCOutcome(code, false))
 		return nil, err
 	}
-	a := &grpcAttempt{up: up, cancel: cancel, gate: gate, ep: ep, att: att, events: make(chan upEvent)}
-	go func() {
-		for i := 0; ; i++ {
-			msg, more, err := log.next(actx, i)
-			if err != nil {
-				cancel()
-				return
-			}
-			if !more {
-				cs.CloseSend()
-				return
-			}
-			if err := cs.SendMsg(&frame{data: mem.BufferSlice{mem.SliceBuffer(msg)}}); err != nil {
-				return // the status comes from the reader
-			}
-		}
-	}()
-	go func() {
-		send := func(ev upEvent) bool {
-			select {
-			case a.events <- ev:
-				return true
-			case <-actx.Done():
-				ev.msg.release()
-				return false
-			}
-		}
-		hdr, err := cs.Header()
-		if err == nil && hdr != nil && !send(upEvent{header: hdr}) {
-			return
-		}
-		for {
-			f := new(frame)
-			if err := cs.RecvMsg(f); err != nil {
-				if errors.Is(err, io.EOF) {
-					err = nil
-				}
-				send(upEvent{end: true, err: err, trailer: cs.Trailer()})
-				return
-			}
-			if !send(upEvent{msg: f}) {
-				return
-			}
-		}
-	}()
+	a := &attempt{events: make(chan event), cancel: cancel, gate: gate, up: up, ep: ep, span: span}
+	go replayGRPC(actx, cancel, cs, log)
+	go a.readGRPC(actx, cs)
 	return a, nil
 }
 
-// finish ends an attempt's accounting with the call's status.
-func (a *grpcAttempt) finish(p *Proxy, err error, canceled bool) {
+// replayGRPC sends the logged request messages, waiting for those still to
+// come, and half-closes after the last.
+func replayGRPC(ctx context.Context, cancel context.CancelFunc, cs grpc.ClientStream, log *requestLog) {
+	for i := 0; ; i++ {
+		msg, more, err := log.next(ctx, i)
+		if err != nil {
+			cancel()
+			return
+		}
+		if !more {
+			cs.CloseSend()
+			return
+		}
+		if err := cs.SendMsg(&frame{data: mem.BufferSlice{mem.SliceBuffer(msg)}}); err != nil {
+			return // the status comes from the reader
+		}
+	}
+}
+
+// readGRPC reports the upstream's headers, messages and end as events.
+func (a *attempt) readGRPC(ctx context.Context, cs grpc.ClientStream) {
+	hdr, err := cs.Header()
+	if err == nil && hdr != nil && !a.report(ctx, event{kind: evHeader, header: hdr}) {
+		return
+	}
+	for {
+		f := new(frame)
+		if err := cs.RecvMsg(f); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			a.report(ctx, event{kind: evEnd, err: err, trailer: cs.Trailer()})
+			return
+		}
+		if !a.report(ctx, event{kind: evMessage, msg: f}) {
+			return
+		}
+	}
+}
+
+// report hands an event to the call, unless the attempt is over.
+func (a *attempt) report(ctx context.Context, ev event) bool {
+	select {
+	case a.events <- ev:
+		return true
+	case <-ctx.Done():
+		ev.release()
+		return false
+	}
+}
+
+// endGRPC ends an attempt's accounting with the call's status.
+func (a *attempt) endGRPC(err error, canceled bool) {
 	code := status.Code(err)
 	a.ep.inflight.Add(-1)
 	c := classifyGRPC(code, canceled)
 	a.up.outcome(a.ep, c)
 	a.gate.report(c)
 	a.gate.release()
-	a.att.End(code.String(), telemetry.GRPCOutcome(code, canceled))
+	a.span.End(code.String(), telemetry.GRPCOutcome(code, canceled))
 }
 
-// callGRPCResilient serves one call of a route with a retry or fallback
-// policy. clientCtx is the client's stream context; ctx carries the hop's
-// span. Attempts run under a context detached from the client's (canceled
-// with it until a fallback answers), so a late call can finish in the
-// background and refresh the cache.
-func (p *Proxy) callGRPCResilient(clientCtx, ctx context.Context, ss grpc.ServerStream, rt *route, hop *telemetry.Hop, md metadata.MD, method string) error {
-	res := rt.res
-	if res.budget != nil {
-		res.budget.Request(res.now())
-	}
-	uctx, ucancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer func() { ucancel() }()
-	if dl, ok := clientCtx.Deadline(); ok {
-		var c context.CancelFunc
-		uctx, c = context.WithDeadline(uctx, dl)
-		prev := ucancel
-		ucancel = func() { c(); prev() }
-	}
-	if rt.spec.Timeout > 0 {
-		var c context.CancelFunc
-		uctx, c = context.WithTimeout(uctx, rt.spec.Timeout)
-		prev := ucancel
-		ucancel = func() { c(); prev() }
-	}
-	uctx = metadata.NewOutgoingContext(uctx, md)
-	detach := context.AfterFunc(clientCtx, ucancel)
-	canceled := func() bool { return errors.Is(clientCtx.Err(), context.Canceled) }
+func (g *grpcCall) ended(a *attempt, ev event, canceled bool) { a.endGRPC(ev.err, canceled) }
 
-	// Admission comes before the request is recorded (see RoundTrip for
-	// HTTP); a rejected call's request is still recorded, within the
-	// replay budget, when a fallback may answer it.
-	gate, admitErr := rt.up.admit()
-	log := newRequestLog(res.maxRequest, res.mem, res.telemetry().ReplaySkipped)
-	defer log.drop()
-	defer log.stop()
-	go log.read(ss)
+func (g *grpcCall) abort(a *attempt, err error, canceled bool) {
+	a.cancel()
+	a.endGRPC(grpcStatusOf(err), canceled)
+}
 
-	var late <-chan time.Time
-	if res.fb != nil && res.fb.After > 0 {
-		timer := time.NewTimer(res.fb.After)
-		defer timer.Stop()
-		late = timer.C
+// grpcStatusOf words a context's error as the status it stands for.
+func grpcStatusOf(err error) error {
+	if isContextError(err) {
+		return status.FromContextError(err).Err()
 	}
-	// fallbackNow answers from the fallback if the request is complete and
-	// nothing has gone to the client yet; true if it did.
-	var answered, headerSent bool
-	var fbErr error
-	fallbackNow := func(reason string) bool {
-		if res.fb == nil || answered || headerSent {
-			return false
-		}
-		msgs, ok := log.complete()
-		if !ok {
-			return false
-		}
-		var done bool
-		done, fbErr = p.grpcFallback(clientCtx, ss, rt, hop, md, method, msgs, reason)
-		return done
-	}
+	return err
+}
 
-	var a *grpcAttempt
-	err := admitErr
-	if err == nil {
-		a, err = p.openAttempt(uctx, rt.up, gate, hop, md, method, log)
+// isContextError reports whether err is a context's own error (not a
+// status that reports one).
+func isContextError(err error) bool {
+	if _, ok := status.FromError(err); ok {
+		return false
 	}
-	if err != nil && errors.Is(err, errRejected) {
-		hop.Rejected(reasonOf(err))
-		if res.fb != nil {
-			if _, ok := log.waitComplete(clientCtx, res.fb.After); ok && fallbackNow(reasonOf(err)) {
-				return fbErr
-			}
-		}
-		return grpcError(err, method)
-	}
-	if err != nil {
-		return p.endWithoutAttempt(clientCtx, ss, rt, hop, md, method, log, err, fallbackNow, &fbErr)
-	}
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
 
-	var held metadata.MD // upstream headers held back until a message or the end
-	sendHeld := func() error {
-		if held == nil {
-			return nil
-		}
-		md := held
-		held = nil
-		headerSent = true
-		return ss.SendHeader(md)
+func (g *grpcCall) discard(event) {}
+
+// complete: the client half-closed within the replay limits.
+func (g *grpcCall) complete() bool {
+	_, ok := g.log.complete()
+	return ok
+}
+
+func (g *grpcCall) waitComplete(ctx context.Context, d time.Duration) bool {
+	_, ok := g.log.waitComplete(ctx, d)
+	return ok
+}
+
+func (g *grpcCall) failed(ev event, canceled bool) bool {
+	if ev.err == nil {
+		return false
 	}
-	var first []byte    // the first response message, kept for the cache
-	var hdr metadata.MD // the upstream's response headers, kept for the cache
-	msgs := 0
-	for n := 1; ; {
-		select {
-		case ev := <-a.events:
-			switch {
-			case ev.header != nil:
-				a.gotHeader = true
-				a.gate.firstResponse()
-				hop.FirstByte()
-				held, hdr = ev.header, ev.header
-				if res.fb == nil {
-					// Held headers only serve a fallback; a retry is off once
-					// headers came anyway.
-					if err := sendHeld(); err != nil {
-						a.cancel()
-						a.finish(p, err, canceled())
-						return err
-					}
-				}
-			case ev.msg != nil:
-				if !answered {
-					answered = true
-					a.gate.firstResponse()
-					hop.FirstByte()
-					if err := sendHeld(); err != nil {
-						ev.msg.release()
-						a.cancel()
-						a.finish(p, err, canceled())
-						return err
-					}
-				}
-				msgs++
-				if msgs == 1 && res.cache != nil {
-					first = ev.msg.data.Materialize()
-				}
-				if err := ss.SendMsg(ev.msg); err != nil {
-					ev.msg.release()
-					a.cancel()
-					a.finish(p, err, canceled())
-					return err
-				}
-			case ev.end:
-				a.finish(p, ev.err, canceled())
-				code := status.Code(ev.err)
-				if !answered && ev.err != nil {
-					// Retry: nothing reached the client, the upstream sent no
-					// headers, the request can be replayed.
-					if _, ok := log.complete(); ok && !a.gotHeader && n < res.attempts &&
-						res.on.GRPC(code) && clientCtx.Err() == nil && res.retryAllowed() {
-						n++
-						hop.Retried(n, strings.ToLower(code.String()))
-						if err := res.backoff(clientCtx, n); err != nil {
-							return status.FromContextError(err).Err()
-						}
-						next, err := p.startAttempt(uctx, rt.up, hop, md, method, log)
-						if err != nil {
-							return p.endWithoutAttempt(clientCtx, ss, rt, hop, md, method, log, err, fallbackNow, &fbErr)
-						}
-						a = next
-						held, hdr = nil, nil
-						continue
-					}
-					if failure, _ := fallback.ClassifyGRPC(code, canceled()); failure && fallbackNow("error") {
-						return fbErr
-					}
-				}
-				// Headers of a message-less response, if still held.
-				sendHeld()
-				ss.SetTrailer(ev.trailer)
-				if ev.err == nil && msgs == 1 && first != nil {
-					if req, ok := log.complete(); ok {
-						res.storeGRPC(res.grpcCacheReq(method, md, req), hdr, first, ev.trailer)
-					}
-				}
-				return ev.err
-			}
-		case <-late:
-			late = nil
-			if answered {
-				continue
-			}
-			if _, ok := log.complete(); !ok {
-				// A stream still open: no fallback can stand in for it, so
-				// nothing is gained by holding the upstream's headers (a
-				// client may wait for them before it sends more).
-				if err := sendHeld(); err != nil {
-					a.cancel()
-					a.finish(p, err, canceled())
-					return err
-				}
-				continue
-			}
-			if !fallbackNow("slow") {
-				continue
-			}
-			// The client has its answer; the upstream call finishes in the
-			// background (bounded), and its success refreshes the cache.
-			detach()
-			p.grpcBackground(rt, a, method, md, log, ucancel)
-			ucancel = func() {} // owned by the background task now
-			return fbErr
-		case <-clientCtx.Done():
-			a.cancel()
-			a.finish(p, status.FromContextError(clientCtx.Err()).Err(), canceled())
-			return status.FromContextError(clientCtx.Err()).Err()
-		}
+	failure, _ := fallback.ClassifyGRPC(status.Code(ev.err), canceled)
+	return failure
+}
+
+// retryable: a status listed in retry.on, from an upstream that sent no
+// headers (a response begun is not taken back).
+func (g *grpcCall) retryable(a *attempt, ev event) (string, bool) {
+	code := status.Code(ev.err)
+	if ev.err == nil || a.gotHeader || !g.res.on.GRPC(code) {
+		return "", false
+	}
+	return strings.ToLower(code.String()), true
+}
+
+func (g *grpcCall) header(ev event) {
+	g.hdr = ev.header
+	if !g.bg {
+		g.held = ev.header
 	}
 }
 
-// endWithoutAttempt handles a call whose attempt could not start (no
-// endpoint reachable): a fallback if possible, else the error.
-func (p *Proxy) endWithoutAttempt(clientCtx context.Context, ss grpc.ServerStream, rt *route, hop *telemetry.Hop, md metadata.MD, method string, log *requestLog, err error, fallbackNow func(string) bool, fbErr *error) error {
-	if errors.Is(err, errRejected) {
-		hop.Rejected(reasonOf(err))
-	}
-	if rt.res.fb != nil {
-		if _, ok := log.waitComplete(clientCtx, rt.res.fb.After); ok && fallbackNow(reasonOf(err)) {
-			return *fbErr
-		}
-	}
-	return grpcError(upstreamError(err), method)
+func (g *grpcCall) sendHeader() error {
+	md := g.held
+	g.held = nil
+	return g.ss.SendHeader(md)
 }
 
-// grpcBackground drains a late attempt in the route's bounded queue and
-// caches a unary success; a full queue cancels the attempt instead.
-func (p *Proxy) grpcBackground(rt *route, a *grpcAttempt, method string, md metadata.MD, log *requestLog, cancel context.CancelFunc) {
-	res := rt.res
-	log.hold() // the attempt may still be sending it; and the cache key
-	started := res.bg.TryStart(func(ctx context.Context) {
-		defer log.drop()
-		defer cancel()
-		stop := context.AfterFunc(ctx, cancel)
-		defer stop()
-		var hdr metadata.MD
-		var body []byte
-		msgs := 0
-		for {
-			select {
-			case ev := <-a.events:
-				switch {
-				case ev.header != nil:
-					hdr = ev.header
-				case ev.msg != nil:
-					msgs++
-					if msgs == 1 {
-						body = ev.msg.data.Materialize()
-					}
-					ev.msg.release()
-				case ev.end:
-					a.finish(p, ev.err, false)
-					switch {
-					case ev.err == nil && msgs == 1 && res.cache != nil && res.storeGRPCLog(method, md, log, hdr, body, ev.trailer):
-						res.telemetry().BackgroundDone("cached")
-					case ev.err == nil:
-						res.telemetry().BackgroundDone("ok")
-					case status.Code(ev.err) == codes.DeadlineExceeded || ctx.Err() != nil:
-						res.telemetry().BackgroundDone("timeout")
-					default:
-						res.telemetry().BackgroundDone("error")
-					}
-					return
-				}
-			case <-ctx.Done():
-				// The reader ends with the attempt's context (canceled by
-				// the AfterFunc above) and sends no more.
-				a.finish(p, status.FromContextError(ctx.Err()).Err(), false)
-				res.telemetry().BackgroundDone("timeout")
-				return
-			}
-		}
-	})
-	if !started {
-		log.drop()
-		a.cancel()
-		cancel()
-		a.finish(p, status.Error(codes.Canceled, "hopwatch: background queue full"), true)
-		res.telemetry().BackgroundDone("rejected")
+// message forwards one message (in the background: only keeps it for the
+// cache).
+func (g *grpcCall) message(ev event) error {
+	g.msgs++
+	if g.msgs == 1 && g.res.cache != nil {
+		g.first = ev.msg.data.Materialize()
 	}
-}
-
-// storeGRPCLog stores a unary success for the complete request in log.
-func (res *resilience) storeGRPCLog(method string, md metadata.MD, log *requestLog, header metadata.MD, body []byte, trailer metadata.MD) bool {
-	req, ok := log.complete()
-	return ok && res.storeGRPC(res.grpcCacheReq(method, md, req), header, body, trailer)
-}
-
-// grpcFallback answers the client from the route's sources in order. It
-// returns whether a source answered and the status to end the call with.
-func (p *Proxy) grpcFallback(ctx context.Context, ss grpc.ServerStream, rt *route, hop *telemetry.Hop, md metadata.MD, method string, msgs [][]byte, reason string) (bool, error) {
-	res := rt.res
-	for _, src := range res.fb.Use {
-		var e *fallback.Entry
-		var st error
-		switch src {
-		case "cache":
-			if res.cache != nil {
-				e, _ = res.lookup(res.grpcCacheReq(method, md, msgs))
-			}
-		case "static":
-			if s := res.fb.Static; s != nil {
-				// OK: one empty message, the default value of any message
-				// type; otherwise the status alone.
-				e = &fallback.Entry{}
-				if c, msg := s.GRPCStatus(); c != codes.OK {
-					st = status.Error(c, msg)
-				}
-			}
-		case "upstream":
-			e = p.grpcAltUpstream(ctx, rt, hop, md, method, msgs)
-		}
-		if e == nil {
-			continue
-		}
-		res.telemetry().Fallback(reason, src)
-		hop.FellBack(reason, src)
-		trailer := metadata.Join(e.Trailer, metadata.Pairs(fallbackTrailerGRPC, src))
-		if st != nil {
-			ss.SetTrailer(trailer)
-			return true, st
-		}
-		if len(e.Header) > 0 {
-			ss.SendHeader(e.Header)
-		}
-		if err := ss.SendMsg(&frame{data: mem.BufferSlice{mem.SliceBuffer(e.Body)}}); err != nil {
-			return true, err
-		}
-		ss.SetTrailer(trailer)
-		return true, nil
-	}
-	return false, nil
-}
-
-// grpcAltUpstream asks the fallback upstream and keeps its answer if it is
-// a unary success.
-func (p *Proxy) grpcAltUpstream(ctx context.Context, rt *route, hop *telemetry.Hop, md metadata.MD, method string, msgs [][]byte) *fallback.Entry {
-	if rt.alt == nil {
+	if g.bg {
+		ev.release()
 		return nil
 	}
-	log := completeLog(msgs)
-	uctx, cancel := upstreamContext(ctx, rt, md)
+	if err := g.ss.SendMsg(ev.msg); err != nil {
+		ev.release()
+		return err
+	}
+	return nil
+}
+
+func (g *grpcCall) deliver(ev event) error {
+	g.ss.SetTrailer(ev.trailer)
+	if ev.err == nil {
+		g.store(ev.trailer)
+	}
+	return ev.err
+}
+
+// store keeps a unary success (one message, for a complete request) in
+// the cache, with the upstream's headers and trailers.
+func (g *grpcCall) store(trailer metadata.MD) bool {
+	if g.msgs != 1 || g.first == nil {
+		return false
+	}
+	req, ok := g.log.complete()
+	return ok && g.res.storeGRPC(g.res.grpcCacheReq(g.method, g.md, req), g.hdr, g.first, trailer)
+}
+
+func (g *grpcCall) rejected(reason string) { g.hop.Rejected(reason) }
+
+// fail: the client's own end (canceled, its deadline) as grpc-go words
+// it; anything else as the proxy does (grpcError).
+func (g *grpcCall) fail(err error) error {
+	if isContextError(err) {
+		return status.FromContextError(err).Err()
+	}
+	return grpcError(upstreamError(err), g.method)
+}
+
+func (g *grpcCall) cacheReq() cacheReq {
+	msgs, ok := g.log.complete()
+	if !ok {
+		return cacheReq{}
+	}
+	return g.res.grpcCacheReq(g.method, g.md, msgs)
+}
+
+func (g *grpcCall) fromCache(e *fallback.Entry) bool {
+	g.fb, g.fbSt = e, nil
+	return true
+}
+
+// fromStatic: OK is one empty message, the default value of any message
+// type; any other code is the status alone.
+func (g *grpcCall) fromStatic(s *routes.FallbackStatic) bool {
+	g.fb, g.fbSt = &fallback.Entry{}, nil
+	if c, msg := s.GRPCStatus(); c != codes.OK {
+		g.fbSt = status.Error(c, msg)
+	}
+	return true
+}
+
+func (g *grpcCall) fromUpstream(ctx context.Context) bool {
+	e := g.altUpstream(ctx)
+	g.fb, g.fbSt = e, nil
+	return e != nil
+}
+
+// answer writes the fallback answer, marked in a trailer.
+func (g *grpcCall) answer(src string) error {
+	e := g.fb
+	trailer := metadata.Join(e.Trailer, metadata.Pairs(fallbackTrailerGRPC, src))
+	if g.fbSt != nil {
+		g.ss.SetTrailer(trailer)
+		return g.fbSt
+	}
+	if len(e.Header) > 0 {
+		g.ss.SendHeader(e.Header)
+	}
+	if err := g.ss.SendMsg(&frame{data: mem.BufferSlice{mem.SliceBuffer(e.Body)}}); err != nil {
+		return err
+	}
+	g.ss.SetTrailer(trailer)
+	return nil
+}
+
+// altUpstream asks the fallback upstream and keeps its answer if it is a
+// unary success.
+func (g *grpcCall) altUpstream(ctx context.Context) *fallback.Entry {
+	msgs, ok := g.log.complete()
+	if g.rt.alt == nil || !ok {
+		return nil
+	}
+	uctx, cancel := upstreamContext(ctx, g.rt, g.md)
 	defer cancel()
-	a, err := p.startAttempt(uctx, rt.alt, hop, md, method, log)
+	gate, err := g.rt.alt.admit()
+	if err != nil {
+		return nil
+	}
+	a, err := g.openOn(uctx, g.rt.alt, gate, completeLog(msgs))
 	if err != nil {
 		return nil
 	}
 	var e fallback.Entry
 	n := 0
 	for {
-		var ev upEvent
+		var ev event
 		select {
 		case ev = <-a.events:
 		case <-uctx.Done():
-			a.finish(p, status.FromContextError(uctx.Err()).Err(), false)
+			a.endGRPC(status.FromContextError(uctx.Err()).Err(), false)
 			return nil
 		}
-		switch {
-		case ev.header != nil:
+		switch ev.kind {
+		case evHeader:
 			e.Header = ev.header
-		case ev.msg != nil:
+		case evMessage:
 			n++
 			e.Body = ev.msg.data.Materialize()
-			ev.msg.release()
-		case ev.end:
-			a.finish(p, ev.err, false)
+			ev.release()
+		case evEnd:
+			a.endGRPC(ev.err, false)
 			if ev.err != nil || n != 1 {
 				return nil
 			}
@@ -702,4 +581,22 @@ func (p *Proxy) grpcAltUpstream(ctx context.Context, rt *route, hop *telemetry.H
 			return &e
 		}
 	}
+}
+
+// toBackground keeps the request log (the attempt may still be sending
+// it; and the cache key) for the background task.
+func (g *grpcCall) toBackground() { g.log.hold() }
+
+func (g *grpcCall) fromBackground() { g.log.drop() }
+
+func (g *grpcCall) settle(ctx context.Context, ev event) string {
+	switch {
+	case ev.err == nil && g.store(ev.trailer):
+		return "cached"
+	case ev.err == nil:
+		return "ok"
+	case status.Code(ev.err) == codes.DeadlineExceeded || ctx.Err() != nil:
+		return "timeout"
+	}
+	return "error"
 }

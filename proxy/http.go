@@ -108,6 +108,7 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec := &responseRecorder{ResponseWriter: w, hop: hop, fr: fr}
+	r.Body, rec.obs = hop.ObserveHTTP(r) // byte counts, genai usage: r is our copy
 	rt.http.ServeHTTP(rec, r)
 	if hop == nil {
 		return
@@ -172,6 +173,7 @@ type responseRecorder struct {
 	http.ResponseWriter
 	hop  *telemetry.Hop
 	fr   *firstResponse
+	obs  *telemetry.Exchange // nil-safe; sees each write after it was made
 	code int
 }
 
@@ -180,6 +182,7 @@ func (r *responseRecorder) WriteHeader(code int) {
 		r.code = code
 		r.started()
 		r.hop.ResponseHeader(r.ResponseWriter.Header())
+		r.obs.WriteHeader(code, r.Header())
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
@@ -189,8 +192,11 @@ func (r *responseRecorder) Write(p []byte) (int, error) {
 		r.code = http.StatusOK
 		r.started()
 		r.hop.ResponseHeader(r.ResponseWriter.Header())
+		r.obs.WriteHeader(r.code, r.Header())
 	}
-	return r.ResponseWriter.Write(p)
+	n, err := r.ResponseWriter.Write(p)
+	r.obs.Write(p[:n])
+	return n, err
 }
 
 func (r *responseRecorder) started() {

@@ -20,9 +20,11 @@ import (
 
 // routeTransport is the RoundTripper of one HTTP-listener route: it admits
 // each attempt through the upstream's breaker and bulkhead and, on routes
-// with a retry or fallback policy, replays, races and falls back. Putting
-// this behind ReverseProxy's Transport seam keeps ReverseProxy the one place
-// that writes responses, fallback answers included.
+// with a retry or fallback policy, buffers the request and runs it as a
+// call (call.go) through the httpCall adapter: replays, races and falls
+// back. Putting this behind ReverseProxy's Transport seam keeps
+// ReverseProxy the one place that writes responses, fallback answers
+// included.
 type routeTransport struct {
 	up  *upstream
 	alt *upstream // fallback upstream, if any
@@ -32,12 +34,12 @@ type routeTransport struct {
 func (t *routeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	hop := hopFrom(req.Context())
 	if t.res == nil {
-		return t.attempt(req, hop)
+		return t.attempt(req)
 	}
 	if req.Header.Get("Upgrade") != "" {
 		// A WebSocket (or other) upgrade is a connection, not an answer
 		// that could be replayed or stood in for.
-		return t.attempt(req, hop)
+		return t.attempt(req)
 	}
 	res := t.res
 	size, why := res.replayable(req)
@@ -47,7 +49,7 @@ func (t *routeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if why != "" {
 		// Forward as a stream, gate only: no retry, no fallback.
 		res.telemetry().ReplaySkipped(why)
-		return t.attempt(req, hop)
+		return t.attempt(req)
 	}
 	keep := newKeep(res.mem, size)
 	defer keep.drop()
@@ -71,7 +73,12 @@ func (t *routeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		cacheable = false // never read: no key can be made
 		abandonBody(req)
 	}
-	return t.resilient(req, body, cacheable, keep, hop, first, admitErr)
+	h := newHTTPCall(t, req, body, hop)
+	h.keep = keep
+	if cacheable {
+		h.key = res.httpCacheReq(req, body)
+	}
+	return h.serve(first, admitErr)
 }
 
 // replayable says how many bytes the request's body needs to be kept for
@@ -216,7 +223,7 @@ func (k *keep) drop() {
 }
 
 // attempt sends req once through the upstream's gate.
-func (t *routeTransport) attempt(req *http.Request, hop *telemetry.Hop) (*http.Response, error) {
+func (t *routeTransport) attempt(req *http.Request) (*http.Response, error) {
 	p, err := t.up.admit()
 	if err != nil {
 		return nil, err
@@ -252,101 +259,6 @@ func (b *releaseBody) Close() error {
 	return err
 }
 
-type roundTripResult struct {
-	resp *http.Response
-	err  error
-}
-
-// resilient runs the attempts (with retries) in the background of the
-// client's wait, and answers from a fallback when they are late (after) or
-// fail. The attempts run under a context detached from the client's but
-// canceled with it until a fallback answers; then they finish in the
-// route's bounded background queue, and a success refreshes the cache.
-//
-// first and admitErr are the first attempt's admission, made before the
-// body was read; keep is the body's replay reservation.
-func (t *routeTransport) resilient(req *http.Request, body []byte, cacheable bool, keep *keep, hop *telemetry.Hop, first *pass, admitErr error) (*http.Response, error) {
-	res := t.res
-	if res.budget != nil {
-		res.budget.Request(res.now())
-	}
-	clientCtx := req.Context()
-	uctx, ucancel := context.WithCancel(context.WithoutCancel(clientCtx))
-	if dl, ok := clientCtx.Deadline(); ok {
-		// Keep the route timeout and the client's deadline.
-		var c2 context.CancelFunc
-		uctx, c2 = context.WithDeadline(uctx, dl)
-		prev := ucancel
-		ucancel = func() { c2(); prev() }
-	}
-	stop := context.AfterFunc(clientCtx, ucancel)
-	ureq := req.Clone(uctx)
-	var key cacheReq
-	if cacheable {
-		key = res.httpCacheReq(req, body)
-	}
-
-	results := make(chan roundTripResult, 1)
-	keep.hold()
-	go func() {
-		defer keep.drop()
-		resp, err := t.attempts(ureq, body, hop, first, admitErr)
-		results <- roundTripResult{resp, err}
-	}()
-
-	var late <-chan time.Time
-	if res.fb != nil && res.fb.After > 0 {
-		timer := time.NewTimer(res.fb.After)
-		defer timer.Stop()
-		late = timer.C
-	}
-	for {
-		select {
-		case r := <-results:
-			stop()
-			if res.fb != nil && failed(r) {
-				if fb := t.fallback(clientCtx, req, body, key, reasonOf(r.err), hop); fb != nil {
-					closeResult(r)
-					ucancel()
-					return fb, nil
-				}
-			}
-			if r.err != nil {
-				ucancel()
-				return nil, r.err
-			}
-			r.resp.Body = &cancelBody{ReadCloser: t.cacheTee(r.resp, key), cancel: ucancel}
-			return r.resp, nil
-		case <-late:
-			late = nil
-			fb := t.fallback(clientCtx, req, body, key, "slow", hop)
-			if fb == nil {
-				continue // no source could answer: keep waiting for the upstream
-			}
-			stop()
-			t.finishInBackground(results, key, ucancel)
-			return fb, nil
-		case <-clientCtx.Done():
-			// stop's AfterFunc has canceled the attempts; collect them.
-			closeResult(<-results)
-			ucancel()
-			return nil, clientCtx.Err()
-		}
-	}
-}
-
-// failed reports an outcome a fallback should answer for: no response, or
-// a server error.
-func failed(r roundTripResult) bool {
-	return r.err != nil || r.resp.StatusCode >= 500
-}
-
-func closeResult(r roundTripResult) {
-	if r.resp != nil {
-		r.resp.Body.Close()
-	}
-}
-
 // cancelBody ends the detached upstream context with the response.
 type cancelBody struct {
 	io.ReadCloser
@@ -357,57 +269,6 @@ func (b *cancelBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.cancel()
 	return err
-}
-
-// attempts sends the buffered request, retrying per the route's policy.
-// The first attempt's admission (first, admitErr) was made by the caller.
-func (t *routeTransport) attempts(req *http.Request, body []byte, hop *telemetry.Hop, first *pass, admitErr error) (*http.Response, error) {
-	res := t.res
-	if admitErr != nil {
-		return nil, admitErr
-	}
-	for n := 1; ; n++ {
-		r := req.Clone(req.Context())
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-		r.ContentLength = int64(len(body))
-		if len(body) == 0 {
-			r.Body, r.GetBody = http.NoBody, nil
-		}
-		var resp *http.Response
-		var err error
-		if n == 1 {
-			resp, err = t.send(r, first)
-		} else {
-			resp, err = t.attempt(r, hop)
-		}
-		if n >= res.attempts || !t.retryable(req, resp, err) || req.Context().Err() != nil {
-			return resp, err
-		}
-		if !res.retryAllowed() {
-			return resp, err
-		}
-		reason := "connect-failure"
-		if resp != nil {
-			reason = strconv.Itoa(resp.StatusCode)
-			resp.Body.Close()
-		}
-		hop.Retried(n+1, reason)
-		if err := res.backoff(req.Context(), n+1); err != nil {
-			return nil, err
-		}
-	}
-}
-
-// retryable: a connection that failed before anything was sent can always
-// be retried; a response status only for idempotent methods (RFC 9110
-// §9.2.2), since the upstream may have acted on the request.
-func (t *routeTransport) retryable(req *http.Request, resp *http.Response, err error) bool {
-	on := t.res.on
-	if err != nil {
-		return on.Connect() && errors.Is(upstreamError(err), errUnreachable)
-	}
-	return on.HTTP(resp.StatusCode) && idempotent(req.Method)
 }
 
 func idempotent(method string) bool {
@@ -466,63 +327,6 @@ func (b *teeBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// fallback answers from the route's sources in order; nil if none can.
-func (t *routeTransport) fallback(ctx context.Context, req *http.Request, body []byte, key cacheReq, reason string, hop *telemetry.Hop) *http.Response {
-	res := t.res
-	for _, src := range res.fb.Use {
-		var resp *http.Response
-		switch src {
-		case "cache":
-			if e, ok := res.lookup(key); ok {
-				resp = synthesize(e.Status, e.Header, e.Body)
-			}
-		case "static":
-			if s := res.fb.Static; s != nil {
-				h := map[string][]string{}
-				if s.ContentType != "" {
-					h["Content-Type"] = []string{s.ContentType}
-				}
-				resp = synthesize(cmp.Or(s.Status, http.StatusOK), h, []byte(s.Body)) // 0: 200, as documented
-			}
-		case "upstream":
-			resp = t.altUpstream(ctx, req, body)
-		}
-		if resp != nil {
-			resp.Header.Set(fallbackHeader, src)
-			// A fallback answer is a stand-in: no cache along the way may
-			// keep it as the real thing.
-			resp.Header.Set("Cache-Control", "no-store")
-			res.telemetry().Fallback(reason, src)
-			hop.FellBack(reason, src)
-			return resp
-		}
-	}
-	return nil
-}
-
-// altUpstream asks the fallback upstream, within the client's context.
-func (t *routeTransport) altUpstream(ctx context.Context, req *http.Request, body []byte) *http.Response {
-	if t.alt == nil {
-		return nil
-	}
-	r := req.Clone(ctx)
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.ContentLength = int64(len(body))
-	if len(body) == 0 {
-		r.Body = http.NoBody
-	}
-	alt := &routeTransport{up: t.alt}
-	resp, err := alt.attempt(r, nil)
-	if err != nil {
-		return nil
-	}
-	if resp.StatusCode >= 500 {
-		resp.Body.Close()
-		return nil
-	}
-	return resp
-}
-
 func synthesize(status int, header map[string][]string, body []byte) *http.Response {
 	h := make(http.Header, len(header)+2)
 	for k, v := range header {
@@ -541,44 +345,6 @@ func synthesize(status int, header map[string][]string, body []byte) *http.Respo
 	}
 }
 
-// finishInBackground lets the late attempts complete in the route's
-// bounded queue; their success refreshes the cache. When the queue is full
-// the call is canceled instead: an outage must not pile up goroutines.
-func (t *routeTransport) finishInBackground(results <-chan roundTripResult, key cacheReq, cancel context.CancelFunc) {
-	res := t.res
-	started := res.bg.TryStart(func(ctx context.Context) {
-		defer cancel()
-		stop := context.AfterFunc(ctx, cancel) // the queue's timeout bounds the call
-		defer stop()
-		r := <-results
-		if r.err != nil {
-			res.telemetry().BackgroundDone(backgroundResult(ctx, r.err))
-			return
-		}
-		defer r.resp.Body.Close()
-		if res.cache == nil || !key.store || !storableResponse(r.resp) {
-			io.Copy(io.Discard, io.LimitReader(r.resp.Body, maxCachedResponse))
-			res.telemetry().BackgroundDone(okOrError(r.resp.StatusCode))
-			return
-		}
-		b, err := io.ReadAll(io.LimitReader(r.resp.Body, maxCachedResponse+1))
-		if err != nil || len(b) > maxCachedResponse {
-			res.telemetry().BackgroundDone(backgroundResult(ctx, err))
-			return
-		}
-		if !res.storeHTTP(key, r.resp, b) {
-			res.telemetry().BackgroundDone("ok")
-			return
-		}
-		res.telemetry().BackgroundDone("cached")
-	})
-	if !started {
-		cancel()
-		closeResult(<-results) // returns promptly: the attempts were canceled
-		res.telemetry().BackgroundDone("rejected")
-	}
-}
-
 func okOrError(status int) string {
 	if status >= 500 {
 		return "error"
@@ -591,4 +357,200 @@ func backgroundResult(ctx context.Context, err error) string {
 		return "timeout"
 	}
 	return "error"
+}
+
+// httpCall is the HTTP adapter of the resilient policy (call.go): one
+// request of a route with a retry or fallback policy, its body buffered.
+// An attempt sends a copy of the request and reports one event, the
+// response head (or the transport's error); the answer, the upstream's or
+// a fallback's, is the response RoundTrip returns to ReverseProxy, which
+// writes it.
+type httpCall struct {
+	call
+	t    *routeTransport
+	req  *http.Request // as ReverseProxy passed it: its context is the client's
+	body []byte
+	key  cacheReq
+	keep *keep // the body's replay reservation
+
+	resp *http.Response // the answer
+}
+
+func newHTTPCall(t *routeTransport, req *http.Request, body []byte, hop *telemetry.Hop) *httpCall {
+	h := &httpCall{t: t, req: req, body: body}
+	h.call = call{proto: h, res: t.res, up: t.up, hop: hop}
+	return h
+}
+
+// serve runs the call; gate and admitErr are the first attempt's
+// admission, made before the body was read. The request's context already
+// carries the route timeout.
+func (h *httpCall) serve(gate *pass, admitErr error) (*http.Response, error) {
+	h.start(h.req.Context(), h.req.Context(), 0)
+	defer h.end()
+	if err := h.begin(gate, admitErr); err != nil {
+		return nil, err
+	}
+	return h.resp, nil
+}
+
+// request is a copy of the buffered request under ctx, for one attempt.
+func (h *httpCall) request(ctx context.Context) *http.Request {
+	r := h.req.Clone(ctx)
+	body := h.body
+	if len(body) == 0 {
+		r.Body, r.GetBody, r.ContentLength = http.NoBody, nil, 0
+		return r
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.ContentLength = int64(len(body))
+	return r
+}
+
+func (h *httpCall) open(ctx context.Context, gate *pass) (*attempt, error) {
+	actx, cancel := context.WithCancel(ctx)
+	a := &attempt{events: make(chan event, 1), cancel: cancel, gate: gate}
+	go a.roundTrip(h.t, h.request(actx))
+	return a, nil
+}
+
+// roundTrip sends r once and reports the outcome; the channel has room
+// for it, so the sender never waits.
+func (a *attempt) roundTrip(t *routeTransport, r *http.Request) {
+	resp, err := t.send(r, a.gate)
+	a.events <- event{kind: evEnd, resp: resp, err: err}
+}
+
+// ended: send has reported to the breaker; the response body ends the
+// rest (releaseBody, doneBody).
+func (h *httpCall) ended(*attempt, event, bool) {}
+
+func (h *httpCall) abort(a *attempt, _ error, _ bool) {
+	a.cancel()
+	h.discard(<-a.events)
+}
+
+func (h *httpCall) discard(ev event) {
+	if ev.resp != nil {
+		ev.resp.Body.Close()
+	}
+}
+
+// complete: the body was buffered before the call began.
+func (h *httpCall) complete() bool { return true }
+
+func (h *httpCall) waitComplete(context.Context, time.Duration) bool { return true }
+
+// failed: no response, or a server error.
+func (h *httpCall) failed(ev event, _ bool) bool {
+	return ev.err != nil || ev.resp.StatusCode >= 500
+}
+
+// retryable: a connection that failed before anything was sent can always
+// be retried; a response status only for idempotent methods (RFC 9110
+// §9.2.2), since the upstream may have acted on the request.
+func (h *httpCall) retryable(_ *attempt, ev event) (string, bool) {
+	on := h.res.on
+	if ev.err != nil {
+		return "connect-failure", on.Connect() && errors.Is(upstreamError(ev.err), errUnreachable)
+	}
+	if !on.HTTP(ev.resp.StatusCode) || !idempotent(h.req.Method) {
+		return "", false
+	}
+	return strconv.Itoa(ev.resp.StatusCode), true
+}
+
+// header, sendHeader and message: an HTTP attempt reports only its end.
+func (h *httpCall) header(event)        {}
+func (h *httpCall) sendHeader() error   { return nil }
+func (h *httpCall) message(event) error { return nil }
+
+// deliver returns the upstream's response, stored in the cache as the
+// client reads it if the rules allow; closing its body ends the upstream
+// context.
+func (h *httpCall) deliver(ev event) error {
+	if ev.err != nil {
+		return ev.err
+	}
+	ev.resp.Body = &cancelBody{ReadCloser: h.t.cacheTee(ev.resp, h.key), cancel: h.handOff()}
+	h.resp = ev.resp
+	return nil
+}
+
+// rejected: ReverseProxy's ErrorHandler reports a rejection that no
+// fallback answered.
+func (h *httpCall) rejected(string) {}
+
+// fail: errors become responses in ReverseProxy's ErrorHandler.
+func (h *httpCall) fail(err error) error { return err }
+
+func (h *httpCall) cacheReq() cacheReq { return h.key }
+
+func (h *httpCall) fromCache(e *fallback.Entry) bool {
+	h.resp = synthesize(e.Status, e.Header, e.Body)
+	return true
+}
+
+func (h *httpCall) fromStatic(s *routes.FallbackStatic) bool {
+	hdr := map[string][]string{}
+	if s.ContentType != "" {
+		hdr["Content-Type"] = []string{s.ContentType}
+	}
+	h.resp = synthesize(cmp.Or(s.Status, http.StatusOK), hdr, []byte(s.Body)) // 0: 200, as documented
+	return true
+}
+
+// fromUpstream asks the fallback upstream, within the client's context.
+func (h *httpCall) fromUpstream(ctx context.Context) bool {
+	if h.t.alt == nil {
+		return false
+	}
+	alt := &routeTransport{up: h.t.alt}
+	resp, err := alt.attempt(h.request(ctx))
+	if err != nil {
+		return false
+	}
+	if resp.StatusCode >= 500 {
+		resp.Body.Close()
+		return false
+	}
+	h.resp = resp
+	return true
+}
+
+// answer marks the fallback answer. It is a stand-in: no cache along the
+// way may keep it as the real thing.
+func (h *httpCall) answer(src string) error {
+	h.resp.Header.Set(fallbackHeader, src)
+	h.resp.Header.Set("Cache-Control", "no-store")
+	return nil
+}
+
+// toBackground keeps the buffered body reserved while the attempts may
+// still send it.
+func (h *httpCall) toBackground() { h.keep.hold() }
+
+func (h *httpCall) fromBackground() { h.keep.drop() }
+
+// settle reads a late response to its end, and stores it if the cache
+// rules allow.
+func (h *httpCall) settle(ctx context.Context, ev event) string {
+	if ev.err != nil {
+		return backgroundResult(ctx, ev.err)
+	}
+	resp := ev.resp
+	defer resp.Body.Close()
+	if h.res.cache == nil || !h.key.store || !storableResponse(resp) {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, maxCachedResponse))
+		return okOrError(resp.StatusCode)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxCachedResponse+1))
+	if err != nil || len(b) > maxCachedResponse {
+		return backgroundResult(ctx, err)
+	}
+	if !h.res.storeHTTP(h.key, resp, b) {
+		return "ok"
+	}
+	return "cached"
 }

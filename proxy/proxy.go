@@ -357,12 +357,17 @@ func (p *Proxy) buildRoute(pl *applyPlan, rs routes.Route) *route {
 		rt.alt = pl.ups[rs.Fallback.Upstream]
 	}
 	ls := pl.listeners[rs.Listener]
+	var genai string
+	if rs.GenAI != nil {
+		genai = rs.GenAI.API
+	}
 	rt.tel = p.tel.Route(telemetry.RouteInfo{
 		Name:      rs.Name,
 		Upstream:  rs.Upstream,
 		Listener:  rs.Listener,
 		GRPC:      ls.Protocol == routes.ListenerGRPC,
 		HTTPRoute: rs.Match.PathPrefix,
+		GenAI:     genai,
 	}, pl.spec.Callers)
 	if rt.res != nil {
 		rt.res.tel.Store(rt.tel)

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net/http"
 	"reflect"
 	"sync/atomic"
@@ -130,19 +129,6 @@ func (res *resilience) retryAllowed() bool {
 	}
 	res.telemetry().Retry("budget_exhausted")
 	return false
-}
-
-// backoff waits before attempt n (2, 3, ...) unless ctx ends first.
-func (res *resilience) backoff(ctx context.Context, n int) error {
-	d := fallback.Backoff(n-1, retryBackoffBase, retryBackoffMax, rand.Float64)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // reasonOf names why a fallback answers instead of the upstream.

@@ -72,75 +72,92 @@ func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Tele
 	default:
 		u.bal = p2cEWMA{}
 	}
-	dialTimeout := spec.DialTimeout
-	if dialTimeout <= 0 {
-		dialTimeout = routes.DefaultDialTimeout
+	c := upstreamConnConf{
+		dialTimeout: cmp.Or(max(spec.DialTimeout, 0), routes.DefaultDialTimeout),
+		maxMsg:      cmp.Or(max(spec.MaxMessageBytes, 0), routes.DefaultMaxMessageBytes),
+		maxHeader:   cmp.Or(spec.Limits.MaxHeaderBytes, routes.DefaultUpstreamMaxHeaderBytes),
+		idle:        cmp.Or(spec.Limits.IdleTimeout, routes.DefaultUpstreamIdleTimeout),
 	}
-	maxMsg := spec.MaxMessageBytes
-	if maxMsg <= 0 {
-		maxMsg = routes.DefaultMaxMessageBytes
-	}
-	maxHeader := cmp.Or(spec.Limits.MaxHeaderBytes, routes.DefaultUpstreamMaxHeaderBytes)
-	idle := cmp.Or(spec.Limits.IdleTimeout, routes.DefaultUpstreamIdleTimeout)
 	for i, addr := range spec.Endpoints {
 		u.eps = append(u.eps, &endpoint{addr: addr, idx: i})
-		cc, err := grpc.NewClient(addr,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(
-				grpc.ForceCodecV2(rawCodec{}),
-				grpc.MaxCallRecvMsgSize(maxMsg),
-				grpc.MaxCallSendMsgSize(maxMsg),
-			),
-			// Reconnect quickly once an endpoint is back: grpc-go's
-			// default backoff grows to two minutes.
-			grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff: backoff.Config{
-					BaseDelay:  100 * time.Millisecond,
-					Multiplier: 1.6,
-					Jitter:     0.2,
-					MaxDelay:   5 * time.Second,
-				},
-				MinConnectTimeout: dialTimeout,
-			}),
-			// The proxy must not retry on its own: a retry policy is a
-			// route decision (and would hide failures from telemetry).
-			grpc.WithDisableRetry(),
-			// Response headers and trailers from the upstream are
-			// bounded like a client's requests (SETTINGS_MAX_HEADER_LIST_SIZE,
-			// enforced while decoding); over it the call fails INTERNAL.
-			grpc.WithMaxHeaderListSize(uint32(maxHeader)),
-			// A channel without calls for this long closes its
-			// connections and reconnects on the next call.
-			grpc.WithIdleTimeout(idle),
-		)
+		cc, err := c.grpcClient(addr)
 		if err != nil {
 			u.close()
 			return nil, fmt.Errorf("upstream %q endpoint %q: %w", spec.Name, addr, err)
 		}
 		u.conns = append(u.conns, cc)
 	}
-	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	u.transport = c.httpTransport(spec.Protocol)
+	return u, nil
+}
+
+// upstreamConnConf is what an upstream's connections are built with, its
+// defaults filled in.
+type upstreamConnConf struct {
+	dialTimeout time.Duration
+	maxMsg      int
+	maxHeader   int
+	idle        time.Duration
+}
+
+// grpcClient is the ClientConn of one endpoint, for gRPC listeners. It
+// does not connect until the first call.
+func (c upstreamConnConf) grpcClient(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(
+			grpc.ForceCodecV2(rawCodec{}),
+			grpc.MaxCallRecvMsgSize(c.maxMsg),
+			grpc.MaxCallSendMsgSize(c.maxMsg),
+		),
+		// Reconnect quickly once an endpoint is back: grpc-go's default
+		// backoff grows to two minutes.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  100 * time.Millisecond,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   5 * time.Second,
+			},
+			MinConnectTimeout: c.dialTimeout,
+		}),
+		// The proxy must not retry on its own: a retry policy is a route
+		// decision (and would hide failures from telemetry).
+		grpc.WithDisableRetry(),
+		// Response headers and trailers from the upstream are bounded like
+		// a client's requests (SETTINGS_MAX_HEADER_LIST_SIZE, enforced
+		// while decoding); over it the call fails INTERNAL.
+		grpc.WithMaxHeaderListSize(uint32(c.maxHeader)),
+		// A channel without calls for this long closes its connections
+		// and reconnects on the next call.
+		grpc.WithIdleTimeout(c.idle),
+	)
+}
+
+// httpTransport carries HTTP listener traffic to the upstream: HTTP/1.1
+// keep-alive for "http", prior-knowledge HTTP/2 for "h2c" and "grpc".
+func (c upstreamConnConf) httpTransport(protocol string) *http.Transport {
+	dialer := &net.Dialer{Timeout: c.dialTimeout, KeepAlive: 30 * time.Second}
 	t := &http.Transport{
 		DialContext:         dialer.DialContext,
 		MaxIdleConns:        0, // per-host limit below is what matters
 		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     idle,
+		IdleConnTimeout:     c.idle,
 		// HTTP/1 response header bytes and the HTTP/2 header list size
 		// (advertised and enforced while decoding, trailers included).
-		MaxResponseHeaderBytes: int64(maxHeader),
+		MaxResponseHeaderBytes: int64(c.maxHeader),
 		// Transparency: never add Accept-Encoding nor decompress what the
 		// upstream sends.
 		DisableCompression:    true,
 		ExpectContinueTimeout: time.Second,
 	}
 	t.Protocols = new(http.Protocols)
-	if spec.Protocol == routes.UpstreamHTTP {
+	if protocol == routes.UpstreamHTTP {
 		t.Protocols.SetHTTP1(true)
 	} else {
 		t.Protocols.SetUnencryptedHTTP2(true)
 	}
-	u.transport = t
-	return u, nil
+	return t
 }
 
 // sameSpec reports whether this pool can serve spec unchanged.
@@ -185,6 +202,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		// it open so that an attempt that never connected can be repeated.
 		streaming := req.ContentLength < 0 && u.spec.Protocol != routes.UpstreamHTTP
 		body = newSentTracker(req.Body, streaming)
+		body.length = req.ContentLength
 	}
 	hop := hopFrom(req.Context())
 	var tried uint64
@@ -267,6 +285,9 @@ func isDialError(err error) bool {
 type sentTracker struct {
 	r    io.ReadCloser
 	read atomic.Bool
+	// n counts the bytes read of a body of declared length (-1: unknown);
+	// see readFor.
+	n, length int64
 
 	detach  bool // read through the pump
 	started bool // pump running; only the reader touches it
@@ -334,7 +355,20 @@ func (a *attemptBody) Close() error {
 func (s *sentTracker) readFor(p []byte, done <-chan struct{}) (int, error) {
 	s.read.Store(true)
 	if !s.detach {
-		return s.r.Read(p)
+		n, err := s.r.Read(p)
+		s.n += int64(n)
+		if err != nil && s.n == s.length && errors.Is(err, http.ErrBodyReadAfterClose) {
+			// The whole declared body was read; only its EOF was lost. The
+			// transport copies Content-Length bytes straight to the socket,
+			// then reads once more (to catch extra data). In between, the
+			// upstream may answer and the proxy send the response headers,
+			// and net/http's HTTP/1 server closes the request body as they
+			// go out: that read failed and the transport closed the
+			// upstream connection mid-response, cutting streamed answers.
+			// (Found by the genai demo; TestHTTPStreamedAnswerToPOST.)
+			err = io.EOF
+		}
+		return n, err
 	}
 	if !s.started {
 		s.started = true

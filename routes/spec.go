@@ -191,7 +191,21 @@ type Route struct {
 	// Fallback answers the client from another source when the upstream is
 	// late, failing, open-circuited or overloaded (nil: no fallback).
 	Fallback *Fallback `yaml:"fallback"`
+	// GenAI reads token usage, model, finish reason and time to first
+	// token from the route's request and response bodies, as they pass
+	// (nil: the bodies are not looked at). HTTP listeners only.
+	GenAI *GenAI `yaml:"genai"`
 }
+
+// GenAI marks a route as a call to a generative AI API.
+type GenAI struct {
+	// API is the wire format: openai (chat completions, completions and
+	// embeddings, as OpenAI, vLLM, Ollama and llama.cpp serve them).
+	API string `yaml:"api"`
+}
+
+// GenAI APIs.
+const GenAIOpenAI = "openai"
 
 // Match selects requests. Every field that is set must match; an empty Match
 // matches everything on the route's listener.

@@ -358,6 +358,9 @@ func (v *validator) routes() {
 		if r.Fallback != nil {
 			v.fallback(p+".fallback", r, l, upstreams, definedUpstreams)
 		}
+		if r.GenAI != nil {
+			v.genai(p+".genai", r.GenAI, l)
+		}
 	}
 }
 
@@ -878,4 +881,19 @@ func definedList(names []string, what string) string {
 		return fmt.Sprintf("defined: %s and %d more", strings.Join(names[:show], ", "), len(names)-show)
 	}
 	return "defined: " + strings.Join(names, ", ")
+}
+
+// genai checks a route's genai section: a known API, on an HTTP listener
+// (the usage is read from HTTP bodies).
+func (v *validator) genai(p string, g *GenAI, l *Listener) {
+	switch g.API {
+	case GenAIOpenAI:
+	case "":
+		v.errorf(p+".api", "api is required (%s)", GenAIOpenAI)
+	default:
+		v.errorf(p+".api", "unknown api %q (known: %s)", g.API, GenAIOpenAI)
+	}
+	if l != nil && l.Protocol != ListenerHTTP {
+		v.errorf(p, "genai routes must be on an http listener (listener %q is %s)", l.Name, l.Protocol)
+	}
 }

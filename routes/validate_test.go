@@ -213,6 +213,14 @@ func TestValidate(t *testing.T) {
 		{"method on grpc listener", func(s *Spec) { s.Routes[0].Match.Method = "POST" },
 			[]want{{"routes[0].match.method", "use grpc_service or grpc_method on grpc listeners"}}},
 		{"empty match", func(s *Spec) { s.Routes[2].Match = Match{} }, nil},
+		// GenAI.
+		{"genai openai", func(s *Spec) { s.Routes[2].GenAI = &GenAI{API: GenAIOpenAI} }, nil},
+		{"genai without api", func(s *Spec) { s.Routes[2].GenAI = &GenAI{} },
+			[]want{{"routes[2].genai.api", "api is required (openai)"}}},
+		{"genai unknown api", func(s *Spec) { s.Routes[2].GenAI = &GenAI{API: "anthropic"} },
+			[]want{{"routes[2].genai.api", `unknown api "anthropic"`}}},
+		{"genai on grpc listener", func(s *Spec) { s.Routes[0].GenAI = &GenAI{API: GenAIOpenAI} },
+			[]want{{"routes[0].genai", "genai routes must be on an http listener"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := specForValidate()

@@ -16,4 +16,11 @@
 // client span per endpoint attempt inside the proxy's own RoundTripper.
 // Both record exactly the semantic-convention attributes those libraries
 // would, plus the hopwatch.* ones.
+//
+// On genai routes it reads token usage from the bodies as they pass
+// (Exchange, GenAICall): each slice is scanned after it was handed on,
+// with O(1) memory, so a body is never held back, copied or altered. The
+// access log (AccessLog) is written from Hop.End through a bounded queue
+// that drops, and counts, lines rather than make a request wait for a
+// disk; a line never holds a body, a header or a query string.
 package telemetry

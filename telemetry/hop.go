@@ -31,6 +31,8 @@ type RouteInfo struct {
 	GRPC bool
 	// HTTPRoute is the http.route attribute (the path prefix), if any.
 	HTTPRoute string
+	// GenAI is the route's genai API (GenAIAPIOpenAI), "" for none.
+	GenAI string
 }
 
 // Route is the per-generation telemetry of one route: metric handles and
@@ -41,6 +43,7 @@ type Route struct {
 	series  *routeSeries
 	callers map[string]bool
 	static  []attribute.KeyValue
+	genai   *genaiRoute // nil unless info.GenAI is set
 }
 
 // Route prepares the telemetry of one route. callers is the configured,
@@ -62,7 +65,11 @@ func (t *Telemetry) Route(info RouteInfo, callers []string) *Route {
 	} else if info.HTTPRoute != "" {
 		static = append(static, attribute.String("http.route", info.HTTPRoute))
 	}
-	return &Route{t: t, info: info, series: t.m.route(info.Name, info.Upstream), callers: cs, static: static}
+	rt := &Route{t: t, info: info, series: t.m.route(info.Name, info.Upstream), callers: cs, static: static}
+	if info.GenAI != "" {
+		rt.genai = &genaiRoute{t: t, route: info.Name, series: map[genaiKey]*genaiSeries{}}
+	}
+	return rt
 }
 
 // Caller bounds a caller name to the configured list.
@@ -88,8 +95,9 @@ type Hop struct {
 	ttfb     time.Duration
 	attempts int
 	turn     *turnState // entry routes only: see turn.go
+	ext      hopExt     // genai.go, exchange.go, accesslog.go
 
-	mu       sync.Mutex // guards events and override: resilience code may set them from elsewhere
+	mu       sync.Mutex // guards events, override, attempts, ext.endpoint: resilience code may set them from elsewhere
 	events   []SpanEvent
 	override Outcome
 }
@@ -224,6 +232,7 @@ func (h *Hop) FirstByte() {
 	}
 	h.firstB = true
 	h.ttfb = h.r.t.now().Sub(h.start)
+	h.ext.ttfb = h.ttfb
 	h.r.series.firstB.Observe(h.ttfb.Seconds())
 }
 
@@ -279,6 +288,7 @@ func (h *Hop) End(code string, outcome Outcome) {
 	s.requests.Inc()
 	s.observe(d, h.sc.TraceID(), h.sc.IsSampled(), end)
 
+	usage := h.endGenAI(end) // sets gen_ai.* on the span, so before it ends
 	h.endTurn(code, outcome, d)
 	endSpan(h.span, code, outcome, end)
 
@@ -292,6 +302,7 @@ func (h *Hop) End(code string, outcome Outcome) {
 		Kind: KindServer, HopKey: key, Method: h.method,
 		Start: h.start, Duration: d, Code: code, Outcome: outcome, Events: events,
 	})
+	h.logAccess(code, outcome, end, d, events, usage)
 }
 
 // Attempt is one try at an upstream endpoint: a client span.
@@ -311,8 +322,14 @@ func (h *Hop) Attempt(ctx context.Context, endpoint string) (context.Context, *A
 	if h == nil {
 		return ctx, nil
 	}
+	// Under mu: after a fallback answer, attempts go on in the background
+	// while End reads the count for the access log.
+	h.mu.Lock()
 	h.attempts++
-	a := &Attempt{h: h, n: h.attempts, endpoint: endpoint, start: h.r.t.now()}
+	n := h.attempts
+	h.ext.endpoint = endpoint
+	h.mu.Unlock()
+	a := &Attempt{h: h, n: n, endpoint: endpoint, start: h.r.t.now()}
 	if !h.r.t.export {
 		a.sc = trace.NewSpanContext(trace.SpanContextConfig{
 			TraceID: h.sc.TraceID(), SpanID: newSpanID(), TraceFlags: h.sc.TraceFlags(), TraceState: h.sc.TraceState(),

@@ -8,26 +8,18 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/trace"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 )
 
 // t0 is aligned to a 5 s stats slot so window arithmetic in tests is exact.
 var t0 = time.Unix(1_800_000_000, 0).UTC()
 
-func tid(n uint64) trace.TraceID {
-	var id trace.TraceID
-	binary.BigEndian.PutUint64(id[8:], n)
-	id[0] = 0xab
-	return id
-}
-
-func sid(n uint64) trace.SpanID {
-	var id trace.SpanID
-	binary.BigEndian.PutUint64(id[:], n)
-	return id
-}
-
-func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+// Short names for the shared helpers: span tables read better with them.
+var (
+	tid = testkit.TraceID
+	sid = testkit.SpanID
+	ms  = testkit.Millis
+)
 
 // span builds a span of trace tr starting at t0+start.
 func span(tr, id, parent uint64, kind SpanKind, caller, route, upstream string, start, dur time.Duration, o Outcome) Span {

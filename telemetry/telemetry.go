@@ -52,6 +52,7 @@ type Telemetry struct {
 
 	replay    replayMetrics
 	listeners *listenerCollector
+	x         extras // genai metrics and the access log
 
 	turns atomic.Pointer[turnHook] // see SetTurnObserver
 
@@ -111,6 +112,7 @@ func New(opts Options) (*Telemetry, error) {
 		log:        opts.Logger,
 		replay:     newReplayMetrics(opts.Registry),
 		listeners:  newListenerCollector(opts.Registry),
+		x:          newExtras(opts.Registry),
 		Store:      store,
 		Stats:      NewStats(),
 	}, nil

@@ -315,6 +315,9 @@ func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration) {
 		TraceID: entry.TraceID, Start: h.start, Duration: d, FirstByte: h.ttfb,
 		Code: code, Outcome: outcome, Verdict: verdict, Hops: hops,
 	})
+	// The access log line, written last in End, carries the session (as
+	// the spans do: keyed-hashed when hash_ids is on).
+	h.LogSession(mark.SessionID)
 	if h.span == nil {
 		return
 	}

@@ -164,6 +164,7 @@ type result struct {
 	// when the admin server did not serve them).
 	hops        []hopRow
 	bottlenecks *bottlenecks
+	models      []modelRow
 	sessions    *hopwatchSessions
 }
 
@@ -182,6 +183,7 @@ func runDemo(ctx context.Context, o options, stdout io.Writer, log *slog.Logger)
 	adminClient := &http.Client{Timeout: 2 * time.Second}
 	defer adminClient.CloseIdleConnections()
 	v := newView(stdout, adminClient, a.adminURL(), o.users.SlowAfter)
+	v.models = func() ([]modelRow, error) { return modelUsage(a.reg) }
 	v.banner(ctx, o, a.httpURL())
 
 	rec := demo.NewRecorder(nil)
@@ -222,7 +224,7 @@ loop:
 		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		v.final(fctx, res.total, res.calls)
 		cancel()
-		res.hops, res.bottlenecks, res.sessions = v.lastHops, v.lastBottlenecks, v.lastSessions
+		res.hops, res.bottlenecks, res.models, res.sessions = v.lastHops, v.lastBottlenecks, v.lastModels, v.lastSessions
 	}
 	a.stop()
 	return res, usersErr

@@ -36,6 +36,7 @@ var demoHops = []hopKey{
 	{"gateway", "dm", "dm"},
 	{"gateway", "kb", "kb"},
 	{"gateway", "inference", "inference"},
+	{"inference", "llm", "llm"},
 }
 
 // runFor runs the demo with the given flags (on free ports) and returns
@@ -85,6 +86,20 @@ func TestRunBounded(t *testing.T) {
 	seen := map[hopKey]hopRow{}
 	for _, h := range res.hops {
 		seen[h.hopKey] = h
+	}
+	// hopwatch read the model server's usage: tokens per configured model.
+	var tokens float64
+	for _, m := range res.models {
+		if m.Model == "other" {
+			t.Errorf("model %q: the demo's models are in its genai.models list", m.Model)
+		}
+		tokens += m.Output
+		if m.Output > 0 && (m.Input <= 0 || m.TTFT <= 0 || m.Cost <= 0) {
+			t.Errorf("model usage %+v: want input tokens, TTFT and cost", m)
+		}
+	}
+	if tokens == 0 {
+		t.Errorf("no output tokens counted; models: %+v", res.models)
 	}
 	for _, k := range demoHops {
 		if h, ok := seen[k]; !ok || h.Rate <= 0 {
@@ -184,9 +199,10 @@ func TestFallbackFlag(t *testing.T) {
 // against the simulation's ground truth: the same conversations judged by
 // hopwatch's rules from what the users sent and got. Abandoned sessions
 // and repeats must agree within 10% (±2 for small counts); so must the
-// sessions ended and resolved. The idle timeout (5s) stays above the
+// sessions ended and resolved. Half the users say goodbye, so that many
+// leave silently, some right after a bad answer. The idle timeout (5s) stays above the
 // longest turn (a slow KB: up to 3.6s), or a session would end while its
-// next turn is still being answered. Slow answers (a third of KB calls) and
+// next turn is still being answered. Slow answers (40% of KB calls) and
 // no_match answers make quitters give up, repeaters repeat, and some
 // satisfied users leave silently after a bad answer.
 func TestRunConversationsMatchGroundTruth(t *testing.T) {
@@ -195,7 +211,7 @@ func TestRunConversationsMatchGroundTruth(t *testing.T) {
 	// each, of 2-3 questions (plus repeats and goodbyes).
 	short := func(o *options) { o.users.MinTurns, o.users.MaxTurns = 2, 3 }
 	res, out := runWith(t, short, "-duration", "60s", "-every", "60s", "-rate", "0", "-users", "30", "-conversations", "1",
-		"-idle-timeout", "5s", "-kb-slow-share", "0.3", "-no-match-share", "0.1", "-seed", "11", "-events", events)
+		"-idle-timeout", "5s", "-kb-slow-share", "0.4", "-no-match-share", "0.15", "-close-share", "0.5", "-seed", "11", "-events", events)
 	if res.sessions == nil {
 		t.Fatalf("no hopwatch session counts read:\n%s", out)
 	}

@@ -29,6 +29,9 @@ type view struct {
 	lastHops        []hopRow
 	lastBottlenecks *bottlenecks
 	lastSessions    *hopwatchSessions
+	// models reads the model usage hopwatch counted (nil: not shown).
+	models     func() ([]modelRow, error)
+	lastModels []modelRow
 }
 
 func newView(w io.Writer, admin *http.Client, adminURL string, slowAfter time.Duration) *view {
@@ -82,8 +85,24 @@ func (v *view) table(ctx context.Context, win, total demo.Summary, calls map[str
 	fmt.Fprintf(v.w, "service calls, last %s: %s\n", win.Span.Round(time.Second), formatCalls(calls, v.lastCalls))
 	v.lastCalls = calls
 	v.hops(ctx)
+	v.modelTable()
 	v.sessions(ctx, total)
 	fmt.Fprintln(v.w)
+}
+
+// modelTable prints the tokens, truncated answers, TTFT and cost per model
+// that hopwatch read from the model server's responses.
+func (v *view) modelTable() {
+	if v.models == nil {
+		return
+	}
+	rows, err := v.models()
+	if err != nil {
+		fmt.Fprintf(v.w, "models: %v\n", err)
+		return
+	}
+	writeModels(v.w, rows)
+	v.lastModels = rows
 }
 
 // final prints the run's totals.
@@ -92,6 +111,7 @@ func (v *view) final(ctx context.Context, total demo.Summary, calls map[string]i
 	writeTurns(v.w, []labeled{{"total", total}})
 	fmt.Fprintf(v.w, "service calls, total: %s\n", formatCalls(calls, nil))
 	v.hops(ctx)
+	v.modelTable()
 	v.sessions(ctx, total)
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hopwatch/hopwatch/internal/testkit"
 )
 
 // TestAdminThroughApp runs the real command's admin server: /config hides
@@ -28,7 +30,7 @@ routes:
 `, p.admin, allowed, p.http, s.web.Listener.Addr())
 	}
 	writeFile(t, path, text("scrape.example"))
-	a, err := start(path, time.Second, testLogger(t))
+	a, err := start(path, time.Second, testkit.Logger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"reflect"
 	"sync"
@@ -23,11 +24,12 @@ import (
 
 // app is one running hopwatch: configuration file, proxy, admin server.
 type app struct {
-	path  string
-	log   *slog.Logger
-	tel   *telemetry.Telemetry
-	proxy *proxy.Proxy
-	admin *admin.Server
+	path   string
+	log    *slog.Logger
+	stdout io.Writer // where access_log.output "stdout" writes
+	tel    *telemetry.Telemetry
+	proxy  *proxy.Proxy
+	admin  *admin.Server
 	// conv tracks conversations (nil without a conversation section);
 	// stopConv ends its sweeper and event writer, convDone closes when
 	// they have (events flushed, file closed).
@@ -65,7 +67,7 @@ type reloadResult struct {
 
 // start loads the file, binds the admin server and every listener. Any
 // error leaves nothing running.
-func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
+func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer) (*app, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, err
@@ -76,8 +78,15 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	tel.SetGenAI(cfg.GenAI)
+	alog, err := tel.OpenAccessLog(cfg.AccessLog, stdout)
+	if err != nil {
+		tel.Shutdown(context.Background())
+		return nil, err
+	}
 	conv, err := newConversation(cfg.Conversation, reg)
 	if err != nil {
+		alog.Close()
 		tel.Shutdown(context.Background())
 		return nil, err
 	}
@@ -85,9 +94,11 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	if conv != nil {
 		tracker = conv.tr
 	}
+	tel.SetAccessLog(alog)
 	a := &app{
 		path:      path,
 		log:       log,
+		stdout:    stdout,
 		tel:       tel,
 		proxy:     proxy.New(proxy.Options{Logger: log, DrainTimeout: grace, Telemetry: tel}),
 		cfg:       cfg,
@@ -110,6 +121,7 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 	})
 	a.admin.Handle("GET /metrics", tel.MetricsHandler())
 	if err := a.admin.Start(cfg.Admin.Address); err != nil {
+		tel.SetAccessLog(nil).Close()
 		tel.Shutdown(context.Background())
 		if conv != nil {
 			conv.close()
@@ -121,6 +133,7 @@ func start(path string, grace time.Duration, log *slog.Logger) (*app, error) {
 		defer cancel()
 		a.proxy.Shutdown(ctx)
 		a.admin.Shutdown(ctx)
+		tel.SetAccessLog(nil).Close()
 		tel.Shutdown(ctx)
 		if conv != nil {
 			conv.close()
@@ -164,7 +177,13 @@ func (a *app) reload(trigger string) {
 		// with outcomes nobody earned.
 		err = errors.New("the conversation section changed: restart hopwatch to apply it")
 	}
+	var newLog *telemetry.AccessLog
+	logChanged := err == nil && !reflect.DeepEqual(cfg.AccessLog, a.cfg.AccessLog)
+	if logChanged {
+		newLog, err = a.tel.OpenAccessLog(cfg.AccessLog, a.stdout)
+	}
 	if err == nil {
+		a.tel.SetGenAI(cfg.GenAI)
 		// Apply either refuses the configuration whole (nothing changed) or
 		// swaps it in; a PartialError says it is live but a listener that
 		// had to wait for its address could not bind.
@@ -173,8 +192,15 @@ func (a *app) reload(trigger string) {
 		if err == nil || errors.As(err, &partial) {
 			a.cfg = cfg
 			a.admin.SetAllowedHosts(cfg.Admin.AllowedHosts)
+			if logChanged {
+				a.tel.SetAccessLog(newLog).Close()
+				newLog = nil
+			}
+		} else {
+			a.tel.SetGenAI(a.cfg.GenAI)
 		}
 	}
+	newLog.Close() // opened for a configuration that was refused
 	res.OK = err == nil
 	a.tel.ConfigReloaded(res.OK)
 	if err != nil {
@@ -202,6 +228,8 @@ func (a *app) drain(grace time.Duration) {
 	if err := a.proxy.Shutdown(ctx); err != nil {
 		a.log.Warn("drain cut short; remaining calls were closed", "err", err)
 	}
+	// The drained calls' lines are written before the log closes.
+	a.tel.SetAccessLog(nil).Close()
 	// Spans of the drained calls still go out, within a bound.
 	actx, acancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer acancel()
@@ -230,4 +258,14 @@ func (a *app) configDoc() any {
 		"config":      effective,
 		"last_reload": last,
 	}
+}
+
+// reopenLogs reopens the access log file (SIGUSR1, after logrotate moved
+// it away). On failure the old file stays in use.
+func (a *app) reopenLogs() {
+	if err := a.tel.AccessLog().Reopen(); err != nil {
+		a.log.Error("access log reopen failed; still writing to the old file", "err", err)
+		return
+	}
+	a.log.Info("access log reopened")
 }

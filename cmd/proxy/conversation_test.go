@@ -24,6 +24,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/hopwatch/hopwatch/internal/testkit"
 )
 
 // otlpReceiver is a real OTLP/gRPC trace endpoint on loopback that keeps
@@ -143,7 +145,7 @@ conversation:
 `, p.admin, otlpAddr, p.http, gateway.Listener.Addr(), kb.Listener.Addr(), eventsFile)
 	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
 	writeFile(t, path, cfg)
-	a, err := start(path, 5*time.Second, testLogger(t))
+	a, err := start(path, 5*time.Second, testkit.Logger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +192,7 @@ conversation:
 	}
 	// Sessions end 1 s after their last turn; the sweeper runs every
 	// second.
-	waitFor(t, "three sessions ended", func() bool {
+	testkit.WaitFor(t, "three sessions ended", func() bool {
 		return strings.Contains(metrics(), "hopwatch_conversation_active_sessions 0")
 	})
 	m := metrics()
@@ -360,7 +362,7 @@ func TestConversationConfig(t *testing.T) {
 	}
 	path := filepath.Join(dir, "hopwatch.yaml")
 	writeFile(t, path, conv("1m"))
-	a, err := start(path, time.Second, testLogger(t))
+	a, err := start(path, time.Second, testkit.Logger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +434,7 @@ func TestConversationConfig(t *testing.T) {
 	os.Remove(keyFile)
 	p2 := newPorts(t)
 	writeFile(t, path, strings.ReplaceAll(conv("1m"), fmt.Sprint(p.admin), fmt.Sprint(p2.admin)))
-	if b, err := start(path, time.Second, testLogger(t)); err == nil || !strings.Contains(err.Error(), "hash_key_file") {
+	if b, err := start(path, time.Second, testkit.Logger(t), io.Discard); err == nil || !strings.Contains(err.Error(), "hash_key_file") {
 		if b != nil {
 			b.drain(time.Second)
 		}
@@ -507,7 +509,7 @@ conversation:
 `, p.admin, p.http, gateway.Listener.Addr(), nlu.Listener.Addr())
 	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
 	writeFile(t, path, cfg)
-	a, err := start(path, 5*time.Second, testLogger(t))
+	a, err := start(path, 5*time.Second, testkit.Logger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,7 +580,7 @@ func TestConversationGRPC(t *testing.T) {
 	p := newPorts(t)
 	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
 	writeFile(t, path, configText(s, p, "a")+"conversation: {entry_routes: [health]}\n")
-	a, err := start(path, time.Second, testLogger(t))
+	a, err := start(path, time.Second, testkit.Logger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

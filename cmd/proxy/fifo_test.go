@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hopwatch/hopwatch/internal/testkit"
 )
 
 // TestConfigFIFO: a FIFO at the configuration path (a mistake, or an
@@ -59,7 +61,7 @@ func TestConfigFIFO(t *testing.T) {
 			}
 		})
 		within(t, "start", 5*time.Second, func() {
-			if a, err := start(path, time.Second, testLogger(t)); err == nil {
+			if a, err := start(path, time.Second, testkit.Logger(t), io.Discard); err == nil {
 				a.drain(time.Second)
 				t.Error("start accepted a FIFO")
 			} else if !strings.Contains(err.Error(), "not a regular file") {
@@ -77,7 +79,7 @@ func TestConfigFIFO(t *testing.T) {
 			exit <- run([]string{"-config", path, "-grace", "2s"}, io.Discard, io.Discard, sig)
 		}()
 		adminURL := fmt.Sprintf("http://127.0.0.1:%d", p.admin)
-		waitFor(t, "ready", func() bool {
+		testkit.WaitFor(t, "ready", func() bool {
 			resp, err := client.Get(adminURL + "/readyz")
 			if err != nil {
 				return false
@@ -104,7 +106,7 @@ func TestConfigFIFO(t *testing.T) {
 			if trigger == "sighup" {
 				sig <- syscall.SIGHUP
 			}
-			waitFor(t, trigger+" reload refused", func() bool {
+			testkit.WaitFor(t, trigger+" reload refused", func() bool {
 				d, err := configDoc()
 				if err != nil {
 					t.Fatalf("/config: %v", err) // the client's timeout: /config hangs

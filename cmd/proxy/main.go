@@ -22,6 +22,9 @@ var version = "dev"
 func main() {
 	sig := make(chan os.Signal, 4)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	if reopenSignal != nil {
+		signal.Notify(sig, reopenSignal)
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, sig))
 }
 
@@ -58,7 +61,7 @@ func run(args []string, stdout, stderr io.Writer, sig <-chan os.Signal) int {
 		fmt.Fprintln(stderr, err)
 		return 2
 	}
-	a, err := start(*path, *grace, log)
+	a, err := start(*path, *grace, log, stdout)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		fmt.Fprintln(stderr, err)
@@ -79,6 +82,10 @@ func run(args []string, stdout, stderr io.Writer, sig <-chan os.Signal) int {
 		case s := <-sig:
 			if s == syscall.SIGHUP {
 				a.reload("sighup")
+				continue
+			}
+			if reopenSignal != nil && s == reopenSignal {
+				a.reopenLogs()
 				continue
 			}
 			log.Info("draining", "signal", s.String(), "grace", grace.String())

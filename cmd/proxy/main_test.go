@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -24,6 +23,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/hopwatch/hopwatch/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -119,10 +120,6 @@ func writeFile(t testing.TB, path, text string) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
 func TestCheck(t *testing.T) {
@@ -254,7 +251,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	p := newPorts(t)
 	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
 	writeFile(t, path, configText(s, p, "a"))
-	a, err := start(path, 5*time.Second, testLogger(t))
+	a, err := start(path, 5*time.Second, testkit.Logger(t), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +295,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 		// Let traffic run on this configuration before the next swap, so
 		// that calls straddle every reload.
 		before := tr.ok.Load() + tr.failed.Load()
-		waitFor(t, "traffic between reloads", func() bool { return tr.ok.Load()+tr.failed.Load() >= before+20 })
+		testkit.WaitFor(t, "traffic between reloads", func() bool { return tr.ok.Load()+tr.failed.Load() >= before+20 })
 		// Keep the stream busy across the swap.
 		s.health.SetServingStatus("", healthpb.HealthCheckResponse_ServingStatus(2-i%2)) // alternates, starting from SERVING
 		if _, err := watch.Recv(); err != nil {
@@ -343,7 +340,7 @@ func TestRunSignalsAndDrain(t *testing.T) {
 		exit <- run([]string{"-config", path, "-grace", "10s"}, io.Discard, &lockedWriter{w: &stderr}, sig)
 	}()
 	adminURL := fmt.Sprintf("http://127.0.0.1:%d", p.admin)
-	waitFor(t, "ready", func() bool {
+	testkit.WaitFor(t, "ready", func() bool {
 		resp, err := http.Get(adminURL + "/readyz")
 		if err != nil {
 			return false
@@ -367,7 +364,7 @@ func TestRunSignalsAndDrain(t *testing.T) {
 
 	// File change: picked up by the watcher.
 	writeFile(t, path, configText(s, p, "b"))
-	waitFor(t, "file reload", func() bool {
+	testkit.WaitFor(t, "file reload", func() bool {
 		var d doc
 		getJSON(t, adminURL+"/config", &d)
 		return routeNames(d) == "health-b,health-watch,web-b,extra" && d.LastReload.OK && d.LastReload.Trigger == "file"
@@ -381,7 +378,7 @@ func TestRunSignalsAndDrain(t *testing.T) {
 
 	// An invalid file: old config keeps serving, /config shows the error.
 	writeFile(t, path, configText(s, p, "bad"))
-	waitFor(t, "invalid file reported", func() bool {
+	testkit.WaitFor(t, "invalid file reported", func() bool {
 		var d doc
 		getJSON(t, adminURL+"/config", &d)
 		return !d.LastReload.OK && routeNames(d) == "health-b,health-watch,web-b,extra"
@@ -391,13 +388,13 @@ func TestRunSignalsAndDrain(t *testing.T) {
 	os.WriteFile(path+".x", nil, 0o644) // unrelated file in the directory: ignored
 	writeFile(t, path, configText(s, p, "a"))
 	sig <- syscall.SIGHUP
-	waitFor(t, "sighup reload", func() bool {
+	testkit.WaitFor(t, "sighup reload", func() bool {
 		var d doc
 		getJSON(t, adminURL+"/config", &d)
 		return routeNames(d) == "health,web" && d.LastReload.OK
 	})
 	// The listener the reload removed no longer accepts.
-	waitFor(t, "extra listener closed", func() bool {
+	testkit.WaitFor(t, "extra listener closed", func() bool {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p.extra))
 		if err != nil {
 			return true
@@ -422,7 +419,7 @@ func TestRunSignalsAndDrain(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond) // let the call reach the upstream
 	sig <- syscall.SIGTERM
-	waitFor(t, "readyz 503 while draining", func() bool {
+	testkit.WaitFor(t, "readyz 503 while draining", func() bool {
 		resp, err := http.Get(adminURL + "/readyz")
 		if err != nil {
 			return true // already stopped: drain finished first
@@ -453,15 +450,4 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
