@@ -188,7 +188,15 @@ func artifactDir(t *testing.T) string {
 	return dir
 }
 
+// TestUIBrowser runs the dashboard twice: without a conversation section
+// (the panel says how to turn it on) and with one (sessions appear, a
+// click shows a session's turns, a click on a turn opens its waterfall).
 func TestUIBrowser(t *testing.T) {
+	t.Run("without conversations", func(t *testing.T) { testUIBrowser(t, false) })
+	t.Run("with conversations", func(t *testing.T) { testUIBrowser(t, true) })
+}
+
+func testUIBrowser(t *testing.T, withConv bool) {
 	if _, err := os.Stat(chromiumPath); err != nil {
 		if os.Getenv("HOPWATCH_E2E") == "require" {
 			t.Fatalf("HOPWATCH_E2E=require, but %s is missing (apt-get install -y chromium): %v", chromiumPath, err)
@@ -205,13 +213,19 @@ func TestUIBrowser(t *testing.T) {
 	}
 	wantSpans := len(detail.Spans)
 
-	srv := New(Options{
+	var conv *convFixture
+	opts := Options{
 		Logger: slog.New(slog.DiscardHandler),
 		Traces: store, Hops: stats,
 		// The clock stands still, so the fixture's minute stays in the
 		// statistics windows however long the browser takes.
 		Now: func() time.Time { return now },
-	})
+	}
+	if withConv {
+		conv = newConvFixture(t, store, now, slowest)
+		opts.Sessions = conv.tr
+	}
+	srv := New(opts)
 	if err := srv.Start("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
@@ -410,18 +424,23 @@ func TestUIBrowser(t *testing.T) {
 		return nil
 	})
 
-	step("panels of endpoints this build lacks", 10*time.Second, func(ctx context.Context) error {
-		for sel, want := range map[string]string{
-			"#br-msg": "circuit breakers: not configured",
-			"#cv-msg": "conversation signals: not available",
-		} {
+	step("panels of what is not configured", 10*time.Second, func(ctx context.Context) error {
+		want := map[string]string{"#br-msg": "circuit breakers: not configured"}
+		if !withConv {
+			want["#cv-msg"] = "Conversation signals are off. Add a conversation section"
+		}
+		for sel, prefix := range want {
 			if _, err := chromedp.Run(ctx, chromedp.Poll[bool](fmt.Sprintf(
-				`document.querySelector(%q).textContent === %q`, sel, want))); err != nil {
-				return fmt.Errorf("%s never said %q: %w", sel, want, err)
+				`document.querySelector(%q).textContent.startsWith(%q)`, sel, prefix))); err != nil {
+				return fmt.Errorf("%s never said %q: %w", sel, prefix, err)
 			}
 		}
 		return nil
 	})
+
+	if withConv {
+		conversationSteps(t, step, conv, slowest, wantSpans)
+	}
 
 	step("no placeholder text leaks into the page", 5*time.Second, func(ctx context.Context) error {
 		text, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
@@ -436,16 +455,21 @@ func TestUIBrowser(t *testing.T) {
 		return nil
 	})
 
-	screenshot("dashboard.png", false)
-	screenshot("dashboard-full.png", true)
+	if withConv {
+		screenshot("dashboard.png", false)
+		screenshot("dashboard-full.png", true)
+	} else {
+		screenshot("dashboard-no-conversations.png", false)
+	}
 
 	// No script error, and nothing refused by the policy. The 404s of
-	// /api/breakers and /api/sessions are expected: this build has neither.
+	// /api/breakers, /api/sli and /api/sessions are expected when the
+	// server has no breakers or no conversation section.
 	consoleMu.Lock()
 	defer consoleMu.Unlock()
 	for _, m := range console {
 		expected404 := strings.Contains(m.Text, "404") &&
-			(strings.HasSuffix(m.URL, "/api/breakers") || strings.HasSuffix(m.URL, "/api/sessions"))
+			(strings.HasSuffix(m.URL, "/api/breakers") || !withConv && (strings.Contains(m.URL, "/api/sessions") || strings.Contains(m.URL, "/api/sli")))
 		switch {
 		case m.IsException():
 			t.Errorf("script error: %s", m.Text)
@@ -455,4 +479,112 @@ func TestUIBrowser(t *testing.T) {
 			t.Errorf("console error: %s (%s)", m.Text, m.URL)
 		}
 	}
+}
+
+// conversationSteps: the conversation panel draws the SLI chart, lists
+// the worst sessions green ones first, shows a session's turns on a click,
+// and opens the waterfall of a turn on a click on it.
+func conversationSteps(t *testing.T, step func(string, time.Duration, func(context.Context) error), conv *convFixture,
+	slowest trace.TraceID, wantSpans int) {
+	t.Helper()
+	step("SLI chart draws three lines on one time axis", 20*time.Second, func(ctx context.Context) error {
+		_, err := chromedp.Run(ctx, chromedp.Poll[bool](
+			`['sli', 'p95', 'err'].every(k => document.querySelector('#cv-chart svg polyline.cv-' + k))`))
+		if err != nil {
+			return fmt.Errorf("waiting for the SLI, p95 and error lines: %w", err)
+		}
+		label, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('#cv-chart svg').getAttribute('aria-label')`))
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{"good sessions", "turn p95", "turn errors"} {
+			if !strings.Contains(label, want) {
+				return fmt.Errorf("chart label %q lacks %q", label, want)
+			}
+		}
+		return nil
+	})
+
+	step("worst sessions listed, green ones first", 20*time.Second, func(ctx context.Context) error {
+		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](`document.querySelectorAll('#cv-sessions tbody tr').length >= 5`)); err != nil {
+			return fmt.Errorf("waiting for session rows: %w", err)
+		}
+		rows, err := chromedp.Run(ctx, chromedp.Evaluate[[]struct {
+			ID      string `json:"id"`
+			Outcome string `json:"outcome"`
+			Green   bool   `json:"green"`
+		}](`[...document.querySelectorAll('#cv-sessions tbody tr')].map(r => ({
+			id: r.dataset.session, outcome: r.querySelector('.so').textContent, green: !!r.querySelector('.tag-green')}))`))
+		if err != nil {
+			return err
+		}
+		seenPlain, found := false, false
+		for _, r := range rows {
+			if r.Outcome != "abandoned" && r.Outcome != "frustrated" {
+				return fmt.Errorf("session %s (%s) listed among the worst", r.ID, r.Outcome)
+			}
+			if r.Green && seenPlain {
+				return fmt.Errorf("green session %s listed after a session that was not green: %+v", r.ID, rows)
+			}
+			seenPlain = seenPlain || !r.Green
+			found = found || r.ID == conv.slowSession
+		}
+		if !rows[0].Green {
+			return fmt.Errorf("the first session is not green: %+v", rows[0])
+		}
+		if !found {
+			return fmt.Errorf("session %s, abandoned after the slowest turn, is not listed: %+v", conv.slowSession, rows)
+		}
+		// The list says what the session ended after: the slow KB call.
+		after, err := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(
+			`document.querySelector('#cv-sessions tbody tr[data-session=%q] td.after').textContent`, conv.slowSession)))
+		if err != nil {
+			return err
+		}
+		if want := "slow · " + uiKB.Route; after != want {
+			return fmt.Errorf("session %s ended after %q, want %q", conv.slowSession, after, want)
+		}
+		return nil
+	})
+
+	step("click a session and see its turns", 20*time.Second, func(ctx context.Context) error {
+		sel := fmt.Sprintf(`#cv-sessions tbody tr[data-session=%q] td.sid`, conv.slowSession)
+		if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(sel))); err != nil {
+			return fmt.Errorf("click: %w", err)
+		}
+		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](fmt.Sprintf(
+			`!document.querySelector('#cv-turns').hidden && document.querySelectorAll('#cv-turns tbody tr').length === %d`, conv.slowTurns))); err != nil {
+			return fmt.Errorf("waiting for %d turn rows: %w", conv.slowTurns, err)
+		}
+		last, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll('#cv-turns tbody tr:last-child td')].map(td => td.textContent)`))
+		if err != nil {
+			return err
+		}
+		// #, time, latency, outcome, signals · verdict, blamed hop, trace
+		if len(last) != 7 || last[0] != "6" || last[3] != "slow" || last[5] != uiKB.Route || !strings.HasPrefix(slowest.String(), strings.TrimSuffix(last[6], "…")) {
+			return fmt.Errorf("last turn row %q, want turn 6, slow, blamed on %s, trace %s", last, uiKB.Route, slowest)
+		}
+		return nil
+	})
+
+	step("click its last turn and see the waterfall", 20*time.Second, func(ctx context.Context) error {
+		// Away from the waterfall first, so the click is what opens it.
+		if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(location.hash = '', true)`)); err != nil {
+			return err
+		}
+		if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#cv-turns tbody tr:last-child td.blame`))); err != nil {
+			return fmt.Errorf("click: %w", err)
+		}
+		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](fmt.Sprintf(
+			`location.hash === '#trace=%s' && !document.querySelector('#waterfall').hidden && document.querySelectorAll('#waterfall tbody tr').length === %d && document.querySelector('#wf-summary').textContent.includes(%q)`,
+			slowest, wantSpans, slowest.String()))); err != nil {
+			return fmt.Errorf("waiting for the waterfall of %s: %w", slowest, err)
+		}
+		return nil
+	})
+	// Back to the top for the screenshot: hops and conversations.
+	step("scroll to the top", 5*time.Second, func(ctx context.Context) error {
+		_, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(window.scrollTo(0, 0), true)`))
+		return err
+	})
 }

@@ -50,8 +50,9 @@ type SessionQuery struct {
 const SessionActive SessionOutcome = "active"
 
 // Sessions returns the sessions that match q, ended ones (newest end
-// first) before active ones (most recently active first). Records are
-// left out; Session has them.
+// first) before active ones (most recently active first). Records hold
+// only the last bad turn, if one is kept: what the session ended after, as
+// a list of sessions shows it; Session has them all.
 func (t *Tracker) Sessions(q SessionQuery) []SessionResult {
 	limit := q.Limit
 	if limit <= 0 {
@@ -80,6 +81,9 @@ func (t *Tracker) Sessions(q SessionQuery) []SessionResult {
 		r := t.ended[i]
 		if match(&r, false) {
 			r.Records = nil
+			if lb, ok := t.ended[i].LastBad(); ok {
+				r.Records = []TurnRecord{lb}
+			}
 			out = append(out, r)
 		}
 	}
@@ -88,6 +92,9 @@ func (t *Tracker) Sessions(q SessionQuery) []SessionResult {
 		for s := t.lru.next; s != &t.lru && len(out) < limit; s = s.next {
 			r := s.summary()
 			if match(&r, true) {
+				if lb, ok := s.lastBad(t); ok {
+					r.Records = []TurnRecord{lb}
+				}
 				out = append(out, r)
 			}
 		}
@@ -106,4 +113,15 @@ func (s *session) summary() SessionResult {
 		Repeats: s.repeats, Frust: s.frust, Regen: s.regen, Green: s.green,
 		Verdict: s.verdict, LastTrace: s.lastTrace,
 	}
+}
+
+// lastBad is the most recent kept turn that was not good.
+func (s *session) lastBad(t *Tracker) (TurnRecord, bool) {
+	for i := len(s.records) - 1; i >= 0; i-- {
+		rec := &s.records[(s.recAt+i)%len(s.records)]
+		if r := t.expand(rec); r.Outcome != TurnGood {
+			return r, true
+		}
+	}
+	return TurnRecord{}, false
 }

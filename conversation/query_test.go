@@ -37,6 +37,12 @@ func queryFixture(t *testing.T) (*conversation.Tracker, *clock) {
 
 func TestSessionsQuery(t *testing.T) {
 	tr, c := queryFixture(t)
+	// The last bad turn of each session (index), 0 for none; e is active
+	// and had a bad turn too.
+	tr.Observe(conversation.Turn{Route: "chat", SessionID: "e", Start: c.now(), Duration: 3 * time.Second, Code: "200", HopOutcome: "ok"})
+	c.add(4 * time.Second)
+	tr.Observe(conversation.Turn{Route: "chat", SessionID: "e", Start: c.now(), Duration: 100 * time.Millisecond, Code: "200", HopOutcome: "ok"})
+	lastBad := map[string]int{"b": 1, "c": 1, "e": 2}
 	yes, no := true, false
 	cases := []struct {
 		name string
@@ -58,8 +64,13 @@ func TestSessionsQuery(t *testing.T) {
 			var got []string
 			for _, r := range tr.Sessions(tc.q) {
 				got = append(got, r.ID)
-				if r.Records != nil {
-					t.Errorf("session %s listed with its turns", r.ID)
+				// Listed with its last bad turn only: what it ended after.
+				want := lastBad[r.ID]
+				switch {
+				case want == 0 && r.Records != nil:
+					t.Errorf("session %s listed with turns %+v, want none", r.ID, r.Records)
+				case want != 0 && (len(r.Records) != 1 || r.Records[0].Index != want || r.Records[0].Outcome == conversation.TurnGood):
+					t.Errorf("session %s listed with turns %+v, want its last bad turn, #%d", r.ID, r.Records, want)
 				}
 			}
 			if !slices.Equal(got, tc.want) {

@@ -30,6 +30,18 @@ const (
 	HeaderCaller = "x-hop-caller"
 	// HeaderSession carries the conversation's session ID.
 	HeaderSession = "x-session-id"
+	// HeaderVerdict carries a service's own verdict on the turn: the NLU
+	// says no_match when it did not understand, the DM says resolved when
+	// the user closed the conversation. hopwatch reads it (verdict_header)
+	// and removes it before the answer leaves.
+	HeaderVerdict = "x-bot-outcome"
+)
+
+// Verdicts the demo's services give, in HeaderVerdict and in the
+// gateway's answer (ChatResponse.Outcome, the done event).
+const (
+	VerdictNoMatch  = "no_match"
+	VerdictResolved = "resolved"
 )
 
 // traceHeaders are the W3C Trace Context (traceparent, tracestate) and
@@ -76,6 +88,10 @@ type Config struct {
 	KB          Latency
 	KBSlow      Latency
 	KBSlowShare float64
+	// NoMatchShare is the share of questions (0..1) the NLU does not
+	// understand: it answers the no_match intent with the no_match
+	// verdict, and the bot asks the user to rephrase.
+	NoMatchShare float64
 	// Seed makes the drawn latencies repeatable (0: a random seed).
 	Seed uint64
 	// OnCall, if set, is called as each service starts serving a call, from
@@ -98,6 +114,8 @@ func DefaultConfig() Config {
 		KB:          Latency{Base: 30 * time.Millisecond, Jitter: 20 * time.Millisecond},
 		KBSlow:      Latency{Base: 1500 * time.Millisecond, Jitter: 1500 * time.Millisecond},
 		KBSlowShare: 0.15,
+		// Now and then, as real NLUs do; enough for a few per minute.
+		NoMatchShare: 0.05,
 	}
 }
 

@@ -3,7 +3,9 @@ package demo
 import (
 	"context"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	botv1 "github.com/hopwatch/hopwatch/proto/bot/v1"
@@ -24,8 +26,10 @@ type dialog struct {
 	s *Stack
 }
 
-// Next answers every known intent with a KB lookup. It is stateless on
-// purpose: a demo that runs until Ctrl-C must not grow a per-session map.
+// Next answers every known intent with a KB lookup, a goodbye by closing
+// the conversation with the resolved verdict (the user got what they came
+// for), anything else by asking to rephrase. It is stateless on purpose: a
+// demo that runs until Ctrl-C must not grow a per-session map.
 func (d dialog) Next(ctx context.Context, req *botv1.NextRequest) (*botv1.NextResponse, error) {
 	d.s.observeGRPC(ctx, ServiceDM)
 	if req.GetIntent() == "" {
@@ -33,6 +37,10 @@ func (d dialog) Next(ctx context.Context, req *botv1.NextRequest) (*botv1.NextRe
 	}
 	if err := sleep(ctx, d.s.cfg.DM.draw(d.s.rnd)); err != nil {
 		return nil, status.FromContextError(err).Err()
+	}
+	if req.GetIntent() == IntentGoodbye {
+		grpc.SetHeader(ctx, metadata.Pairs(HeaderVerdict, VerdictResolved))
+		return &botv1.NextResponse{Action: "close"}, nil
 	}
 	topic, ok := kbTopics[req.GetIntent()]
 	if !ok {

@@ -51,6 +51,11 @@ type ChatResponse struct {
 	// Degraded is true when the reply was made without a real knowledge-base
 	// answer (the KB failed, or hopwatch answered for it from a fallback).
 	Degraded bool `json:"degraded,omitempty"`
+	// Outcome is the bot's own verdict on the turn, when it gave one:
+	// no_match (it did not understand), resolved (the user closed the
+	// conversation). The client sees it here; hopwatch sees it in the
+	// verdict header, which it removes.
+	Outcome string `json:"outcome,omitempty"`
 }
 
 // gateway is the bot's front door. It owns its clients to hopwatch and
@@ -125,7 +130,8 @@ func (g *gateway) chat(w http.ResponseWriter, r *http.Request) {
 		writeCallError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, ChatResponse{Reply: reply.String(), Degraded: p.degraded})
+	setVerdict(w, p.verdict)
+	writeJSON(w, http.StatusOK, ChatResponse{Reply: reply.String(), Degraded: p.degraded, Outcome: p.verdict})
 }
 
 // chatStream answers a turn as server-sent events, one per token. The
@@ -144,6 +150,7 @@ func (g *gateway) chatStream(w http.ResponseWriter, r *http.Request) {
 		writeCallError(w, err)
 		return
 	}
+	setVerdict(w, p.verdict) // sent with the headers, at the first token
 	var sse *sseWriter
 	err = g.generate(t, p.prompt, func(tok *botv1.Token) error {
 		if sse == nil {
@@ -160,7 +167,7 @@ func (g *gateway) chatStream(w http.ResponseWriter, r *http.Request) {
 		if sse == nil {
 			sse = newSSEWriter(w) // a reply of no tokens is still a reply
 		}
-		sse.event(eventDone, doneEvent{Degraded: p.degraded})
+		sse.event(eventDone, doneEvent{Degraded: p.degraded, Outcome: p.verdict})
 	}
 }
 
@@ -212,6 +219,28 @@ func (g *gateway) begin(w http.ResponseWriter, r *http.Request) (*turn, error) {
 type plan struct {
 	prompt   string
 	degraded bool
+	// verdict is the strongest verdict the NLU and DM gave (resolved over
+	// no_match), "" for none.
+	verdict string
+}
+
+// setVerdict relays a downstream service's verdict on the gateway's own
+// answer: hopwatch reads verdict headers on HTTP hops, and the gateway's
+// answer on the chat route is the turn's HTTP hop. The NLU and DM give it
+// as gRPC response metadata; passing it on is what a gateway of a real bot
+// would do with its services' verdicts.
+func setVerdict(w http.ResponseWriter, v string) {
+	if v != "" {
+		w.Header().Set(HeaderVerdict, v)
+	}
+}
+
+// verdictOf reads the verdict from a gRPC response's header metadata.
+func verdictOf(md metadata.MD) string {
+	if v := md.Get(HeaderVerdict); len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // plan runs NLU → DM → KB. A knowledge-base failure degrades the answer
@@ -219,19 +248,23 @@ type plan struct {
 // goes down with it is worse than one that answers less precisely.
 func (g *gateway) plan(t *turn) (plan, error) {
 	sum := sha256.Sum256([]byte(t.text))
+	var nluMD, dmMD metadata.MD
 	parsed, err := g.nlu.Parse(t.ctx, &botv1.ParseRequest{
 		SessionId:  t.session,
 		TextHash:   hex.EncodeToString(sum[:]),
 		TextLength: uint32(len(t.text)),
-	})
+	}, grpc.Header(&nluMD))
 	if err != nil {
 		return plan{}, fmt.Errorf("nlu: %w", err)
 	}
-	next, err := g.dm.Next(t.ctx, &botv1.NextRequest{SessionId: t.session, Intent: parsed.GetIntent()})
+	next, err := g.dm.Next(t.ctx, &botv1.NextRequest{SessionId: t.session, Intent: parsed.GetIntent()}, grpc.Header(&dmMD))
 	if err != nil {
 		return plan{}, fmt.Errorf("dm: %w", err)
 	}
-	p := plan{prompt: parsed.GetIntent()}
+	p := plan{prompt: parsed.GetIntent(), verdict: verdictOf(nluMD)}
+	if v := verdictOf(dmMD); v != "" {
+		p.verdict = v // the DM decides last: its resolved beats the NLU's no_match
+	}
 	if q := next.GetKbQuery(); q != "" {
 		p.prompt = q
 		res, err := g.searchKB(t, q)

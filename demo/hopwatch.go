@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -50,6 +51,12 @@ type Placement struct {
 	// Fallback adds a fallback section to the KB route: answer from cache,
 	// else a static degraded answer, when the KB is late by 300ms.
 	Fallback bool
+	// TurnSLO and IdleTimeout, when set, replace the conversation
+	// section's turn_slo and idle_timeout; EventsFile, when set, its
+	// events.file.
+	TurnSLO     time.Duration
+	IdleTimeout time.Duration
+	EventsFile  string
 }
 
 // kbFallback is the section Placement.Fallback adds, in the form the design
@@ -139,6 +146,28 @@ func RenderHopwatchConfig(endpoints map[string]string, p Placement) ([]byte, err
 			return nil, fmt.Errorf("demo: %s: upstream %q has no endpoints list", ConfigFile, name)
 		}
 		eps.Content = []*yaml.Node{{Kind: yaml.ScalarNode, Tag: "!!str", Value: addr}}
+	}
+	if p.TurnSLO > 0 || p.IdleTimeout > 0 || p.EventsFile != "" {
+		conv := mapValue(root, "conversation")
+		if conv == nil || conv.Kind != yaml.MappingNode {
+			return nil, fmt.Errorf("demo: %s has no conversation section", ConfigFile)
+		}
+		if p.TurnSLO > 0 {
+			setField(conv, "turn_slo", p.TurnSLO.String())
+		}
+		if p.IdleTimeout > 0 {
+			setField(conv, "idle_timeout", p.IdleTimeout.String())
+		}
+		if p.EventsFile != "" {
+			ev := mapValue(conv, "events")
+			if ev == nil {
+				conv.Content = append(conv.Content,
+					&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "events"},
+					&yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"})
+				ev = conv.Content[len(conv.Content)-1]
+			}
+			setField(ev, "file", p.EventsFile)
+		}
 	}
 	if p.Fallback {
 		r := namedItem(mapValue(root, "routes"), KBRoute)

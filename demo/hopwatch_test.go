@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/hopwatch/hopwatch/config"
 	"github.com/hopwatch/hopwatch/demo"
@@ -52,13 +53,24 @@ func TestParseHopwatchConfig(t *testing.T) {
 		// want* are checked on success.
 		wantAdmin, wantGRPC, wantHTTP string
 		wantEndpoints                 map[string]string
-		wantErr                       error
-		wantAnyErr                    bool
+		// wantSLO, wantIdle and wantEvents are the conversation section's
+		// (zero: not checked).
+		wantSLO, wantIdle time.Duration
+		wantEvents        string
+		wantErr           error
+		wantAnyErr        bool
 	}{
 		{
 			name:      "as written",
 			wantAdmin: "127.0.0.1:9901", wantGRPC: "127.0.0.1:7000", wantHTTP: "127.0.0.1:7080",
 			wantEndpoints: map[string]string{"gateway": "127.0.0.1:7101", "kb": "127.0.0.1:7105"},
+			wantSLO:       time.Second, wantIdle: 10 * time.Second,
+		},
+		{
+			name:      "conversation tuned",
+			place:     demo.Placement{TurnSLO: 1500 * time.Millisecond, IdleTimeout: 3 * time.Second, EventsFile: "/tmp/events.jsonl"},
+			wantAdmin: "127.0.0.1:9901", wantGRPC: "127.0.0.1:7000", wantHTTP: "127.0.0.1:7080",
+			wantSLO: 1500 * time.Millisecond, wantIdle: 3 * time.Second, wantEvents: "/tmp/events.jsonl",
 		},
 		{
 			name:      "placed and pointed at services",
@@ -109,6 +121,11 @@ func TestParseHopwatchConfig(t *testing.T) {
 				if len(u.Endpoints) != 1 || u.Endpoints[0] != ep {
 					t.Errorf("upstream %s endpoints %v, want [%s]", name, u.Endpoints, ep)
 				}
+			}
+			if c := cfg.Conversation; c == nil || len(c.EntryRoutes) != 1 || c.EntryRoutes[0] != demo.EntryRoute {
+				t.Errorf("conversation %+v, want entry route %s", c, demo.EntryRoute)
+			} else if tt.wantSLO != 0 && (c.TurnSLO != tt.wantSLO || c.IdleTimeout != tt.wantIdle || c.Events.File != tt.wantEvents) {
+				t.Errorf("conversation turn_slo %v idle_timeout %v events %q, want %v %v %q", c.TurnSLO, c.IdleTimeout, c.Events.File, tt.wantSLO, tt.wantIdle, tt.wantEvents)
 			}
 			for _, svc := range demo.Services {
 				if upstream(cfg, svc).Name == "" {

@@ -25,6 +25,8 @@ type tokenEvent struct {
 
 type doneEvent struct {
 	Degraded bool `json:"degraded,omitempty"`
+	// Outcome is the bot's verdict, as in ChatResponse.
+	Outcome string `json:"outcome,omitempty"`
 }
 
 type errorEvent struct {

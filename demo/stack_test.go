@@ -339,3 +339,58 @@ func TestServeGatewayTwice(t *testing.T) {
 		t.Errorf("ServeGateway after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestVerdicts: the NLU's no_match and the DM's resolved reach the
+// gateway's answer both as the verdict header (for hopwatch, which reads
+// and removes it) and in the body (for the client); a goodbye is
+// understood even by an NLU that understands nothing else.
+func TestVerdicts(t *testing.T) {
+	tests := []struct {
+		name    string
+		noMatch float64
+		text    string
+		want    string
+	}{
+		{"question understood", 0, "where is my order?", ""},
+		{"question not understood", 1, "where is my order?", demo.VerdictNoMatch},
+		{"goodbye resolves", 0, "thanks, bye", demo.VerdictResolved},
+		{"goodbye beats no_match", 1, "great, thank you, bye", demo.VerdictResolved},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, url := startBehindHopwatch(t, demo.Config{NoMatchShare: tt.noMatch})
+			client := newClient(t)
+			for _, path := range []string{demo.ChatPath, demo.ChatStreamPath} {
+				res, err := client.Do(chatRequest(t, url+path, "s-"+tt.name, tt.text))
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode != http.StatusOK {
+					t.Fatalf("%s: %s: %s", path, res.Status, body)
+				}
+				if got := res.Header.Get(demo.HeaderVerdict); got != tt.want {
+					t.Errorf("%s: %s %q, want %q", path, demo.HeaderVerdict, got, tt.want)
+				}
+				var got string
+				if path == demo.ChatPath {
+					var cr demo.ChatResponse
+					if err := json.Unmarshal(body, &cr); err != nil {
+						t.Fatal(err)
+					}
+					got = cr.Outcome
+				} else if i := bytes.Index(body, []byte("event: done\ndata: ")); i >= 0 {
+					var done struct{ Outcome string }
+					json.NewDecoder(bytes.NewReader(body[i+len("event: done\ndata: "):])).Decode(&done)
+					got = done.Outcome
+				} else {
+					t.Fatalf("%s: no done event in %s", path, body)
+				}
+				if got != tt.want {
+					t.Errorf("%s: outcome in the answer %q, want %q", path, got, tt.want)
+				}
+			}
+		})
+	}
+}

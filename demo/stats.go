@@ -29,13 +29,21 @@ type Turn struct {
 	Text string
 	// Repeat is set when the user asked the previous question again.
 	Repeat bool
+	// Closing is set on the user's goodbye ("thanks, bye").
+	Closing bool
+	// Verdict is the bot's own verdict in its answer: no_match, resolved
+	// or "".
+	Verdict string
 	// Latency is from sending the request to the complete answer;
 	// FirstToken, on streamed turns, to the first token event.
 	Latency    time.Duration
 	FirstToken time.Duration
-	Slow       bool
-	Outcome    Outcome
-	Err        error
+	// Slow: the answer started later than UsersConfig.SlowAfter (the
+	// first token of a stream, the whole answer otherwise): what users
+	// wait for, and what hopwatch holds turn_slo against.
+	Slow    bool
+	Outcome Outcome
+	Err     error
 }
 
 // Summary is what a Recorder counted over a span of time.
@@ -48,9 +56,13 @@ type Summary struct {
 	Slow     int
 	Degraded int
 	Repeats  int
-	// Conversations that ended: Completed all their turns, or Abandoned.
+	// Conversations that ended: Completed all their turns, or Abandoned
+	// (a quitter gave up).
 	Completed int
 	Abandoned int
+	// Sessions are the same ended conversations judged by hopwatch's
+	// rules from what went over the wire: the simulation's ground truth.
+	Sessions SessionCounts
 	// Turn latency percentiles (within about 2%).
 	P50, P95, P99 time.Duration
 }
@@ -114,16 +126,97 @@ func (r *Recorder) Record(t Turn) {
 	}
 }
 
-// EndConversation counts a conversation that ended, abandoned or not.
-func (r *Recorder) EndConversation(abandoned bool) {
+// EndConversation counts a conversation that ended.
+func (r *Recorder) EndConversation(e Ending) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, tl := range []*tally{&r.total, &r.window} {
-		if abandoned {
+		if e.GaveUp {
 			tl.s.Abandoned++
 		} else {
 			tl.s.Completed++
 		}
+		tl.s.Sessions.add(e)
+	}
+}
+
+// Ending is how a conversation ended, in terms the wire can show: what
+// the user sent (a goodbye, the same question again) and what the bot
+// answered (an error, a slow or degraded answer, a verdict). It is the
+// simulation's ground truth for hopwatch's session outcomes.
+type Ending struct {
+	// Resolved: the user said goodbye and the bot answered with the
+	// resolved verdict.
+	Resolved bool
+	// GaveUp: a quitter left right after a bad answer.
+	GaveUp bool
+	// LastBad: the last turn was bad as the wire shows it (an error, an
+	// answer that started late, a degraded or no_match answer) or was a
+	// repeated question.
+	LastBad bool
+	// Repeats counts the questions asked again.
+	Repeats int
+}
+
+// Outcome applies hopwatch's session rules (first match wins) to what the
+// wire showed: resolved, abandoned (left without a goodbye right after a
+// bad turn), frustrated (two or more repeats), completed.
+func (e Ending) Outcome() string {
+	switch {
+	case e.Resolved:
+		return "resolved"
+	case e.LastBad:
+		return "abandoned"
+	case e.Repeats >= 2:
+		return "frustrated"
+	}
+	return "completed"
+}
+
+// Good is hopwatch's good session: resolved or completed, at most one
+// repeat.
+func (e Ending) Good() bool {
+	o := e.Outcome()
+	return (o == "resolved" || o == "completed") && e.Repeats <= 1
+}
+
+// SessionCounts count ended conversations by Ending.Outcome.
+type SessionCounts struct {
+	Ended      int
+	Resolved   int
+	Abandoned  int
+	Frustrated int
+	Completed  int
+	Good       int
+	// Of Abandoned: GaveUp users left because of a bad answer;
+	// SilentAfterBad users were done and left without a goodbye, right
+	// after a bad answer. On the wire the two look the same.
+	GaveUp         int
+	SilentAfterBad int
+	// Repeats counts repeated questions in ended conversations.
+	Repeats int
+}
+
+func (c *SessionCounts) add(e Ending) {
+	c.Ended++
+	c.Repeats += e.Repeats
+	switch e.Outcome() {
+	case "resolved":
+		c.Resolved++
+	case "abandoned":
+		c.Abandoned++
+		if e.GaveUp {
+			c.GaveUp++
+		} else {
+			c.SilentAfterBad++
+		}
+	case "frustrated":
+		c.Frustrated++
+	default:
+		c.Completed++
+	}
+	if e.Good() {
+		c.Good++
 	}
 }
 

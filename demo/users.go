@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,7 +27,8 @@ const (
 	// Repeaters ask the same question again, once, after a slow, degraded
 	// or failed answer.
 	Repeater Persona = "repeater"
-	// Quitters leave the conversation after a slow or failed answer.
+	// Quitters leave the conversation right after a slow or failed answer,
+	// or one the bot did not understand, without a goodbye.
 	Quitter Persona = "quitter"
 )
 
@@ -62,6 +64,11 @@ type UsersConfig struct {
 	// Conversations bounds how many conversations each user has (0: until
 	// ctx ends).
 	Conversations int
+	// CloseShare is the share (0..1) of conversations that, once the user
+	// has had their questions answered, end with a goodbye ("thanks,
+	// bye"), which the bot's DM marks resolved. The others end silently.
+	// Quitters who give up never say goodbye.
+	CloseShare float64
 
 	// Client sends the requests (nil: one of RunUsers's own, closed at the
 	// end).
@@ -104,6 +111,9 @@ func (c *UsersConfig) setDefaults() error {
 	}
 	if c.Rate < 0 {
 		return errors.New("demo: rate must not be negative")
+	}
+	if c.CloseShare < 0 || c.CloseShare > 1 {
+		return errors.New("demo: close share must be between 0 and 1")
 	}
 	if c.Rand == nil {
 		c.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
@@ -174,7 +184,9 @@ func (p *pacer) wait(ctx context.Context) error {
 }
 
 // questions are what users ask, by topic. A repeat sends the identical
-// text, which is what repeat detection keys on.
+// text, which is what repeat detection keys on; any two different
+// questions are far apart for hopwatch's repeat detection (a test checks),
+// so the only repeats on the wire are the users' own.
 var questions = [][]string{
 	{"where is my order?", "has my parcel shipped yet?", "my order 4711 has not arrived"},
 	{"when are you open?", "are you open on sunday?", "what are your opening hours today?"},
@@ -201,41 +213,82 @@ func (u *user) run(ctx context.Context) {
 	}
 }
 
-// converse runs one conversation. It ends completed after its turns,
-// abandoned when a quitter gets a bad answer, or uncounted when ctx ends.
+// RepeatWindow is how many of a conversation's previous messages a new
+// one is compared with to call it a repeat: hopwatch's default
+// repeat.last, so that the simulation counts repeats as hopwatch does.
+const RepeatWindow = 3
+
+// conversation is one conversation's state: what the user said last, and
+// its Ending so far.
+type conversation struct {
+	session string
+	persona Persona
+	recent  []string // the last RepeatWindow messages, oldest first
+	end     Ending
+}
+
+// converse runs one conversation. It ends after its turns (with a goodbye
+// on a CloseShare of them), when a quitter gets a bad answer, or
+// uncounted when ctx ends.
 func (u *user) converse(ctx context.Context, n int) {
-	session := fmt.Sprintf("u%d-c%d-%08x", u.id, n, u.rnd.Uint32())
-	persona := u.persona()
+	c := &conversation{session: fmt.Sprintf("u%d-c%d-%08x", u.id, n, u.rnd.Uint32()), persona: u.persona()}
 	turns := u.cfg.MinTurns + u.rnd.IntN(u.cfg.MaxTurns-u.cfg.MinTurns+1)
-	q := u.question()
+	q := u.question(c.recent)
 	repeat := false
 	for done := 0; done < turns; {
-		if err := u.p.wait(ctx); err != nil {
+		t, ok := u.turn(ctx, c, q, false)
+		if !ok {
 			return
 		}
-		t := u.ask(ctx, session, q, u.rnd.Float64() < u.cfg.StreamShare)
-		t.User, t.Persona, t.Repeat = u.id, persona, repeat
-		u.rec.Record(t)
-		if u.cfg.OnTurn != nil {
-			u.cfg.OnTurn(t)
-		}
-		if t.Outcome == OutcomeCanceled {
-			return
-		}
-		bad := t.Slow || t.Outcome == OutcomeError
+		bad := t.Slow || t.Outcome == OutcomeError || t.Verdict == VerdictNoMatch
 		switch {
-		case persona == Quitter && bad:
-			u.rec.EndConversation(true)
+		case c.persona == Quitter && bad:
+			c.end.GaveUp = true
+			u.rec.EndConversation(c.end)
 			return
-		case persona == Repeater && !repeat && (bad || t.Outcome == OutcomeDegraded):
+		case c.persona == Repeater && !repeat && (bad || t.Outcome == OutcomeDegraded):
 			repeat = true // the same question again; once, or a broken bot would loop it
 			continue
 		}
 		repeat = false
 		done++
-		q = u.question()
+		q = u.question(c.recent)
 	}
-	u.rec.EndConversation(false)
+	if u.cfg.CloseShare > 0 && u.rnd.Float64() < u.cfg.CloseShare {
+		t, ok := u.turn(ctx, c, closings[u.rnd.IntN(len(closings))], true)
+		if !ok {
+			return
+		}
+		c.end.Resolved = t.Verdict == VerdictResolved
+	}
+	u.rec.EndConversation(c.end)
+}
+
+// turn asks text, records the turn and updates the conversation's Ending;
+// false when the run ended during it.
+func (u *user) turn(ctx context.Context, c *conversation, text string, closing bool) (Turn, bool) {
+	if err := u.p.wait(ctx); err != nil {
+		return Turn{}, false
+	}
+	t := u.ask(ctx, c.session, text, u.rnd.Float64() < u.cfg.StreamShare)
+	t.User, t.Persona, t.Closing = u.id, c.persona, closing
+	t.Repeat = slices.Contains(c.recent, text)
+	u.rec.Record(t)
+	if u.cfg.OnTurn != nil {
+		u.cfg.OnTurn(t)
+	}
+	if t.Outcome == OutcomeCanceled {
+		return t, false
+	}
+	if t.Repeat {
+		c.end.Repeats++
+	}
+	c.end.LastBad = t.Repeat || t.Slow || t.Outcome != OutcomeOK || t.Verdict == VerdictNoMatch
+	c.recent = append(c.recent, text)
+	if len(c.recent) > RepeatWindow {
+		c.recent = c.recent[1:]
+	}
+	return t, true
 }
 
 func (u *user) persona() Persona {
@@ -250,10 +303,22 @@ func (u *user) persona() Persona {
 	return Quitter
 }
 
-func (u *user) question() string {
-	topic := questions[u.rnd.IntN(len(questions))]
-	return topic[u.rnd.IntN(len(topic))]
+// question draws a new question, none of the recent ones: asking one of
+// them again by chance would be a repeat the user did not mean.
+func (u *user) question(recent []string) string {
+	for {
+		topic := questions[u.rnd.IntN(len(questions))]
+		if q := topic[u.rnd.IntN(len(topic))]; !slices.Contains(recent, q) {
+			return q
+		}
+	}
 }
+
+// Questions returns every question users ask, and Closings their goodbyes.
+func Questions() []string { return slices.Concat(questions...) }
+
+// Closings returns what users say to end a conversation.
+func Closings() []string { return slices.Clone(closings) }
 
 // ask sends one turn and waits for the whole answer.
 func (u *user) ask(ctx context.Context, session, text string, stream bool) Turn {
@@ -280,13 +345,16 @@ func (u *user) ask(ctx context.Context, session, text string, stream bool) Turn 
 		return u.failed(ctx, t, err)
 	}
 	defer res.Body.Close()
-	var degraded bool
+	var (
+		degraded bool
+		verdict  string
+	)
 	switch {
 	case res.StatusCode != http.StatusOK:
 		msg, _ := io.ReadAll(io.LimitReader(res.Body, 512))
 		err = fmt.Errorf("%s: %s", res.Status, bytes.TrimSpace(msg))
 	case stream:
-		degraded, err = readStream(res.Body, func() {
+		degraded, verdict, err = readStream(res.Body, func() {
 			t.FirstToken = u.cfg.Now().Sub(start)
 		})
 	default:
@@ -294,14 +362,19 @@ func (u *user) ask(ctx context.Context, session, text string, stream bool) Turn 
 		if err = json.NewDecoder(io.LimitReader(res.Body, maxBody)).Decode(&cr); err == nil && cr.Reply == "" {
 			err = errors.New("empty reply")
 		}
-		degraded = cr.Degraded
+		degraded, verdict = cr.Degraded, cr.Outcome
 	}
 	t.Latency = u.cfg.Now().Sub(start)
+	// A stream is slow when its first token is late: that is what the user
+	// waits for, and what hopwatch holds its turn SLO against.
 	t.Slow = t.Latency > u.cfg.SlowAfter
+	if t.FirstToken > 0 {
+		t.Slow = t.FirstToken > u.cfg.SlowAfter
+	}
 	if err != nil {
 		return u.failed(ctx, t, err)
 	}
-	t.Outcome = OutcomeOK
+	t.Outcome, t.Verdict = OutcomeOK, verdict
 	if degraded {
 		t.Outcome = OutcomeDegraded
 	}
@@ -321,7 +394,7 @@ func (u *user) failed(ctx context.Context, t Turn, err error) Turn {
 // readStream reads the gateway's SSE answer; first is called on the first
 // token. A stream that ends without "done" is a failed turn: the user saw
 // half a reply.
-func readStream(r io.Reader, first func()) (degraded bool, err error) {
+func readStream(r io.Reader, first func()) (degraded bool, verdict string, err error) {
 	tokens, done := 0, false
 	err = readEvents(r, func(name, data string) error {
 		switch name {
@@ -335,7 +408,7 @@ func readStream(r io.Reader, first func()) (degraded bool, err error) {
 			if err := json.Unmarshal([]byte(data), &d); err != nil {
 				return fmt.Errorf("bad done event: %w", err)
 			}
-			degraded, done = d.Degraded, true
+			degraded, verdict, done = d.Degraded, d.Outcome, true
 		case eventError:
 			var e errorEvent
 			json.Unmarshal([]byte(data), &e)
@@ -345,11 +418,11 @@ func readStream(r io.Reader, first func()) (degraded bool, err error) {
 	})
 	switch {
 	case err != nil:
-		return false, err
+		return false, "", err
 	case !done:
-		return false, errors.New("stream ended without a done event")
+		return false, "", errors.New("stream ended without a done event")
 	case tokens == 0:
-		return false, errors.New("empty reply")
+		return false, "", errors.New("empty reply")
 	}
-	return degraded, nil
+	return degraded, verdict, nil
 }

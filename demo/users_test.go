@@ -38,7 +38,8 @@ func (c *fakeClock) Advance(d time.Duration) {
 type answer struct {
 	took     time.Duration
 	degraded bool
-	status   int // 0: 200
+	status   int    // 0: 200
+	verdict  string // the bot's outcome in the answer
 }
 
 var (
@@ -46,6 +47,8 @@ var (
 	slow     = answer{took: 2500 * time.Millisecond}
 	degraded = answer{took: 300 * time.Millisecond, degraded: true}
 	failed   = answer{took: 50 * time.Millisecond, status: http.StatusBadGateway}
+	noMatch  = answer{took: 300 * time.Millisecond, verdict: demo.VerdictNoMatch}
+	bye      = answer{took: 200 * time.Millisecond, verdict: demo.VerdictResolved}
 )
 
 // fakeGateway answers the n-th request (across the run) with script[n],
@@ -78,10 +81,10 @@ func fakeGateway(t *testing.T, clock *fakeClock, script []answer) *httptest.Serv
 		if r.URL.Path == demo.ChatStreamPath {
 			w.Header().Set("Content-Type", "text/event-stream")
 			fmt.Fprint(w, "event: token\ndata: {\"text\":\"hi\",\"index\":0}\n\n")
-			fmt.Fprintf(w, "event: done\ndata: {\"degraded\":%t}\n\n", a.degraded)
+			fmt.Fprintf(w, "event: done\ndata: {\"degraded\":%t,\"outcome\":%q}\n\n", a.degraded, a.verdict)
 			return
 		}
-		json.NewEncoder(w).Encode(demo.ChatResponse{Reply: "hi", Degraded: a.degraded})
+		json.NewEncoder(w).Encode(demo.ChatResponse{Reply: "hi", Degraded: a.degraded, Outcome: a.verdict})
 	}))
 	t.Cleanup(srv.Close)
 	return srv
@@ -97,11 +100,15 @@ func TestUsersReact(t *testing.T) {
 		completed int
 		errors    int
 		slow      int
+		// outcome is the session outcome by hopwatch's rules ("":
+		// completed).
+		outcome string
 	}
 	tests := []struct {
 		name   string
 		mix    demo.Mix
 		stream bool
+		close  float64
 		script []answer
 		want   want
 	}{
@@ -109,13 +116,55 @@ func TestUsersReact(t *testing.T) {
 			name:   "patient carries on after slow answers",
 			mix:    demo.Mix{Patient: 1},
 			script: []answer{slow, slow, slow},
-			want:   want{repeats: []bool{false, false, false}, completed: 1, slow: 3},
+			// Satisfied, gone without a word after a slow answer: on the
+			// wire that is an abandoned session.
+			want: want{repeats: []bool{false, false, false}, completed: 1, slow: 3, outcome: "abandoned"},
+		},
+		{
+			name:   "patient closes with a goodbye the DM resolves",
+			mix:    demo.Mix{Patient: 1},
+			close:  1,
+			script: []answer{slow, fast, slow, bye},
+			want:   want{repeats: []bool{false, false, false, false}, completed: 1, slow: 2, outcome: "resolved"},
+		},
+		{
+			name:   "a goodbye that fails leaves the session abandoned",
+			mix:    demo.Mix{Patient: 1},
+			close:  1,
+			script: []answer{fast, fast, fast, failed},
+			want:   want{repeats: []bool{false, false, false, false}, completed: 1, errors: 1, outcome: "abandoned"},
+		},
+		{
+			name:   "quitter gives up when the bot does not understand",
+			mix:    demo.Mix{Quitter: 1},
+			close:  1,
+			script: []answer{fast, noMatch},
+			want:   want{repeats: []bool{false, false}, abandoned: 1, outcome: "abandoned"},
+		},
+		{
+			name:   "repeater rephrases after no_match and closes",
+			mix:    demo.Mix{Repeater: 1},
+			close:  1,
+			script: []answer{noMatch, fast, fast, fast, bye},
+			want:   want{repeats: []bool{false, true, false, false, false}, completed: 1, outcome: "resolved"},
+		},
+		{
+			name:   "two repeats make a frustrated session",
+			mix:    demo.Mix{Repeater: 1},
+			script: []answer{slow, fast, noMatch, fast, fast},
+			want:   want{repeats: []bool{false, true, false, true, false}, completed: 1, slow: 1, outcome: "frustrated"},
 		},
 		{
 			name:   "repeater asks again after a slow answer",
 			mix:    demo.Mix{Repeater: 1},
 			script: []answer{slow, fast, fast, fast},
 			want:   want{repeats: []bool{false, true, false, false}, completed: 1, slow: 1},
+		},
+		{
+			name:   "a repeat as the last turn is abandoned",
+			mix:    demo.Mix{Repeater: 1},
+			script: []answer{fast, fast, slow, fast},
+			want:   want{repeats: []bool{false, false, false, true}, completed: 1, slow: 1, outcome: "abandoned"},
 		},
 		{
 			name:   "repeater asks again after a degraded answer",
@@ -133,24 +182,32 @@ func TestUsersReact(t *testing.T) {
 			name:   "repeater repeats each question once only",
 			mix:    demo.Mix{Repeater: 1},
 			script: []answer{slow, slow, slow, slow, slow, slow},
-			want:   want{repeats: []bool{false, true, false, true, false, true}, completed: 1, slow: 6},
+			want:   want{repeats: []bool{false, true, false, true, false, true}, completed: 1, slow: 6, outcome: "abandoned"},
 		},
 		{
 			name:   "quitter leaves after a slow answer",
 			mix:    demo.Mix{Quitter: 1},
 			script: []answer{fast, slow, fast},
-			want:   want{repeats: []bool{false, false}, abandoned: 1, slow: 1},
+			want:   want{repeats: []bool{false, false}, abandoned: 1, slow: 1, outcome: "abandoned"},
 		},
 		{
 			name:   "quitter leaves after an error",
 			mix:    demo.Mix{Quitter: 1},
+			close:  1,
 			script: []answer{failed},
-			want:   want{repeats: []bool{false}, abandoned: 1, errors: 1},
+			want:   want{repeats: []bool{false}, abandoned: 1, errors: 1, outcome: "abandoned"},
 		},
 		{
 			name:   "quitter stays while answers are fast",
 			mix:    demo.Mix{Quitter: 1},
 			script: []answer{fast, degraded, fast},
+			want:   want{repeats: []bool{false, false, false}, completed: 1},
+		},
+		{
+			name:   "a slow stream is one whose first token is late",
+			mix:    demo.Mix{Quitter: 1},
+			stream: true,
+			script: []answer{fast, fast, fast},
 			want:   want{repeats: []bool{false, false, false}, completed: 1},
 		},
 		{
@@ -182,6 +239,7 @@ func TestUsersReact(t *testing.T) {
 			if tt.stream {
 				cfg.StreamShare = 1
 			}
+			cfg.CloseShare = tt.close
 			if err := demo.RunUsers(context.Background(), cfg, rec); err != nil {
 				t.Fatal(err)
 			}
@@ -211,6 +269,30 @@ func TestUsersReact(t *testing.T) {
 			if got.abandoned != tt.want.abandoned || got.completed != tt.want.completed ||
 				got.errors != tt.want.errors || got.slow != tt.want.slow {
 				t.Errorf("summary %+v, want %+v", got, tt.want)
+			}
+			wantOutcome := tt.want.outcome
+			if wantOutcome == "" {
+				wantOutcome = "completed"
+			}
+			sc := s.Sessions
+			byOutcome := map[string]int{"resolved": sc.Resolved, "abandoned": sc.Abandoned, "frustrated": sc.Frustrated, "completed": sc.Completed}
+			if sc.Ended != 1 || byOutcome[wantOutcome] != 1 {
+				t.Errorf("sessions %+v, want one %s", sc, wantOutcome)
+			}
+			if sc.GaveUp != tt.want.abandoned || sc.GaveUp+sc.SilentAfterBad != sc.Abandoned {
+				t.Errorf("sessions %+v: gave up %d, want %d", sc, sc.GaveUp, tt.want.abandoned)
+			}
+			nrep := 0
+			for _, r := range tt.want.repeats {
+				if r {
+					nrep++
+				}
+			}
+			if sc.Repeats != nrep || s.Repeats != nrep {
+				t.Errorf("repeats: sessions %d, turns %d, want %d", sc.Repeats, s.Repeats, nrep)
+			}
+			if closing := turns[len(turns)-1].Closing; closing != (wantOutcome == "resolved" || tt.close > 0 && tt.want.abandoned == 0) {
+				t.Errorf("last turn Closing %t", closing)
 			}
 			if s.Turns != len(turns) {
 				t.Errorf("recorded %d turns, saw %d", s.Turns, len(turns))

@@ -1,7 +1,10 @@
 // Package e2e holds hopwatch's end-to-end tests against the real programs
 // its users point at it: a Prometheus server that scrapes the admin
-// /metrics (with promtool linting the exposition), and Jaeger v2 receiving
-// the proxy's spans over OTLP gRPC and OTLP HTTP.
+// /metrics (with promtool linting the exposition), Jaeger v2 receiving
+// the proxy's spans over OTLP gRPC and OTLP HTTP, and a ClickHouse server
+// that rebuilds conversation session outcomes from hopwatch's events with
+// the README's query (run against the demo bot behind the real cmd/proxy
+// binary, which the test builds).
 //
 // It sits outside the request path: the tests build a real three-hop bot
 // chain in-process (client → chat → gateway, then gateway → nlu over gRPC
@@ -13,7 +16,7 @@
 // answers a query API, so a test can read a whole trace back and check its
 // parent links instead of parsing an exporter's file.
 //
-// Programs are found on PATH (prometheus, promtool) or, for jaeger, at
+// Programs are found on PATH (prometheus, promtool, clickhouse-server) or, for jaeger, at
 // $HOPWATCH_JAEGER, then bin/jaeger at the module root (built from
 // tools/jaeger), then PATH. A test whose program is missing skips with a
 // message saying how to install it, unless HOPWATCH_E2E=require is set, as

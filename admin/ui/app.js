@@ -34,6 +34,9 @@
     lastTraces: '',
     lastBottlenecks: '',
     optional: new Map(), // path → time of the last 404
+    session: null, // session ID whose turns are shown
+    lastWorst: '',
+    lastSession: '',
     failingSince: null,
   };
 
@@ -491,7 +494,211 @@
     setMsg($('#wf-msg'), spans.length ? '' : 'This trace has no spans.');
   }
 
-  // ---------- optional panels: breakers & fallbacks, conversation ----------
+
+  // ---------- conversations: SLI chart, worst sessions, turns ----------
+
+  const SLI_WINDOW = '1h';
+  const MIN_CHART_POINTS = 15; // steps the SLI chart always shows
+  const WORST_LIMIT = 100; // rows of the worst-sessions list (it scrolls)
+
+  // renderConversation draws the panel from /api/sli and
+  // /api/sessions?good=false; null: not asked this time (404 recheck).
+  function renderConversation(sli, sessions) {
+    if (sli == null || sessions == null) return;
+    const msg = $('#cv-msg'), body = $('#cv-body');
+    if (sli.status === 404 || sessions.status === 404) {
+      // No conversation section: say how to turn it on.
+      state.conv = null;
+      body.hidden = true;
+      $('#cv-chart').replaceChildren();
+      $('#cv-summary').replaceChildren();
+      setMsg(msg, 'Conversation signals are off. Add a conversation section to the configuration, ' +
+        'naming the route whose requests are user turns (conversation: {entry_routes: [chat]}), ' +
+        'and restart hopwatch: sessions, their outcomes and the good-session SLI appear here.', 'na');
+      return;
+    }
+    for (const r of [sli, sessions]) {
+      if (r.status !== 200 || !r.body) {
+        setMsg(msg, r.status === 0 ? 'admin server unreachable' : `conversations: ${r.error}`, 'bad');
+        return;
+      }
+    }
+    setMsg(msg, '');
+    body.hidden = false;
+    renderSLISummary(sli.body, sessions.body);
+    renderSLIChart(sli.body);
+    renderWorst(sessions.body.sessions || []);
+  }
+
+  function renderSLISummary(d, s) {
+    const t = d.total || {};
+    const sep = () => el('span', {class: 'sep', 'aria-hidden': 'true', text: '|'});
+    const good = t.good_ratio != null
+      ? el('strong', {text: `${fmtPct(t.good_ratio)}%`}) : el('strong', {text: '–'});
+    $('#cv-summary').replaceChildren(
+      el('span', {class: 'cv-key cv-key-sli'}), 'good sessions ', good,
+      el('span', {class: 'sub', text: ` (${t.good_sessions || 0} of ${t.sessions || 0} ended)`}), sep(),
+      el('span', {class: 'cv-key cv-key-p95'}), 'turn p95 ', el('strong', {text: t.p95 != null ? fmtDur(t.p95) : '–'}),
+      el('span', {class: 'sub', text: ` (SLO ${fmtDur(d.turn_slo)})`}), sep(),
+      el('span', {class: 'cv-key cv-key-err'}), 'errors ', el('strong', {text: t.error_ratio != null ? `${fmtPct(t.error_ratio)}%` : '–'}),
+      el('span', {class: 'sub', text: ` of ${t.turns || 0} turns`}), sep(),
+      `${s.active || 0} active`);
+  }
+
+  // renderSLIChart draws three strips on one time axis: the good-session
+  // ratio, the p95 turn latency (with the turn SLO) and the turn error
+  // ratio, one point per step of /api/sli.
+  function renderSLIChart(d) {
+    const box = $('#cv-chart');
+    // Leading minutes without a turn or an ended session are left out
+    // (hopwatch just started), down to a quarter of an hour, so that a
+    // young series is not squeezed against the right edge.
+    const all = d.points || [];
+    const first = all.findIndex((p) => p.turns > 0 || p.sessions > 0);
+    const points = all.slice(first < 0 ? 0 : Math.max(0, Math.min(first, all.length - MIN_CHART_POINTS)));
+    const W = Math.max(320, Math.round(box.clientWidth || 700));
+    const L = 92, R = 62, STRIP = 38, GAP = 8, TOP = 4, AXIS = 16;
+    const strips = [
+      {key: 'sli', label: 'good sessions', v: (p) => p.good_ratio, max: 1, fmt: (v) => `${fmtPct(v)}%`},
+      {key: 'p95', label: 'turn p95', v: (p) => p.p95,
+        max: Math.max(d.turn_slo * 1.25, ...points.map((p) => p.p95 || 0)) || 1, fmt: fmtDur, ref: d.turn_slo, refLabel: 'SLO'},
+      {key: 'err', label: 'turn errors', v: (p) => p.error_ratio,
+        max: Math.max(0.05, ...points.map((p) => p.error_ratio || 0)), fmt: (v) => `${fmtPct(v)}%`},
+    ];
+    const H = TOP + strips.length * (STRIP + GAP) + AXIS;
+    const svg = svgEl('svg', {class: 'cv-svg', viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: 'img'});
+    const n = points.length;
+    const x = (i) => L + (n > 1 ? i * (W - L - R) / (n - 1) : 0);
+    const labels = [];
+    strips.forEach((st, k) => {
+      const y0 = TOP + k * (STRIP + GAP), y1 = y0 + STRIP;
+      const y = (v) => y1 - Math.min(1, v / st.max) * STRIP;
+      svg.append(svgEl('rect', {class: 'cv-strip', x: L, y: y0, width: W - L - R, height: STRIP}));
+      const name = svgEl('text', {class: 'cv-label', x: L - 6, y: y0 + 13, 'text-anchor': 'end'});
+      name.textContent = st.label;
+      const scale = svgEl('text', {class: 'cv-scale', x: L - 6, y: y1 - 1, 'text-anchor': 'end'});
+      scale.textContent = `0–${st.fmt(st.max)}`;
+      svg.append(name, scale);
+      if (st.ref > 0) {
+        svg.append(svgEl('line', {class: 'cv-ref', x1: L, x2: W - R, y1: y(st.ref), y2: y(st.ref)}));
+        const t = svgEl('text', {class: 'cv-scale', x: L + 3, y: y(st.ref) - 2});
+        t.textContent = `${st.refLabel} ${st.fmt(st.ref)}`;
+        svg.append(t);
+      }
+      // One polyline per run of points with a value; a dot where a point
+      // stands alone.
+      let run = [];
+      const flush = () => {
+        if (run.length > 1) svg.append(svgEl('polyline', {class: `cv-line cv-${st.key}`, points: run.map((q) => q.join(',')).join(' ')}));
+        else if (run.length === 1) svg.append(svgEl('circle', {class: `cv-dot cv-${st.key}`, cx: run[0][0], cy: run[0][1], r: 2}));
+        run = [];
+      };
+      let last = null;
+      points.forEach((p, i) => {
+        const v = st.v(p);
+        if (v == null) { flush(); return; }
+        run.push([x(i).toFixed(1), y(v).toFixed(1)]);
+        last = v;
+      });
+      flush();
+      const now = svgEl('text', {class: `cv-now cv-${st.key}-text`, x: W - R + 4, y: y0 + 13});
+      now.textContent = last != null ? st.fmt(last) : '–';
+      svg.append(now);
+      labels.push(`${st.label} ${last != null ? st.fmt(last) : 'no data'}`);
+    });
+    // The shared time axis: a tick every quarter of the window.
+    const yAxis = TOP + strips.length * (STRIP + GAP) - GAP + 12;
+    for (let q = 0; q <= 4; q++) {
+      const i = Math.round(q * (n - 1) / 4);
+      if (!points[i]) continue;
+      const t = svgEl('text', {class: 'cv-scale', x: x(i), y: yAxis, 'text-anchor': q === 0 ? 'start' : q === 4 ? 'end' : 'middle'});
+      t.textContent = fmtClock(points[i].start).slice(0, 5);
+      svg.append(t);
+    }
+    const label = `Last ${fmtSpan(points.length * d.step)}, per ${fmtSpan(d.step)}: ${labels.join(', ')}`;
+    svg.setAttribute('aria-label', label);
+    const title = svgEl('title');
+    title.textContent = label;
+    svg.prepend(title);
+    box.replaceChildren(svg);
+  }
+
+  const WORST = new Set(['abandoned', 'frustrated']);
+
+  // renderWorst lists abandoned and frustrated sessions: green ones first
+  // (the sessions latency and error dashboards cannot see), newest first.
+  function renderWorst(list) {
+    const worst = list.filter((s) => WORST.has(s.outcome))
+      .sort((a, b) => (b.green - a.green) || (Date.parse(b.ended) - Date.parse(a.ended)))
+      .slice(0, WORST_LIMIT);
+    const sig = JSON.stringify(worst.map((s) => [s.id, s.ended, s.outcome]));
+    if (sig !== state.lastWorst) {
+      state.lastWorst = sig;
+      $('#cv-sessions tbody').replaceChildren(...worst.map((s) => {
+        const lb = s.last_bad;
+        const after = lb
+          ? `${lb.outcome}${lb.blame ? ` · ${lb.blame}` : ''}`
+          : s.repeats ? 'repeated question' : '–';
+        return el('tr', {'data-session': s.id, tabindex: 0, title: `session ${s.id}: click for its turns`},
+          el('td', {class: 'sid'}, el('code', {text: s.id}),
+            s.green ? el('span', {class: 'tag-green', title: 'every turn 2xx/OK and within the turn SLO', text: 'green'}) : null),
+          el('td', null, el('span', {class: `so so-${s.outcome}`, text: s.outcome})),
+          el('td', {class: 'num', text: String(s.turns)}),
+          el('td', {class: 'num', text: String(s.repeats)}),
+          el('td', {class: 'after', text: after}),
+          el('td', {class: 'num start', text: s.ended ? fmtClock(s.ended).slice(0, 8) : '–'}));
+      }));
+    }
+    setMsg($('#cv-sessions-msg'), worst.length ? '' : 'No abandoned or frustrated session among the last ended ones.');
+    markSession();
+    if (state.session) selectSession(state.session, false);
+  }
+
+  function markSession() {
+    for (const tr of document.querySelectorAll('#cv-sessions tbody tr')) {
+      const on = tr.dataset.session === state.session;
+      tr.classList.toggle('selected', on);
+      if (on) tr.setAttribute('aria-current', 'true');
+      else tr.removeAttribute('aria-current');
+    }
+  }
+
+  async function selectSession(id, fresh = true) {
+    state.session = id;
+    markSession();
+    const r = await getJSON(`api/sessions/${encodeURIComponent(id)}`);
+    if (state.session !== id) return;
+    const table = $('#cv-turns'), msg = $('#cv-turns-msg');
+    if (r.status !== 200 || !r.body) {
+      table.hidden = true;
+      setMsg(msg, r.status === 404 ? `Session ${id} is no longer kept.` : `session ${id}: ${r.error}`, r.status === 404 ? '' : 'bad');
+      return;
+    }
+    const s = r.body, turns = s.turns_detail || [];
+    const sig = JSON.stringify(s);
+    if (!fresh && sig === state.lastSession) return;
+    state.lastSession = sig;
+    $('#cv-turns-title').replaceChildren('Turns of ', el('code', {text: s.id}), ' ',
+      el('span', {class: `so so-${s.outcome}`, text: s.outcome}),
+      el('span', {class: 'sub', text: ` · ${s.turns} turn${s.turns === 1 ? '' : 's'} in ${fmtDur(s.duration)}` +
+        (s.turns > turns.length ? ` (last ${turns.length} kept)` : '')}));
+    $('#cv-turns tbody').replaceChildren(...turns.map((t) => {
+      const marks = [...t.signals, t.verdict && `verdict ${t.verdict}`].filter(Boolean);
+      const trace = isTraceID(t.trace_id) ? traceLink(t.trace_id, shortID(t.trace_id), `turn ${t.index}: trace ${t.trace_id}`) : '–';
+      return el('tr', {'data-turn-trace': isTraceID(t.trace_id) ? t.trace_id : null, class: t.outcome === 'good' ? null : 'bad-turn'},
+        el('td', {class: 'num', text: String(t.index)}),
+        el('td', {class: 'start', text: fmtClock(t.start)}),
+        el('td', {class: t.green ? 'num' : 'num warn', text: fmtDur(t.latency)}),
+        el('td', null, el('span', {class: `to to-${t.outcome}`, text: t.outcome})),
+        el('td', {class: 'marks', text: marks.join(', ') || '–'}),
+        el('td', {class: 'blame', text: t.blame || '–'}),
+        el('td', {class: 'trace'}, trace));
+    }));
+    table.hidden = !turns.length;
+    setMsg(msg, turns.length ? 'Click a turn for its trace waterfall.' : 'No turn kept.');
+  }
+
+  // ---------- optional panels: breakers & fallbacks ----------
 
   function scalar(v) {
     if (v == null) return '–';
@@ -550,17 +757,18 @@
   // ---------- polling ----------
 
   async function refresh() {
-    const [hops, bottlenecks, breakers, sessions] = await Promise.all([
+    const [hops, bottlenecks, breakers, sli, sessions] = await Promise.all([
       getJSON('api/hops'),
       getJSON('api/bottlenecks?window=5m'),
       getOptional('api/breakers'),
-      getOptional('api/sessions'),
+      getOptional(`api/sli?window=${SLI_WINDOW}`),
+      getOptional('api/sessions?good=false&limit=200'),
     ]);
     renderBottlenecks(bottlenecks); // first: the hop table marks the bottleneck
     const n = renderHops(hops);
     renderTraces(await getJSON(tracesQuery()));
     renderOptional(breakers, $('#breakers'), $('#br-msg'), 'circuit breakers', 'circuit breakers: not configured');
-    renderOptional(sessions, $('#conversation'), $('#cv-msg'), 'conversation signals', 'conversation signals: not available');
+    renderConversation(sli, sessions);
 
     // A trace picked while it was still in flight gains spans: redraw it.
     const listed = state.listSpans.get(state.selected);
@@ -629,7 +837,26 @@
       return;
     }
     const row = ev.target.closest('#traces tbody tr[data-trace]');
-    if (row) location.hash = `trace=${row.dataset.trace}`;
+    if (row) {
+      location.hash = `trace=${row.dataset.trace}`;
+      return;
+    }
+    // A turn of the selected session opens its trace, as its link does.
+    const turn = ev.target.closest('#cv-turns tbody tr[data-turn-trace]');
+    if (turn) {
+      location.hash = `trace=${turn.dataset.turnTrace}`;
+      return;
+    }
+    const session = ev.target.closest('#cv-sessions tbody tr[data-session]');
+    if (session) selectSession(session.dataset.session);
+  });
+
+  document.addEventListener('keydown', (ev) => {
+    const session = ev.target.closest && ev.target.closest('#cv-sessions tbody tr[data-session]');
+    if (session && (ev.key === 'Enter' || ev.key === ' ')) {
+      ev.preventDefault();
+      selectSession(session.dataset.session);
+    }
   });
 
   document.addEventListener('visibilitychange', () => {

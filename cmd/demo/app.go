@@ -14,6 +14,7 @@ import (
 
 	"github.com/hopwatch/hopwatch/admin"
 	"github.com/hopwatch/hopwatch/config"
+	"github.com/hopwatch/hopwatch/conversation"
 	"github.com/hopwatch/hopwatch/demo"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/telemetry"
@@ -28,6 +29,9 @@ type app struct {
 	reg   *prometheus.Registry // what /metrics serves; the view reads model usage here
 	proxy *proxy.Proxy
 	admin *admin.Server
+	// conv tracks the chat's conversations (nil without a conversation
+	// section).
+	conv  *conv
 	ready atomic.Bool
 }
 
@@ -63,10 +67,19 @@ func start(svc demo.Config, place demo.Placement, log *slog.Logger) (*app, error
 	}
 	a.reg = reg
 	a.tel.SetGenAI(cfg.GenAI)
+	a.conv, err = startConversation(cfg.Conversation, reg, a.tel)
+	if err != nil {
+		a.stop()
+		return nil, err
+	}
+	var sessions *conversation.Tracker
+	if a.conv != nil {
+		sessions = a.conv.tr
+	}
 	a.proxy = proxy.New(proxy.Options{Logger: log, DrainTimeout: drainTimeout, Telemetry: a.tel})
 	a.admin = admin.New(admin.Options{
 		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
-		Traces: a.tel.Store, Hops: a.tel.Stats,
+		Traces: a.tel.Store, Hops: a.tel.Stats, Sessions: sessions,
 		Breakers: func() any {
 			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": a.tel.FallbackCounts()}
 		},
@@ -121,6 +134,8 @@ func (a *app) stop() {
 	if err := a.stack.Close(ctx); err != nil {
 		a.log.Warn("demo services stopped with calls in flight", "err", err)
 	}
+	a.conv.shutdown() // after the last turn: its event is written
+
 	if a.tel != nil {
 		if err := a.tel.Shutdown(ctx); err != nil {
 			a.log.Warn("span export at shutdown", "err", err)

@@ -81,7 +81,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		httpAddr    = fs.String("http", "", "hopwatch http listener address (default: as in the file, 127.0.0.1:7080)")
 		kbSlowShare = fs.Float64("kb-slow-share", def.KBSlowShare, "share of knowledge-base calls (0..1) that take 1.5-3s")
 		streamShare = fs.Float64("stream-share", 0.5, "share of turns (0..1) that use the SSE endpoint /v1/chat/stream")
-		slowAfter   = fs.Duration("slow-after", time.Second, "answers slower than this are slow to users: some repeat the question, some give up")
+		slowAfter   = fs.Duration("slow-after", time.Second, "answers slower than this are slow to users (some repeat the question, some give up) and to hopwatch (conversation.turn_slo)")
+		noMatch     = fs.Float64("no-match-share", def.NoMatchShare, "share of questions (0..1) the NLU does not understand (verdict no_match)")
+		closeShare  = fs.Float64("close-share", 0.8, "share of conversations (0..1) that end with a goodbye the DM marks resolved; the rest end silently")
+		convs       = fs.Int("conversations", 0, "conversations per user, then the run ends once hopwatch has ended every session (0: until -duration or Ctrl-C)")
+		idle        = fs.Duration("idle-timeout", 0, "hopwatch's conversation.idle_timeout (0: as in the file, 10s)")
+		events      = fs.String("events", "", "append hopwatch's turn and session events to this file as JSON lines (\"-\": stdout)")
 		every       = fs.Duration("every", 5*time.Second, "how often to print the table")
 		seed        = fs.Uint64("seed", 0, "random seed for latencies and users (0: random)")
 		logLevel    = fs.String("log-level", "warn", "hopwatch log level: debug, info, warn, error")
@@ -109,6 +114,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-stream-share must be between 0 and 1")
 	case *slowAfter <= 0:
 		return o, errors.New("-slow-after must be positive")
+	case *noMatch < 0 || *noMatch > 1:
+		return o, errors.New("-no-match-share must be between 0 and 1")
+	case *closeShare < 0 || *closeShare > 1:
+		return o, errors.New("-close-share must be between 0 and 1")
+	case *convs < 0:
+		return o, errors.New("-conversations must not be negative")
+	case *idle < 0:
+		return o, errors.New("-idle-timeout must not be negative")
 	case *every <= 0:
 		return o, errors.New("-every must be positive")
 	}
@@ -123,13 +136,19 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-log-level: %w", err)
 	}
 	o.place.Admin, o.place.GRPC, o.place.HTTP = *adminAddr, *grpcAddr, *httpAddr
+	// What users find slow is what hopwatch calls slow: the simulation's
+	// ground truth and hopwatch's count use one threshold.
+	o.place.TurnSLO, o.place.IdleTimeout, o.place.EventsFile = *slowAfter, *idle, *events
 	o.service.KBSlowShare = *kbSlowShare
+	o.service.NoMatchShare = *noMatch
 	o.service.Seed = *seed
 	o.users = demo.UsersConfig{
-		Users:       *users,
-		Rate:        *rate,
-		SlowAfter:   *slowAfter,
-		StreamShare: *streamShare,
+		Users:         *users,
+		Rate:          *rate,
+		SlowAfter:     *slowAfter,
+		StreamShare:   *streamShare,
+		CloseShare:    *closeShare,
+		Conversations: *convs,
 	}
 	if *seed != 0 {
 		o.users.Rand = rand.New(rand.NewPCG(*seed, *seed+1))
@@ -141,11 +160,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 type result struct {
 	total demo.Summary
 	calls map[string]int64
-	// hops and bottlenecks are hopwatch's, as last printed (nil when the
-	// admin server did not serve them).
+	// hops, bottlenecks and sessions are hopwatch's, as last printed (nil
+	// when the admin server did not serve them).
 	hops        []hopRow
 	bottlenecks *bottlenecks
 	models      []modelRow
+	sessions    *hopwatchSessions
 }
 
 // runDemo starts everything, prints tables until ctx ends or the duration
@@ -182,8 +202,12 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case usersErr = <-usersDone:
-			// Only a bad users configuration ends them early.
+			// A bad users configuration, or every user has had its
+			// -conversations.
 			usersDone = nil
+			if usersErr == nil {
+				a.waitSessionsEnded(ctx)
+			}
 			break loop
 		case <-tick.C:
 			v.table(ctx, rec.Window(), rec.Total(), a.stack.Calls())
@@ -200,7 +224,7 @@ loop:
 		fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		v.final(fctx, res.total, res.calls)
 		cancel()
-		res.hops, res.bottlenecks, res.models = v.lastHops, v.lastBottlenecks, v.lastModels
+		res.hops, res.bottlenecks, res.models, res.sessions = v.lastHops, v.lastBottlenecks, v.lastModels, v.lastSessions
 	}
 	a.stop()
 	return res, usersErr

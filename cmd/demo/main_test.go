@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,9 +43,19 @@ var demoHops = []hopKey{
 // what it measured and printed.
 func runFor(t *testing.T, args ...string) (result, string) {
 	t.Helper()
+	return runWith(t, nil, args...)
+}
+
+// runWith is runFor with a last change to the options (may be nil), for
+// what has no flag.
+func runWith(t *testing.T, change func(*options), args ...string) (result, string) {
+	t.Helper()
 	o, err := parseFlags(append(args, loopback...), io.Discard)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if change != nil {
+		change(&o)
 	}
 	var out bytes.Buffer
 	res, err := runDemo(context.Background(), o, &out, slog.New(slog.DiscardHandler))
@@ -128,6 +140,10 @@ func TestRunExitCodes(t *testing.T) {
 		{"negative rate", []string{"-rate", "-1"}, 2, "-rate"},
 		{"no users", []string{"-users", "0"}, 2, "-users"},
 		{"share above 1", []string{"-kb-slow-share", "1.5"}, 2, "-kb-slow-share"},
+		{"no-match share above 1", []string{"-no-match-share", "2"}, 2, "-no-match-share"},
+		{"negative close share", []string{"-close-share", "-0.1"}, 2, "-close-share"},
+		{"negative conversations", []string{"-conversations", "-1"}, 2, "-conversations"},
+		{"negative idle timeout", []string{"-idle-timeout", "-1s"}, 2, "-idle-timeout"},
 		{"unknown flag", []string{"-turbo"}, 2, "not defined"},
 		{"stray argument", []string{"now"}, 2, "unexpected arguments"},
 		{"bad listener address", []string{"-grpc", "7000"}, 2, "listeners[0].address"},
@@ -174,6 +190,112 @@ func TestFallbackFlag(t *testing.T) {
 	t.Logf("turn p95: fallback off %v, on %v", off.total.P95, on.total.P95)
 	if on.total.Turns == 0 || on.total.P95 >= off.total.P95/2 {
 		t.Errorf("fallback on: %d turns, p95 %v; off: p95 %v; want on far below off", on.total.Turns, on.total.P95, off.total.P95)
+	}
+}
+
+// TestRunConversationsMatchGroundTruth runs the demo until each user has
+// had its conversations and hopwatch has ended every session, then holds
+// hopwatch's session outcomes and repeat count, read from its /metrics,
+// against the simulation's ground truth: the same conversations judged by
+// hopwatch's rules from what the users sent and got. Abandoned sessions
+// and repeats must agree within 10% (±2 for small counts); so must the
+// sessions ended and resolved. Half the users say goodbye, so that many
+// leave silently, some right after a bad answer. The idle timeout (5s) stays above the
+// longest turn (a slow KB: up to 3.6s), or a session would end while its
+// next turn is still being answered. Slow answers (40% of KB calls) and
+// no_match answers make quitters give up, repeaters repeat, and some
+// satisfied users leave silently after a bad answer.
+func TestRunConversationsMatchGroundTruth(t *testing.T) {
+	events := filepath.Join(t.TempDir(), "events.jsonl")
+	// Short conversations keep the run short: 30 users, one conversation
+	// each, of 2-3 questions (plus repeats and goodbyes).
+	short := func(o *options) { o.users.MinTurns, o.users.MaxTurns = 2, 3 }
+	res, out := runWith(t, short, "-duration", "60s", "-every", "60s", "-rate", "0", "-users", "30", "-conversations", "1",
+		"-idle-timeout", "5s", "-kb-slow-share", "0.4", "-no-match-share", "0.15", "-close-share", "0.5", "-seed", "11", "-events", events)
+	if res.sessions == nil {
+		t.Fatalf("no hopwatch session counts read:\n%s", out)
+	}
+	sim, hw := res.total.Sessions, *res.sessions
+	t.Logf("abandoned: hopwatch %d, ground truth %d (%d gave up, %d satisfied but silent after a bad answer)",
+		hw.Outcomes["abandoned"], sim.Abandoned, sim.GaveUp, sim.SilentAfterBad)
+	t.Logf("repeats: hopwatch %d, ground truth %d; sessions ended: hopwatch %d, ground truth %d; resolved: %d, %d",
+		hw.Repeats, res.total.Repeats, hw.Ended(), sim.Ended, hw.Outcomes["resolved"], sim.Resolved)
+	if sim.Ended != 30 {
+		t.Errorf("the simulation ended %d conversations, want 30 users × 1", sim.Ended)
+	}
+	if sim.Abandoned == 0 || res.total.Repeats == 0 || sim.Resolved == 0 {
+		t.Errorf("the run lacks the cases it is for: %+v, %d repeats", sim, res.total.Repeats)
+	}
+	for _, c := range []struct {
+		what      string
+		hopwatch  int
+		simulated int
+	}{
+		{"abandoned sessions", hw.Outcomes["abandoned"], sim.Abandoned},
+		{"repeats", hw.Repeats, res.total.Repeats},
+		{"ended sessions", hw.Ended(), sim.Ended},
+		{"resolved sessions", hw.Outcomes["resolved"], sim.Resolved},
+	} {
+		if !near(c.hopwatch, c.simulated) {
+			t.Errorf("%s: hopwatch %d, ground truth %d", c.what, c.hopwatch, c.simulated)
+		}
+	}
+	if hw.Active != 0 {
+		t.Errorf("%d sessions still active at the end", hw.Active)
+	}
+	if !strings.Contains(out, "left satisfied but silent after a bad answer") {
+		t.Error("the table lacks the conversation block")
+	}
+	// Every session hopwatch ended is in the events file too.
+	b, err := os.ReadFile(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), `"type":"session"`); n != hw.Ended() {
+		t.Errorf("%d session events, hopwatch ended %d sessions", n, hw.Ended())
+	}
+}
+
+// near: within 10%, or ±2 for small counts.
+func near(got, want int) bool {
+	diff := got - want
+	if diff < 0 {
+		diff = -diff
+	}
+	return diff <= 2 || float64(diff) <= 0.1*float64(want)
+}
+
+func TestParseSessions(t *testing.T) {
+	const metrics = `# HELP hopwatch_conversation_sessions_total Ended sessions.
+# TYPE hopwatch_conversation_sessions_total counter
+hopwatch_conversation_sessions_total{good="true",outcome="resolved"} 7
+hopwatch_conversation_sessions_total{good="false",outcome="abandoned"} 4
+hopwatch_conversation_sessions_total{good="false",outcome="resolved"} 1
+hopwatch_conversation_sessions_total{good="true",outcome="completed"} 2
+hopwatch_conversation_turn_signals_total{route="chat",signal="repeat"} 5
+hopwatch_conversation_turn_signals_total{route="chat",signal="regenerate"} 1
+hopwatch_conversation_active_sessions 3
+hopwatch_conversation_verdicts_total{route="chat",verdict="no_match"} 6
+hopwatch_hop_requests_total{caller="client",code="200",method="POST",outcome="ok",route="chat",upstream="gateway"} 99
+`
+	h, err := parseSessions(strings.NewReader(metrics))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Outcomes["resolved"] != 8 || h.Outcomes["abandoned"] != 4 || h.Ended() != 14 || h.Good != 9 ||
+		h.Repeats != 5 || h.Active != 3 || h.NoMatch != 6 {
+		t.Errorf("got %+v", h)
+	}
+	var none *notServedError
+	if _, err := parseSessions(strings.NewReader("hopwatch_hop_inflight 1\n")); !errors.As(err, &none) {
+		t.Errorf("no conversation metrics: err %v, want not served", err)
+	}
+	var b bytes.Buffer
+	writeSessions(&b, demo.Summary{Repeats: 5, Sessions: demo.SessionCounts{Ended: 14, Resolved: 8, Abandoned: 4, Completed: 2, Good: 9, GaveUp: 3, SilentAfterBad: 1}}, h)
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[1], "3 gave up, 1 left satisfied") || !strings.Contains(lines[2], "3 active") ||
+		!strings.Contains(lines[1], "64%") || !strings.Contains(lines[2], "64%") {
+		t.Errorf("block:\n%s", b.String())
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,9 +24,11 @@ type view struct {
 	slowAfter time.Duration // what users find slow
 	start     time.Time
 	lastCalls map[string]int64
-	// The last hop table and bottleneck report read, for the run's result.
+	// The last hop table, bottleneck report and session counts read, for
+	// the run's result.
 	lastHops        []hopRow
 	lastBottlenecks *bottlenecks
+	lastSessions    *hopwatchSessions
 	// models reads the model usage hopwatch counted (nil: not shown).
 	models     func() ([]modelRow, error)
 	lastModels []modelRow
@@ -83,6 +86,7 @@ func (v *view) table(ctx context.Context, win, total demo.Summary, calls map[str
 	v.lastCalls = calls
 	v.hops(ctx)
 	v.modelTable()
+	v.sessions(ctx, total)
 	fmt.Fprintln(v.w)
 }
 
@@ -108,6 +112,47 @@ func (v *view) final(ctx context.Context, total demo.Summary, calls map[string]i
 	fmt.Fprintf(v.w, "service calls, total: %s\n", formatCalls(calls, nil))
 	v.hops(ctx)
 	v.modelTable()
+	v.sessions(ctx, total)
+}
+
+// sessions prints the conversation block: the sessions as the simulation
+// knows them (ended conversations judged by hopwatch's rules from what
+// went over the wire) next to hopwatch's own count, from its metrics.
+func (v *view) sessions(ctx context.Context, total demo.Summary) {
+	h, err := fetchSessions(ctx, v)
+	var none *notServedError
+	switch {
+	case errors.As(err, &none):
+		fmt.Fprintf(v.w, "sessions: %s\n", cmp.Or(none.reason, "waiting for "+metricsPath))
+		return
+	case err != nil:
+		fmt.Fprintf(v.w, "sessions: %v\n", err)
+		return
+	}
+	writeSessions(v.w, total, h)
+	v.lastSessions = &h
+}
+
+// writeSessions prints the two rows of the conversation block.
+func writeSessions(w io.Writer, total demo.Summary, h hopwatchSessions) {
+	s := total.Sessions
+	fmt.Fprintf(w, "%-12s %5s %8s %9s %10s %9s %5s %7s\n",
+		"sessions", "ended", "resolved", "completed", "frustrated", "abandoned", "good", "repeats")
+	fmt.Fprintf(w, "  %-10s %5d %8d %9d %10d %9d %5s %7d   abandoned: %d gave up, %d left satisfied but silent after a bad answer\n",
+		"simulated", s.Ended, s.Resolved, s.Completed, s.Frustrated, s.Abandoned, percent(s.Good, s.Ended), total.Repeats,
+		s.GaveUp, s.SilentAfterBad)
+	valid := h.Ended() - h.Outcomes["evicted"]
+	fmt.Fprintf(w, "  %-10s %5d %8d %9d %10d %9d %5s %7d   %d active, %d no_match answers\n",
+		"hopwatch", h.Ended(), h.Outcomes["resolved"], h.Outcomes["completed"], h.Outcomes["frustrated"], h.Outcomes["abandoned"],
+		percent(h.Good, valid), h.Repeats, h.Active, h.NoMatch)
+}
+
+// percent formats n/of, "-" when of is 0.
+func percent(n, of int) string {
+	if of == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*float64(n)/float64(of))
 }
 
 // hops prints hopwatch's hop table and its bottleneck, or why there is
