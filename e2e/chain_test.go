@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/hopwatch/hopwatch/admin"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
@@ -60,7 +60,7 @@ type chain struct {
 
 func startChain(t testing.TB, cfg telemetry.Config) *chain {
 	t.Helper()
-	log := testLogger(t)
+	log := testkit.Logger(t)
 
 	// Upstreams. Cleanups run last-registered-first, so these stop after
 	// hopwatch, which is registered below.
@@ -291,44 +291,5 @@ func (c *chain) drive(t testing.TB, pause time.Duration) *traffic {
 // counter reads a counter of hopwatch's registry (0 if it has no sample).
 func (c *chain) counter(t testing.TB, name string) float64 {
 	t.Helper()
-	mfs, err := c.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
-// testLogger sends hopwatch's logs to the test log until the test ends
-// (a log line after that would panic in t.Log).
-func testLogger(t testing.TB) *slog.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(func() {
-		w.mu.Lock()
-		w.done = true
-		w.mu.Unlock()
-	})
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct {
-	t    testing.TB
-	mu   sync.Mutex // guards done
-	done bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
+	return testkit.Metric(t, c.reg, name, nil)
 }
