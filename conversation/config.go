@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // Config is the conversation section of the configuration file, as
@@ -16,12 +18,14 @@ type Config struct {
 	EntryRoutes []string `yaml:"entry_routes"`
 	// SessionFrom lists where the session id is read, first match wins:
 	// "header:NAME" (an HTTP header or gRPC metadata key), "baggage:KEY"
-	// (a W3C baggage member) or "json:PATH" (a string or number at a dotted
-	// path of the entry request's JSON body, HTTP only). Default
-	// DefaultSessionFrom.
+	// (a W3C baggage member), "json:PATH" (a string or number at a dotted
+	// path of the entry request's JSON body, HTTP) or "proto:N" (a
+	// top-level string field of the first request message of a gRPC entry
+	// call, by field number; no schema needed). Default DefaultSessionFrom.
 	SessionFrom []string `yaml:"session_from"`
-	// TextFrom says where the user's message is in the entry request body:
-	// "json:PATH" (HTTP only). It is fingerprinted for repeats and matched
+	// TextFrom says where the user's message is in the entry request:
+	// "json:PATH" (an HTTP JSON body) or "proto:N" (a top-level string field
+	// of a gRPC request message). It is fingerprinted for repeats and matched
 	// against keywords, never stored. Empty: no text, no text signals.
 	TextFrom string `yaml:"text_from"`
 	// VerdictHeader is the response header (HTTP hops) in which a service
@@ -116,20 +120,22 @@ const (
 	SourceHeader  = "header"
 	SourceBaggage = "baggage"
 	SourceJSON    = "json"
+	SourceProto   = "proto"
 	SourceNone    = "none"
 )
 
 // source is one parsed session_from entry.
 type source struct {
-	kind string   // SourceHeader, SourceBaggage or SourceJSON
-	key  string   // header name lowercased, baggage key, or JSON path as written
-	path jsonPath // SourceJSON
+	kind  string   // SourceHeader, SourceBaggage, SourceJSON or SourceProto
+	key   string   // header name lowercased, baggage key, JSON path or field number as written
+	path  jsonPath // SourceJSON
+	field int      // SourceProto
 }
 
 func parseSource(s string) (source, error) {
 	kind, key, ok := strings.Cut(s, ":")
 	if !ok || key == "" {
-		return source{}, fmt.Errorf("%q: want header:NAME, baggage:KEY or json:PATH", s)
+		return source{}, fmt.Errorf("%q: want header:NAME, baggage:KEY, json:PATH or proto:N", s)
 	}
 	switch kind {
 	case SourceHeader:
@@ -148,24 +154,46 @@ func parseSource(s string) (source, error) {
 			return source{}, fmt.Errorf("%q: %q is not a dotted path of object keys (like session_id or metadata.thread_id)", s, key)
 		}
 		return source{kind: kind, key: key, path: p}, nil
-	case "proto":
-		return source{}, fmt.Errorf("%q: reading gRPC request messages is not supported yet (use header:, baggage: or json:)", s)
+	case SourceProto:
+		n, err := parseField(key)
+		if err != nil {
+			return source{}, fmt.Errorf("%q: %w", s, err)
+		}
+		return source{kind: kind, key: key, field: n}, nil
 	}
-	return source{}, fmt.Errorf("%q: unknown source %q (want header:NAME, baggage:KEY or json:PATH)", s, kind)
+	return source{}, fmt.Errorf("%q: unknown source %q (want header:NAME, baggage:KEY, json:PATH or proto:N)", s, kind)
 }
 
-func parseTextFrom(s string) (jsonPath, error) {
+// parseTextFrom reads text_from: a JSON path, or a protobuf field number.
+func parseTextFrom(s string) (jsonPath, int, error) {
 	kind, key, _ := strings.Cut(s, ":")
 	switch kind {
 	case SourceJSON:
 		if p, ok := parseJSONPath(key); ok {
-			return p, nil
+			return p, 0, nil
 		}
-		return nil, fmt.Errorf("%q: %q is not a dotted path of object keys (like message or input.text)", s, key)
-	case "proto":
-		return nil, fmt.Errorf("%q: reading gRPC request messages is not supported yet (use json:PATH)", s)
+		return nil, 0, fmt.Errorf("%q: %q is not a dotted path of object keys (like message or input.text)", s, key)
+	case SourceProto:
+		n, err := parseField(key)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%q: %w", s, err)
+		}
+		return nil, n, nil
 	}
-	return nil, fmt.Errorf("%q: want json:PATH", s)
+	return nil, 0, fmt.Errorf("%q: want json:PATH or proto:N", s)
+}
+
+// parseField reads a protobuf field number: 1..2^29-1, outside the range
+// reserved for the implementation (19000-19999).
+func parseField(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	switch {
+	case err != nil || n < 1 || n > int(protowire.MaxValidNumber):
+		return 0, fmt.Errorf("%q is not a protobuf field number (1..%d)", s, protowire.MaxValidNumber)
+	case n >= int(protowire.FirstReservedNumber) && n <= int(protowire.LastReservedNumber):
+		return 0, fmt.Errorf("%d is in the reserved range %d-%d", n, protowire.FirstReservedNumber, protowire.LastReservedNumber)
+	}
+	return n, nil
 }
 
 // validToken reports an RFC 9110 §5.6.2 token: header names and W3C
@@ -213,7 +241,7 @@ func (c *Config) Validate() map[string]string {
 		errs["session_from"] = fmt.Sprintf("at most %d sources", maxJSONPaths-1)
 	}
 	if c.TextFrom != "" {
-		if _, err := parseTextFrom(c.TextFrom); err != nil {
+		if _, _, err := parseTextFrom(c.TextFrom); err != nil {
 			errs["text_from"] = err.Error()
 		}
 	}

@@ -25,18 +25,25 @@ type identifier struct {
 	// order, then text_from's if set (hasText).
 	paths   []jsonPath
 	hasText bool
-	keys    []string // headers read: header: sources and baggage
-	key     []byte
-	pool    sync.Pool // of hash.Hash (HMAC-SHA256 keyed with key)
+	// fields are the protobuf field numbers looked for in a gRPC request
+	// message: the proto: sources in order, then text_from's if set
+	// (hasProtoText).
+	fields       []int
+	hasProtoText bool
+	keys         []string // headers read: header: sources and baggage
+	key          []byte
+	pool         sync.Pool // of hash.Hash (HMAC-SHA256 keyed with key)
 }
 
-func newIdentifier(sources []source, text jsonPath, key []byte) *identifier {
+func newIdentifier(sources []source, text jsonPath, textField int, key []byte) *identifier {
 	id := &identifier{sources: sources, key: key}
 	bag := false
 	for _, s := range sources {
 		switch {
 		case s.kind == SourceJSON:
 			id.paths = append(id.paths, s.path)
+		case s.kind == SourceProto:
+			id.fields = append(id.fields, s.field)
 		case s.kind == SourceHeader:
 			id.keys = append(id.keys, s.key)
 		case s.kind == SourceBaggage && !bag:
@@ -46,6 +53,10 @@ func newIdentifier(sources []source, text jsonPath, key []byte) *identifier {
 	if text != nil {
 		id.paths = append(id.paths, text)
 		id.hasText = true
+	}
+	if textField > 0 {
+		id.fields = append(id.fields, textField)
+		id.hasProtoText = true
 	}
 	if key != nil {
 		id.pool.New = func() any { return hmac.New(sha256.New, key) }
@@ -58,7 +69,7 @@ func newIdentifier(sources []source, text jsonPath, key []byte) *identifier {
 func (d *identifier) headerKeys() []string { return d.keys }
 
 // readsBody reports whether anything is read from request bodies.
-func (d *identifier) readsBody() bool { return len(d.paths) > 0 }
+func (d *identifier) readsBody() bool { return len(d.paths) > 0 || len(d.fields) > 0 }
 
 // Identify returns the session id of a turn and where it was found
 // (SourceNone and "" when nowhere). get reads a request header or gRPC
@@ -67,16 +78,24 @@ func (t *Tracker) Identify(get func(key string) string) (id, source string) {
 	if t == nil {
 		return "", SourceNone
 	}
-	id, src, _ := t.ids.read(get, nil)
+	id, src, _ := t.ids.read(get, nil, false)
 	return id, src
 }
 
 // read returns the session id of a request (hashed if configured) and
 // where it was found, and its message text. get (may be nil) reads
-// headers; body (may be nil) is the start of a JSON body.
-func (d *identifier) read(get func(key string) string, body []byte) (id, src, text string) {
-	var vals []string
-	if len(body) > 0 && len(d.paths) > 0 {
+// headers; body (may be nil) is the start of a JSON body, or with proto
+// of a gRPC call's first request message.
+func (d *identifier) read(get func(key string) string, body []byte, proto bool) (id, src, text string) {
+	var vals, pvals []string
+	switch {
+	case len(body) == 0:
+	case proto && len(d.fields) > 0:
+		pvals = extractProto(body, d.fields)
+		if d.hasProtoText {
+			text = pvals[len(pvals)-1]
+		}
+	case !proto && len(d.paths) > 0:
 		vals = extractJSON(body, d.paths)
 		if d.hasText {
 			text = vals[len(vals)-1]
@@ -84,7 +103,7 @@ func (d *identifier) read(get func(key string) string, body []byte) (id, src, te
 	}
 	var bag string
 	bagRead := false
-	jsonAt := 0
+	jsonAt, protoAt := 0, 0
 	for _, s := range d.sources {
 		var v string
 		switch s.kind {
@@ -102,6 +121,11 @@ func (d *identifier) read(get func(key string) string, body []byte) (id, src, te
 				v = vals[jsonAt]
 			}
 			jsonAt++
+		case SourceProto:
+			if pvals != nil {
+				v = pvals[protoAt]
+			}
+			protoAt++
 		}
 		if validID(v) {
 			return d.hash(v), s.kind, text

@@ -192,12 +192,13 @@ func New(opts Options) (*Tracker, error) {
 		srcs = append(srcs, src)
 	}
 	var textPath jsonPath
+	var textField int
 	if cfg.TextFrom != "" {
-		p, err := parseTextFrom(cfg.TextFrom)
+		p, n, err := parseTextFrom(cfg.TextFrom)
 		if err != nil {
 			return nil, fmt.Errorf("conversation: text_from: %w", err)
 		}
-		textPath = p
+		textPath, textField = p, n
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -208,7 +209,7 @@ func New(opts Options) (*Tracker, error) {
 		sim:  cfg.Repeat.Similarity,
 		last: cfg.Repeat.Last,
 		kws:  compileKeywords(cfg.FrustrationKeywords),
-		ids:  newIdentifier(srcs, textPath, key),
+		ids:  newIdentifier(srcs, textPath, textField, key),
 		now:  opts.Now,
 		m:    opts.Metrics,
 		onT:  opts.OnTurn,
@@ -247,7 +248,7 @@ func (t *Tracker) Config() Config { return t.cfg }
 // ending or evicting sessions as needed) and returns its result.
 func (t *Tracker) Observe(turn Turn) TurnResult {
 	if turn.Header != nil || len(turn.Body) > 0 {
-		id, src, text := t.ids.read(turn.Header, turn.Body)
+		id, src, text := t.ids.read(turn.Header, turn.Body, turn.BodyProto)
 		if turn.SessionID == "" {
 			turn.SessionID, turn.Source = id, src
 		}

@@ -20,11 +20,14 @@ type Turn struct {
 	// Header reads the request's headers (lowercase names); Body is the
 	// start of its JSON body (at most MaxBodyBytes). Both may be nil and
 	// neither is kept after Observe returns.
-	Header   func(key string) string
-	Body     []byte
-	TraceID  trace.TraceID
-	Start    time.Time
-	Duration time.Duration
+	Header func(key string) string
+	Body   []byte
+	// BodyProto says Body is the start of a gRPC call's first request
+	// message (protobuf wire format) rather than of a JSON body.
+	BodyProto bool
+	TraceID   trace.TraceID
+	Start     time.Time
+	Duration  time.Duration
 	// FirstByte is the time to the answer's first byte (response headers,
 	// first message, first token), 0 if none came.
 	FirstByte time.Duration

@@ -26,6 +26,9 @@ type dialog struct {
 	s *Stack
 }
 
+// ActionClose is the DM's action that ends a conversation.
+const ActionClose = "close"
+
 // Next answers every known intent with a KB lookup, a goodbye by closing
 // the conversation with the resolved verdict (the user got what they came
 // for), anything else by asking to rephrase. It is stateless on purpose: a
@@ -40,7 +43,7 @@ func (d dialog) Next(ctx context.Context, req *botv1.NextRequest) (*botv1.NextRe
 	}
 	if req.GetIntent() == IntentGoodbye {
 		grpc.SetHeader(ctx, metadata.Pairs(HeaderVerdict, VerdictResolved))
-		return &botv1.NextResponse{Action: "close"}, nil
+		return &botv1.NextResponse{Action: ActionClose}, nil
 	}
 	topic, ok := kbTopics[req.GetIntent()]
 	if !ok {

@@ -224,23 +224,15 @@ type plan struct {
 	verdict string
 }
 
-// setVerdict relays a downstream service's verdict on the gateway's own
-// answer: hopwatch reads verdict headers on HTTP hops, and the gateway's
-// answer on the chat route is the turn's HTTP hop. The NLU and DM give it
-// as gRPC response metadata; passing it on is what a gateway of a real bot
-// would do with its services' verdicts.
+// setVerdict puts the turn's verdict on the gateway's own answer. The NLU
+// and DM give theirs as gRPC response metadata, which hopwatch reads (and
+// removes) on their hops; the gateway knows the same from their answers
+// (the no_match intent, the close action), as a real gateway would, and
+// says it on the chat route too, for callers that are not hopwatch.
 func setVerdict(w http.ResponseWriter, v string) {
 	if v != "" {
 		w.Header().Set(HeaderVerdict, v)
 	}
-}
-
-// verdictOf reads the verdict from a gRPC response's header metadata.
-func verdictOf(md metadata.MD) string {
-	if v := md.Get(HeaderVerdict); len(v) > 0 {
-		return v[0]
-	}
-	return ""
 }
 
 // plan runs NLU → DM → KB. A knowledge-base failure degrades the answer
@@ -248,22 +240,24 @@ func verdictOf(md metadata.MD) string {
 // goes down with it is worse than one that answers less precisely.
 func (g *gateway) plan(t *turn) (plan, error) {
 	sum := sha256.Sum256([]byte(t.text))
-	var nluMD, dmMD metadata.MD
 	parsed, err := g.nlu.Parse(t.ctx, &botv1.ParseRequest{
 		SessionId:  t.session,
 		TextHash:   hex.EncodeToString(sum[:]),
 		TextLength: uint32(len(t.text)),
-	}, grpc.Header(&nluMD))
+	})
 	if err != nil {
 		return plan{}, fmt.Errorf("nlu: %w", err)
 	}
-	next, err := g.dm.Next(t.ctx, &botv1.NextRequest{SessionId: t.session, Intent: parsed.GetIntent()}, grpc.Header(&dmMD))
+	next, err := g.dm.Next(t.ctx, &botv1.NextRequest{SessionId: t.session, Intent: parsed.GetIntent()})
 	if err != nil {
 		return plan{}, fmt.Errorf("dm: %w", err)
 	}
-	p := plan{prompt: parsed.GetIntent(), verdict: verdictOf(nluMD)}
-	if v := verdictOf(dmMD); v != "" {
-		p.verdict = v // the DM decides last: its resolved beats the NLU's no_match
+	p := plan{prompt: parsed.GetIntent()}
+	switch {
+	case next.GetAction() == ActionClose:
+		p.verdict = VerdictResolved // the DM decides last: its resolved beats the NLU's no_match
+	case parsed.GetIntent() == IntentNoMatch:
+		p.verdict = VerdictNoMatch
 	}
 	if q := next.GetKbQuery(); q != "" {
 		p.prompt = q

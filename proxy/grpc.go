@@ -135,6 +135,7 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 	}
 	clientCtx := ctx
 	ctx, hop := rt.tel.Start(ctx, mdHeader(md), gen.listeners[listener].callerOf(mdHeader(md)), method)
+	ss = observeTurn(ss, hop)
 
 	var err error
 	if rt.res != nil {
@@ -152,6 +153,68 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 	code := status.Code(err)
 	hop.End(code.String(), telemetry.GRPCOutcome(code, errors.Is(clientCtx.Err(), context.Canceled)))
 	return err
+}
+
+// turnStream lets the conversation signals see a gRPC call as the HTTP
+// listener lets them see a request: the start of an entry call's first
+// request message goes to the hop (proto: session and text sources), and
+// a service's verdict in the response headers or trailers of any hop is
+// recorded on the hop and removed before the client sees it. The proxy
+// still knows nothing of conversations: telemetry says what it wants.
+type turnStream struct {
+	grpc.ServerStream
+	hop     *telemetry.Hop
+	capture io.Writer // the first message's start; nil once written or when not wanted
+	verdict string    // metadata key, "" when none is read
+}
+
+// observeTurn wraps ss when the hop's observer wants anything of it.
+func observeTurn(ss grpc.ServerStream, hop *telemetry.Hop) grpc.ServerStream {
+	capture, verdict := hop.MessageCapture(), hop.VerdictKey()
+	if capture == nil && verdict == "" {
+		return ss
+	}
+	return &turnStream{ServerStream: ss, hop: hop, capture: capture, verdict: verdict}
+}
+
+// RecvMsg copies the start of the first message, as it passes.
+func (s *turnStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if err == nil && s.capture != nil {
+		if f, ok := m.(*frame); ok {
+			for _, b := range f.data {
+				s.capture.Write(b.ReadOnlyData())
+			}
+		}
+		s.capture = nil
+	}
+	return err
+}
+
+func (s *turnStream) SendHeader(md metadata.MD) error {
+	return s.ServerStream.SendHeader(s.verdictOf(md))
+}
+
+func (s *turnStream) SetHeader(md metadata.MD) error {
+	return s.ServerStream.SetHeader(s.verdictOf(md))
+}
+
+func (s *turnStream) SetTrailer(md metadata.MD) { s.ServerStream.SetTrailer(s.verdictOf(md)) }
+
+// verdictOf records and removes the verdict in md. md may be shared (a
+// cached answer's headers): it is copied before anything is removed.
+func (s *turnStream) verdictOf(md metadata.MD) metadata.MD {
+	if s.verdict == "" {
+		return md
+	}
+	v := md.Get(s.verdict)
+	if len(v) == 0 {
+		return md
+	}
+	s.hop.Verdict(v[0])
+	md = md.Copy()
+	delete(md, s.verdict)
+	return md
 }
 
 // upstreamContext derives the upstream call's context: the client's

@@ -65,10 +65,13 @@ type Turn struct {
 	Header func(key string) string
 	// Body is the start of a JSON request body (HTTP entry routes whose
 	// observer wants it), at most MaxTurnBodyBytes; nil otherwise.
-	Body     []byte
-	TraceID  trace.TraceID
-	Start    time.Time
-	Duration time.Duration
+	Body []byte
+	// BodyProto says Body is the start of a gRPC call's first request
+	// message (protobuf wire format), not of a JSON body.
+	BodyProto bool
+	TraceID   trace.TraceID
+	Start     time.Time
+	Duration  time.Duration
 	// FirstByte is the time to the first response byte; 0 if none came.
 	FirstByte time.Duration
 	Code      string
@@ -218,6 +221,7 @@ type bodyCapture struct {
 	budget *atomic.Int64 // shared by all captures: see MaxTurnBodyBytesInFlight
 	mu     sync.Mutex    // guards the fields below
 	buf    []byte
+	proto  bool // a gRPC request message, not a JSON body
 	done   bool // nothing more is copied
 	taken  bool // buf's bytes went back to the budget
 }
@@ -225,18 +229,45 @@ type bodyCapture struct {
 func (c *bodyCapture) Read(p []byte) (int, error) {
 	n, err := c.ReadCloser.Read(p)
 	if n > 0 {
-		c.mu.Lock()
-		if k := min(n, MaxTurnBodyBytes-len(c.buf)); !c.done && k > 0 {
-			if c.budget.Add(int64(k)) > MaxTurnBodyBytesInFlight {
-				c.budget.Add(-int64(k))
-				c.done = true
-			} else {
-				c.buf = append(c.buf, p[:k]...)
-			}
-		}
-		c.mu.Unlock()
+		c.keep(p[:n])
 	}
 	return n, err
+}
+
+// Write copies the start of a gRPC request message (see MessageCapture);
+// it never fails and never blocks the call.
+func (c *bodyCapture) Write(p []byte) (int, error) {
+	c.keep(p)
+	return len(p), nil
+}
+
+// keep copies what fits of p, within MaxTurnBodyBytes and the budget.
+func (c *bodyCapture) keep(p []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if k := min(len(p), MaxTurnBodyBytes-len(c.buf)); !c.done && k > 0 {
+		if c.budget.Add(int64(k)) > MaxTurnBodyBytesInFlight {
+			c.budget.Add(-int64(k))
+			c.done = true
+		} else {
+			c.buf = append(c.buf, p[:k]...)
+		}
+	}
+}
+
+// MessageCapture returns, on the entry hop of a gRPC call whose observer
+// reads request bodies (proto: sources), a writer for the start of the
+// call's first request message, as it goes upstream (protobuf wire
+// format; the observer reads fields by number); nil otherwise. It must be
+// called before the messages are forwarded; the writer may then be used
+// from the forwarding goroutine, and takes at most MaxTurnBodyBytes.
+func (h *Hop) MessageCapture() io.Writer {
+	if h == nil || h.turn == nil || !h.turn.body || h.turn.capture != nil {
+		return nil
+	}
+	c := &bodyCapture{budget: &h.turn.hook.copied, proto: true}
+	h.turn.capture = c
+	return c
 }
 
 // take ends the copy, gives its bytes back to the budget, and returns
@@ -271,6 +302,38 @@ func (h *Hop) ResponseHeader(hdr http.Header) {
 	if name == "" {
 		return
 	}
+	h.verdictFrom(hdr, name)
+}
+
+// VerdictKey is the metadata key (lowercase) in which services give
+// their verdict on a turn, "" when no conversation observer reads one: a
+// gRPC hop's response headers and trailers are looked at by the proxy,
+// which calls Verdict with the value and removes the key.
+func (h *Hop) VerdictKey() string {
+	if h == nil {
+		return ""
+	}
+	if hook := h.r.t.turns.Load(); hook != nil {
+		return hook.o.VerdictHeader()
+	}
+	return ""
+}
+
+// Verdict records a service verdict found in a hop's response as a
+// "verdict" event on the hop, for the turn's classification; unknown
+// values are ignored.
+func (h *Hop) Verdict(v string) {
+	if h == nil {
+		return
+	}
+	v = strings.ToLower(strings.TrimSpace(v))
+	if verdictRank[v] > 0 {
+		h.Event("verdict", attribute.String("hopwatch.verdict", v))
+	}
+}
+
+// verdictFrom reads and removes the verdict header name from hdr.
+func (h *Hop) verdictFrom(hdr http.Header, name string) {
 	// After the body the map holds the trailers too: announced ones under
 	// their names, others with http.TrailerPrefix (see net/http).
 	// The prefixed form is not canonicalized by Header.Get: index it.
@@ -284,10 +347,7 @@ func (h *Hop) ResponseHeader(hdr http.Header) {
 	}
 	hdr.Del(name)
 	delete(hdr, trailer)
-	v = strings.ToLower(strings.TrimSpace(v))
-	if verdictRank[v] > 0 {
-		h.Event("verdict", attribute.String("hopwatch.verdict", v))
-	}
+	h.Verdict(v)
 }
 
 // endTurn reports the finished entry hop to the observer and marks its
@@ -311,7 +371,7 @@ func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration) {
 	h.mu.Unlock()
 	hops, verdict := h.r.t.turnHops(entry)
 	mark := ts.o.TurnEnded(Turn{
-		Route: h.r.info.Name, Header: ts.header, Body: ts.capture.take(),
+		Route: h.r.info.Name, Header: ts.header, Body: ts.capture.take(), BodyProto: ts.capture != nil && ts.capture.proto,
 		TraceID: entry.TraceID, Start: h.start, Duration: d, FirstByte: h.ttfb,
 		Code: code, Outcome: outcome, Verdict: verdict, Hops: hops,
 	})

@@ -113,7 +113,7 @@ func (a turnAdapter) TurnEnded(t telemetry.Turn) telemetry.TurnMark {
 		hops = append(hops, conversation.Hop{Name: h.Route, Outcome: string(h.Outcome), Code: h.Code, Verdict: h.Verdict, Self: h.Self, Depth: h.Depth})
 	}
 	res := a.tr.Observe(conversation.Turn{
-		Route: t.Route, Header: t.Header, Body: t.Body, TraceID: t.TraceID,
+		Route: t.Route, Header: t.Header, Body: t.Body, BodyProto: t.BodyProto, TraceID: t.TraceID,
 		Start: t.Start, Duration: t.Duration, FirstByte: t.FirstByte,
 		Code: t.Code, HopOutcome: string(t.Outcome), Verdict: t.Verdict, Hops: hops,
 	})
