@@ -92,6 +92,15 @@ type Config struct {
 	// understand: it answers the no_match intent with the no_match
 	// verdict, and the bot asks the user to rephrase.
 	NoMatchShare float64
+	// DegradeAfter, when set, is how long after the stack starts the NLU
+	// gets worse: from then on it does not understand DegradedNoMatchShare
+	// of questions, while every service stays as fast and as successful
+	// as before. It stages the scenario hopwatch's conversation signals
+	// are for: latency and error panels stay green while users repeat
+	// themselves, get no_match answers and leave, and the good-session SLI
+	// falls.
+	DegradeAfter         time.Duration
+	DegradedNoMatchShare float64
 	// Seed makes the drawn latencies repeatable (0: a random seed).
 	Seed uint64
 	// OnCall, if set, is called as each service starts serving a call, from

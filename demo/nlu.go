@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -63,7 +64,7 @@ func (n nlu) Parse(ctx context.Context, req *botv1.ParseRequest) (*botv1.ParseRe
 	if closingHashes[req.GetTextHash()] {
 		return &botv1.ParseResponse{Intent: IntentGoodbye, Confidence: 1}, nil
 	}
-	if share := n.s.cfg.NoMatchShare; share > 0 && n.s.rnd.float64() < share {
+	if share := n.s.noMatchShare(); share > 0 && n.s.rnd.float64() < share {
 		grpc.SetHeader(ctx, metadata.Pairs(HeaderVerdict, VerdictNoMatch))
 		return &botv1.ParseResponse{Intent: IntentNoMatch}, nil
 	}
@@ -71,4 +72,13 @@ func (n nlu) Parse(ctx context.Context, req *botv1.ParseRequest) (*botv1.ParseRe
 		Intent:     intents[int(h[0])%len(intents)],
 		Confidence: 0.6 + 0.4*float32(h[1])/255,
 	}, nil
+}
+
+// noMatchShare is the share of questions the NLU does not understand now:
+// Config.NoMatchShare, or DegradedNoMatchShare once DegradeAfter has passed.
+func (s *Stack) noMatchShare() float64 {
+	if d := s.cfg.DegradeAfter; d > 0 && time.Since(s.start) >= d {
+		return s.cfg.DegradedNoMatchShare
+	}
+	return s.cfg.NoMatchShare
 }

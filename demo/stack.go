@@ -28,6 +28,7 @@ var ErrClosed = errors.New("demo: stack is closed")
 // hopwatch are per service, so each needs its own address.
 type Stack struct {
 	cfg   Config
+	start time.Time // for Config.DegradeAfter
 	rnd   *lockedRand
 	calls map[string]*atomic.Int64 // fixed keys (Services); read-only map
 	lns   map[string]net.Listener
@@ -61,6 +62,7 @@ func Start(cfg Config) (*Stack, error) {
 		rnd:   newLockedRand(cfg.Seed),
 		calls: make(map[string]*atomic.Int64, len(Services)),
 		lns:   make(map[string]net.Listener, len(Services)),
+		start: time.Now(),
 	}
 	for _, name := range Services {
 		s.calls[name] = new(atomic.Int64)

@@ -346,19 +346,23 @@ func TestServeGatewayTwice(t *testing.T) {
 // understood even by an NLU that understands nothing else.
 func TestVerdicts(t *testing.T) {
 	tests := []struct {
-		name    string
-		noMatch float64
-		text    string
-		want    string
+		name string
+		cfg  demo.Config
+		text string
+		want string
 	}{
-		{"question understood", 0, "where is my order?", ""},
-		{"question not understood", 1, "where is my order?", demo.VerdictNoMatch},
-		{"goodbye resolves", 0, "thanks, bye", demo.VerdictResolved},
-		{"goodbye beats no_match", 1, "great, thank you, bye", demo.VerdictResolved},
+		{"question understood", demo.Config{}, "where is my order?", ""},
+		{"question not understood", demo.Config{NoMatchShare: 1}, "where is my order?", demo.VerdictNoMatch},
+		{"goodbye resolves", demo.Config{}, "thanks, bye", demo.VerdictResolved},
+		{"goodbye beats no_match", demo.Config{NoMatchShare: 1}, "great, thank you, bye", demo.VerdictResolved},
+		{"not understood once the NLU degrades", demo.Config{DegradeAfter: time.Nanosecond, DegradedNoMatchShare: 1},
+			"where is my order?", demo.VerdictNoMatch},
+		{"understood before it degrades", demo.Config{NoMatchShare: 0, DegradeAfter: time.Hour, DegradedNoMatchShare: 1},
+			"where is my order?", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, url := startBehindHopwatch(t, demo.Config{NoMatchShare: tt.noMatch})
+			_, url := startBehindHopwatch(t, tt.cfg)
 			client := newClient(t)
 			for _, path := range []string{demo.ChatPath, demo.ChatStreamPath} {
 				res, err := client.Do(chatRequest(t, url+path, "s-"+tt.name, tt.text))

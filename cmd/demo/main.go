@@ -83,6 +83,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		streamShare = fs.Float64("stream-share", 0.5, "share of turns (0..1) that use the SSE endpoint /v1/chat/stream")
 		slowAfter   = fs.Duration("slow-after", time.Second, "answers slower than this are slow to users (some repeat the question, some give up) and to hopwatch (conversation.turn_slo)")
 		noMatch     = fs.Float64("no-match-share", def.NoMatchShare, "share of questions (0..1) the NLU does not understand (verdict no_match)")
+		degrade     = fs.Duration("degrade-after", 2*time.Minute, "after this long the NLU stops understanding -degraded-no-match-share of questions while latency and errors stay green: watch the good-session SLI fall (0: never)")
+		degraded    = fs.Float64("degraded-no-match-share", 0.4, "share of questions (0..1) the NLU does not understand after -degrade-after")
 		closeShare  = fs.Float64("close-share", 0.8, "share of conversations (0..1) that end with a goodbye the DM marks resolved; the rest end silently")
 		convs       = fs.Int("conversations", 0, "conversations per user, then the run ends once hopwatch has ended every session (0: until -duration or Ctrl-C)")
 		idle        = fs.Duration("idle-timeout", 0, "hopwatch's conversation.idle_timeout (0: as in the file, 10s)")
@@ -116,6 +118,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-slow-after must be positive")
 	case *noMatch < 0 || *noMatch > 1:
 		return o, errors.New("-no-match-share must be between 0 and 1")
+	case *degraded < 0 || *degraded > 1:
+		return o, errors.New("-degraded-no-match-share must be between 0 and 1")
+	case *degrade < 0:
+		return o, errors.New("-degrade-after must not be negative")
 	case *closeShare < 0 || *closeShare > 1:
 		return o, errors.New("-close-share must be between 0 and 1")
 	case *convs < 0:
@@ -141,6 +147,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	o.place.TurnSLO, o.place.IdleTimeout, o.place.EventsFile = *slowAfter, *idle, *events
 	o.service.KBSlowShare = *kbSlowShare
 	o.service.NoMatchShare = *noMatch
+	o.service.DegradeAfter = *degrade
+	o.service.DegradedNoMatchShare = *degraded
 	o.service.Seed = *seed
 	o.users = demo.UsersConfig{
 		Users:         *users,

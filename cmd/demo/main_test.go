@@ -141,6 +141,8 @@ func TestRunExitCodes(t *testing.T) {
 		{"no users", []string{"-users", "0"}, 2, "-users"},
 		{"share above 1", []string{"-kb-slow-share", "1.5"}, 2, "-kb-slow-share"},
 		{"no-match share above 1", []string{"-no-match-share", "2"}, 2, "-no-match-share"},
+		{"degraded no-match share above 1", []string{"-degraded-no-match-share", "1.5"}, 2, "-degraded-no-match-share"},
+		{"negative degrade-after", []string{"-degrade-after", "-1s"}, 2, "-degrade-after"},
 		{"negative close share", []string{"-close-share", "-0.1"}, 2, "-close-share"},
 		{"negative conversations", []string{"-conversations", "-1"}, 2, "-conversations"},
 		{"negative idle timeout", []string{"-idle-timeout", "-1s"}, 2, "-idle-timeout"},
