@@ -238,10 +238,10 @@ func invalidCases() []invalidCase {
 			msg: "unknown source",
 		},
 		{
-			name: "conversation session from gRPC messages is not there yet",
-			yaml: base + "conversation:\n  entry_routes: [kb]\n  session_from:\n    - proto:1\n",
+			name: "conversation session from a gRPC message field that cannot be",
+			yaml: base + "conversation:\n  entry_routes: [kb]\n  session_from:\n    - proto:0\n",
 			line: 16, path: "conversation.session_from[0]",
-			msg: "not supported yet",
+			msg: "not a protobuf field number",
 		},
 		{
 			name: "conversation bad duration",
