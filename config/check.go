@@ -39,6 +39,10 @@ func checkConversation(c *Config) []routes.FieldError {
 	for path, msg := range conv.Validate() {
 		errs = append(errs, routes.FieldError{Path: "conversation." + path, Msg: msg})
 	}
+	if conv.Events.OTLP && c.Telemetry.Tracing.OTLP == nil {
+		errs = append(errs, routes.FieldError{Path: "conversation.events.otlp",
+			Msg: "events go to the OTLP collector of telemetry.tracing.otlp, which is not configured"})
+	}
 	known := make(map[string]bool, len(c.Routes))
 	for _, r := range c.Routes {
 		known[r.Name] = true

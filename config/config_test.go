@@ -268,10 +268,10 @@ func invalidCases() []invalidCase {
 			msg: "needs hash_key_file",
 		},
 		{
-			name: "conversation OTLP events not there yet",
+			name: "conversation OTLP events without a collector",
 			yaml: base + "conversation:\n  entry_routes: [kb]\n  events: {file: /var/log/turns.jsonl, otlp: true}\n",
 			line: 15, path: "conversation.events.otlp",
-			msg: "not supported yet",
+			msg: "telemetry.tracing.otlp, which is not configured",
 		},
 		{
 			name: "retry without conditions",

@@ -77,7 +77,8 @@ type EventsConfig struct {
 	// File receives the events as JSON lines, appended ("-": standard
 	// output; "": none).
 	File string `yaml:"file"`
-	// OTLP sends them as OTLP log records. Not supported yet.
+	// OTLP also sends them as OTLP log records, with the same fields as
+	// attributes, to the collector of telemetry.tracing.otlp (required).
 	OTLP bool `yaml:"otlp"`
 }
 
@@ -272,9 +273,6 @@ func (c *Config) Validate() map[string]string {
 	}
 	if !c.HashIDs && c.HashKeyFile != "" {
 		errs["hash_key_file"] = "set without hash_ids: true; ids would be kept in clear"
-	}
-	if c.Events.OTLP {
-		errs["events.otlp"] = "not supported yet: events go to a file (events.file) in this version"
 	}
 	return errs
 }

@@ -84,7 +84,7 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		tel.Shutdown(context.Background())
 		return nil, err
 	}
-	conv, err := newConversation(cfg.Conversation, reg)
+	conv, err := newConversation(cfg.Conversation, reg, tel)
 	if err != nil {
 		alog.Close()
 		tel.Shutdown(context.Background())

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -19,11 +21,12 @@ type convParts struct {
 	tr     *conversation.Tracker
 	events *conversation.Events
 	file   *os.File // nil for standard output
+	otlp   *telemetry.EventLog
 }
 
 // newConversation builds the tracker of cfg (nil: section absent) with its
 // metrics on reg, and opens the events file.
-func newConversation(cfg *conversation.Config, reg prometheus.Registerer) (*convParts, error) {
+func newConversation(cfg *conversation.Config, reg prometheus.Registerer, tel *telemetry.Telemetry) (*convParts, error) {
 	if cfg == nil {
 		return nil, nil
 	}
@@ -39,10 +42,11 @@ func newConversation(cfg *conversation.Config, reg prometheus.Registerer) (*conv
 	m := conversation.NewMetrics(reg)
 	opts := conversation.Options{Config: cfg, HashKey: key, Metrics: m}
 	parts := &convParts{}
+	var sinks []io.Writer // each gets every event line whole, in one Write
 	switch f := cfg.Events.File; f {
 	case "":
 	case "-":
-		parts.events = conversation.NewEvents(os.Stdout, 0, m)
+		sinks = append(sinks, os.Stdout)
 	default:
 		// Appended, never truncated: a restart must not lose the events
 		// a shipper has not read yet. Not world-readable: session ids.
@@ -51,7 +55,19 @@ func newConversation(cfg *conversation.Config, reg prometheus.Registerer) (*conv
 			return nil, fmt.Errorf("conversation.events.file: %w", err)
 		}
 		parts.file = file
-		parts.events = conversation.NewEvents(file, 0, m)
+		sinks = append(sinks, file)
+	}
+	if cfg.Events.OTLP {
+		el, err := tel.OpenEventLog("conversation")
+		if err != nil {
+			parts.close()
+			return nil, fmt.Errorf("conversation.events.otlp: %w", err)
+		}
+		parts.otlp = el
+		sinks = append(sinks, el)
+	}
+	if len(sinks) > 0 {
+		parts.events = conversation.NewEvents(io.MultiWriter(sinks...), 0, m)
 	}
 	if parts.events != nil {
 		opts.OnTurn, opts.OnSession = parts.events.Turn, parts.events.Session
@@ -83,6 +99,13 @@ func (c *convParts) run(ctx context.Context) {
 func (c *convParts) close() {
 	if c.file != nil {
 		c.file.Close()
+	}
+	if c.otlp != nil {
+		// Flush what the last sweep ended, within a bound: a collector
+		// that is down must not hold up shutdown.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c.otlp.Close(ctx)
 	}
 }
 

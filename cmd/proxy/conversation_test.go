@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	logspb "go.opentelemetry.io/proto/otlp/collector/logs/v1"
 	collectorpb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/grpc"
@@ -32,8 +33,32 @@ import (
 // the attributes of every server span it receives, by span name.
 type otlpReceiver struct {
 	collectorpb.UnimplementedTraceServiceServer
-	mu    sync.Mutex
-	spans []map[string]string
+	mu     sync.Mutex
+	spans  []map[string]string
+	events []map[string]string // log records: "event" is the event name
+}
+
+// otlpLogs is the same endpoint's OTLP/gRPC logs service.
+type otlpLogs struct {
+	logspb.UnimplementedLogsServiceServer
+	r *otlpReceiver
+}
+
+func (l otlpLogs) Export(_ context.Context, req *logspb.ExportLogsServiceRequest) (*logspb.ExportLogsServiceResponse, error) {
+	l.r.mu.Lock()
+	defer l.r.mu.Unlock()
+	for _, rl := range req.ResourceLogs {
+		for _, sl := range rl.ScopeLogs {
+			for _, lr := range sl.LogRecords {
+				attrs := map[string]string{"event": lr.EventName}
+				for _, kv := range lr.Attributes {
+					attrs[kv.Key] = anyValue(kv.Value)
+				}
+				l.r.events = append(l.r.events, attrs)
+			}
+		}
+	}
+	return &logspb.ExportLogsServiceResponse{}, nil
 }
 
 func (r *otlpReceiver) Export(_ context.Context, req *collectorpb.ExportTraceServiceRequest) (*collectorpb.ExportTraceServiceResponse, error) {
@@ -74,6 +99,7 @@ func startOTLP(t *testing.T) (*otlpReceiver, string) {
 	srv := grpc.NewServer()
 	rec := &otlpReceiver{}
 	collectorpb.RegisterTraceServiceServer(srv, rec)
+	logspb.RegisterLogsServiceServer(srv, otlpLogs{r: rec})
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
 	return rec, ln.Addr().String()
@@ -141,7 +167,7 @@ conversation:
   entry_routes: [chat]
   turn_slo: 300ms
   idle_timeout: 1s
-  events: {file: %q}
+  events: {file: %q, otlp: true}
 `, p.admin, otlpAddr, p.http, gateway.Listener.Addr(), kb.Listener.Addr(), eventsFile)
 	path := filepath.Join(t.TempDir(), "hopwatch.yaml")
 	writeFile(t, path, cfg)
@@ -312,6 +338,19 @@ conversation:
 	}
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
+	// The same events as OTLP log records (events.otlp), flushed by the
+	// drain: same counts, same fields as attributes.
+	otlpCounts := map[string]int{}
+	for _, e := range rec.events {
+		otlpCounts[strings.TrimPrefix(e["event"], "hopwatch.conversation.")+":"+e["hopwatch.outcome"]]++
+		if e["event"] == "hopwatch.conversation.turn" && e["hopwatch.outcome"] == "error" &&
+			(e["hopwatch.session_id"] != "s1" || e["hopwatch.blame"] != "kb" || e["hopwatch.trace_id"] == "") {
+			t.Errorf("error turn record %v", e)
+		}
+	}
+	if fmt.Sprint(otlpCounts) != fmt.Sprint(wantCounts) {
+		t.Errorf("OTLP event records %v, want %v", otlpCounts, wantCounts)
+	}
 	var marked, kbSessions []string
 	for _, sp := range rec.spans {
 		switch sp["hopwatch.route"] {
