@@ -608,3 +608,64 @@ func TestUpstreamTLS(t *testing.T) {
 		}
 	})
 }
+
+// TestUpstreamClientCertRotation: the client certificate presented to an
+// upstream is reloaded like a listener's: once its files change, new
+// connections to the upstream present the new one.
+func TestUpstreamClientCertRotation(t *testing.T) {
+	f := newTLSFiles(t)
+	upPair := f.ca.Issue(t, testkit.Leaf{CommonName: "up", DNSNames: []string{"up.internal"}})
+	upCert, err := tls.X509KeyPair(upPair.CertPEM, upPair.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := httptest.NewUnstartedServer(okHandler)
+	s.TLS = &tls.Config{Certificates: []tls.Certificate{upCert}, ClientCAs: f.pool(),
+		ClientAuth: tls.RequireAndVerifyClientCert, NextProtos: []string{"h2"}}
+	s.StartTLS()
+	t.Cleanup(s.Close)
+
+	first := f.ca.Issue(t, testkit.Leaf{CommonName: "client-1"})
+	crt := testkit.WriteFile(t, f.dir, "client.crt", first.CertPEM)
+	key := testkit.WriteFile(t, f.dir, "client.key", first.KeyPEM)
+	spec := &routes.Spec{
+		Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP}},
+		Routes:    []routes.Route{{Name: "r", Listener: "in", Upstream: "up"}},
+		Upstreams: []routes.Upstream{{Name: "up", Protocol: routes.UpstreamH2, Endpoints: []string{hostPort(s)},
+			TLS: &routes.UpstreamTLS{CAFile: f.caFile, ServerName: "up.internal", CertFile: crt, KeyFile: key}}},
+	}
+	p, _ := startTLSProxy(t, spec)
+	client := newHTTPClient(t, protoHTTP1)
+	url := "http://" + p.Addr("in").String() + "/"
+	want := func(cn string) {
+		t.Helper()
+		testkit.WaitFor(t, "the upstream to see "+cn, func() bool {
+			s.CloseClientConnections() // the next request makes a new handshake
+			got, err := getText(client, url)
+			return err == nil && strings.HasSuffix(got, "cn="+cn)
+		})
+	}
+	want("client-1")
+	second := f.ca.Issue(t, testkit.Leaf{CommonName: "client-2"})
+	testkit.WriteFile(t, f.dir, "client.key", second.KeyPEM)
+	testkit.WriteFile(t, f.dir, "client.crt", second.CertPEM)
+	want("client-2")
+	// A broken replacement keeps the last good certificate.
+	testkit.WriteFile(t, f.dir, "client.crt", []byte("garbage"))
+	time.Sleep(3 * certRecheck)
+	for range 3 {
+		s.CloseClientConnections()
+		// The first request may meet the connection just closed; the
+		// answers that come must all show the last good certificate.
+		testkit.WaitFor(t, "an answer on a new connection", func() bool {
+			got, err := getText(client, url)
+			if err != nil || !strings.HasPrefix(got, "200 ") {
+				return false
+			}
+			if !strings.HasSuffix(got, "cn=client-2") {
+				t.Fatalf("after a broken replacement: %q", got)
+			}
+			return true
+		})
+	}
+}
