@@ -37,9 +37,21 @@ lint:
 	@drift=$$(git status --porcelain -- proto/); \
 	if [ -n "$$drift" ]; then echo "proto/ differs from what make proto generates:"; echo "$$drift"; git diff --stat -- proto/; exit 1; fi
 
-## fuzz: run the config loader fuzz target for a while
+# Every fuzz target, as package:Target. Seed corpora are committed under
+# each package's testdata/fuzz and run by `make test` too.
+FUZZ_TARGETS ?= config:FuzzParse \
+	routes:FuzzMatch routes:FuzzCheckPath routes:FuzzCheckGRPCMethod routes:FuzzParseRetryOn \
+	telemetry:FuzzPropagation telemetry:FuzzJSONScanner telemetry:FuzzSSE \
+	proxy:FuzzForwardedHeaders \
+	conversation:FuzzIdentify conversation:FuzzFingerprint conversation:FuzzBodyExtraction
+FUZZTIME ?= 15s
+
+## fuzz: run every fuzz target for FUZZTIME each (FUZZTIME=10m FUZZ_TARGETS=routes:FuzzMatch for one, longer)
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./config/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; echo "== $$name (./$$pkg)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg/; \
+	done
 
 ## bench: proxy benchmarks (ns/op, allocs/op)
 bench:

@@ -1,11 +1,13 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 
+	"github.com/hopwatch/hopwatch/internal/tlsfile"
 	"github.com/hopwatch/hopwatch/routes"
 )
 
@@ -25,6 +27,52 @@ func check(c *Config) []routes.FieldError {
 		errs = append(errs, routes.FieldError{Path: "genai." + path, Msg: msg})
 	}
 	errs = append(errs, checkConversation(c)...)
+	errs = append(errs, checkTLSFiles(c)...)
+	return errs
+}
+
+// checkTLSFiles reads the files that the listeners' and upstreams' tls
+// blocks name, with the loader the proxy uses, so that a missing,
+// unreadable or malformed file is an error at its line in `proxy -check`
+// and on reload (which then keeps the running configuration) rather than
+// a failure when the listener starts. Paths are relative to the working
+// directory. Fields left empty are routes.Validate's to report.
+func checkTLSFiles(c *Config) []routes.FieldError {
+	var errs []routes.FieldError
+	add := func(p string, err error) {
+		var fe *tlsfile.Error
+		if errors.As(err, &fe) {
+			errs = append(errs, routes.FieldError{Path: p + "." + fe.Field, Msg: fe.Error()})
+		}
+	}
+	pair := func(p, cert, key string) {
+		if cert != "" && key != "" {
+			_, err := tlsfile.KeyPair(cert, key)
+			add(p, err)
+		}
+	}
+	for i, l := range c.Listeners {
+		if l.TLS == nil {
+			continue
+		}
+		p := fmt.Sprintf("listeners[%d].tls", i)
+		pair(p, l.TLS.CertFile, l.TLS.KeyFile)
+		if l.TLS.ClientCAFile != "" {
+			_, err := tlsfile.CertPool("client_ca_file", l.TLS.ClientCAFile)
+			add(p, err)
+		}
+	}
+	for i, u := range c.Upstreams {
+		if u.TLS == nil {
+			continue
+		}
+		p := fmt.Sprintf("upstreams[%d].tls", i)
+		pair(p, u.TLS.CertFile, u.TLS.KeyFile)
+		if u.TLS.CAFile != "" {
+			_, err := tlsfile.CertPool("ca_file", u.TLS.CAFile)
+			add(p, err)
+		}
+	}
 	return errs
 }
 

@@ -2,11 +2,13 @@ package config_test
 
 import (
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/hopwatch/hopwatch/config"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 )
 
 // TestReadmeExample keeps the README's configuration reference true: its
@@ -64,5 +66,40 @@ routes: [{name: chat, listener: web, upstream: gateway}]
 	}
 	if !reflect.DeepEqual(cfg.Conversation, def.Conversation) {
 		t.Errorf("the README example differs from the defaults:\n%+v\n%+v", *cfg.Conversation, *def.Conversation)
+	}
+}
+
+// TestReadmeTLSExample keeps the TLS example of the configuration
+// reference true: it loads once the files it names exist.
+func TestReadmeTLSExample(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "**TLS.**")
+	if !ok {
+		t.Fatal("README has no TLS section")
+	}
+	_, rest, ok = strings.Cut(rest, "```yaml\n")
+	if !ok {
+		t.Fatal("no yaml block in the TLS section")
+	}
+	example, _, _ := strings.Cut(rest, "```")
+	dir := t.TempDir()
+	ca := testkit.NewCA(t, "test CA")
+	server := ca.Issue(t, testkit.Leaf{CommonName: "hopwatch"})
+	client := ca.Issue(t, testkit.Leaf{CommonName: "hopwatch-client"})
+	if err := os.Mkdir(filepath.Join(dir, "tls"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{
+		"ca.crt": ca.PEM, "server.crt": server.CertPEM, "server.key": server.KeyPEM,
+		"client.crt": client.CertPEM, "client.key": client.KeyPEM,
+	} {
+		testkit.WriteFile(t, filepath.Join(dir, "tls"), name, data)
+	}
+	t.Chdir(dir)
+	if _, err := config.Parse("README.md", []byte(example)); err != nil {
+		t.Fatalf("the README TLS example does not load:\n%v", err)
 	}
 }

@@ -77,6 +77,10 @@ type ListenerStats struct {
 	// ResetFloods counts connections closed for resetting too many of
 	// their streams prematurely (rapid reset).
 	ResetFloods uint64
+	// CertReloads and CertReloadErrors count reloads of the listener's
+	// TLS files after they changed: loaded, or refused (the previous
+	// certificate kept serving).
+	CertReloads, CertReloadErrors uint64
 }
 
 // connCounters back ListenerStats; they are shared by every listener built
@@ -87,10 +91,22 @@ type connCounters struct {
 	open        atomic.Int64
 	refused     atomic.Uint64
 	resetFloods atomic.Uint64
+	certOK      atomic.Uint64
+	certFailed  atomic.Uint64
 }
 
 func (c *connCounters) stats() ListenerStats {
-	return ListenerStats{Open: c.open.Load(), Refused: c.refused.Load(), ResetFloods: c.resetFloods.Load()}
+	return ListenerStats{Open: c.open.Load(), Refused: c.refused.Load(), ResetFloods: c.resetFloods.Load(),
+		CertReloads: c.certOK.Load(), CertReloadErrors: c.certFailed.Load()}
+}
+
+// certReloaded counts one reload of the listener's TLS files.
+func (c *connCounters) certReloaded(ok bool) {
+	if ok {
+		c.certOK.Add(1)
+	} else {
+		c.certFailed.Add(1)
+	}
 }
 
 // ListenerStats returns the connection counters of every listener, by name.
@@ -109,7 +125,8 @@ func (p *Proxy) ListenerStats() map[string]ListenerStats {
 func (p *Proxy) listenerCounts() map[string]telemetry.ListenerCounts {
 	out := map[string]telemetry.ListenerCounts{}
 	for name, s := range p.ListenerStats() {
-		out[name] = telemetry.ListenerCounts{Open: s.Open, Refused: s.Refused, ResetFloods: s.ResetFloods}
+		out[name] = telemetry.ListenerCounts{Open: s.Open, Refused: s.Refused, ResetFloods: s.ResetFloods,
+			CertReloads: s.CertReloads, CertReloadErrors: s.CertReloadErrors}
 	}
 	return out
 }

@@ -1,7 +1,9 @@
 // Package proxy owns the listeners and the forwarding: gRPC on grpc-go's own
-// server transport with a raw pass-through codec, HTTP/1.1 and h2c through
-// httputil.ReverseProxy, upstream connection pools, load balancing and the
-// mapping of errors to responses.
+// server transport with a raw pass-through codec, HTTP/1.1 and h2c (or, on
+// TLS listeners, HTTP/1.1 and h2 by ALPN) through httputil.ReverseProxy,
+// TLS on both sides (tls.go: certificates reloaded as their files change),
+// upstream connection pools, load balancing and the mapping of errors to
+// responses.
 //
 // It is first and last on the request path: listener → routes.Table.Match →
 // hop → resilience → upstream endpoint. Configuration arrives as a
@@ -22,5 +24,8 @@
 // (routes.CheckPath, routes.CheckGRPCMethod), a CONNECT tunnel, or a call to
 // any address but a configured endpoint. And it must never hold a client
 // forever: a route without a timeout still bounds the wait for the first
-// response (Options.FirstResponseTimeout).
+// response (Options.FirstResponseTimeout). Nor may it trust what it did
+// not verify: a caller named by a client certificate is one that the
+// listener's client CAs verified, and an upstream is authenticated unless
+// its configuration says insecure_skip_verify.
 package proxy

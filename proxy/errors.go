@@ -47,6 +47,8 @@ func upstreamError(err error) error {
 		return fmt.Errorf("%w: %w", errCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("%w: %w", errTimeout, err)
+	case isTLSError(err):
+		return fmt.Errorf("%w: %w", errUpstreamTLS, err)
 	case errors.Is(err, errNoEndpoint), isDialError(err):
 		return fmt.Errorf("%w: %w", errUnreachable, err)
 	case isHeaderTimeout(err):
@@ -81,7 +83,7 @@ func grpcError(err error, method string) error {
 }
 
 func isProxyError(err error) bool {
-	for _, e := range []error{errNoRoute, errUnreachable, errTimeout, errCanceled, errBadGateway, errRejected, errBodyTimeout, errBadRequest} {
+	for _, e := range []error{errNoRoute, errUpstreamTLS, errUnreachable, errTimeout, errCanceled, errBadGateway, errRejected, errBodyTimeout, errBadRequest} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -106,6 +108,8 @@ func classify(err error) (codes.Code, string) {
 		return codes.ResourceExhausted, "hopwatch: upstream " + err.Error()
 	case errors.Is(err, errBreakerOpen):
 		return codes.Unavailable, "hopwatch: upstream " + err.Error()
+	case errors.Is(err, errUpstreamTLS):
+		return codes.Unavailable, "hopwatch: " + errUpstreamTLS.Error()
 	case errors.Is(err, errUnreachable):
 		return codes.Unavailable, "hopwatch: " + errUnreachable.Error()
 	case errors.Is(err, errTimeout):

@@ -28,8 +28,8 @@ var bidi = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 // every call reaches handle through grpc.UnknownServiceHandler and moves as
 // raw frames. lim bounds what one client can hold; guard closes
 // connections that flood resets.
-func (p *Proxy) newGRPCServer(listener string, maxMsg int, lim limits, guard *connGuard) *grpc.Server {
-	return grpc.NewServer(
+func (p *Proxy) newGRPCServer(listener string, maxMsg int, lim limits, guard *connGuard, extra ...grpc.ServerOption) *grpc.Server {
+	return grpc.NewServer(append([]grpc.ServerOption{
 		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
 			ctx := ss.Context()
 			var c *guardedConn
@@ -73,7 +73,7 @@ func (p *Proxy) newGRPCServer(listener string, maxMsg int, lim limits, guard *co
 			MinTime:             keepaliveMinTime,
 			PermitWithoutStream: true,
 		}),
-	)
+	}, extra...)...)
 }
 
 // mdHeader adapts gRPC metadata to routes.Header and to OpenTelemetry's
@@ -134,7 +134,7 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 		ctx = fr
 	}
 	clientCtx := ctx
-	ctx, hop := rt.tel.Start(ctx, mdHeader(md), gen.listeners[listener].callerOf(mdHeader(md)), method)
+	ctx, hop := rt.tel.Start(ctx, mdHeader(md), gen.listeners[listener].grpcCallerOf(ctx, mdHeader(md)), method)
 	ss = observeTurn(ss, hop)
 
 	var err error

@@ -58,7 +58,7 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		method = r.URL.Path // the gRPC method, bounded per route by telemetry
 	}
 	clientCtx := r.Context()
-	ctx, hop := rt.tel.Start(clientCtx, propagation.HeaderCarrier(r.Header), gen.listeners[h.listener].callerOf(r.Header), method)
+	ctx, hop := rt.tel.Start(clientCtx, propagation.HeaderCarrier(r.Header), gen.listeners[h.listener].callerOf(r.Header, r.TLS), method)
 	if hop != nil {
 		ctx = context.WithValue(ctx, hopKey{}, hop)
 	}

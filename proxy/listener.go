@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/hopwatch/hopwatch/routes"
 )
@@ -22,13 +24,17 @@ type listener struct {
 	grpc  *grpc.Server
 	http  *http.Server
 	guard *connGuard // connection cap and rapid-reset policy
+	// tls is the HTTP listener's server TLS config (nil: cleartext); the
+	// gRPC listener's is in its server's credentials.
+	tls *tls.Config
 	// closed is set when the socket was closed ahead of the drain, so that
 	// its Serve loop ending is not reported as a failure.
 	closed atomic.Bool
 }
 
 // newListener builds the server of spec; Apply calls it with p.mu held.
-func (p *Proxy) newListener(spec routes.Listener) *listener {
+// It fails only when the listener's TLS files cannot be loaded.
+func (p *Proxy) newListener(spec routes.Listener) (*listener, error) {
 	l := &listener{spec: spec}
 	lim := listenerLimits(spec.Limits)
 	counters := new(connCounters)
@@ -42,11 +48,33 @@ func (p *Proxy) newListener(spec routes.Listener) *listener {
 	}
 	switch spec.Protocol {
 	case routes.ListenerGRPC:
-		l.grpc = p.newGRPCServer(spec.Name, maxMsg, lim, l.guard)
+		var opts []grpc.ServerOption
+		if spec.TLS != nil {
+			// grpc-go adds h2 to the offered protocols and refuses
+			// clients that negotiate none (gRPC needs HTTP/2 over TLS
+			// by ALPN); the handshake is bounded by ConnectionTimeout.
+			conf, err := p.listenerTLSConfig(spec, nil, counters)
+			if err != nil {
+				return nil, fmt.Errorf("listener %q: %w", spec.Name, err)
+			}
+			opts = append(opts, grpc.Creds(credentials.NewTLS(conf)))
+		}
+		l.grpc = p.newGRPCServer(spec.Name, maxMsg, lim, l.guard, opts...)
 	default:
 		protocols := new(http.Protocols)
 		protocols.SetHTTP1(true)
-		protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge, which gRPC clients use
+		if spec.TLS != nil {
+			// HTTP/2 by ALPN only: cleartext HTTP/2 on a TLS listener
+			// would be a way around it.
+			conf, err := p.listenerTLSConfig(spec, []string{"h2", "http/1.1"}, counters)
+			if err != nil {
+				return nil, fmt.Errorf("listener %q: %w", spec.Name, err)
+			}
+			l.tls = conf
+			protocols.SetHTTP2(true)
+		} else {
+			protocols.SetUnencryptedHTTP2(true) // h2c with prior knowledge, which gRPC clients use
+		}
 		// Outside in: the rapid-reset policy, the gRPC message limit,
 		// then routing.
 		var h http.Handler = httpHandler{p: p, listener: spec.Name}
@@ -79,7 +107,7 @@ func (p *Proxy) newListener(spec routes.Listener) *listener {
 			ErrorLog:    slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
 		}
 	}
-	return l
+	return l, nil
 }
 
 // sameSpec reports whether the running listener can serve spec as is. The
@@ -95,6 +123,13 @@ func (l *listener) bind() error {
 		return fmt.Errorf("listener %q: %w", l.spec.Name, err)
 	}
 	l.ln = l.guard.wrap(ln)
+	if l.tls != nil {
+		// Outside the guard, so that the guard counts and caps TCP
+		// connections before any handshake work is done for them;
+		// net/http performs the handshake in the connection's own
+		// goroutine, bounded by ReadHeaderTimeout.
+		l.ln = tls.NewListener(l.ln, l.tls)
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package proxy
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,6 +35,10 @@ type Options struct {
 	// start on routes without a written timeout. Default:
 	// routes.DefaultFirstResponseTimeout (tests shorten it).
 	FirstResponseTimeout time.Duration
+	// CertRecheck is how often, at most, a TLS listener's handshakes look
+	// at whether its certificate files changed. Default: 1s (tests
+	// shorten it).
+	CertRecheck time.Duration
 }
 
 // ErrClosed is returned by Apply after Shutdown.
@@ -62,6 +67,7 @@ type Proxy struct {
 	now          func() time.Time
 	drainTimeout time.Duration
 	firstResp    time.Duration // Options.FirstResponseTimeout
+	certRecheck  time.Duration // Options.CertRecheck
 
 	cur atomic.Pointer[generation]
 
@@ -108,6 +114,9 @@ func New(opts Options) *Proxy {
 	if p.firstResp = opts.FirstResponseTimeout; p.firstResp <= 0 {
 		p.firstResp = routes.DefaultFirstResponseTimeout
 	}
+	if p.certRecheck = opts.CertRecheck; p.certRecheck <= 0 {
+		p.certRecheck = defaultCertRecheck
+	}
 	p.ctx, p.stop = context.WithCancel(context.Background())
 	empty, _ := routes.Compile(&routes.Spec{})
 	p.cur.Store(&generation{table: empty, onDrained: func() {}})
@@ -129,11 +138,18 @@ type listenerConf struct {
 	// caller is fixed for the listener, or read from callerHeader.
 	caller       string
 	callerHeader string // lowercase
+	// fromCert: the caller is the verified client certificate's identity
+	// (caller_from: client_cert).
+	fromCert bool
 }
 
 // callerOf names the calling service of a request (bounded later by the
-// telemetry route against the configured callers).
-func (l listenerConf) callerOf(h routes.Header) string {
+// telemetry route against the configured callers); cs is the TLS state of
+// its connection (nil: cleartext).
+func (l listenerConf) callerOf(h routes.Header, cs *tls.ConnectionState) string {
+	if l.fromCert {
+		return certCaller(cs)
+	}
 	if l.callerHeader != "" {
 		if c := h.Get(l.callerHeader); c != "" {
 			return c
@@ -253,7 +269,7 @@ func (p *Proxy) planUpstreams(pl *applyPlan) error {
 			pl.ups[us.Name] = old
 			continue
 		}
-		u, err := newUpstream(us, p.now, p.tel)
+		u, err := newUpstream(us, p.now, p.tel, p.log, p.certRecheck)
 		if err != nil {
 			return err
 		}
@@ -285,7 +301,10 @@ func (p *Proxy) planListeners(pl *applyPlan) error {
 		if _, ok := pl.keep[ls.Name]; ok {
 			continue
 		}
-		l := p.newListener(ls)
+		l, err := p.newListener(ls)
+		if err != nil {
+			return err
+		}
 		if held[ls.Address] {
 			pl.deferred = append(pl.deferred, l)
 			continue
@@ -335,7 +354,8 @@ func (p *Proxy) buildGeneration(pl *applyPlan) *generation {
 		g.held = append(g.held, u)
 	}
 	for _, ls := range pl.spec.Listeners {
-		g.listeners[ls.Name] = listenerConf{caller: ls.Caller, callerHeader: strings.ToLower(ls.CallerHeader)}
+		g.listeners[ls.Name] = listenerConf{caller: ls.Caller, callerHeader: strings.ToLower(ls.CallerHeader),
+			fromCert: ls.CallerFrom == routes.CallerFromClientCert}
 	}
 	g.onDrained = func() {
 		for _, h := range g.held {

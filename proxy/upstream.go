@@ -3,9 +3,11 @@ package proxy
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"reflect"
@@ -18,6 +20,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -41,8 +44,11 @@ type upstream struct {
 	// connect until the first call, so unused ones cost nothing.
 	conns []*grpc.ClientConn
 	// transport carries HTTP listener traffic: HTTP/1.1 keep-alive for
-	// "http", prior-knowledge HTTP/2 for "h2c" and "grpc".
+	// "http", prior-knowledge HTTP/2 for "h2c" and "grpc", HTTP/2 by ALPN
+	// for "h2" and TLS "grpc".
 	transport *http.Transport
+	// tls: the endpoints are reached over TLS (https URLs).
+	tls bool
 
 	// breaker and bulkhead gate every request (nil: not configured).
 	breaker  *fallback.Breaker
@@ -54,8 +60,12 @@ type upstream struct {
 	shared // generations holding this upstream
 }
 
-func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Telemetry) (*upstream, error) {
-	u := &upstream{spec: spec, now: now}
+func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Telemetry, log *slog.Logger, certRecheck time.Duration) (*upstream, error) {
+	tlsConf, err := upstreamTLSConfig(spec, log, now, certRecheck)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: %w", spec.Name, err)
+	}
+	u := &upstream{spec: spec, now: now, tls: tlsConf != nil}
 	if spec.Breaker != nil {
 		tel.BreakerInit(spec.Name)
 		u.breaker = fallback.NewBreaker(spec.Name, spec.Breaker.Settings(), func(name string, _, to fallback.State) {
@@ -77,6 +87,7 @@ func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Tele
 		maxMsg:      cmp.Or(max(spec.MaxMessageBytes, 0), routes.DefaultMaxMessageBytes),
 		maxHeader:   cmp.Or(spec.Limits.MaxHeaderBytes, routes.DefaultUpstreamMaxHeaderBytes),
 		idle:        cmp.Or(spec.Limits.IdleTimeout, routes.DefaultUpstreamIdleTimeout),
+		tls:         tlsConf,
 	}
 	for i, addr := range spec.Endpoints {
 		u.eps = append(u.eps, &endpoint{addr: addr, idx: i})
@@ -98,13 +109,20 @@ type upstreamConnConf struct {
 	maxMsg      int
 	maxHeader   int
 	idle        time.Duration
+	tls         *tls.Config // nil: cleartext
 }
 
 // grpcClient is the ClientConn of one endpoint, for gRPC listeners. It
 // does not connect until the first call.
 func (c upstreamConnConf) grpcClient(addr string) (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if c.tls != nil {
+		// grpc-go offers h2 by ALPN and verifies the endpoint's host
+		// (or tls.server_name) against the certificate.
+		creds = credentials.NewTLS(c.tls)
+	}
 	return grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(
 			grpc.ForceCodecV2(rawCodec{}),
 			grpc.MaxCallRecvMsgSize(c.maxMsg),
@@ -135,7 +153,9 @@ func (c upstreamConnConf) grpcClient(addr string) (*grpc.ClientConn, error) {
 }
 
 // httpTransport carries HTTP listener traffic to the upstream: HTTP/1.1
-// keep-alive for "http", prior-knowledge HTTP/2 for "h2c" and "grpc".
+// keep-alive for "http", prior-knowledge HTTP/2 for "h2c" and "grpc"; with
+// TLS, HTTP/1.1 over TLS for "http" and HTTP/2 negotiated by ALPN (RFC 9113
+// §3.2) for "h2" and "grpc", never falling back to HTTP/1.1.
 func (c upstreamConnConf) httpTransport(protocol string) *http.Transport {
 	dialer := &net.Dialer{Timeout: c.dialTimeout, KeepAlive: 30 * time.Second}
 	t := &http.Transport{
@@ -152,10 +172,17 @@ func (c upstreamConnConf) httpTransport(protocol string) *http.Transport {
 		ExpectContinueTimeout: time.Second,
 	}
 	t.Protocols = new(http.Protocols)
-	if protocol == routes.UpstreamHTTP {
+	switch {
+	case protocol == routes.UpstreamHTTP:
 		t.Protocols.SetHTTP1(true)
-	} else {
+	case c.tls != nil:
+		t.Protocols.SetHTTP2(true)
+	default:
 		t.Protocols.SetUnencryptedHTTP2(true)
+	}
+	if c.tls != nil {
+		t.TLSClientConfig = c.tls.Clone()
+		t.TLSHandshakeTimeout = c.dialTimeout
 	}
 	return t
 }
@@ -219,6 +246,9 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		out := *req
 		url := *req.URL
 		url.Host = ep.addr
+		if u.tls {
+			url.Scheme = "https"
+		}
 		out.URL = &url
 		if body != nil {
 			out.Body = body.attempt()

@@ -53,6 +53,10 @@ const (
 	UpstreamGRPC = "grpc"
 	UpstreamHTTP = "http"
 	UpstreamH2C  = "h2c"
+	// UpstreamH2 is HTTP/2 over TLS, negotiated with ALPN (RFC 9113
+	// §3.2); it always uses TLS, with Upstream.TLS or, when that is not
+	// written, the system roots.
+	UpstreamH2 = "h2"
 )
 
 // Balancing policies.
@@ -96,6 +100,69 @@ type Listener struct {
 	// Limits bounds what one client may hold of the proxy: header sizes,
 	// streams, connections and time (zero fields: safe defaults).
 	Limits ListenerLimits `yaml:"limits"`
+	// TLS serves the listener over TLS (nil: cleartext; an http listener
+	// then speaks HTTP/1.1 and h2c, with TLS HTTP/1.1 and h2 by ALPN).
+	TLS *ListenerTLS `yaml:"tls"`
+	// CallerFrom reads the caller from the connection instead:
+	// "client_cert" takes the verified client certificate's identity
+	// (see CallerFromClientCert). Empty: Caller or CallerHeader.
+	CallerFrom string `yaml:"caller_from"`
+}
+
+// CallerFromClientCert names the caller by the client certificate that
+// tls.client_ca_file verified: the last path segment of its SPIFFE ID (the
+// first URI SAN with the spiffe scheme, e.g. spiffe://bot.local/ns/bot/sa/nlu
+// gives nlu, the Kubernetes service account), else its subject common
+// name. Like any caller value it is bounded by Spec.Callers.
+const CallerFromClientCert = "client_cert"
+
+// TLS protocol versions that may be written; older ones are refused
+// (RFC 8996 deprecates TLS 1.0 and 1.1).
+const (
+	TLSVersion12         = "1.2"
+	TLSVersion13         = "1.3"
+	DefaultTLSMinVersion = TLSVersion12
+)
+
+// ListenerTLS is a listener's server certificate and, for mutual TLS, the
+// CAs its clients' certificates must chain to. The files are PEM and are
+// read again when they change (checked at most every second, on a new
+// handshake): a renewed certificate is served without a restart, and the
+// connections already open are untouched. A file that fails to load then
+// leaves the previous certificate in service (logged, and counted in
+// hopwatch_listener_cert_reloads_total{result="error"}).
+type ListenerTLS struct {
+	// CertFile is the certificate chain, leaf first. Required.
+	CertFile string `yaml:"cert_file"`
+	// KeyFile is the leaf's private key. Required.
+	KeyFile string `yaml:"key_file"`
+	// ClientCAFile, when written, makes the listener require a client
+	// certificate that chains to one of these CAs (mTLS); a client
+	// without one, or with one from another CA, fails the handshake.
+	ClientCAFile string `yaml:"client_ca_file"`
+	// MinVersion is "1.2" or "1.3" (empty: DefaultTLSMinVersion).
+	MinVersion string `yaml:"min_version"`
+}
+
+// UpstreamTLS is how the proxy connects to an upstream over TLS. Every
+// zero field is the safe default: the system roots, the endpoint's host
+// as the name to verify, no client certificate.
+type UpstreamTLS struct {
+	// CAFile holds the CAs the upstream's certificate must chain to
+	// (empty: the system roots).
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are the proxy's client certificate, for
+	// upstreams that require mTLS; both or neither. Reloaded like a
+	// listener's when they change.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName is the name the upstream's certificate must carry, and
+	// the SNI sent (empty: the endpoint's host).
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any certificate the upstream shows: the
+	// traffic is encrypted but the upstream is not authenticated. For
+	// tests and bootstrapping only; not with CAFile or ServerName.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
 // ListenerLimits are a listener's protection against clients that hold
@@ -362,7 +429,8 @@ type FallbackBackground struct {
 // Upstream is a named set of endpoints of one service.
 type Upstream struct {
 	Name string `yaml:"name"`
-	// Protocol is "grpc", "http" (HTTP/1.1) or "h2c" (cleartext HTTP/2).
+	// Protocol is "grpc", "http" (HTTP/1.1), "h2c" (cleartext HTTP/2) or
+	// "h2" (HTTP/2 over TLS). grpc and http use TLS when TLS is written.
 	Protocol  string   `yaml:"protocol"`
 	Endpoints []string `yaml:"endpoints"`
 	// Balance is "p2c_ewma" (default) or "round_robin".
@@ -385,7 +453,13 @@ type Upstream struct {
 	// Limits bounds what an upstream's answers may hold of the proxy
 	// (zero fields: safe defaults).
 	Limits UpstreamLimits `yaml:"limits"`
+	// TLS connects to the endpoints over TLS (nil: cleartext, except for
+	// h2, which is always TLS).
+	TLS *UpstreamTLS `yaml:"tls"`
 }
+
+// UsesTLS reports whether the proxy connects to u over TLS.
+func (u *Upstream) UsesTLS() bool { return u.TLS != nil || u.Protocol == UpstreamH2 }
 
 // UpstreamLimits bound the proxy's client side of one upstream. Every zero
 // field takes its documented default. The number of calls in flight is

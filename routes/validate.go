@@ -140,6 +140,10 @@ func (v *validator) listeners() {
 		if l.CallerHeader != "" && !isToken(l.CallerHeader) {
 			v.errorf(p+".caller_header", "invalid header name %q", l.CallerHeader)
 		}
+		v.callerFrom(p, l)
+		if l.TLS != nil {
+			v.listenerTLS(p+".tls", l.TLS)
+		}
 
 		if len(l.TrustedProxies) > 0 && l.Protocol == ListenerGRPC {
 			// X-Forwarded-* handling is an HTTP reverse-proxy concern; the
@@ -157,6 +161,87 @@ func (v *validator) listeners() {
 		}
 		v.listenerLimits(p+".limits", &l.Limits)
 	}
+}
+
+// callerFrom checks where a listener reads its caller from.
+func (v *validator) callerFrom(p string, l *Listener) {
+	switch l.CallerFrom {
+	case "":
+		return
+	case CallerFromClientCert:
+	default:
+		v.errorf(p+".caller_from", "unknown caller_from %q (want %s)", l.CallerFrom, CallerFromClientCert)
+		return
+	}
+	if l.Caller != "" || l.CallerHeader != "" {
+		v.errorf(p+".caller_from", "caller_from, caller and caller_header are mutually exclusive: name the caller one way")
+	}
+	if l.TLS == nil || l.TLS.ClientCAFile == "" {
+		// Without mTLS there is no verified certificate to read: a
+		// self-declared identity is no better than a header.
+		v.errorf(p+".caller_from", "caller_from: client_cert needs tls.client_ca_file (mutual TLS), so that the certificate it reads is verified")
+	}
+}
+
+// listenerTLS checks a listener's TLS block as written; the files
+// themselves are read by the loader (config), since this package does
+// no I/O.
+func (v *validator) listenerTLS(p string, t *ListenerTLS) {
+	if t.CertFile == "" {
+		v.errorf(p+".cert_file", "cert_file is required with tls (a PEM certificate chain, leaf first)")
+	}
+	if t.KeyFile == "" {
+		v.errorf(p+".key_file", "key_file is required with tls (the PEM private key of cert_file)")
+	}
+	switch t.MinVersion {
+	case "", TLSVersion12, TLSVersion13:
+	default:
+		v.errorf(p+".min_version", "unknown min_version %q (want %q or %q; older versions are deprecated by RFC 8996)", t.MinVersion, TLSVersion12, TLSVersion13)
+	}
+}
+
+// upstreamTLS checks an upstream's TLS block as written.
+func (v *validator) upstreamTLS(p string, u *Upstream) {
+	t := u.TLS
+	tp := p + ".tls"
+	if u.Protocol == UpstreamH2C {
+		v.errorf(p+".protocol", "h2c is cleartext HTTP/2; for HTTP/2 over TLS write protocol: h2")
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		v.errorf(tp+".cert_file", "cert_file and key_file go together (the client certificate and its key)")
+	}
+	if t.InsecureSkipVerify && t.CAFile != "" {
+		v.errorf(tp+".insecure_skip_verify", "insecure_skip_verify ignores ca_file: remove one of them")
+	}
+	if t.InsecureSkipVerify && t.ServerName != "" {
+		v.errorf(tp+".insecure_skip_verify", "insecure_skip_verify ignores server_name: remove one of them")
+	}
+	if t.ServerName != "" && !isServerName(t.ServerName) {
+		v.errorf(tp+".server_name", "invalid server_name %q: write a DNS name or IP address, without scheme or port", t.ServerName)
+	}
+}
+
+// isServerName accepts a DNS name (letters, digits, '-', '_', '.') or an IP
+// literal: what a certificate's SANs can name.
+func isServerName(s string) bool {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return true
+	}
+	if len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(s, "."), ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (v *validator) listenerLimits(p string, l *ListenerLimits) {
@@ -252,11 +337,14 @@ func (v *validator) upstreams() {
 		}
 
 		switch u.Protocol {
-		case UpstreamGRPC, UpstreamHTTP, UpstreamH2C:
+		case UpstreamGRPC, UpstreamHTTP, UpstreamH2C, UpstreamH2:
 		case "":
-			v.errorf(p+".protocol", "protocol is required (grpc, http or h2c)")
+			v.errorf(p+".protocol", "protocol is required (grpc, http, h2c or h2)")
 		default:
-			v.errorf(p+".protocol", "unknown protocol %q (want grpc, http or h2c)", u.Protocol)
+			v.errorf(p+".protocol", "unknown protocol %q (want grpc, http, h2c or h2)", u.Protocol)
+		}
+		if u.TLS != nil {
+			v.upstreamTLS(p, u)
 		}
 
 		if len(u.Endpoints) == 0 {
@@ -346,7 +434,7 @@ func (v *validator) routes() {
 		}
 
 		if l != nil && u != nil && l.Protocol == ListenerGRPC && u.Protocol == UpstreamHTTP {
-			v.errorf(p+".upstream", "upstream %q speaks http (HTTP/1.1) but listener %q is grpc: gRPC needs an HTTP/2 upstream (protocol grpc or h2c)",
+			v.errorf(p+".upstream", "upstream %q speaks http (HTTP/1.1) but listener %q is grpc: gRPC needs an HTTP/2 upstream (protocol grpc, h2c or h2)",
 				u.Name, l.Name)
 		}
 
@@ -521,7 +609,7 @@ func (v *validator) fallback(p string, r *Route, l *Listener, upstreams map[stri
 		case f.Upstream == r.Upstream:
 			v.errorf(p+".upstream", "the fallback upstream must differ from the route's own upstream %q: asking the late dependency again does not help", r.Upstream)
 		case l != nil && l.Protocol == ListenerGRPC && u.Protocol == UpstreamHTTP:
-			v.errorf(p+".upstream", "upstream %q speaks http (HTTP/1.1) but listener %q is grpc: gRPC needs an HTTP/2 upstream (protocol grpc or h2c)",
+			v.errorf(p+".upstream", "upstream %q speaks http (HTTP/1.1) but listener %q is grpc: gRPC needs an HTTP/2 upstream (protocol grpc, h2c or h2)",
 				u.Name, l.Name)
 		}
 	case usesUpstream:

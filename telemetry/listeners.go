@@ -12,6 +12,8 @@ type ListenerCounts struct {
 	Open        int64  // connections open now
 	Refused     uint64 // closed at accept: max_connections reached
 	ResetFloods uint64 // closed for rapid reset
+	// TLS certificate reloads after the files changed, by result.
+	CertReloads, CertReloadErrors uint64
 }
 
 // listenerCollector reads the counters at scrape time, so the accept path
@@ -19,7 +21,7 @@ type ListenerCounts struct {
 type listenerCollector struct {
 	source atomic.Pointer[func() map[string]ListenerCounts]
 
-	open, refused, floods *prometheus.Desc
+	open, refused, floods, certReloads *prometheus.Desc
 }
 
 func newListenerCollector(reg prometheus.Registerer) *listenerCollector {
@@ -30,6 +32,9 @@ func newListenerCollector(reg prometheus.Registerer) *listenerCollector {
 			"Client connections closed at accept because the listener had max_connections open.", []string{"listener"}, nil),
 		floods: prometheus.NewDesc("hopwatch_listener_reset_floods_total",
 			"Client connections closed for resetting too many streams prematurely (HTTP/2 rapid reset).", []string{"listener"}, nil),
+		certReloads: prometheus.NewDesc("hopwatch_listener_cert_reloads_total",
+			"Reloads of a TLS listener's certificate files after they changed, by result (error: the previous certificate kept serving).",
+			[]string{"listener", "result"}, nil),
 	}
 	reg.MustRegister(c)
 	return c
@@ -39,6 +44,7 @@ func (c *listenerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.open
 	ch <- c.refused
 	ch <- c.floods
+	ch <- c.certReloads
 }
 
 func (c *listenerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -50,6 +56,10 @@ func (c *listenerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(n.Open), name)
 		ch <- prometheus.MustNewConstMetric(c.refused, prometheus.CounterValue, float64(n.Refused), name)
 		ch <- prometheus.MustNewConstMetric(c.floods, prometheus.CounterValue, float64(n.ResetFloods), name)
+		if n.CertReloads > 0 || n.CertReloadErrors > 0 {
+			ch <- prometheus.MustNewConstMetric(c.certReloads, prometheus.CounterValue, float64(n.CertReloads), name, "ok")
+			ch <- prometheus.MustNewConstMetric(c.certReloads, prometheus.CounterValue, float64(n.CertReloadErrors), name, "error")
+		}
 	}
 }
 
