@@ -26,8 +26,8 @@ type Options struct {
 	Ready func() bool
 	// Config returns the JSON-encodable document served at /config.
 	Config func() any
-	// Traces serves /api/traces and /api/bottlenecks, Hops /api/hops (and
-	// the p95 thresholds of /api/bottlenecks); nil: 503 "telemetry disabled".
+	// Traces serves /api/traces and /api/bottlenecks, Hops /api/hops;
+	// nil: 503 "telemetry disabled".
 	Traces *telemetry.Store
 	Hops   *telemetry.Stats
 	// Sessions serves /api/sessions and /api/sli; nil: 404, as without a
@@ -36,6 +36,9 @@ type Options struct {
 	// Breakers returns the /api/breakers document (circuit breakers,
 	// bulkheads, fallback counts); nil: 404, as without resilience.
 	Breakers func() any
+	// GenAI returns the /api/genai document (LLM usage per route and
+	// model); nil: 404, as without genai routes.
+	GenAI func() any
 	// Now is the clock of the statistics windows (default time.Now).
 	Now func() time.Time
 	// AllowedHosts are host names, besides loopback names and IP
@@ -90,6 +93,11 @@ func New(opts Options) *Server {
 	if opts.Breakers != nil {
 		s.mux.HandleFunc("GET /api/breakers", func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, http.StatusOK, opts.Breakers())
+		})
+	}
+	if opts.GenAI != nil {
+		s.mux.HandleFunc("GET /api/genai", func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, http.StatusOK, opts.GenAI())
 		})
 	}
 	s.srv = &http.Server{

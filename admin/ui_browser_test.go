@@ -224,6 +224,13 @@ func testUIBrowser(t *testing.T, withConv bool) {
 	if withConv {
 		conv = newConvFixture(t, store, now, slowest)
 		opts.Sessions = conv.tr
+		// The variant with everything on has genai routes too.
+		opts.GenAI = func() any {
+			return map[string]any{"models": []telemetry.ModelUsage{
+				{Route: "llm", Model: "faq-large", Requests: 40, InputTokens: 5200, OutputTokens: 16400, Truncated: 3, Cost: 0.0312, TTFT: 0.182},
+				{Route: "llm", Model: "faq-small", Requests: 120, InputTokens: 15600, OutputTokens: 24000, Truncated: 9, Cost: 0.0045, TTFT: 0.041},
+			}}
+		}
 	}
 	srv := New(opts)
 	if err := srv.Start("127.0.0.1:0"); err != nil {
@@ -424,10 +431,30 @@ func testUIBrowser(t *testing.T, withConv bool) {
 		return nil
 	})
 
+	if withConv {
+		step("model usage lists each route's models", 20*time.Second, func(ctx context.Context) error {
+			if _, err := chromedp.Run(ctx, chromedp.Poll[bool](
+				`document.querySelectorAll('#genai-table tbody tr').length === 2`)); err != nil {
+				return fmt.Errorf("the model usage table never showed 2 models: %w", err)
+			}
+			got, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+				`[...document.querySelectorAll('#genai-table tbody tr[data-model="faq-small"] td')].map(td => td.textContent)`))
+			if err != nil {
+				return err
+			}
+			want := []string{"faq-small", "120", "15.6 k / 24.0 k", "9", "0.0045", "41.0 ms"}
+			if !slices.Equal(got, want) {
+				return fmt.Errorf("faq-small row %q, want %q", got, want)
+			}
+			return nil
+		})
+	}
+
 	step("panels of what is not configured", 10*time.Second, func(ctx context.Context) error {
 		want := map[string]string{"#br-msg": "circuit breakers: not configured"}
 		if !withConv {
 			want["#cv-msg"] = "Conversation signals are off. Add a conversation section"
+			want["#ga-msg"] = "model usage: not available"
 		}
 		for sel, prefix := range want {
 			if _, err := chromedp.Run(ctx, chromedp.Poll[bool](fmt.Sprintf(
@@ -469,7 +496,8 @@ func testUIBrowser(t *testing.T, withConv bool) {
 	defer consoleMu.Unlock()
 	for _, m := range console {
 		expected404 := strings.Contains(m.Text, "404") &&
-			(strings.HasSuffix(m.URL, "/api/breakers") || !withConv && (strings.Contains(m.URL, "/api/sessions") || strings.Contains(m.URL, "/api/sli")))
+			(strings.HasSuffix(m.URL, "/api/breakers") || !withConv && (strings.Contains(m.URL, "/api/sessions") ||
+				strings.Contains(m.URL, "/api/sli") || strings.HasSuffix(m.URL, "/api/genai")))
 		switch {
 		case m.IsException():
 			t.Errorf("script error: %s", m.Text)

@@ -754,13 +754,42 @@
     renderGeneric(box, r.body);
   }
 
+  // renderGenAI shows what each genai route spent per model: requests,
+  // tokens, truncated answers, cost and mean time to first token.
+  function renderGenAI(r) {
+    if (r == null) return;
+    const box = $('#genai');
+    const msg = $('#ga-msg');
+    if (r.status === 200 && r.body && Array.isArray(r.body.models) && r.body.models.length === 0) {
+      box.replaceChildren();
+      setMsg(msg, 'no LLM calls yet: set genai: {api: openai} on an HTTP route to an OpenAI-compatible API', 'na');
+      return;
+    }
+    if (r.status !== 200 || !r.body || !Array.isArray(r.body.models)) {
+      renderOptional(r, box, msg, 'model usage', 'model usage: not available');
+      return;
+    }
+    setMsg(msg, '');
+    const num = (v) => (v >= 1e6 ? `${(v / 1e6).toFixed(2)} M` : v >= 1e4 ? `${(v / 1e3).toFixed(1)} k` : String(Math.round(v)));
+    // Narrow panel: the route goes in the model cell's tooltip; tokens in
+    // and out share a column.
+    box.replaceChildren(el('table', {class: 'data', id: 'genai-table'},
+      el('thead', null, el('tr', null, ...['model', 'req.', 'tokens in / out', 'trunc.', 'cost', 'TTFT'].map((c) => el('th', {scope: 'col', text: c})))),
+      el('tbody', null, ...r.body.models.map((m) => el('tr', {'data-model': m.model},
+        el('td', {title: `route ${m.route}`, 'data-route': m.route}, el('span', {class: 'model', text: m.model})),
+        el('td', {text: num(m.requests)}),
+        el('td', {text: `${num(m.input_tokens)} / ${num(m.output_tokens)}`}), el('td', {text: num(m.truncated)}),
+        el('td', {text: m.cost ? m.cost.toFixed(4) : '–'}), el('td', {text: m.ttft_mean_seconds ? fmtMs(m.ttft_mean_seconds) + ' ms' : '–'}))))));
+  }
+
   // ---------- polling ----------
 
   async function refresh() {
-    const [hops, bottlenecks, breakers, sli, sessions] = await Promise.all([
+    const [hops, bottlenecks, breakers, genai, sli, sessions] = await Promise.all([
       getJSON('api/hops'),
       getJSON('api/bottlenecks?window=5m'),
       getOptional('api/breakers'),
+      getOptional('api/genai'),
       getOptional(`api/sli?window=${SLI_WINDOW}`),
       getOptional('api/sessions?good=false&limit=200'),
     ]);
@@ -768,6 +797,7 @@
     const n = renderHops(hops);
     renderTraces(await getJSON(tracesQuery()));
     renderOptional(breakers, $('#breakers'), $('#br-msg'), 'circuit breakers', 'circuit breakers: not configured');
+    renderGenAI(genai);
     renderConversation(sli, sessions);
 
     // A trace picked while it was still in flight gains spans: redraw it.

@@ -118,6 +118,13 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		Breakers: func() any {
 			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": tel.FallbackCounts()}
 		},
+		GenAI: func() any {
+			models, err := tel.GenAIUsage()
+			if err != nil {
+				return map[string]any{"error": err.Error()}
+			}
+			return map[string]any{"models": models}
+		},
 	})
 	a.admin.Handle("GET /metrics", tel.MetricsHandler())
 	if err := a.admin.Start(cfg.Admin.Address); err != nil {
