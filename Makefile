@@ -43,7 +43,7 @@ FUZZ_TARGETS ?= config:FuzzParse \
 	routes:FuzzMatch routes:FuzzCheckPath routes:FuzzCheckGRPCMethod routes:FuzzParseRetryOn \
 	telemetry:FuzzPropagation telemetry:FuzzJSONScanner telemetry:FuzzSSE \
 	proxy:FuzzForwardedHeaders \
-	conversation:FuzzIdentify conversation:FuzzFingerprint conversation:FuzzBodyExtraction
+	conversation:FuzzIdentify conversation:FuzzFingerprint conversation:FuzzBodyExtraction conversation:FuzzExtractProto
 FUZZTIME ?= 15s
 
 ## fuzz: run every fuzz target for FUZZTIME each (FUZZTIME=10m FUZZ_TARGETS=routes:FuzzMatch for one, longer)
