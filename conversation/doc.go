@@ -7,7 +7,8 @@
 // sessions" can be an SLI next to latency and errors.
 //
 // It sits beside the request path, not on it: telemetry/ calls a hook when
-// an entry-route hop ends, cmd/proxy adapts that hook to Tracker.Observe,
+// an entry-route hop ends, Tracker.Observer adapts that hook to
+// Tracker.Observe (telemetry is the one package of ours this one imports),
 // and nothing here can delay, change or refuse a request. The proxy never
 // imports this package.
 //

@@ -15,7 +15,7 @@ import (
 
 // The demo wires the conversation tracker as cmd/proxy does (see its
 // conversation.go): a tracker with its metrics on hopwatch's registry,
-// told about every chat turn by telemetry through turnAdapter, an optional
+// told about every chat turn by telemetry through Tracker.Observer, an optional
 // events file, and a sweeper that ends idle sessions. It is repeated here,
 // not shared, because both are main packages and the wiring is a few
 // lines of glue; the rules all live in conversation/.
@@ -60,7 +60,7 @@ func startConversation(cfg *conversation.Config, reg prometheus.Registerer, tel 
 		return nil, err
 	}
 	c.tr = tr
-	tel.SetTurnObserver(turnAdapter{tr})
+	tel.SetTurnObserver(tr.Observer())
 	tel.SetTurnSLOs(cfg.TurnSLOs())
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stop = cancel
@@ -92,38 +92,6 @@ func (c *conv) closeFile() {
 	}
 }
 
-// turnAdapter lets telemetry report entry hops to the tracker without
-// either package importing the other.
-type turnAdapter struct{ tr *conversation.Tracker }
-
-func (a turnAdapter) Entry(route string) (bool, bool) {
-	if !a.tr.IsEntry(route) {
-		return false, false
-	}
-	return true, a.tr.ReadsBody()
-}
-
-func (a turnAdapter) VerdictHeader() string { return a.tr.VerdictHeader() }
-
-func (a turnAdapter) HeaderKeys() []string { return a.tr.HeaderKeys() }
-
-func (a turnAdapter) SessionID(get func(string) string) string {
-	id, _ := a.tr.Identify(get)
-	return id
-}
-
-func (a turnAdapter) TurnEnded(t telemetry.Turn) telemetry.TurnMark {
-	hops := make([]conversation.Hop, 0, len(t.Hops))
-	for _, h := range t.Hops {
-		hops = append(hops, conversation.Hop{Name: h.Route, Outcome: string(h.Outcome), Code: h.Code, Verdict: h.Verdict, Self: h.Self, Depth: h.Depth})
-	}
-	res := a.tr.Observe(conversation.Turn{
-		Route: t.Route, Header: t.Header, Body: t.Body, BodyProto: t.BodyProto, TraceID: t.TraceID,
-		Start: t.Start, Duration: t.Duration, FirstByte: t.FirstByte,
-		Code: t.Code, HopOutcome: string(t.Outcome), Verdict: t.Verdict, Hops: hops,
-	})
-	return telemetry.TurnMark{SessionID: res.SessionID, Index: res.Index, Outcome: string(res.Outcome)}
-}
 
 // waitSessionsEnded waits, once the users are done, until hopwatch has
 // ended every session (each one idle_timeout after its last turn), so that

@@ -107,7 +107,7 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		conv:      tracker,
 	}
 	if conv != nil {
-		tel.SetTurnObserver(turnAdapter{tracker})
+		tel.SetTurnObserver(tracker.Observer())
 		// The bottleneck analysis calls every turn over its SLO slow. The
 		// section cannot change on reload, so this is set once.
 		tel.SetTurnSLOs(cfg.Conversation.TurnSLOs())

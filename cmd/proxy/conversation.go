@@ -109,36 +109,3 @@ func (c *convParts) close() {
 	}
 }
 
-// turnAdapter lets telemetry report entry hops to the tracker without
-// either package importing the other.
-type turnAdapter struct{ tr *conversation.Tracker }
-
-func (a turnAdapter) Entry(route string) (bool, bool) {
-	if !a.tr.IsEntry(route) {
-		return false, false
-	}
-	return true, a.tr.ReadsBody()
-}
-
-func (a turnAdapter) VerdictHeader() string { return a.tr.VerdictHeader() }
-
-func (a turnAdapter) HeaderKeys() []string { return a.tr.HeaderKeys() }
-
-func (a turnAdapter) SessionID(get func(string) string) string {
-	id, _ := a.tr.Identify(get)
-	return id
-}
-
-func (a turnAdapter) TurnEnded(t telemetry.Turn) telemetry.TurnMark {
-	var buf [8]conversation.Hop
-	hops := buf[:0]
-	for _, h := range t.Hops {
-		hops = append(hops, conversation.Hop{Name: h.Route, Outcome: string(h.Outcome), Code: h.Code, Verdict: h.Verdict, Self: h.Self, Depth: h.Depth})
-	}
-	res := a.tr.Observe(conversation.Turn{
-		Route: t.Route, Header: t.Header, Body: t.Body, BodyProto: t.BodyProto, TraceID: t.TraceID,
-		Start: t.Start, Duration: t.Duration, FirstByte: t.FirstByte,
-		Code: t.Code, HopOutcome: string(t.Outcome), Verdict: t.Verdict, Hops: hops,
-	})
-	return telemetry.TurnMark{SessionID: res.SessionID, Index: res.Index, Outcome: string(res.Outcome)}
-}
