@@ -5,15 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"reflect"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/hopwatch/hopwatch/conversation"
+	"github.com/hopwatch/hopwatch/internal/tlsfile"
 	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
@@ -22,10 +21,6 @@ import (
 // is not written. It is loopback because the admin server exposes the
 // configuration and recorded traces.
 const DefaultAdminAddress = "127.0.0.1:9901"
-
-// maxFileBytes bounds what Load reads. Real files are a few KiB; the cap
-// keeps a wrong path (a log, a device) from being read into memory whole.
-const maxFileBytes = 4 << 20
 
 // Config is the whole file as written. Zero values are usable defaults;
 // Load fills the documented ones in so that /config shows effective values.
@@ -70,7 +65,7 @@ type Section struct{}
 
 // ErrNotRegular is returned by Load for a path that is not a regular file
 // (a FIFO, a device, a directory).
-var ErrNotRegular = errors.New("not a regular file")
+var ErrNotRegular = tlsfile.ErrNotRegular
 
 // Load reads and parses the file at path. Problems with the content come
 // back as Errors, all of them, each with file:line:col and field path;
@@ -80,31 +75,17 @@ var ErrNotRegular = errors.New("not a regular file")
 // Only a regular file (or a symlink to one, as Kubernetes mounts them) is
 // read. A FIFO at the path would block the open, and then every read, until
 // some writer came along: a reload, /config and shutdown all waited on it.
-// So the path is checked before opening, the open does not block
-// (O_NONBLOCK, which regular files ignore), and the opened file is checked
-// again, since the path may have been replaced in between.
+// So the open does not block (O_NONBLOCK, which regular files ignore) and
+// the opened file is checked (tlsfile.Read, which also caps the size at
+// 4 MiB: real files are a few KiB, and a wrong path, a log or a device, is
+// not read into memory whole).
 func Load(path string) (*Config, error) {
-	if fi, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	} else if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("config: %s: %w (%s)", path, ErrNotRegular, fi.Mode().Type())
-	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	} else if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("config: %s: %w (%s)", path, ErrNotRegular, fi.Mode().Type())
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxFileBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("config: read %s: %w", path, err)
-	}
-	if len(data) > maxFileBytes {
-		return nil, Errors{{File: path, Msg: fmt.Sprintf("file is larger than %d MiB; is this the right file?", maxFileBytes>>20)}}
+	data, err := tlsfile.Read(path) // the same bounded, FIFO-safe read as every file hopwatch loads
+	switch {
+	case errors.Is(err, tlsfile.ErrTooLarge):
+		return nil, Errors{{File: path, Msg: "file is " + err.Error()}}
+	case err != nil:
+		return nil, fmt.Errorf("config: %s: %w", path, err)
 	}
 	return Parse(path, data)
 }

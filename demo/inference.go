@@ -45,12 +45,18 @@ func (m inference) Generate(req *botv1.GenerateRequest, stream botv1.Inference_G
 var cannedReply = strings.Fields("Thanks for asking. Here is what I found: " +
 	"you can check this any time in your account, and our team is happy to help if anything is unclear.")
 
-// replyWords returns n words: the prompt's topic first, so replies differ
-// by question, then the canned text.
+// maxReplyTokens bounds a reply whatever a caller asks for (max_tokens is
+// the caller's to set): the demo's services are reachable by anything that
+// can reach hopwatch.
+const maxReplyTokens = 4096
+
+// replyWords returns n words (at most maxReplyTokens): the prompt's topic
+// first, so replies differ by question, then the canned text.
 func replyWords(prompt string, n int) []string {
 	if n <= 0 {
 		return nil
 	}
+	n = min(n, maxReplyTokens)
 	src := append(strings.Fields("About "+prompt+":"), cannedReply...)
 	out := make([]string, n)
 	for i := range out {

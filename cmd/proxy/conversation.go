@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hopwatch/hopwatch/conversation"
+	"github.com/hopwatch/hopwatch/internal/tlsfile"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
@@ -32,7 +33,7 @@ func newConversation(cfg *conversation.Config, reg prometheus.Registerer, tel *t
 	}
 	var key []byte
 	if cfg.HashIDs {
-		b, err := os.ReadFile(cfg.HashKeyFile)
+		b, err := tlsfile.Read(cfg.HashKeyFile) // bounded, and a FIFO does not hang start-up
 		if err != nil {
 			return nil, fmt.Errorf("conversation.hash_key_file: %w", err)
 		}

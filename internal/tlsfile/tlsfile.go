@@ -45,6 +45,9 @@ func (e *Error) Unwrap() error { return e.Err }
 // ErrNotRegular is returned for a path that is not a regular file.
 var ErrNotRegular = errors.New("not a regular file")
 
+// ErrTooLarge is returned for a file over MaxFileBytes.
+var ErrTooLarge = fmt.Errorf("larger than %d MiB; is this the right file?", MaxFileBytes>>20)
+
 // Read returns the content of a regular file of at most MaxFileBytes. A
 // FIFO or device at the path is refused without blocking on it.
 func Read(path string) ([]byte, error) {
@@ -71,7 +74,7 @@ func Read(path string) ([]byte, error) {
 		return nil, err
 	}
 	if len(data) > MaxFileBytes {
-		return nil, fmt.Errorf("larger than %d MiB; is this the right file?", MaxFileBytes>>20)
+		return nil, ErrTooLarge
 	}
 	return data, nil
 }
