@@ -140,7 +140,9 @@ func (d *identifier) read(get func(key string) string, body []byte, proto bool) 
 // sensitive data").
 func (d *identifier) hash(id string) string {
 	if d.key == nil {
-		return id
+		// A copy: id is a piece of a request header or body, and a session
+		// keeps it for its whole life; the piece would keep all of it.
+		return strings.Clone(id)
 	}
 	h := d.pool.Get().(hash.Hash)
 	h.Reset()

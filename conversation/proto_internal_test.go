@@ -1,8 +1,11 @@
 package conversation
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -117,4 +120,40 @@ func FuzzExtractProto(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestNamesFull: past maxNames every new name is "other", which the table
+// always holds (it used to recurse forever when "other" had not been seen).
+func TestNamesFull(t *testing.T) {
+	var n names
+	for i := 0; len(n.list) < maxNames; i++ {
+		n.id(fmt.Sprint("route-", i))
+	}
+	if got := n.name(n.id("one-more")); got != otherName {
+		t.Errorf("a name past the bound is %q, want %q", got, otherName)
+	}
+	if got := n.name(n.id("route-3")); got != "route-3" {
+		t.Errorf("a known name is %q", got)
+	}
+	if n.id("") != 0 || n.name(n.id(otherName)) != otherName {
+		t.Error(`"" and "other" keep their places`)
+	}
+}
+
+// TestSessionIDIsACopy: a session id read from a header does not keep the
+// header's memory.
+func TestSessionIDIsACopy(t *testing.T) {
+	src, err := parseSource("baggage:session.id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newIdentifier([]source{src}, nil, 0, nil)
+	bag := "session.id=s-1," + strings.Repeat("k=v,", 1000)
+	id, _, _ := d.read(func(string) string { return bag }, nil, false)
+	if id != "s-1" {
+		t.Fatalf("id %q", id)
+	}
+	if unsafe.StringData(id) == unsafe.StringData(bag[len("session.id="):]) {
+		t.Error("the id shares the header's bytes")
+	}
 }

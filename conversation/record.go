@@ -37,7 +37,8 @@ var (
 // guards against a caller handing the tracker arbitrary strings.
 const maxNames = 4096
 
-// names interns the strings of turn records. Index 0 is "".
+// names interns the strings of turn records. Index 0 is "", index 1
+// "other", which every name past maxNames becomes.
 type names struct {
 	idx  map[string]uint16
 	list []string
@@ -51,17 +52,23 @@ func (n *names) id(s string) uint16 {
 		return i
 	}
 	if n.idx == nil {
-		n.idx = map[string]uint16{}
-		n.list = []string{""}
+		n.idx = map[string]uint16{otherName: 1}
+		n.list = []string{"", otherName}
+		if s == otherName {
+			return 1
+		}
 	}
 	if len(n.list) >= maxNames {
-		return n.id("other")
+		return 1 // otherName: it was interned first, so it is always there
 	}
 	i := uint16(len(n.list))
 	n.idx[s] = i
 	n.list = append(n.list, s)
 	return i
 }
+
+// otherName stands for the names that did not fit.
+const otherName = "other"
 
 func (n *names) name(i uint16) string {
 	if int(i) < len(n.list) {

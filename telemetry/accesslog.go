@@ -361,9 +361,9 @@ func (a *AccessLog) appendLine(b []byte, r *accessRecord) []byte {
 	b = appendStrField(b, "outcome", string(r.outcome), maxLogField)
 	b = append(b, `,"duration_ms":`...)
 	b = appendMillis(b, r.d)
-	if h.ext.ttfb > 0 {
+	if h.ttfb > 0 {
 		b = append(b, `,"ttfb_ms":`...)
-		b = appendMillis(b, h.ext.ttfb)
+		b = appendMillis(b, h.ttfb)
 	}
 	if x := h.ext.x; x != nil {
 		b = append(b, `,"bytes_in":`...)

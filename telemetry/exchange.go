@@ -24,8 +24,7 @@ func newExtras(reg prometheus.Registerer) extras {
 
 // hopExt is what a hop keeps for the genai metrics and the access log.
 type hopExt struct {
-	endpoint string        // the last attempt's
-	ttfb     time.Duration // 0: no response byte
+	endpoint string // the last attempt's
 	session  string
 	x        *Exchange // HTTP listeners, when something observes the body
 }

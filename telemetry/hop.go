@@ -232,7 +232,6 @@ func (h *Hop) FirstByte() {
 	}
 	h.firstB = true
 	h.ttfb = h.r.t.now().Sub(h.start)
-	h.ext.ttfb = h.ttfb
 	h.r.series.firstB.Observe(h.ttfb.Seconds())
 }
 

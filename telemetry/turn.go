@@ -108,8 +108,14 @@ type TurnMark struct {
 // turnHook is the installed observer and the session ids of the turns in
 // flight, by trace, so that every hop span of a turn can carry it.
 type turnHook struct {
-	o      TurnObserver
-	active sync.Map // trace.TraceID → string: the session id of an entry hop in flight
+	o TurnObserver
+	// verdict is o's verdict header, lowercase ("" for none), as gRPC
+	// metadata keys it; verdictCanon and verdictTrailer are its keys in an
+	// http.Header, as a header and as an unannounced trailer
+	// (http.TrailerPrefix): worked out once, since every hop's response is
+	// looked at.
+	verdict, verdictCanon, verdictTrailer string
+	active                                sync.Map // trace.TraceID → string: the session id of an entry hop in flight
 	// copied is the body bytes held by all entry hops in flight, bounded
 	// by MaxTurnBodyBytesInFlight.
 	copied atomic.Int64
@@ -122,7 +128,12 @@ func (t *Telemetry) SetTurnObserver(o TurnObserver) {
 		t.turns.Store(nil)
 		return
 	}
-	t.turns.Store(&turnHook{o: o})
+	hook := &turnHook{o: o, verdict: strings.ToLower(o.VerdictHeader())}
+	if hook.verdict != "" {
+		hook.verdictCanon = http.CanonicalHeaderKey(hook.verdict)
+		hook.verdictTrailer = http.TrailerPrefix + hook.verdictCanon
+	}
+	t.turns.Store(hook)
 }
 
 // turnState is an entry hop's turn in progress.
@@ -298,11 +309,11 @@ func (h *Hop) ResponseHeader(hdr http.Header) {
 	if hook == nil {
 		return
 	}
-	name := hook.o.VerdictHeader()
+	name := hook.verdictCanon
 	if name == "" {
 		return
 	}
-	h.verdictFrom(hdr, name)
+	h.verdictFrom(hdr, name, hook.verdictTrailer)
 }
 
 // VerdictKey is the metadata key (lowercase) in which services give
@@ -314,7 +325,7 @@ func (h *Hop) VerdictKey() string {
 		return ""
 	}
 	if hook := h.r.t.turns.Load(); hook != nil {
-		return hook.o.VerdictHeader()
+		return hook.verdict
 	}
 	return ""
 }
@@ -333,19 +344,21 @@ func (h *Hop) Verdict(v string) {
 }
 
 // verdictFrom reads and removes the verdict header name from hdr.
-func (h *Hop) verdictFrom(hdr http.Header, name string) {
+func (h *Hop) verdictFrom(hdr http.Header, name, trailer string) {
 	// After the body the map holds the trailers too: announced ones under
 	// their names, others with http.TrailerPrefix (see net/http).
-	// The prefixed form is not canonicalized by Header.Get: index it.
-	trailer := http.TrailerPrefix + http.CanonicalHeaderKey(name)
-	v := hdr.Get(name)
-	if v == "" && len(hdr[trailer]) > 0 {
-		v = hdr[trailer][0]
+	// Both keys are canonical already: indexed, not Get, so that looking
+	// costs no allocation on hops without a verdict.
+	var v string
+	if vs := hdr[name]; len(vs) > 0 {
+		v = vs[0]
+	} else if vs := hdr[trailer]; len(vs) > 0 {
+		v = vs[0]
 	}
 	if v == "" {
 		return
 	}
-	hdr.Del(name)
+	delete(hdr, name)
 	delete(hdr, trailer)
 	h.Verdict(v)
 }

@@ -92,7 +92,6 @@ func (c *conv) closeFile() {
 	}
 }
 
-
 // waitSessionsEnded waits, once the users are done, until hopwatch has
 // ended every session (each one idle_timeout after its last turn), so that
 // the final table compares whole runs; ctx (Ctrl-C, -duration) cuts it

@@ -109,4 +109,3 @@ func (c *convParts) close() {
 		c.otlp.Close(ctx)
 	}
 }
-
