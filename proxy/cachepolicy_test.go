@@ -255,6 +255,8 @@ func TestCacheRulesGRPC(t *testing.T) {
 		{name: "plain answer is stored, with its headers",
 			first: call{unaryM, []string{"h-lang", "en"}, []string{"q"}}, then: call{unaryM, []string{"h-lang", "en"}, []string{"q"}},
 			wantCache: true, wantHdr: "h-lang"},
+		{name: "an empty answer is stored too",
+			first: call{unaryM, nil, []string{""}}, then: call{unaryM, nil, []string{""}}, wantCache: true},
 		{name: "authorization is not stored",
 			first: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}, then: call{unaryM, nil, []string{"q"}}},
 		{name: "authorization: same caller misses too",

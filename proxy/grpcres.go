@@ -299,7 +299,11 @@ func (g *grpcCall) open(ctx context.Context, gate *pass) (*attempt, error) {
 // end with ctx.
 func (g *grpcCall) openOn(ctx context.Context, up *upstream, gate *pass, log *requestLog) (*attempt, error) {
 	actx, cancel := context.WithCancel(ctx)
-	cs, ep, span, err := up.openGRPC(actx, g.hop, g.md, bidi, g.method, callOptions(g.md)...)
+	// Each attempt gets its own copy of the metadata: its trace context is
+	// written into it, while earlier attempts (late ones in the background,
+	// the fallback upstream's) may still be reading theirs.
+	md := g.md.Copy()
+	cs, ep, span, err := up.openGRPC(actx, g.hop, md, bidi, g.method, callOptions(md)...)
 	if err != nil {
 		cancel()
 		code := status.Code(err)
@@ -471,13 +475,33 @@ func (g *grpcCall) deliver(ev event) error {
 }
 
 // store keeps a unary success (one message, for a complete request) in
-// the cache, with the upstream's headers and trailers.
+// the cache, with the upstream's headers and trailers. The message may be
+// empty (first is nil then: an empty message, such as google.protobuf.Empty,
+// is an answer too). A service's verdict is not kept: it was about this
+// turn, not about the turns a cached answer will stand in for.
 func (g *grpcCall) store(trailer metadata.MD) bool {
-	if g.msgs != 1 || g.first == nil {
+	if g.msgs != 1 || g.res.cache == nil {
 		return false
 	}
 	req, ok := g.log.complete()
-	return ok && g.res.storeGRPC(g.res.grpcCacheReq(g.method, g.md, req), g.hdr, g.first, trailer)
+	if !ok {
+		return false
+	}
+	hdr := g.hdr
+	if k := g.hop.VerdictKey(); k != "" {
+		hdr, trailer = withoutKey(hdr, k), withoutKey(trailer, k)
+	}
+	return g.res.storeGRPC(g.res.grpcCacheReq(g.method, g.md, req), hdr, g.first, trailer)
+}
+
+// withoutKey returns md without key, copying it only if it has the key.
+func withoutKey(md metadata.MD, key string) metadata.MD {
+	if _, ok := md[key]; !ok {
+		return md
+	}
+	md = md.Copy()
+	delete(md, key)
+	return md
 }
 
 func (g *grpcCall) rejected(reason string) { g.hop.Rejected(reason) }
@@ -570,6 +594,14 @@ func (g *grpcCall) altUpstream(ctx context.Context) *fallback.Entry {
 			e.Header = ev.header
 		case evMessage:
 			n++
+			if n > 1 {
+				// Only a unary answer can stand in; a stream is not read
+				// (and copied) to its end to find that out.
+				ev.release()
+				a.cancel()
+				a.endGRPC(status.Error(codes.Canceled, "hopwatch: the fallback upstream streams; only a single answer can stand in"), false)
+				return nil
+			}
 			e.Body = ev.msg.data.Materialize()
 			ev.release()
 		case evEnd:

@@ -65,7 +65,7 @@ func TestGRPCTurnObservation(t *testing.T) {
 		Routes: []routes.Route{
 			{Name: "plain", Listener: "grpc", Match: routes.Match{Headers: map[string]string{"x-route": "plain"}}, Upstream: "echo"},
 			{Name: "resilient", Listener: "grpc", Upstream: "echo", Retry: &routes.Retry{Attempts: 2, On: []string{"unavailable"}},
-				Fallback: &routes.Fallback{After: 5 * time.Second, Use: []string{"static"}, Static: &routes.FallbackStatic{}}},
+				Fallback: &routes.Fallback{After: 5 * time.Second, Use: []string{"cache", "static"}, Static: &routes.FallbackStatic{}}},
 		},
 		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
 	}); err != nil {
@@ -76,14 +76,18 @@ func TestGRPCTurnObservation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, tc := range []struct {
-		name    string
-		route   string
-		md      []string
-		verdict string
+		name     string
+		route    string
+		md       []string
+		verdict  string
+		fallback string // the fallback source that must have answered
 	}{
-		{"plain route, verdict in the headers", "plain", []string{"x-answer-x-bot-outcome", "resolved"}, "resolved"},
-		{"resilient route, verdict in the headers", "resilient", []string{"x-answer-x-bot-outcome", "no_match"}, "no_match"},
-		{"no verdict", "plain", nil, ""},
+		{"plain route, verdict in the headers", "plain", []string{"x-answer-x-bot-outcome", "resolved"}, "resolved", ""},
+		{"resilient route, verdict in the headers", "resilient", []string{"x-answer-x-bot-outcome", "no_match"}, "no_match", ""},
+		{"no verdict", "plain", nil, "", ""},
+		// The resilient case above left its answer in the cache; a failing
+		// call gets it, without the earlier turn's verdict.
+		{"a cached answer carries no earlier verdict", "resilient", []string{"x-status", "14"}, "", "cache"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			md := metadata.Pairs(append([]string{"x-route", tc.route}, tc.md...)...)
@@ -92,6 +96,9 @@ func TestGRPCTurnObservation(t *testing.T) {
 			o := unary(ctx, cc, "/"+echoService+"/Unary", md, []byte("sess-42"))
 			if o.Code != codes.OK {
 				t.Fatalf("call: %v", o)
+			}
+			if got := first(o.Trailer, "x-hopwatch-fallback"); got != tc.fallback {
+				t.Fatalf("answered by fallback %q, want %q: %v", got, tc.fallback, o)
 			}
 			if len(o.Header.Get("x-bot-outcome")) > 0 {
 				t.Errorf("the client saw the verdict header: %v", o)
