@@ -26,7 +26,6 @@ type app struct {
 	stack *demo.Stack
 	cfg   *config.Config
 	tel   *telemetry.Telemetry
-	reg   *prometheus.Registry // what /metrics serves; the view reads model usage here
 	proxy *proxy.Proxy
 	admin *admin.Server
 	// conv tracks the chat's conversations (nil without a conversation
@@ -65,7 +64,6 @@ func start(svc demo.Config, place demo.Placement, log *slog.Logger) (*app, error
 		a.stop()
 		return nil, err
 	}
-	a.reg = reg
 	a.tel.SetGenAI(cfg.GenAI)
 	a.conv, err = startConversation(cfg.Conversation, reg, a.tel)
 	if err != nil {

@@ -191,7 +191,7 @@ func runDemo(ctx context.Context, o options, stdout io.Writer, log *slog.Logger)
 	adminClient := &http.Client{Timeout: 2 * time.Second}
 	defer adminClient.CloseIdleConnections()
 	v := newView(stdout, adminClient, a.adminURL(), o.users.SlowAfter)
-	v.models = func() ([]modelRow, error) { return modelUsage(a.reg) }
+	v.models = func() ([]modelRow, error) { return modelUsage(a.tel) }
 	v.banner(ctx, o, a.httpURL())
 
 	rec := demo.NewRecorder(nil)

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/hopwatch/hopwatch/telemetry"
 )
 
 // modelRow is one model's usage since start, as hopwatch's genai metrics
@@ -22,55 +22,33 @@ type modelRow struct {
 	TTFT      time.Duration // mean time to first token
 }
 
-// modelUsage reads the hopwatch_genai_* series from the registry hopwatch
-// exports at /metrics.
-func modelUsage(g prometheus.Gatherer) ([]modelRow, error) {
-	mfs, err := g.Gather()
+// modelUsage sums what hopwatch counted per model over its genai routes
+// (telemetry.GenAIUsage reads the hopwatch_genai_* series); the mean time
+// to first token is weighted by requests.
+func modelUsage(tel *telemetry.Telemetry) ([]modelRow, error) {
+	usage, err := tel.GenAIUsage()
 	if err != nil {
 		return nil, err
 	}
 	rows := map[string]*modelRow{}
-	row := func(labels map[string]string) *modelRow {
-		m := labels["model"]
-		if rows[m] == nil {
-			rows[m] = &modelRow{Model: m}
+	ttft := map[string]float64{} // seconds × requests
+	for _, u := range usage {
+		r := rows[u.Model]
+		if r == nil {
+			r = &modelRow{Model: u.Model}
+			rows[u.Model] = r
 		}
-		return rows[m]
-	}
-	var ttftSum = map[string]float64{}
-	var ttftCount = map[string]uint64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			switch mf.GetName() {
-			case "hopwatch_genai_requests_total":
-				r := row(labels)
-				r.Requests += m.GetCounter().GetValue()
-				if labels["finish_reason"] == "length" {
-					r.Truncated += m.GetCounter().GetValue()
-				}
-			case "hopwatch_genai_tokens_total":
-				r := row(labels)
-				if labels["type"] == "input" {
-					r.Input += m.GetCounter().GetValue()
-				} else {
-					r.Output += m.GetCounter().GetValue()
-				}
-			case "hopwatch_genai_cost_total":
-				row(labels).Cost += m.GetCounter().GetValue()
-			case "hopwatch_genai_time_to_first_token_seconds":
-				ttftSum[labels["model"]] += m.GetHistogram().GetSampleSum()
-				ttftCount[labels["model"]] += m.GetHistogram().GetSampleCount()
-			}
-		}
+		r.Requests += u.Requests
+		r.Input += u.InputTokens
+		r.Output += u.OutputTokens
+		r.Truncated += u.Truncated
+		r.Cost += u.Cost
+		ttft[u.Model] += u.TTFT * u.Requests
 	}
 	out := make([]modelRow, 0, len(rows))
 	for name, r := range rows {
-		if n := ttftCount[name]; n > 0 {
-			r.TTFT = time.Duration(ttftSum[name] / float64(n) * float64(time.Second))
+		if r.Requests > 0 {
+			r.TTFT = time.Duration(ttft[name] / r.Requests * float64(time.Second))
 		}
 		out = append(out, *r)
 	}

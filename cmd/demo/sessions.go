@@ -1,13 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/hopwatch/hopwatch/demo"
 )
@@ -48,76 +48,48 @@ func fetchSessions(ctx context.Context, v *view) (hopwatchSessions, error) {
 }
 
 // parseSessions picks the conversation series out of the Prometheus text
-// format. It reads only hopwatch's own names and labels, so a line parser
-// is enough (no exposition-format dependency for a demo table).
+// format, parsed by the client library's own parser.
 func parseSessions(r io.Reader) (hopwatchSessions, error) {
 	h := hopwatchSessions{Outcomes: map[string]int{}}
-	seen := false
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "hopwatch_conversation_") {
-			continue
-		}
-		name, labels, value, ok := splitSample(line)
-		if !ok {
-			continue
-		}
-		n := int(value)
-		switch name {
-		case "hopwatch_conversation_sessions_total":
-			seen = true
-			h.Outcomes[labels["outcome"]] += n
-			if labels["good"] == "true" {
-				h.Good += n
-			}
-		case "hopwatch_conversation_turn_signals_total":
-			if labels["signal"] == "repeat" {
-				h.Repeats += n
-			}
-		case "hopwatch_conversation_active_sessions":
-			seen = true
-			h.Active = n
-		case "hopwatch_conversation_verdicts_total":
-			switch labels["verdict"] {
-			case demo.VerdictNoMatch:
-				h.NoMatch += n
-			case demo.VerdictResolved:
-				h.Resolved += n
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(r)
+	if err != nil {
 		return h, fmt.Errorf("%s: %w", metricsPath, err)
+	}
+	seen := false
+	for name, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			n := int(m.GetCounter().GetValue() + m.GetGauge().GetValue() + m.GetUntyped().GetValue())
+			switch name {
+			case "hopwatch_conversation_sessions_total":
+				seen = true
+				h.Outcomes[labels["outcome"]] += n
+				if labels["good"] == "true" {
+					h.Good += n
+				}
+			case "hopwatch_conversation_turn_signals_total":
+				if labels["signal"] == "repeat" {
+					h.Repeats += n
+				}
+			case "hopwatch_conversation_active_sessions":
+				seen = true
+				h.Active = n
+			case "hopwatch_conversation_verdicts_total":
+				switch labels["verdict"] {
+				case demo.VerdictNoMatch:
+					h.NoMatch += n
+				case demo.VerdictResolved:
+					h.Resolved += n
+				}
+			}
+		}
 	}
 	if !seen {
 		return h, &notServedError{path: metricsPath, reason: "no conversation metrics: the configuration has no conversation section"}
 	}
 	return h, nil
-}
-
-// splitSample splits `name{k="v",...} value` (label values without
-// escapes, as hopwatch's bounded labels are).
-func splitSample(line string) (name string, labels map[string]string, value float64, ok bool) {
-	head, val, found := strings.Cut(line, " ")
-	if !found {
-		return "", nil, 0, false
-	}
-	if f := strings.Fields(val); len(f) > 0 {
-		val = f[0] // a timestamp may follow
-	}
-	v, err := strconv.ParseFloat(val, 64)
-	if err != nil {
-		return "", nil, 0, false
-	}
-	name, rest, hasLabels := strings.Cut(head, "{")
-	labels = map[string]string{}
-	if hasLabels {
-		for _, kv := range strings.Split(strings.TrimSuffix(rest, "}"), ",") {
-			k, v, _ := strings.Cut(kv, "=")
-			labels[k] = strings.Trim(v, `"`)
-		}
-	}
-	return name, labels, v, true
 }
