@@ -15,7 +15,7 @@ import (
 
 // Turns: a request on an entry route is one user turn of a conversation.
 // telemetry does not know what a session is; it tells a TurnObserver (the
-// conversation tracker, adapted in cmd/proxy) when an entry hop starts and
+// conversation tracker, through Tracker.Observer) when an entry hop starts and
 // ends, with the hops of its trace, and writes what the observer returns
 // onto the entry hop's span. The proxy never sees any of it.
 

@@ -18,6 +18,7 @@ import (
 	"github.com/hopwatch/hopwatch/admin"
 	"github.com/hopwatch/hopwatch/config"
 	"github.com/hopwatch/hopwatch/conversation"
+	"github.com/hopwatch/hopwatch/internal/convrun"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/telemetry"
 )
@@ -53,10 +54,6 @@ type app struct {
 	last      reloadResult
 }
 
-// convSweepEvery is how often idle sessions are ended when no turn comes
-// to do it: a session's end is counted at most this late.
-const convSweepEvery = time.Second
-
 // reloadResult is the outcome of the last load, shown at /config.
 type reloadResult struct {
 	Time    time.Time `json:"time"`
@@ -84,7 +81,7 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		tel.Shutdown(context.Background())
 		return nil, err
 	}
-	conv, err := newConversation(cfg.Conversation, reg, tel)
+	conv, err := convrun.Open(cfg.Conversation, reg, tel)
 	if err != nil {
 		alog.Close()
 		tel.Shutdown(context.Background())
@@ -92,7 +89,7 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 	}
 	var tracker *conversation.Tracker
 	if conv != nil {
-		tracker = conv.tr
+		tracker = conv.Tracker
 	}
 	tel.SetAccessLog(alog)
 	a := &app{
@@ -131,7 +128,7 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		tel.SetAccessLog(nil).Close()
 		tel.Shutdown(context.Background())
 		if conv != nil {
-			conv.close()
+			conv.Close()
 		}
 		return nil, err
 	}
@@ -143,7 +140,7 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		tel.SetAccessLog(nil).Close()
 		tel.Shutdown(ctx)
 		if conv != nil {
-			conv.close()
+			conv.Close()
 		}
 		return nil, err
 	}
@@ -153,7 +150,7 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		a.stopConv, a.convDone = stop, make(chan struct{})
 		go func() {
 			defer close(a.convDone)
-			conv.run(ctx)
+			conv.Run(ctx)
 		}()
 	}
 	a.ready.Store(true)

@@ -1,4 +1,13 @@
-package main
+// Package convrun wires conversation tracking for the commands (cmd/proxy
+// and cmd/demo): it reads the hash key file, opens the events file and the
+// OTLP event log, builds the tracker with its metrics, and runs its
+// sweeper and event writer. The rules all live in conversation/, which
+// opens nothing itself; this is the one place that does, so that both
+// commands treat every field of the section alike.
+//
+// It is off the request path: telemetry reports turns to the tracker
+// through Tracker.Observer.
+package convrun
 
 import (
 	"bytes"
@@ -16,18 +25,23 @@ import (
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
-// convParts are the conversation tracker of a configuration and, when
-// events.file is set, its event writer and file.
-type convParts struct {
-	tr     *conversation.Tracker
-	events *conversation.Events
-	file   *os.File // nil for standard output
-	otlp   *telemetry.EventLog
+// SweepEvery is how often idle sessions are ended when no turn comes to do
+// it: a session's end is counted at most this late.
+const SweepEvery = time.Second
+
+// Running is the conversation tracking of a configuration: its tracker
+// and, when events are written, their writer, file and OTLP event log.
+type Running struct {
+	Tracker *conversation.Tracker
+	events  *conversation.Events
+	file    *os.File // nil for standard output
+	otlp    *telemetry.EventLog
 }
 
-// newConversation builds the tracker of cfg (nil: section absent) with its
-// metrics on reg, and opens the events file.
-func newConversation(cfg *conversation.Config, reg prometheus.Registerer, tel *telemetry.Telemetry) (*convParts, error) {
+// Open builds the tracker of cfg (nil: section absent, nil result) with
+// its metrics on reg, and opens what its events go to. Run it, or Close it
+// if it is never run.
+func Open(cfg *conversation.Config, reg prometheus.Registerer, tel *telemetry.Telemetry) (*Running, error) {
 	if cfg == nil {
 		return nil, nil
 	}
@@ -42,7 +56,7 @@ func newConversation(cfg *conversation.Config, reg prometheus.Registerer, tel *t
 	}
 	m := conversation.NewMetrics(reg)
 	opts := conversation.Options{Config: cfg, HashKey: key, Metrics: m}
-	parts := &convParts{}
+	parts := &Running{}
 	var sinks []io.Writer // each gets every event line whole, in one Write
 	switch f := cfg.Events.File; f {
 	case "":
@@ -61,7 +75,7 @@ func newConversation(cfg *conversation.Config, reg prometheus.Registerer, tel *t
 	if cfg.Events.OTLP {
 		el, err := tel.OpenEventLog("conversation")
 		if err != nil {
-			parts.close()
+			parts.Close()
 			return nil, fmt.Errorf("conversation.events.otlp: %w", err)
 		}
 		parts.otlp = el
@@ -75,15 +89,15 @@ func newConversation(cfg *conversation.Config, reg prometheus.Registerer, tel *t
 	}
 	tr, err := conversation.New(opts)
 	if err != nil {
-		parts.close()
+		parts.Close()
 		return nil, err
 	}
-	parts.tr = tr
+	parts.Tracker = tr
 	return parts, nil
 }
 
 // run sweeps idle sessions and writes events until ctx ends.
-func (c *convParts) run(ctx context.Context) {
+func (c *Running) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	if c.events != nil {
 		wg.Add(1)
@@ -92,12 +106,12 @@ func (c *convParts) run(ctx context.Context) {
 			c.events.Run(ctx)
 		}()
 	}
-	c.tr.Run(ctx, convSweepEvery)
+	c.Tracker.Run(ctx, SweepEvery)
 	wg.Wait()
-	c.close()
+	c.Close()
 }
 
-func (c *convParts) close() {
+func (c *Running) Close() {
 	if c.file != nil {
 		c.file.Close()
 	}
