@@ -16,7 +16,10 @@ import (
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
-var traceparentRE = regexp.MustCompile(`^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$`)
+// traceparentRE is a version-00 traceparent whose flags hold only the bits
+// W3C Trace Context defines: sampled (0x01) and, from Level 2, random
+// (0x02), which the otel propagator keeps from a trusted parent.
+var traceparentRE = regexp.MustCompile(`^00-[0-9a-f]{32}-[0-9a-f]{16}-0[0-3]$`)
 
 // FuzzPropagation feeds arbitrary trace context, trace state, baggage and
 // B3 headers through a hop and one attempt, trusted and untrusted, and
@@ -31,6 +34,10 @@ func FuzzPropagation(f *testing.F) {
 	f.Add("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "x", "k=v;;;", "0")
 	f.Add("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", ",,,", "=,=", "garbage")
 	f.Add("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", "a=b", "", "")
+	// Level 2 random flag, alone and with sampled, and undefined bits.
+	f.Add("00-00000000000000000000000000000001-95bcace2f54f08e0-02", "", "", "")
+	f.Add("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03", "", "", "")
+	f.Add("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-ff", "", "", "")
 	type env struct {
 		trust bool
 		rt    *telemetry.Route
