@@ -171,9 +171,17 @@ type spanJSON struct {
 	Code     string            `json:"code,omitempty"`
 	Outcome  telemetry.Outcome `json:"outcome"`
 	Events   []eventJSON       `json:"events,omitempty"`
-	Depth    int               `json:"depth"`
-	Parent   int               `json:"parent"`   // index in spans, -1 for a root
-	Children []int             `json:"children"` // indexes in spans
+	// The conversation turn the span belongs to (see telemetry.SpanTurn):
+	// the session.id, hopwatch.turn.index and hopwatch.turn.outcome of
+	// the exported span.
+	SessionID   string `json:"session_id,omitempty"`
+	TurnIndex   int    `json:"turn_index,omitempty"`
+	TurnOutcome string `json:"turn_outcome,omitempty"`
+	// FinishReason: genai hops (gen_ai.response.finish_reasons).
+	FinishReason string `json:"finish_reason,omitempty"`
+	Depth        int    `json:"depth"`
+	Parent       int    `json:"parent"`   // index in spans, -1 for a root
+	Children     []int  `json:"children"` // indexes in spans
 }
 
 // GET /api/traces/{id}
@@ -200,8 +208,11 @@ func (s *Server) apiTrace(w http.ResponseWriter, r *http.Request) {
 			Method: n.Method, Endpoint: n.Endpoint, Attempt: n.Attempt,
 			Start: n.Start, Offset: n.Start.Sub(d.Summary.Start).Seconds(),
 			Duration: n.Duration.Seconds(), SelfTime: n.SelfTime.Seconds(),
-			Code: n.Code, Outcome: n.Outcome,
+			Code: n.Code, Outcome: n.Outcome, FinishReason: n.FinishReason,
 			Depth: n.Depth, Parent: n.Parent, Children: n.Children,
+		}
+		if t := n.Turn; t != nil {
+			sj.SessionID, sj.TurnIndex, sj.TurnOutcome = t.SessionID, t.Index, t.Outcome
 		}
 		if n.Parent >= 0 {
 			sj.ParentID = n.ParentID.String()

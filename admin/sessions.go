@@ -130,7 +130,7 @@ func (s *Server) apiSessions(w http.ResponseWriter, r *http.Request) {
 	if v := qs.Get("signal"); v != "" {
 		sig, ok := conversation.ParseSignal(v)
 		if !ok {
-			badRequest(w, "signal: %q is not one of repeat, frustration, regenerate", v)
+			badRequest(w, "signal: %q is not one of repeat, frustration, regenerate, truncated", v)
 			return
 		}
 		q.Signal = sig

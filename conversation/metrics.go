@@ -32,7 +32,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"route", "outcome"}),
 		signals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopwatch_conversation_turn_signals_total",
-			Help: "Turns flagged by a signal: repeat, frustration, regenerate.",
+			Help: "Turns flagged by a signal: repeat, frustration, regenerate, truncated.",
 		}, []string{"route", "signal"}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hopwatch_conversation_sessions_total",

@@ -30,7 +30,7 @@ func (a observer) TurnEnded(t telemetry.Turn) telemetry.TurnMark {
 	var buf [8]Hop // a turn's hops, without an allocation for most turns
 	hops := buf[:0]
 	for _, h := range t.Hops {
-		hops = append(hops, Hop{Name: h.Route, Outcome: string(h.Outcome), Code: h.Code, Verdict: h.Verdict, Self: h.Self, Depth: h.Depth})
+		hops = append(hops, Hop{Name: h.Route, Outcome: string(h.Outcome), Code: h.Code, Verdict: h.Verdict, FinishReason: h.FinishReason, Self: h.Self, Depth: h.Depth})
 	}
 	res := a.tr.Observe(Turn{
 		Route: t.Route, Header: t.Header, Body: t.Body, BodyProto: t.BodyProto, TraceID: t.TraceID,

@@ -17,7 +17,8 @@ type step struct {
 	hop      string // default "ok"
 	dur      time.Duration
 	verdict  string
-	session  string // default "s1"
+	session  string   // default "s1"
+	finish   []string // finish reasons of the turn's genai hops
 	signals  []string
 	outcome  conversation.TurnOutcome // expected; "" = don't check
 	sweepNow bool                     // sweep instead of a turn
@@ -47,6 +48,10 @@ func run(t *testing.T, tr *conversation.Tracker, c *clock, steps []step) {
 		if turn.Duration == 0 {
 			turn.Duration = 100 * time.Millisecond
 		}
+		turn.Hops = []conversation.Hop{{Name: "chat", Outcome: turn.HopOutcome, Code: turn.Code}}
+		for d, f := range s.finish {
+			turn.Hops = append(turn.Hops, conversation.Hop{Name: "llm", Outcome: "ok", Code: "200", FinishReason: f, Depth: d + 1})
+		}
 		res := tr.Observe(turn)
 		if s.outcome != "" && res.Outcome != s.outcome {
 			t.Errorf("step %d: outcome %q, want %q", i, res.Outcome, s.outcome)
@@ -58,8 +63,9 @@ func run(t *testing.T, tr *conversation.Tracker, c *clock, steps []step) {
 }
 
 // TestSignals covers repeat (similar to one of the last N, short messages
-// exempt), frustration keywords (whole words, phrases, case) and
-// regenerate (a cancel, then the same message).
+// exempt), frustration keywords (whole words, phrases, case), regenerate
+// (a cancel, then the same message) and truncated (a "length" finish on
+// any hop).
 func TestSignals(t *testing.T) {
 	repeat, frust := []string{"repeat"}, []string{"frustration"}
 	cases := []struct {
@@ -123,6 +129,16 @@ func TestSignals(t *testing.T) {
 		{"no regenerate for a different message", conversation.Config{}, []step{
 			{text: "write me a poem about cats", hop: "canceled", code: "499"},
 			{text: "what is the weather in paris"},
+		}},
+		{"truncated: a model answer cut at its limit, on any hop", conversation.Config{}, []step{
+			{finish: []string{"length"}, signals: []string{"truncated"}, outcome: conversation.TurnGood},
+			{finish: []string{"stop", "length"}, signals: []string{"truncated"}},
+			{finish: []string{"stop"}},
+			{finish: []string{"content_filter", "none", "error", ""}},
+		}},
+		{"truncated combines with repeat", conversation.Config{}, []step{
+			{text: "tell me about your refund policy", finish: []string{"length"}, signals: []string{"truncated"}},
+			{text: "tell me about your refund policy", finish: []string{"length"}, signals: []string{"repeat", "truncated"}},
 		}},
 	}
 	for _, tc := range cases {

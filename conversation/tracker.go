@@ -266,6 +266,9 @@ func (t *Tracker) Observe(turn Turn) TurnResult {
 	if fp.keyword {
 		rec.Signals |= SignalFrustration
 	}
+	if truncated(&turn) {
+		rec.Signals |= SignalTruncated
+	}
 	res := TurnResult{SessionID: turn.SessionID, Source: turn.Source}
 	if res.Source == "" {
 		res.Source = SourceNone

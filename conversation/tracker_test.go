@@ -108,7 +108,7 @@ hopwatch_conversation_bad_turns_total{cause="slow",hop="kb"} 1
 # HELP hopwatch_conversation_sessions_total Ended sessions by outcome (handoff, resolved, evicted, abandoned, frustrated, completed) and whether they were good, with the last trace as exemplar.
 # TYPE hopwatch_conversation_sessions_total counter
 hopwatch_conversation_sessions_total{good="false",outcome="abandoned"} 1
-# HELP hopwatch_conversation_turn_signals_total Turns flagged by a signal: repeat, frustration, regenerate.
+# HELP hopwatch_conversation_turn_signals_total Turns flagged by a signal: repeat, frustration, regenerate, truncated.
 # TYPE hopwatch_conversation_turn_signals_total counter
 hopwatch_conversation_turn_signals_total{route="chat",signal="repeat"} 1
 # HELP hopwatch_conversation_turns_total User turns (requests on entry routes) by outcome: error, canceled, fallback, slow, good.

@@ -55,6 +55,9 @@ type Hop struct {
 	Code    string
 	// Verdict is the verdict this hop's response carried, if any.
 	Verdict string
+	// FinishReason is a genai hop's finish reason (stop, length, ...), ""
+	// on other hops: "length" anywhere in the turn flags it truncated.
+	FinishReason string
 	// Self is the hop's own time: its duration minus its child hops'.
 	Self time.Duration
 	// Depth is 0 for the entry hop, 1 for the hops it called, ...
@@ -98,9 +101,28 @@ const (
 	// SignalRegenerate: the previous turn was canceled and this message is
 	// near-identical to its message (the user asked again).
 	SignalRegenerate
+	// SignalTruncated: a model call of the turn (a genai hop) stopped at
+	// its token limit (finish_reason "length"): the user got a cut
+	// answer, though every hop said 200.
+	SignalTruncated
 )
 
-var signalNames = [...]string{"repeat", "frustration", "regenerate"}
+// FinishLength is the finish reason of a model answer cut at its token
+// limit (OpenAI's "length"; telemetry.FinishLength).
+const FinishLength = "length"
+
+var signalNames = [...]string{"repeat", "frustration", "regenerate", "truncated"}
+
+// truncated reports whether some hop of t is a model answer cut at its
+// token limit.
+func truncated(t *Turn) bool {
+	for i := range t.Hops {
+		if t.Hops[i].FinishReason == FinishLength {
+			return true
+		}
+	}
+	return false
+}
 
 // Names lists the signals set, in a fixed order.
 func (s Signals) Names() []string {

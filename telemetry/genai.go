@@ -541,6 +541,19 @@ func (c *GenAICall) finish(end time.Time, replayed bool) *GenAIUsage {
 	return u
 }
 
+// finishReason is what the stored span keeps of a call (nil: not a genai
+// call): FinishLength when any choice stopped at its token limit, the
+// conversation's truncated signal, else the first choice's reason.
+func (u *GenAIUsage) finishReason() string {
+	switch {
+	case u == nil:
+		return ""
+	case u.Truncated:
+		return FinishLength
+	}
+	return u.FinishReason
+}
+
 // attrs are the gen_ai.* span attributes of a finished call.
 func (u *GenAIUsage) attrs() []attribute.KeyValue {
 	a := make([]attribute.KeyValue, 0, 7)

@@ -450,3 +450,33 @@ func TestGenAIFallbackSpendsNoTokens(t *testing.T) {
 		})
 	}
 }
+
+// TestTurnFinishReason: when the genai route is itself the entry route
+// (an FAQ bot calling the model directly), the turn's entry hop carries
+// the finish reason for the conversation signals, and the stored span
+// keeps it with the turn's mark.
+func TestTurnFinishReason(t *testing.T) {
+	tel := newTestTelemetry(t, Config{})
+	rec := &turnRecorder{entry: "llm"}
+	tel.SetTurnObserver(rec)
+	rt := tel.Route(RouteInfo{Name: "llm", Upstream: "up", GenAI: GenAIAPIOpenAI}, nil)
+	r := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(chatStreamReq))
+	_, h := rt.Start(context.Background(), propagation.HeaderCarrier(r.Header), "", "POST")
+	body, x := h.ObserveHTTP(r)
+	io.Copy(io.Discard, body)
+	x.WriteHeader(200, http.Header{"Content-Type": {"text/event-stream"}})
+	x.Write([]byte(streamWithUsage)) // ends with finish_reason "length"
+	h.End("200", OutcomeOK)
+
+	if len(rec.turns) != 1 || len(rec.turns[0].Hops) != 1 || rec.turns[0].Hops[0].FinishReason != FinishLength {
+		t.Fatalf("turns %+v: want one whose entry hop finished with length", rec.turns)
+	}
+	d, ok := tel.Store.Trace(h.TraceID())
+	if !ok || len(d.Spans) != 1 {
+		t.Fatalf("stored trace: %v %+v", ok, d)
+	}
+	sp := d.Spans[0].Span
+	if sp.FinishReason != FinishLength || sp.Turn == nil || *sp.Turn != (SpanTurn{SessionID: "s", Index: 1, Outcome: "good"}) {
+		t.Errorf("stored span: finish %q, turn %+v", sp.FinishReason, sp.Turn)
+	}
+}

@@ -95,7 +95,12 @@ type Hop struct {
 	ttfb     time.Duration
 	attempts int
 	turn     *turnState // entry routes only: see turn.go
-	ext      hopExt     // genai.go, exchange.go, accesslog.go
+	// session is the session id of the hop's turn as known when it
+	// started (exported, sampled hops only), for its client spans.
+	session string
+	// spanTurn is what the entry hop's turn said, for its stored span.
+	spanTurn *SpanTurn
+	ext      hopExt // genai.go, exchange.go, accesslog.go
 
 	mu       sync.Mutex // guards events, override, attempts, ext.endpoint: resilience code may set them from elsewhere
 	events   []SpanEvent
@@ -288,7 +293,8 @@ func (h *Hop) End(code string, outcome Outcome) {
 	s.observe(d, h.sc.TraceID(), h.sc.IsSampled(), end)
 
 	usage := h.endGenAI(end) // sets gen_ai.* on the span, so before it ends
-	h.endTurn(code, outcome, d)
+	finish := usage.finishReason()
+	h.endTurn(code, outcome, d, finish)
 	endSpan(h.span, code, outcome, end)
 
 	key := HopKey{Caller: h.caller, Route: r.info.Name, Upstream: r.info.Upstream}
@@ -300,6 +306,7 @@ func (h *Hop) End(code string, outcome Outcome) {
 		TraceID: h.sc.TraceID(), SpanID: h.sc.SpanID(), ParentID: h.parent,
 		Kind: KindServer, HopKey: key, Method: h.method,
 		Start: h.start, Duration: d, Code: code, Outcome: outcome, Events: events,
+		Turn: h.spanTurn, FinishReason: finish,
 	})
 	h.logAccess(code, outcome, end, d, events, usage)
 }
@@ -346,6 +353,9 @@ func (h *Hop) Attempt(ctx context.Context, endpoint string) (context.Context, *A
 		attrs = append(attrs, attribute.Int("server.port", n))
 	}
 	attrs = append(attrs, h.r.methodAttrs(h.method)...)
+	if h.session != "" {
+		attrs = append(attrs, sessionAttrs(h.session)...)
+	}
 	ctx, a.span = h.r.t.tracer.Start(ctx, spanName(h.r, h.method),
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithTimestamp(a.start),

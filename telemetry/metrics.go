@@ -33,6 +33,9 @@ type metrics struct {
 	spansExported  prometheus.Counter
 	exportFailures prometheus.Counter
 	storeEvictions *prometheus.CounterVec
+	// turnSpansUnmarked counts spans the turn holder let go before their
+	// turn was classified (turnhold.go).
+	turnSpansUnmarked *prometheus.CounterVec
 
 	breakerState       *prometheus.GaugeVec
 	breakerTransitions *prometheus.CounterVec
@@ -95,6 +98,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "hopwatch_trace_store_evictions_total",
 			Help: "Traces evicted from the built-in trace store to make room, by the bound that was reached: max_traces or max_bytes.",
 		}, []string{"reason"}),
+		turnSpansUnmarked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hopwatch_turn_spans_unmarked_total",
+			Help: "Exported spans of a turn in flight that left without hopwatch.turn.index and hopwatch.turn.outcome, by reason: spans_full, turns_full (the turn holder's bounds), timeout (the turn ran past 30s), shutdown.",
+		}, []string{"reason"}),
 		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "hopwatch_breaker_state",
 			Help: "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
@@ -121,7 +128,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"route", "upstream", "result"}),
 	}
 	reg.MustRegister(m.requests, m.duration, m.firstByte, m.inflight, m.unrouted,
-		m.reloads, m.reloadOK, m.spansDropped, m.spansExported, m.exportFailures, m.storeEvictions,
+		m.reloads, m.reloadOK, m.spansDropped, m.spansExported, m.exportFailures, m.storeEvictions, m.turnSpansUnmarked,
 		m.breakerState, m.breakerTransitions, m.fallbacks, m.bgInflight, m.bgTotal, m.retries)
 	return m
 }

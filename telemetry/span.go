@@ -62,6 +62,25 @@ type Span struct {
 	Code     string        `json:"code"` // HTTP status or gRPC code name
 	Outcome  Outcome       `json:"outcome"`
 	Events   []SpanEvent   `json:"events,omitempty"`
+	// Turn is the conversation turn the span belongs to, set on every
+	// span of the turn's trace within its entry hop when the turn is
+	// classified (nil: none, or not yet). The spans of one turn share it.
+	Turn *SpanTurn `json:"turn,omitempty"`
+	// FinishReason is a genai hop's finish reason (Finish*: "length" when
+	// any choice stopped at its token limit, else the first choice's);
+	// "" on other hops. No text of the call is kept.
+	FinishReason string `json:"finish_reason,omitempty"`
+}
+
+// SpanTurn is what a turn's classification says about every hop span of
+// the turn: the hopwatch.turn.* and session attributes of the exported
+// spans.
+type SpanTurn struct {
+	// SessionID is as exported (keyed-hashed with hash_ids); "" for none.
+	SessionID string `json:"session_id,omitempty"`
+	// Index is the turn's index in its session, from 1; 0 without one.
+	Index   int    `json:"index,omitempty"`
+	Outcome string `json:"outcome,omitempty"`
 }
 
 // End is when the span ended.

@@ -109,6 +109,8 @@ var (
 	spanSize  = int64(unsafe.Sizeof(Span{}))
 	eventSize = int64(unsafe.Sizeof(SpanEvent{}))
 	entrySize = int64(unsafe.Sizeof(traceEntry{}))
+	// spanTurnSize is a SpanTurn's allocation (its size class).
+	spanTurnSize = int64(unsafe.Sizeof(SpanTurn{})+15) &^ 15
 )
 
 const (
@@ -131,10 +133,20 @@ func spanSliceBytes(n int) int64 {
 // stringBytes is the allocation of a string of n bytes (none when empty).
 func stringBytes(n int) int64 { return int64(n+15) &^ 15 }
 
+// turnBytes is a span's share of its turn's SpanTurn: counted in full for
+// every span that points to it (the spans of a turn share one), which errs
+// high. Outcomes are constants.
+func turnBytes(t *SpanTurn) int64 {
+	if t == nil {
+		return 0
+	}
+	return spanTurnSize + stringBytes(len(t.SessionID))
+}
+
 // spanBytes is the estimated memory a stored span holds beyond its slot in
-// the trace's span slice.
+// the trace's span slice. FinishReason is one of the Finish* constants.
 func spanBytes(sp *Span) int64 {
-	n := stringBytes(len(sp.Method)) + stringBytes(len(sp.Code)) + stringBytes(len(sp.Endpoint))
+	n := stringBytes(len(sp.Method)) + stringBytes(len(sp.Code)) + stringBytes(len(sp.Endpoint)) + turnBytes(sp.Turn)
 	if cap(sp.Events) > 0 {
 		n += int64(cap(sp.Events)) * eventSize
 	}
@@ -431,6 +443,59 @@ type TraceDetail struct {
 	Summary TraceSummary
 	// Spans are sorted by start (parents before children on equal starts).
 	Spans []SpanNode
+}
+
+// turnSpans appends to dst copies of the server spans of trace id that ran
+// within [from, to], but the one with span ID skip (the entry hop's):
+// what a turn's classification needs, without copying, sorting and
+// linking the whole stored trace as Trace does.
+func (s *Store) turnSpans(id trace.TraceID, from, to time.Time, skip trace.SpanID, dst []Span) []Span {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, ok := s.index[id]
+	if !ok {
+		return dst
+	}
+	for _, sp := range s.ring[i].spans {
+		if sp.Kind == KindServer && sp.SpanID != skip && within(&sp, from, to) {
+			dst = append(dst, sp)
+		}
+	}
+	return dst
+}
+
+// within reports whether sp ran within [from, to]: a span of a turn, when
+// these are its entry hop's start and end. A client that reuses one trace
+// for several turns does not mix them.
+func within(sp *Span, from, to time.Time) bool {
+	return !sp.Start.Before(from) && !sp.End().After(to)
+}
+
+// markTurn sets turn on the stored spans of trace id (server and client)
+// that ran within [from, to] and carry no turn yet: the hops of a turn,
+// which ended before it was classified. Their estimated memory grows by
+// turnBytes each, and the oldest other traces are evicted if that passes
+// the byte bound.
+func (s *Store) markTurn(id trace.TraceID, from, to time.Time, turn *SpanTurn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, ok := s.index[id]
+	if !ok {
+		return
+	}
+	e := &s.ring[i]
+	var grown int64
+	for k := range e.spans {
+		if sp := &e.spans[k]; sp.Turn == nil && within(sp, from, to) {
+			sp.Turn = turn
+			grown += turnBytes(turn)
+		}
+	}
+	e.bytes += grown
+	s.bytes += grown
+	for s.bytes+s.ringBytesLocked() > s.maxBytes && s.oldest < e.seq {
+		s.evictOldestLocked(evictBytes)
+	}
 }
 
 // Trace returns the trace with the given ID.

@@ -25,6 +25,11 @@ type Options struct {
 	Logger   *slog.Logger
 	// Now is the clock of the trace store and hop statistics.
 	Now func() time.Time
+	// SpanExporter, if set, receives the spans instead of the OTLP
+	// exporter of Config (which it replaces): for tests, and programs
+	// that embed hopwatch with an exporter of their own. Spans pass
+	// through the same bound and turn holder as OTLP's.
+	SpanExporter sdktrace.SpanExporter
 }
 
 // Telemetry is the long-lived part: metrics, tracer provider, propagation,
@@ -45,7 +50,10 @@ type Telemetry struct {
 	trust      bool
 	// export is true when an OTLP exporter is configured; only then are
 	// spans made with the SDK (see Route.Start).
-	export  bool
+	export bool
+	// holder keeps the exported spans of turns in flight until the turn
+	// is classified (turnhold.go); nil without an exporter.
+	holder  *turnHolder
 	sampler sdktrace.Sampler
 	now     func() time.Time
 	log     *slog.Logger
@@ -78,7 +86,7 @@ func New(opts Options) (*Telemetry, error) {
 		opts.Logger = slog.Default()
 	}
 	m := newMetrics(opts.Registry)
-	tp, err := newTracerProvider(opts.Config, m, opts.Logger)
+	tp, holder, err := newTracerProvider(opts.Config, opts.SpanExporter, m, opts.Logger, opts.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +114,8 @@ func New(opts Options) (*Telemetry, error) {
 		fields:     prop.Fields(),
 		dropFields: dropFields(prop, opts.Config.trustIncoming()),
 		trust:      opts.Config.trustIncoming(),
-		export:     opts.Config.Tracing.OTLP != nil,
+		export:     holder != nil,
+		holder:     holder,
 		sampler:    sdktrace.TraceIDRatioBased(opts.Config.sampleRatio()),
 		now:        opts.Now,
 		log:        opts.Logger,

@@ -61,9 +61,11 @@ func dropFields(configured propagation.TextMapPropagator, trust bool) []string {
 }
 
 // newTracerProvider builds the SDK provider: sampling per the config, and,
-// when OTLP is configured, a batch processor behind a bound that drops (and
-// counts) instead of queueing without limit.
-func newTracerProvider(cfg Config, m *metrics, log *slog.Logger) (*sdktrace.TracerProvider, error) {
+// when OTLP is configured (or exp is given instead), a batch processor
+// behind a bound that drops (and counts) instead of queueing without
+// limit, behind the turn holder (see turnhold.go), which it returns too
+// (nil without an exporter).
+func newTracerProvider(cfg Config, exp sdktrace.SpanExporter, m *metrics, log *slog.Logger, now func() time.Time) (*sdktrace.TracerProvider, *turnHolder, error) {
 	name := cfg.ServiceName
 	if name == "" {
 		name = DefaultServiceName
@@ -75,14 +77,22 @@ func newTracerProvider(cfg Config, m *metrics, log *slog.Logger) (*sdktrace.Trac
 		// (and, with trust_incoming false, every trace) use the ratio.
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.sampleRatio()))),
 	}
-	if o := cfg.Tracing.OTLP; o != nil {
-		exp, err := newExporter(o)
-		if err != nil {
-			return nil, err
+	o := cfg.Tracing.OTLP
+	if exp == nil && o != nil {
+		var err error
+		if exp, err = newExporter(o); err != nil {
+			return nil, nil, err
 		}
-		opts = append(opts, sdktrace.WithSpanProcessor(newBoundedProcessor(exp, o, m, log)))
 	}
-	return sdktrace.NewTracerProvider(opts...), nil
+	var holder *turnHolder
+	if exp != nil {
+		if o == nil {
+			o = &OTLP{}
+		}
+		holder = newTurnHolder(newBoundedProcessor(exp, o, m, log), now, m.turnSpansUnmarked)
+		opts = append(opts, sdktrace.WithSpanProcessor(holder))
+	}
+	return sdktrace.NewTracerProvider(opts...), holder, nil
 }
 
 func newExporter(o *OTLP) (sdktrace.SpanExporter, error) {

@@ -1,8 +1,10 @@
 package telemetry
 
 import (
+	"cmp"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,7 +19,9 @@ import (
 // telemetry does not know what a session is; it tells a TurnObserver (the
 // conversation tracker, through Tracker.Observer) when an entry hop starts and
 // ends, with the hops of its trace, and writes what the observer returns
-// onto the entry hop's span. The proxy never sees any of it.
+// onto every hop span of the turn: the exported ones (held until then by
+// the turn holder, turnhold.go) and the stored ones (Store.markTurn). The
+// proxy never sees any of it.
 
 // TurnObserver is told about turns. Its methods run on request goroutines
 // and must be quick and safe for concurrent use.
@@ -91,7 +95,10 @@ type TurnHop struct {
 	Outcome Outcome
 	// Verdict is the verdict this hop's response carried, if any.
 	Verdict string
-	Self    time.Duration
+	// FinishReason is a genai hop's (see Span.FinishReason), "" for
+	// other hops: "length" is a truncated answer.
+	FinishReason string
+	Self         time.Duration
 	// Depth counts hops from the entry hop (0).
 	Depth int
 }
@@ -105,8 +112,7 @@ type TurnMark struct {
 	Outcome   string
 }
 
-// turnHook is the installed observer and the session ids of the turns in
-// flight, by trace, so that every hop span of a turn can carry it.
+// turnHook is the installed observer.
 type turnHook struct {
 	o TurnObserver
 	// verdict is o's verdict header, lowercase ("" for none), as gRPC
@@ -115,7 +121,6 @@ type turnHook struct {
 	// (http.TrailerPrefix): worked out once, since every hop's response is
 	// looked at.
 	verdict, verdictCanon, verdictTrailer string
-	active                                sync.Map // trace.TraceID → string: the session id of an entry hop in flight
 	// copied is the body bytes held by all entry hops in flight, bounded
 	// by MaxTurnBodyBytesInFlight.
 	copied atomic.Int64
@@ -144,9 +149,10 @@ type turnState struct {
 	headers map[string]string // HeaderKeys as they arrived
 	body    bool              // the observer wants the body
 	capture *bodyCapture
-	// session is the id registered in hook.active for the span of every
-	// hop of this turn ("" for none).
-	session string
+	// held is the turn's registration with the turn holder (exported,
+	// sampled turns): the session id for the spans of every hop of the
+	// turn, and their spans until the turn is classified.
+	held *heldTurn
 }
 
 // startTurn returns the turn state of a hop on r, nil when r is not an
@@ -175,33 +181,28 @@ func (r *Route) startTurn(carrier propagation.TextMapCarrier) *turnState {
 func (ts *turnState) header(key string) string { return ts.headers[key] }
 
 // markSpan puts the session id on a new hop span: an entry hop's own, read
-// from its headers (and registered for its trace), or, for the other hops,
-// that of the turn in flight in the same trace. Only SDK spans (with an
-// exporter) carry attributes; the built-in store does not need them.
+// from its headers, or, for the other hops, that of the turn in flight in
+// the same trace, as registered with the turn holder by its entry hop
+// (which also starts holding the trace's spans there, see turnhold.go).
+// The id is kept on the hop for its client spans. Only SDK spans (with an
+// exporter) carry attributes; the built-in store's spans get their turn
+// when it is classified (Store.markTurn).
 func (h *Hop) markSpan() {
-	if h.span == nil {
+	if h.span == nil || !h.sc.IsSampled() {
 		return
 	}
-	var id string
+	hold := h.r.t.holder
 	if ts := h.turn; ts != nil {
-		id = ts.o.SessionID(ts.header)
-		if id == "" {
-			return
+		h.session = ts.o.SessionID(ts.header)
+		if hold != nil {
+			ts.held = hold.openTurn(h.sc.TraceID(), h.session)
 		}
-		ts.session = id
-		ts.hook.active.Store(h.sc.TraceID(), id)
-	} else {
-		hook := h.r.t.turns.Load()
-		if hook == nil {
-			return
-		}
-		v, ok := hook.active.Load(h.sc.TraceID())
-		if !ok {
-			return
-		}
-		id = v.(string)
+	} else if hold != nil {
+		h.session = hold.session(h.sc.TraceID())
 	}
-	h.span.SetAttributes(attribute.String("session.id", id), attribute.String("gen_ai.conversation.id", id))
+	if h.session != "" {
+		h.span.SetAttributes(sessionAttrs(h.session)...)
+	}
 }
 
 // RequestBody returns what the proxy should forward as the request body:
@@ -363,26 +364,26 @@ func (h *Hop) verdictFrom(hdr http.Header, name, trailer string) {
 	h.Verdict(v)
 }
 
-// endTurn reports the finished entry hop to the observer and marks its
-// span. It runs before the hop's own span is stored, so the entry span is
-// added to the trace's stored spans here.
-func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration) {
+// endTurn reports the finished entry hop to the observer and marks every
+// hop span of the turn with what it says: the exported ones (its own, and
+// those the turn holder kept for it) and the stored ones. It runs before
+// the hop's own span is stored, so the entry span is added to the trace's
+// stored spans here (and its turn kept for End).
+func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration, finish string) {
 	ts := h.turn
 	if ts == nil {
 		return
 	}
-	if ts.session != "" {
-		ts.hook.active.CompareAndDelete(h.sc.TraceID(), ts.session)
-	}
+	t := h.r.t
 	entry := Span{
 		TraceID: h.sc.TraceID(), SpanID: h.sc.SpanID(), ParentID: h.parent, Kind: KindServer,
 		HopKey: HopKey{Caller: h.caller, Route: h.r.info.Name, Upstream: h.r.info.Upstream},
-		Start:  h.start, Duration: d, Code: code, Outcome: outcome,
+		Start:  h.start, Duration: d, Code: code, Outcome: outcome, FinishReason: finish,
 	}
 	h.mu.Lock()
 	entry.Events = h.events
 	h.mu.Unlock()
-	hops, verdict := h.r.t.turnHops(entry)
+	hops, verdict := t.turnHops(entry)
 	mark := ts.o.TurnEnded(Turn{
 		Route: h.r.info.Name, Header: ts.header, Body: ts.capture.take(), BodyProto: ts.capture != nil && ts.capture.proto,
 		TraceID: entry.TraceID, Start: h.start, Duration: d, FirstByte: h.ttfb,
@@ -391,20 +392,17 @@ func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration) {
 	// The access log line, written last in End, carries the session (as
 	// the spans do: keyed-hashed when hash_ids is on).
 	h.LogSession(mark.SessionID)
-	if h.span == nil {
-		return
+	if mark.SessionID != "" || mark.Outcome != "" {
+		h.spanTurn = &SpanTurn{SessionID: mark.SessionID, Index: mark.Index, Outcome: mark.Outcome}
+		t.Store.markTurn(entry.TraceID, entry.Start, entry.End(), h.spanTurn)
 	}
-	attrs := make([]attribute.KeyValue, 0, 4)
-	if mark.SessionID != "" {
-		attrs = append(attrs,
-			attribute.String("session.id", mark.SessionID),
-			attribute.String("gen_ai.conversation.id", mark.SessionID),
-			attribute.Int("hopwatch.turn.index", mark.Index))
+	attrs := turnAttrs(mark)
+	if t.holder != nil {
+		t.holder.closeTurn(ts.held, attrs)
 	}
-	if mark.Outcome != "" {
-		attrs = append(attrs, attribute.String("hopwatch.turn.outcome", mark.Outcome))
+	if h.span != nil && len(attrs) > 0 {
+		h.span.SetAttributes(attrs...)
 	}
-	h.span.SetAttributes(attrs...)
 }
 
 // turnHops returns the server spans of entry's trace that ran within it,
@@ -418,16 +416,16 @@ func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration) {
 // which the proxy never sees, so parent ids rarely link proxy hops
 // directly.
 func (t *Telemetry) turnHops(entry Span) ([]TurnHop, string) {
-	spans := []Span{entry}
-	if d, ok := t.Store.Trace(entry.TraceID); ok {
-		from, to := entry.Start, entry.End()
-		for i := range d.Spans {
-			sp := d.Spans[i].Span
-			if sp.Kind == KindServer && sp.SpanID != entry.SpanID && !sp.Start.Before(from) && !sp.End().After(to) {
-				spans = append(spans, sp)
-			}
+	var buf [8]Span // a turn's hops, without an allocation for most turns
+	spans := t.Store.turnSpans(entry.TraceID, entry.Start, entry.End(), entry.SpanID, append(buf[:0], entry))
+	// In start order, as a waterfall lists them (they were stored in the
+	// order they ended).
+	slices.SortStableFunc(spans[1:], func(a, b Span) int {
+		if c := a.Start.Compare(b.Start); c != 0 {
+			return c
 		}
-	}
+		return cmp.Compare(b.Duration, a.Duration)
+	})
 	for i := 1; i < len(spans); i++ {
 		parent := 0
 		for j := 1; j < len(spans); j++ {
@@ -443,7 +441,7 @@ func (t *Telemetry) turnHops(entry Span) ([]TurnHop, string) {
 	for i := range spans {
 		v := verdictOf(spans[i].Events, "")
 		hops[i] = TurnHop{HopKey: spans[i].HopKey, Code: spans[i].Code, Outcome: spans[i].Outcome, Verdict: v,
-			Self: tr.self[i], Depth: max(0, tr.depth[i]-tr.depth[0])}
+			FinishReason: spans[i].FinishReason, Self: tr.self[i], Depth: max(0, tr.depth[i]-tr.depth[0])}
 		if verdictRank[v] > verdictRank[verdict] {
 			verdict = v
 		}
