@@ -23,4 +23,10 @@
 // access log (AccessLog) is written from Hop.End through a bounded queue
 // that drops, and counts, lines rather than make a request wait for a
 // disk; a line never holds a body, a header or a query string.
+//
+// On conversation entry routes (a TurnObserver is set), the spans of a
+// turn's other hops end before the turn is classified; the turn holder
+// (turnhold.go) keeps their exported spans, bounded in count and time and
+// without a goroutine of its own, until the turn's attributes can be added,
+// and never holds a span of a trace without a turn in flight.
 package telemetry
