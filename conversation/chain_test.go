@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -20,6 +21,11 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/hopwatch/hopwatch/admin"
 	"github.com/hopwatch/hopwatch/conversation"
@@ -29,9 +35,10 @@ import (
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
-// A bot of three hops, each through hopwatch, in one trace:
+// A bot of four hops, each through hopwatch, in one trace, three deep:
 //
 //	client  ─► hopwatch chat ─► gateway
+//	gateway ─► hopwatch nlu  ─► nlu (gRPC: grpc.health.v1.Health/Check)
 //	gateway ─► hopwatch dm   ─► dm
 //	dm      ─► hopwatch llm  ─► model (OpenAI-compatible, genai route)
 //
@@ -89,10 +96,19 @@ func modelServer(w http.ResponseWriter, r *http.Request) {
 // forwarder is a service that passes its request body to next through
 // hopwatch (next is read at request time: hopwatch's address is known
 // only once it listens), copying the trace headers, and answers with what
-// it got back (a failure as 502).
-func forwarder(next *string, path string) http.HandlerFunc {
+// it got back (a failure as 502). With nlu set, it first makes a gRPC
+// call through hopwatch on *nlu, with the trace context in its metadata.
+func forwarder(next *string, path string, nlu **grpc.ClientConn) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
+		if nlu != nil {
+			md := metadata.Pairs("traceparent", r.Header.Get("Traceparent"))
+			ctx := metadata.NewOutgoingContext(r.Context(), md)
+			if _, err := healthpb.NewHealthClient(*nlu).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+		}
 		req, _ := http.NewRequestWithContext(r.Context(), "POST", *next+path, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		for _, h := range []string{"Traceparent", "Tracestate", "Baggage"} {
@@ -118,12 +134,22 @@ func forwarder(next *string, path string) http.HandlerFunc {
 func startBotChain(t *testing.T) *botChain {
 	t.Helper()
 	var hopwatchURL string
+	var nluConn *grpc.ClientConn
 	model := httptest.NewServer(http.HandlerFunc(modelServer))
 	t.Cleanup(model.Close)
-	dm := httptest.NewServer(forwarder(&hopwatchURL, "/v1/chat/completions"))
+	dm := httptest.NewServer(forwarder(&hopwatchURL, "/v1/chat/completions", nil))
 	t.Cleanup(dm.Close)
-	gateway := httptest.NewServer(forwarder(&hopwatchURL, "/dm"))
+	gateway := httptest.NewServer(forwarder(&hopwatchURL, "/dm", &nluConn))
 	t.Cleanup(gateway.Close)
+	nluLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nlu := grpc.NewServer()
+	healthpb.RegisterHealthServer(nlu, health.NewServer())
+	served := make(chan struct{})
+	go func() { defer close(served); nlu.Serve(nluLn) }()
+	t.Cleanup(func() { nlu.Stop(); <-served })
 
 	c := &botChain{reg: prometheus.NewRegistry(), exp: tracetest.NewInMemoryExporter(), turns: map[trace.TraceID]conversation.TurnResult{}}
 	tel, err := telemetry.New(telemetry.Options{Registry: c.reg, Logger: testkit.Logger(t), SpanExporter: keptSpans{c.exp}})
@@ -147,8 +173,12 @@ func startBotChain(t *testing.T) *botChain {
 
 	p := proxy.New(proxy.Options{Telemetry: tel, Logger: testkit.Logger(t)})
 	if err := p.Apply(&routes.Spec{
-		Listeners: []routes.Listener{{Name: "http", Address: "127.0.0.1:0", Protocol: "http"}},
+		Listeners: []routes.Listener{
+			{Name: "http", Address: "127.0.0.1:0", Protocol: "http"},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"},
+		},
 		Routes: []routes.Route{
+			{Name: "nlu", Listener: "grpc", Upstream: "nlu"},
 			{Name: "chat", Listener: "http", Match: routes.Match{PathPrefix: "/chat"}, Upstream: "gateway"},
 			{Name: "dm", Listener: "http", Match: routes.Match{PathPrefix: "/dm"}, Upstream: "dm"},
 			{Name: "llm", Listener: "http", Match: routes.Match{PathPrefix: "/v1/"}, Upstream: "model",
@@ -158,6 +188,7 @@ func startBotChain(t *testing.T) *botChain {
 			{Name: "gateway", Protocol: "http", Endpoints: []string{gateway.Listener.Addr().String()}},
 			{Name: "dm", Protocol: "http", Endpoints: []string{dm.Listener.Addr().String()}},
 			{Name: "model", Protocol: "http", Endpoints: []string{model.Listener.Addr().String()}},
+			{Name: "nlu", Protocol: "grpc", Endpoints: []string{nluLn.Addr().String()}},
 		},
 	}); err != nil {
 		t.Fatal(err)
@@ -168,6 +199,11 @@ func startBotChain(t *testing.T) *botChain {
 		p.Shutdown(ctx)
 	})
 	hopwatchURL = "http://" + p.Addr("http").String()
+	nluConn, err = grpc.NewClient(p.Addr("grpc").String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nluConn.Close() })
 	c.chatURL = hopwatchURL + "/chat"
 	as := httptest.NewServer(admin.New(admin.Options{Traces: tel.Store, Hops: tel.Stats, Sessions: tr}).Handler())
 	t.Cleanup(as.Close)
@@ -273,7 +309,7 @@ func (c *botChain) stored(t *testing.T, tid trace.TraceID) []storedSpan {
 }
 
 // TestTurnMarksEveryHopSpan: every span hopwatch makes for a turn (server
-// and client spans of all three hops) carries the turn's session.id,
+// and client spans of all four hops, HTTP and gRPC) carries the turn's session.id,
 // gen_ai.conversation.id, hopwatch.turn.index and hopwatch.turn.outcome,
 // in the OTLP export and in the built-in store (/api/traces/{id}), though
 // the hops behind the entry end before the turn is classified; also when
@@ -360,12 +396,12 @@ func TestTurnMarksEveryHopSpan(t *testing.T) {
 			}
 		}
 		slices.Sort(kinds)
-		if got := strings.Join(kinds, " "); got != "chat/client chat/server dm/client dm/server llm/client llm/server" {
+		if got := strings.Join(kinds, " "); got != "chat/client chat/server dm/client dm/server llm/client llm/server nlu/client nlu/server" {
 			t.Errorf("%s: exported spans %s, want a server and a client span of each hop", name, got)
 		}
 		stored := c.stored(t, s.tid)
-		if len(stored) != 6 {
-			t.Errorf("%s: %d stored spans, want 6", name, len(stored))
+		if len(stored) != 8 {
+			t.Errorf("%s: %d stored spans, want 8", name, len(stored))
 		}
 		for _, sp := range stored {
 			if sp.SessionID != s.session || sp.TurnIndex != s.index || sp.TurnOutcome != string(s.outcome) {
