@@ -273,3 +273,53 @@ func TestTurnHolderBounded(t *testing.T) {
 	}
 	runtime.KeepAlive(ids)
 }
+
+// BenchmarkTurnHops is what the turn hook reads from the store when an
+// entry hop ends (a turn of four hops, each with a client span, in a
+// store of other traces), next to what reading it through Store.Trace,
+// as the hook did before, costs.
+func BenchmarkTurnHops(b *testing.B) {
+	store := NewStore(0)
+	var tid trace.TraceID
+	for i := range 1000 {
+		binary.BigEndian.PutUint64(tid[8:], uint64(i+1))
+		tid[0] = 1
+		for k := range 8 {
+			kind := KindServer
+			if k%2 == 1 {
+				kind = KindClient
+			}
+			store.Add(Span{TraceID: tid, SpanID: trace.SpanID{byte(k + 1)}, Kind: kind,
+				HopKey: HopKey{Caller: "gateway", Route: fmt.Sprint("hop", k/2), Upstream: "up"},
+				Start:  t0.Add(time.Duration(k) * time.Millisecond), Duration: 10 * time.Millisecond, Code: "200", Outcome: OutcomeOK})
+		}
+	}
+	tel := &Telemetry{Store: store}
+	entry := Span{TraceID: tid, SpanID: trace.SpanID{9}, Kind: KindServer, HopKey: HopKey{Route: "chat"},
+		Start: t0.Add(-time.Millisecond), Duration: time.Second, Code: "200", Outcome: OutcomeOK}
+	b.Run("turnHops", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if hops, _ := tel.turnHops(entry); len(hops) != 5 {
+				b.Fatalf("%d hops", len(hops))
+			}
+		}
+	})
+	b.Run("Store.turnSpans", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf [8]Span
+		for b.Loop() {
+			if spans := store.turnSpans(tid, entry.Start, entry.End(), entry.SpanID, buf[:0]); len(spans) != 4 {
+				b.Fatalf("%d spans", len(spans))
+			}
+		}
+	})
+	b.Run("Store.Trace", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := store.Trace(tid); !ok {
+				b.Fatal("no trace")
+			}
+		}
+	})
+}
