@@ -202,22 +202,30 @@ func TestBreakerHalfOpenAdmitsFew(t *testing.T) {
 		var rejected atomic.Int64
 		var wg sync.WaitGroup
 		start := make(chan struct{})
-		for range 1000 {
+		// Admitted calls block at the upstream and hold their half-open
+		// slot until every other call has either been rejected or reached
+		// the upstream too; only then are they released. A fixed deadline
+		// instead lets admitted calls end while others are still queued in
+		// a loaded client, freeing slots the late ones then take.
+		release, releaseAll := context.WithTimeout(ctx, 30*time.Second)
+		defer releaseAll()
+		const calls = 1000
+		for range calls {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				<-start
-				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				defer cancel()
-				// Blocked at the upstream until the deadline: admitted calls
-				// hold their half-open slot while everyone else arrives.
-				o := unary(cctx, cc, m, metadata.Pairs("x-block", "1"), nil)
+				o := unary(release, cc, m, metadata.Pairs("x-block", "1"), nil)
 				if strings.Contains(o.Message, "circuit breaker open") {
 					rejected.Add(1)
 				}
 			}()
 		}
 		close(start)
+		for rejected.Load()+backend.arrived.Load()-arrivedBefore < calls && release.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		releaseAll()
 		wg.Wait()
 		if admitted := backend.arrived.Load() - arrivedBefore; admitted > 3 || admitted == 0 {
 			t.Fatalf("half-open let %d calls through to the upstream, want 1..3 (rejected %d)", admitted, rejected.Load())
