@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test run lint fuzz bench check-config e2e-tools
+.PHONY: build test run lint fuzz bench check-config e2e-tools soak
 
 ## build: compile the proxy and the demo into bin/
 build:
@@ -49,6 +49,14 @@ e2e-tools:
 	cd tools/h2spec && $(GO) build -o $(TOOLS)/h2spec github.com/summerwind/h2spec/cmd/h2spec
 	cd tools/grpcinterop && $(GO) build -o $(CURDIR)/bin/interop-client google.golang.org/grpc/interop/client
 	cd tools/grpcinterop && $(GO) build -o $(CURDIR)/bin/interop-server google.golang.org/grpc/interop/server
+
+# The fault soak (soak/): SOAK long, at about 500 calls a second on
+# loopback. make test skips it (it runs only with HOPWATCH_SOAK set).
+SOAK ?= 10m
+
+## soak: fault soak for SOAK (default 10m): faulty upstreams, cancelling clients; reports goroutine/heap slopes
+soak:
+	HOPWATCH_SOAK=$(SOAK) $(GO) test -count=1 -run '^TestSoak$$' -timeout 60m -v ./soak/
 
 # Every fuzz target, as package:Target. Seed corpora are committed under
 # each package's testdata/fuzz and run by `make test` too.
