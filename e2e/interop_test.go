@@ -30,35 +30,67 @@ var interopCases = []string{
 	"unimplemented_method", "unimplemented_service", "rpc_soak", "channel_soak",
 }
 
+// interopRepeat is how many more times a case is run.
+var interopRepeat = map[string]int{
+	"timeout_on_sleeping_server": 9, "cancel_after_begin": 9, "cancel_after_first_response": 9,
+}
+
 // TestInterop runs grpc-go's interop client against its interop server
 // through every listener × upstream protocol that can carry gRPC: the
 // gRPC listener to a grpc and to an h2c upstream, and the HTTP listener
 // (which proxies gRPC that arrives there) to a grpc and to an h2c
-// upstream. Every case must pass on every path: the proxy is transparent
+// upstream, in cleartext; and over TLS, the gRPC listener to a TLS grpc
+// upstream and the HTTP listener to an h2 upstream and to a cleartext one. Every case must pass on every path: the proxy is transparent
 // to statuses, messages, metadata, deadlines and cancellation.
 func TestInterop(t *testing.T) {
 	client := needProgram(t, interopInstall, os.Getenv("HOPWATCH_INTEROP_CLIENT"), "../bin/interop-client")
 	server := needProgram(t, interopInstall, os.Getenv("HOPWATCH_INTEROP_SERVER"), "../bin/interop-server")
 	checkInteropPin(t)
 
-	port := freePort(t)
+	// One interop server in cleartext, one over TLS (for the TLS
+	// listeners and upstreams), with certificates of a CA made here.
+	dir := t.TempDir()
+	ca := testkit.NewCA(t, "interop ca")
+	kp := ca.Issue(t, testkit.Leaf{CommonName: "localhost", DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	caFile := testkit.WriteFile(t, dir, "ca.pem", ca.PEM)
+	certFile := testkit.WriteFile(t, dir, "cert.pem", kp.CertPEM)
+	keyFile := testkit.WriteFile(t, dir, "key.pem", kp.KeyPEM)
+	port, tlsPort := freePort(t), freePort(t)
 	srv := startProcess(t, server, "--port="+strconv.Itoa(port))
+	tlsSrv := startProcess(t, server, "--port="+strconv.Itoa(tlsPort), "--use_tls=true",
+		"--tls_cert_file="+certFile, "--tls_key_file="+keyFile)
 	eventually(t, 30*time.Second, "interop server listening", srv, func() error { return dialable(loopback(port)) })
+	eventually(t, 30*time.Second, "TLS interop server listening", tlsSrv, func() error { return dialable(loopback(tlsPort)) })
 
+	// Every listener × upstream protocol that carries gRPC, in cleartext
+	// and over TLS on either side.
 	paths := []struct {
 		name, listener, upstream string
+		tlsIn, tlsOut            bool
 	}{
-		{"grpc listener, grpc upstream", routes.ListenerGRPC, routes.UpstreamGRPC},
-		{"grpc listener, h2c upstream", routes.ListenerGRPC, routes.UpstreamH2C},
-		{"http listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC},
-		{"http listener, h2c upstream", routes.ListenerHTTP, routes.UpstreamH2C},
+		{"grpc listener, grpc upstream", routes.ListenerGRPC, routes.UpstreamGRPC, false, false},
+		{"grpc listener, h2c upstream", routes.ListenerGRPC, routes.UpstreamH2C, false, false},
+		{"http listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC, false, false},
+		{"http listener, h2c upstream", routes.ListenerHTTP, routes.UpstreamH2C, false, false},
+		{"grpc tls listener, grpc tls upstream", routes.ListenerGRPC, routes.UpstreamGRPC, true, true},
+		{"http tls listener, h2 upstream", routes.ListenerHTTP, routes.UpstreamH2, true, true},
+		{"http tls listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC, true, false},
 	}
 	spec := &routes.Spec{}
 	for i, pa := range paths {
 		n := strconv.Itoa(i)
-		spec.Listeners = append(spec.Listeners, routes.Listener{Name: "l" + n, Address: "127.0.0.1:0", Protocol: pa.listener})
+		l := routes.Listener{Name: "l" + n, Address: "127.0.0.1:0", Protocol: pa.listener}
+		if pa.tlsIn {
+			l.TLS = &routes.ListenerTLS{CertFile: certFile, KeyFile: keyFile}
+		}
+		u := routes.Upstream{Name: "u" + n, Protocol: pa.upstream, Endpoints: []string{loopback(port)}}
+		if pa.tlsOut {
+			u.Endpoints = []string{loopback(tlsPort)}
+			u.TLS = &routes.UpstreamTLS{CAFile: caFile}
+		}
+		spec.Listeners = append(spec.Listeners, l)
 		spec.Routes = append(spec.Routes, routes.Route{Name: "r" + n, Listener: "l" + n, Upstream: "u" + n})
-		spec.Upstreams = append(spec.Upstreams, routes.Upstream{Name: "u" + n, Protocol: pa.upstream, Endpoints: []string{loopback(port)}})
+		spec.Upstreams = append(spec.Upstreams, u)
 	}
 	p := proxy.New(proxy.Options{Logger: testkit.Logger(t)})
 	if err := p.Apply(spec); err != nil {
@@ -77,10 +109,27 @@ func TestInterop(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		var tlsArgs []string
+		if pa.tlsIn {
+			tlsArgs = []string{"--use_tls=true", "--use_test_ca=true", "--ca_file=" + caFile, "--server_host_override=localhost"}
+		}
 		t.Run(pa.name, func(t *testing.T) {
 			passed := 0
 			for _, tc := range interopCases {
-				if err := runInterop(client, portStr, tc); err != nil {
+				var err error
+				// The deadline and cancellation cases race the client's
+				// timer against the proxy and the upstream: each runs ten
+				// times, so that a status that is wrong only when the race
+				// goes one way has more chances to show. (It rarely does:
+				// the regression test for the deadline is in proxy/,
+				// TestGRPCDeadlineOnHTTPListener, where the upstream
+				// resets before the client's own timer can fire.)
+				for range interopRepeat[tc] + 1 {
+					if err = runInterop(client, portStr, tc, tlsArgs...); err != nil {
+						break
+					}
+				}
+				if err != nil {
 					t.Errorf("%s: %v", tc, err)
 					continue
 				}
@@ -91,12 +140,16 @@ func TestInterop(t *testing.T) {
 	}
 }
 
-// runInterop runs one interop case against the proxy's port.
-func runInterop(bin, port, tc string) error {
+// runInterop runs one interop case against the proxy's port (in
+// cleartext unless tlsArgs say otherwise).
+func runInterop(bin, port, tc string, tlsArgs ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, bin, "--server_host=127.0.0.1", "--server_port="+port,
-		"--use_tls=false", "--test_case="+tc, "--soak_iterations=10").CombinedOutput()
+	args := []string{"--server_host=127.0.0.1", "--server_port=" + port, "--test_case=" + tc, "--soak_iterations=10"}
+	if len(tlsArgs) == 0 {
+		tlsArgs = []string{"--use_tls=false"}
+	}
+	out, err := exec.CommandContext(ctx, bin, append(args, tlsArgs...)...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%w\n%s", err, out)
 	}
