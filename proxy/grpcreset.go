@@ -87,6 +87,35 @@ func withGRPCDeadline(ctx context.Context, h http.Header) (context.Context, cont
 	return context.WithTimeout(ctx, d)
 }
 
+// encodeGRPCTimeout writes d as a grpc-timeout value: the finest unit in
+// which it fits in 8 digits, rounded up (as grpc-go does, so that the
+// upstream never gets a shorter deadline than there is). An expired
+// deadline is "0n".
+func encodeGRPCTimeout(d time.Duration) string {
+	if d <= 0 {
+		return "0n"
+	}
+	for _, u := range []struct {
+		unit time.Duration
+		c    byte
+	}{{time.Nanosecond, 'n'}, {time.Microsecond, 'u'}, {time.Millisecond, 'm'}, {time.Second, 'S'}, {time.Minute, 'M'}} {
+		if n := (d + u.unit - 1) / u.unit; n <= 99999999 {
+			return strconv.FormatInt(int64(n), 10) + string(u.c)
+		}
+	}
+	return strconv.FormatInt(int64(min((d+time.Hour-1)/time.Hour, 99999999)), 10) + "H"
+}
+
+// propagateGRPCDeadline tells the upstream of a gRPC call the deadline the
+// proxy holds it to: the client's grpc-timeout, or the route's timeout if
+// that is sooner, less the time already spent, as grpc-go does on the
+// gRPC listener. out is ReverseProxy's outgoing copy.
+func propagateGRPCDeadline(out *http.Request) {
+	if d, ok := out.Context().Deadline(); ok {
+		out.Header.Set("Grpc-Timeout", encodeGRPCTimeout(time.Until(d)))
+	}
+}
+
 // errUpstreamReset: the upstream reset the stream (RST_STREAM) before it
 // answered. Its HTTP/2 error code decides the gRPC status.
 var errUpstreamReset = errors.New("upstream reset the stream")

@@ -93,3 +93,28 @@ func TestResetCode(t *testing.T) {
 		})
 	}
 }
+
+func TestEncodeGRPCTimeout(t *testing.T) {
+	cases := []struct {
+		in   time.Duration
+		want string
+	}{
+		{-time.Second, "0n"},
+		{0, "0n"},
+		{1500 * time.Nanosecond, "1500n"},
+		{300 * time.Millisecond, "300000u"},
+		{20 * time.Second, "20000000u"},
+		{time.Second + 1, "1000001u"}, // rounded up
+		{30 * time.Minute, "1800000m"},
+		{48 * time.Hour, "172800S"},
+		{maxGRPCTimeout, "52560000M"},
+	}
+	for _, tc := range cases {
+		if got := encodeGRPCTimeout(tc.in); got != tc.want {
+			t.Errorf("encodeGRPCTimeout(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+		if d, ok := parseGRPCTimeout(encodeGRPCTimeout(tc.in)); !ok || d < tc.in {
+			t.Errorf("encodeGRPCTimeout(%v) reads back as %v, %v: shorter than it was", tc.in, d, ok)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
 )
 
@@ -106,6 +107,57 @@ func TestGRPCDeadlineOnHTTPListener(t *testing.T) {
 				t.Fatalf("grpc-status %q (%q), want 4 (DEADLINE_EXCEEDED)", code, msg)
 			}
 			t.Logf("grpc-status %s %q", code, msg)
+		})
+	}
+}
+
+// TestGRPCDeadlinePropagatedOnHTTPListener: the upstream of a gRPC call
+// on the HTTP listener is told the deadline the proxy holds the call to,
+// as grpc-go tells it on the gRPC listener: the client's grpc-timeout or
+// the route's timeout, whichever is sooner, less the time spent. It used
+// to get the client's header as sent, so a route timeout shorter than the
+// client's deadline left the upstream working for nobody.
+func TestGRPCDeadlinePropagatedOnHTTPListener(t *testing.T) {
+	seen := make(chan string, 1)
+	up := startHTTPUpstream(t, "h2c", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Get("Grpc-Timeout")
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Grpc-Status", "0")
+	}), nil)
+	cases := []struct {
+		name         string
+		timeout      string
+		routeTimeout time.Duration
+		max          time.Duration // 0: no grpc-timeout upstream
+	}{
+		{"route timeout shorter than the client's", "20S", 300 * time.Millisecond, 300 * time.Millisecond},
+		{"client deadline shorter than the route's", "300m", 20 * time.Second, 300 * time.Millisecond},
+		{"client deadline only", "2S", 0, 2 * time.Second},
+		{"route timeout only", "", 300 * time.Millisecond, 300 * time.Millisecond},
+		{"neither", "", 0, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := singleRouteSpec(routes.UpstreamH2C, hostPort(up))
+			spec.Routes[0].Timeout = tc.routeTimeout
+			p := startProxy(t, spec)
+			c := newHTTPClient(t, "h2c")
+			if code, msg, err := grpcOverHTTP2(t, c, proxyURL(p, "http")+"/test.v1.Echo/Unary", tc.timeout); err != nil || code != "0" {
+				t.Fatalf("call: %q %q %v", code, msg, err)
+			}
+			got := <-seen
+			if tc.max == 0 {
+				if got != "" {
+					t.Fatalf("upstream got grpc-timeout %q, want none", got)
+				}
+				return
+			}
+			d, ok := proxy.ParseGRPCTimeout(got)
+			if !ok || d <= 0 || d > tc.max {
+				t.Fatalf("upstream got grpc-timeout %q, want at most %v", got, tc.max)
+			}
+			t.Logf("upstream got grpc-timeout %s", got)
 		})
 	}
 }

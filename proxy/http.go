@@ -260,6 +260,9 @@ func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.Host = ""
+			if isGRPCRequest(pr.In) {
+				propagateGRPCDeadline(pr.Out)
+			}
 			// Rewrite has already dropped Forwarded and X-Forwarded-* from
 			// Out. A trusted peer's chain is kept and extended; anyone
 			// else's claims are discarded.
