@@ -280,6 +280,10 @@ type call struct {
 	ok     []string
 }
 
+// Every HTTP kind may end 502: the endpoint that vanishes takes the calls
+// it had not answered yet with it (the proxy gets a closed connection
+// instead of a response head). The first 10-minute soak saw 4 of its
+// 5,000 stall calls end so.
 var calls = []call{
 	{name: "grpc unary", weight: 20, run: grpcUnary("g"), ok: []string{"OK", "Unavailable", "DeadlineExceeded", breakerOpen}},
 	{name: "grpc stream", weight: 10, run: grpcStream("g", "Stream"), ok: []string{"OK", "Unavailable", "DeadlineExceeded", breakerOpen}},
@@ -292,7 +296,7 @@ var calls = []call{
 	{name: "http reset", weight: 3, fault: true, run: httpGet("/reset"), ok: []string{"502", "503", "504", breakerOpen}},
 	{name: "http garbage", weight: 3, fault: true, run: httpGet("/garbage"), ok: []string{"502", "503", "504", breakerOpen}},
 	{name: "http close after headers", weight: 3, fault: true, run: httpGet("/close-after-headers"), ok: []string{"200 cut", "cut", "502", "503", "504", breakerOpen}},
-	{name: "http stall", weight: 3, fault: true, run: httpGet("/stall"), ok: []string{"200 cut", "cut", "503", "504", breakerOpen}},
+	{name: "http stall", weight: 3, fault: true, run: httpGet("/stall"), ok: []string{"200 cut", "cut", "502", "503", "504", breakerOpen}},
 }
 
 // run starts calls at the soak's rate until t: each tick starts as many
