@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test run lint fuzz bench check-config
+.PHONY: build test run lint fuzz bench check-config e2e-tools soak
 
 ## build: compile the proxy and the demo into bin/
 build:
@@ -37,12 +37,33 @@ lint:
 	@drift=$$(git status --porcelain -- proto/); \
 	if [ -n "$$drift" ]; then echo "proto/ differs from what make proto generates:"; echo "$$drift"; git diff --stat -- proto/; exit 1; fi
 
+# Outside programs of the conformance tests in e2e/ (TestH2Spec,
+# TestInterop), each built from a module of its own under tools/ whose
+# go.sum pins it and everything it needs: h2spec v2.2.1 (it has no go.mod
+# of its own, so a plain go install would float its dependencies) into
+# bin/tools; grpc-go's interop client and server into bin/, at the grpc
+# version of our go.mod (TestInterop checks that the two agree).
+
+## e2e-tools: build h2spec and the grpc-go interop client and server (pinned in tools/) for the e2e tests
+e2e-tools:
+	cd tools/h2spec && $(GO) build -o $(TOOLS)/h2spec github.com/summerwind/h2spec/cmd/h2spec
+	cd tools/grpcinterop && $(GO) build -o $(CURDIR)/bin/interop-client google.golang.org/grpc/interop/client
+	cd tools/grpcinterop && $(GO) build -o $(CURDIR)/bin/interop-server google.golang.org/grpc/interop/server
+
+# The fault soak (soak/): SOAK long, at about 500 calls a second on
+# loopback. make test skips it (it runs only with HOPWATCH_SOAK set).
+SOAK ?= 10m
+
+## soak: fault soak for SOAK (default 10m): faulty upstreams, cancelling clients; reports goroutine/heap slopes
+soak:
+	HOPWATCH_SOAK=$(SOAK) $(GO) test -count=1 -run '^TestSoak$$' -timeout 60m -v ./soak/
+
 # Every fuzz target, as package:Target. Seed corpora are committed under
 # each package's testdata/fuzz and run by `make test` too.
 FUZZ_TARGETS ?= config:FuzzParse \
 	routes:FuzzMatch routes:FuzzCheckPath routes:FuzzCheckGRPCMethod routes:FuzzParseRetryOn \
 	telemetry:FuzzPropagation telemetry:FuzzJSONScanner telemetry:FuzzSSE \
-	proxy:FuzzForwardedHeaders \
+	proxy:FuzzForwardedHeaders proxy:FuzzParseGRPCTimeout \
 	conversation:FuzzIdentify conversation:FuzzFingerprint conversation:FuzzBodyExtraction conversation:FuzzExtractProto
 FUZZTIME ?= 15s
 

@@ -6,6 +6,14 @@
 // the README's query (run against the demo bot behind the real cmd/proxy
 // binary, which the test builds).
 //
+// Two conformance tests run hopwatch's listeners against outside test
+// programs: TestH2Spec runs h2spec (HTTP/2, RFC 9113 and HPACK) against
+// the HTTP listener over h2c and over TLS, the gRPC listener, and a plain
+// grpc-go server for comparison, and TestInterop runs grpc-go's interop
+// client against its interop server through every listener × upstream
+// protocol that carries gRPC. make e2e-tools installs both programs
+// (h2spec at bin/tools/h2spec, the interop programs at bin/).
+//
 // It sits outside the request path: the tests build a real three-hop bot
 // chain in-process (client → chat → gateway, then gateway → nlu over gRPC
 // and gateway → kb over HTTP, every hop through hopwatch) and check what

@@ -12,6 +12,12 @@
 // requests hold the generation they started on until they end, so a reload
 // never cuts a call or a stream in flight.
 //
+// gRPC that arrives on an HTTP listener is held to what the gRPC listener
+// would do (grpcreset.go): the client's grpc-timeout ends the call, the
+// upstream is told the deadline, an upstream RST_STREAM becomes the status
+// grpc-go would show, and a stream broken after its headers ends with a
+// status rather than a reset.
+//
 // Routes with a retry or fallback policy take the resilient path: one
 // policy, a per-call state machine (call, in call.go) that both listeners
 // drive through a small adapter: grpcCall replays a recorded gRPC stream,

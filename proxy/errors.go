@@ -54,6 +54,9 @@ func upstreamError(err error) error {
 	case isHeaderTimeout(err):
 		return fmt.Errorf("%w: %w", errTimeout, err)
 	}
+	if re, ok := asReset(err); ok {
+		return re
+	}
 	if s, ok := status.FromError(err); ok {
 		// upstreamError sees gRPC errors only from opening the upstream
 		// stream (the upstream's own statuses arrive later, from RecvMsg,
@@ -83,7 +86,7 @@ func grpcError(err error, method string) error {
 }
 
 func isProxyError(err error) bool {
-	for _, e := range []error{errNoRoute, errUpstreamTLS, errUnreachable, errTimeout, errCanceled, errBadGateway, errRejected, errBodyTimeout, errBadRequest} {
+	for _, e := range []error{errNoRoute, errUpstreamTLS, errUnreachable, errTimeout, errCanceled, errBadGateway, errUpstreamReset, errRejected, errBodyTimeout, errBadRequest} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -118,6 +121,9 @@ func classify(err error) (codes.Code, string) {
 		return codes.DeadlineExceeded, "hopwatch: " + errBodyTimeout.Error()
 	case errors.Is(err, errCanceled):
 		return codes.Canceled, "hopwatch: " + errCanceled.Error()
+	case errors.Is(err, errUpstreamReset):
+		re, _ := asReset(err)
+		return resetCode(context.Background(), re.code), "hopwatch: " + errUpstreamReset.Error() + " (" + re.code.String() + ")"
 	case errors.Is(err, errBadGateway):
 		return codes.Unavailable, "hopwatch: " + errBadGateway.Error()
 	default:

@@ -62,6 +62,11 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if hop != nil {
 		ctx = context.WithValue(ctx, hopKey{}, hop)
 	}
+	if grpcReq {
+		var cancelDeadline context.CancelFunc
+		ctx, cancelDeadline = withGRPCDeadline(ctx, r.Header) // as grpc-go does on the gRPC listener
+		defer cancelDeadline()
+	}
 	ctx, fr, cancel := h.bound(ctx, w, r, rt)
 	defer cancel()
 	r = r.WithContext(ctx)           // a shallow copy: the inbound request is untouched
@@ -255,6 +260,9 @@ func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.Host = ""
+			if isGRPCRequest(pr.In) {
+				propagateGRPCDeadline(pr.Out)
+			}
 			// Rewrite has already dropped Forwarded and X-Forwarded-* from
 			// Out. A trusted peer's chain is kept and extended; anyone
 			// else's claims are discarded.
@@ -290,6 +298,11 @@ func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.
 				res.Header.Del("Content-Length")
 				res.ContentLength = -1
 			}
+			// A gRPC stream that breaks after its headers ends with a
+			// status, not an abort (grpcreset.go).
+			if res.Request != nil && isGRPCRequest(res.Request) {
+				res.Body = &grpcEndBody{ReadCloser: res.Body, res: res, ctx: res.Request.Context()}
+			}
 			return nil
 		},
 		// FlushInterval stays 0: ReverseProxy already flushes every write
@@ -308,6 +321,10 @@ func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.
 				// detached attempt reports its own cancellation). A body
 				// that never came is the client's delay, not the upstream's.
 				err = cerr
+			} else if re, ok := asReset(err); ok && isGRPCRequest(r) && resetCode(r.Context(), re.code) == codes.DeadlineExceeded {
+				// The upstream gave up at the deadline a moment before
+				// the proxy's own timer fired.
+				err = context.DeadlineExceeded
 			}
 			writeError(w, r, upstreamError(err))
 		},

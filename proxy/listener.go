@@ -17,6 +17,10 @@ import (
 	"github.com/hopwatch/hopwatch/routes"
 )
 
+// http2MaxFrameSize is the largest HTTP/2 frame an HTTP listener reads:
+// SETTINGS_MAX_FRAME_SIZE's initial value (RFC 9113 §6.5.2).
+const http2MaxFrameSize = 16 << 10
+
 // listener is one bound address with its server.
 type listener struct {
 	spec  routes.Listener
@@ -98,6 +102,14 @@ func (p *Proxy) newListener(spec routes.Listener) (*listener, error) {
 				// Streams beyond it are refused (RFC 9113 §5.1.2), and
 				// net/http runs at most this many handlers per connection.
 				MaxConcurrentStreams: lim.maxConcurrentStreams,
+				// The protocol's initial frame size (RFC 9113 §4.2,
+				// §6.5.2), not Go's 1 MiB: a client must split a
+				// header block into CONTINUATION frames of at most this
+				// much, and a larger frame is a FRAME_SIZE_ERROR. Clients
+				// send DATA in 16 KiB frames anyway (grpc-go always, Go's
+				// transport at the peer's setting), so nothing is lost.
+				// (h2spec http2/4.2/3.)
+				MaxReadFrameSize: http2MaxFrameSize,
 				// Ping a silent connection, close it if the ping is not
 				// answered: a vanished peer's streams end.
 				SendPingTimeout: keepaliveTime,
