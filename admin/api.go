@@ -157,9 +157,15 @@ type eventJSON struct {
 }
 
 type spanJSON struct {
-	SpanID   trace.SpanID       `json:"span_id"`
-	ParentID string             `json:"parent_id,omitempty"` // absent: no parent, or one outside the proxy's view
-	Kind     telemetry.SpanKind `json:"kind"`
+	SpanID   trace.SpanID `json:"span_id"`
+	ParentID string       `json:"parent_id,omitempty"` // absent: no parent, or one outside the proxy's view
+	// Stitched: the span's propagated parent is a service's own span that
+	// hopwatch did not see, so parent and parent_id are the hopwatch
+	// client span that carried the request into that service (the caller),
+	// and stitched_from is the propagated parent.
+	Stitched     bool               `json:"stitched,omitempty"`
+	StitchedFrom string             `json:"stitched_from,omitempty"`
+	Kind         telemetry.SpanKind `json:"kind"`
 	telemetry.HopKey
 	Method   string            `json:"method,omitempty"`
 	Endpoint string            `json:"endpoint,omitempty"`
@@ -204,7 +210,10 @@ func (s *Server) apiTrace(w http.ResponseWriter, r *http.Request) {
 			Depth: n.Depth, Parent: n.Parent, Children: n.Children,
 		}
 		if n.Parent >= 0 {
-			sj.ParentID = n.ParentID.String()
+			sj.ParentID = d.Spans[n.Parent].SpanID.String()
+		}
+		if n.Stitched {
+			sj.Stitched, sj.StitchedFrom = true, n.ParentID.String()
 		}
 		if sj.Children == nil {
 			sj.Children = []int{}

@@ -336,10 +336,11 @@ type TraceQuery struct {
 // TraceSummary describes a trace in a list.
 type TraceSummary struct {
 	TraceID trace.TraceID
-	// Root is the entry hop: the server span whose parent is not in the
-	// trace, the earliest if there are several. While that span has not
-	// ended yet (or was refused by the span cap) it is the earliest span
-	// whose parent is not in the trace, of either kind.
+	// Root is the entry hop: the server span with no hopwatch span above
+	// it (its parent is not in the trace, and it is not stitched to one of
+	// hopwatch's client spans, see stitch.go), the earliest if there are
+	// several. While that span has not ended yet (or was refused by the
+	// span cap) it is the earliest span without a parent, of either kind.
 	Root HopKey
 	// Start is the earliest span start; Duration runs from there to the
 	// latest span end (the extent of everything the proxy saw).
@@ -419,6 +420,11 @@ type SpanNode struct {
 	Children []int
 	// Depth is 0 for roots and parent's depth + 1 otherwise.
 	Depth int
+	// Stitched: the span's propagated parent is a span hopwatch did not
+	// see (a service's own client span), and Parent is the hopwatch client
+	// span that carried the request into that service instead (see
+	// stitch.go).
+	Stitched bool
 	// SelfTime, for server spans, is the hop's own time: its duration minus
 	// the union of its child hops' intervals (server spans whose nearest
 	// server-span ancestor is this one). Zero for client spans, whose time
@@ -460,7 +466,7 @@ func (s *Store) Trace(id trace.TraceID) (TraceDetail, bool) {
 	t := buildTree(spans)
 	nodes := make([]SpanNode, len(spans))
 	for i := range spans {
-		nodes[i] = SpanNode{Span: spans[i], Parent: t.parent[i], Depth: t.depth[i], SelfTime: t.self[i]}
+		nodes[i] = SpanNode{Span: spans[i], Parent: t.parent[i], Depth: t.depth[i], SelfTime: t.self[i], Stitched: t.stitched[i]}
 	}
 	for i, p := range t.parent {
 		if p >= 0 {
@@ -492,7 +498,9 @@ func summarize(id trace.TraceID, spans []Span, dropped int) TraceSummary {
 	if len(spans) == 0 {
 		return sum
 	}
-	in := newSpanSet(spans)
+	var buf stitchBuf
+	parent, stitched := buf.slices(len(spans))
+	linkParents(spans, newSpanSet(spans), parent, stitched)
 	var end time.Time
 	root, anyRoot := -1, -1
 	for i := range spans {
@@ -506,14 +514,11 @@ func summarize(id trace.TraceID, spans []Span, dropped int) TraceSummary {
 		if sp.Kind == KindServer && sp.Outcome.IsError() {
 			sum.Error = true
 		}
-		if in.has(sp.ParentID) && sp.ParentID != sp.SpanID {
-			continue
-		}
-		if anyRoot < 0 || sp.Start.Before(spans[anyRoot].Start) {
-			anyRoot = i
-		}
-		if sp.Kind == KindServer && (root < 0 || sp.Start.Before(spans[root].Start)) {
+		if sp.Kind == KindServer && isTurnRoot(spans, parent, i) && (root < 0 || sp.Start.Before(spans[root].Start)) {
 			root = i
+		}
+		if parent[i] < 0 && (anyRoot < 0 || sp.Start.Before(spans[anyRoot].Start)) {
+			anyRoot = i
 		}
 	}
 	if root < 0 {
@@ -577,32 +582,28 @@ func (s spanSet) has(id trace.SpanID) bool { return s.find(id) >= 0 }
 
 // tree is the parent structure of a trace's spans, by index.
 type tree struct {
-	parent []int           // -1: root
-	depth  []int           //
-	hop    []int           // nearest server-span ancestor (excluding self), -1: none
-	self   []time.Duration // server spans: own time; client spans: 0
+	parent   []int           // -1: root
+	stitched []bool          // parent is a stitched hopwatch client span, see linkParents
+	depth    []int           //
+	hop      []int           // nearest server-span ancestor (excluding self), -1: none
+	self     []time.Duration // server spans: own time; client spans: 0
 }
 
-// buildTree links spans by ParentID and computes each server span's self
+// buildTree links spans by ParentID, stitching hops whose parent hopwatch
+// did not see (see linkParents), and computes each server span's self
 // time. It tolerates duplicate IDs and parent cycles (which a buggy or
 // hostile caller could produce through propagated headers): a span on a
 // cycle is made a root.
 func buildTree(spans []Span) tree {
 	n := len(spans)
 	t := tree{
-		parent: make([]int, n),
-		depth:  make([]int, n),
-		hop:    make([]int, n),
-		self:   make([]time.Duration, n),
+		parent:   make([]int, n),
+		stitched: make([]bool, n),
+		depth:    make([]int, n),
+		hop:      make([]int, n),
+		self:     make([]time.Duration, n),
 	}
-	set := newSpanSet(spans)
-	for i := range spans {
-		p := set.find(spans[i].ParentID)
-		if p == i {
-			p = -1
-		}
-		t.parent[i] = p
-	}
+	linkParents(spans, newSpanSet(spans), t.parent, t.stitched)
 	// Depths by walking up. A parent cycle (possible only through broken
 	// or forged trace headers) is cut where the walk meets itself, making
 	// that span a root.
@@ -623,7 +624,7 @@ func buildTree(spans []Span) tree {
 				j = t.parent[j]
 			}
 			if j >= 0 && state[j] == onPath {
-				t.parent[j] = -1
+				t.parent[j], t.stitched[j] = -1, false
 				for _, k := range path {
 					state[k] = unseen
 				}
