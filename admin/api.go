@@ -167,6 +167,10 @@ type spanJSON struct {
 	StitchedFrom string             `json:"stitched_from,omitempty"`
 	Kind         telemetry.SpanKind `json:"kind"`
 	telemetry.HopKey
+	// Service and Name: kind "service", a span a service sent to the OTLP
+	// receiver (telemetry.receive.otlp), not a hop.
+	Service  string            `json:"service,omitempty"`
+	Name     string            `json:"name,omitempty"`
 	Method   string            `json:"method,omitempty"`
 	Endpoint string            `json:"endpoint,omitempty"`
 	Attempt  int               `json:"attempt,omitempty"`
@@ -202,7 +206,7 @@ func (s *Server) apiTrace(w http.ResponseWriter, r *http.Request) {
 	spans := make([]spanJSON, 0, len(d.Spans))
 	for _, n := range d.Spans {
 		sj := spanJSON{
-			SpanID: n.SpanID, Kind: n.Kind, HopKey: n.HopKey,
+			SpanID: n.SpanID, Kind: n.Kind, HopKey: n.HopKey, Service: n.Service, Name: n.Name,
 			Method: n.Method, Endpoint: n.Endpoint, Attempt: n.Attempt,
 			Start: n.Start, Offset: n.Start.Sub(d.Summary.Start).Seconds(),
 			Duration: n.Duration.Seconds(), SelfTime: n.SelfTime.Seconds(),

@@ -35,6 +35,9 @@ const (
 	KindServer SpanKind = "server"
 	// KindClient is one attempt to an upstream endpoint.
 	KindClient SpanKind = "client"
+	// KindService is a span a service made itself and sent to hopwatch's
+	// OTLP receiver (see receive.go): shown in the waterfall, never a hop.
+	KindService SpanKind = "service"
 )
 
 // HopKey identifies a hop: caller → route → upstream. All three are bounded
@@ -62,6 +65,10 @@ type Span struct {
 	Code     string        `json:"code"` // HTTP status or gRPC code name
 	Outcome  Outcome       `json:"outcome"`
 	Events   []SpanEvent   `json:"events,omitempty"`
+	// Service and Name are a service span's service.name and span name
+	// (KindService only; hops are named by HopKey).
+	Service string `json:"service,omitempty"`
+	Name    string `json:"name,omitempty"`
 }
 
 // End is when the span ended.

@@ -64,11 +64,24 @@ func linkParents(spans []Span, set spanSet, parent []int, stitched []bool) {
 	}
 }
 
-// stitchable: a hop whose propagated parent is a span hopwatch did not see.
-// A hop without any parent started the trace; client spans always have
-// their hop as parent.
+// stitchable: a hop (or a service's own span) whose propagated parent is
+// a span hopwatch did not see. A span without any parent started the
+// trace; hopwatch's client spans always have their hop as parent.
 func stitchable(sp *Span) bool {
-	return sp.Kind == KindServer && sp.ParentID.IsValid() && sp.Caller != ""
+	return sp.ParentID.IsValid() && stitchCaller(sp) != ""
+}
+
+// stitchCaller is the service a span was made in, to be matched with the
+// upstream of hopwatch's client spans: a hop's caller, a service span's
+// service.name.
+func stitchCaller(sp *Span) string {
+	switch sp.Kind {
+	case KindServer:
+		return sp.Caller
+	case KindService:
+		return sp.Service
+	}
+	return ""
 }
 
 // stitchTarget returns the client span that carried the request into the
@@ -78,10 +91,11 @@ func stitchable(sp *Span) bool {
 // order the spans arrived in). -1 when there is none.
 func stitchTarget(spans []Span, h int) int {
 	hop := &spans[h]
+	caller := stitchCaller(hop)
 	best := -1
 	for j := range spans {
 		c := &spans[j]
-		if j == h || c.Kind != KindClient || c.Upstream != hop.Caller ||
+		if j == h || c.Kind != KindClient || c.Upstream != caller ||
 			c.Start.After(hop.Start) || c.End().Before(hop.Start) {
 			continue
 		}

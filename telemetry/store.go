@@ -17,6 +17,14 @@ const (
 	// that reuses one trace for a whole long session cannot grow an entry
 	// without bound. Spans past the cap are counted, not kept.
 	MaxSpansPerTrace = 512
+	// MaxServiceSpansPerTrace caps the services' own spans (KindService,
+	// from the OTLP receiver) kept for one trace, on top of the hop spans:
+	// they can never crowd a hop out of its trace.
+	MaxServiceSpansPerTrace = 256
+	// serviceBytesShare: the services' spans may take at most this share
+	// (1/serviceBytesShare) of the store's byte bound, so a flood of them
+	// cannot evict the hops' traces early.
+	serviceBytesShare = 4
 
 	// spanSliceRecycleCap is the largest span slice an evicted trace hands
 	// on to the trace that takes its slot. Recycling makes Add allocation
@@ -71,6 +79,15 @@ type Store struct {
 	droppedSpans  uint64
 	evictedTraces uint64
 
+	// svcBytes is the part of bytes held by service spans; svcRefused
+	// counts service spans refused (see AddService). svcTraces are the
+	// sequence numbers of the traces holding service spans, oldest first:
+	// when the hops need room, these traces lose their service spans
+	// before any trace is evicted.
+	svcBytes   int64
+	svcRefused uint64
+	svcTraces  []uint64
+
 	// slos are the entry routes' turn SLOs (see SetTurnSLOs), swapped whole.
 	slos atomic.Pointer[map[string]time.Duration]
 }
@@ -95,8 +112,11 @@ type traceEntry struct {
 	spans   []Span // in arrival order
 	dropped int    // spans refused because of MaxSpansPerTrace
 	bytes   int64  // estimated memory held by the entry (not its ring slot)
-	sum     TraceSummary
-	fresh   bool // sum reflects spans and dropped
+	// svcSpans of spans are service spans, holding svcBytes of bytes.
+	svcSpans int
+	svcBytes int64
+	sum      TraceSummary
+	fresh    bool // sum reflects spans and dropped
 }
 
 // Memory estimates. Strings that come from the configuration or are
@@ -134,7 +154,8 @@ func stringBytes(n int) int64 { return int64(n+15) &^ 15 }
 // spanBytes is the estimated memory a stored span holds beyond its slot in
 // the trace's span slice.
 func spanBytes(sp *Span) int64 {
-	n := stringBytes(len(sp.Method)) + stringBytes(len(sp.Code)) + stringBytes(len(sp.Endpoint))
+	n := stringBytes(len(sp.Method)) + stringBytes(len(sp.Code)) + stringBytes(len(sp.Endpoint)) +
+		stringBytes(len(sp.Service)) + stringBytes(len(sp.Name))
 	if cap(sp.Events) > 0 {
 		n += int64(cap(sp.Events)) * eventSize
 	}
@@ -196,7 +217,7 @@ func (s *Store) Add(sp Span) {
 	}
 	e := &s.ring[i]
 	e.fresh = false
-	if len(e.spans) >= MaxSpansPerTrace {
+	if len(e.spans)-e.svcSpans >= MaxSpansPerTrace {
 		e.dropped++
 		s.droppedSpans++
 	} else {
@@ -206,13 +227,110 @@ func (s *Store) Add(sp Span) {
 		e.bytes += grown
 		s.bytes += grown
 		for s.bytes+s.ringBytesLocked() > s.maxBytes && s.oldest < e.seq {
-			s.evictOldestLocked(evictBytes)
+			if !s.dropServiceSpansLocked() {
+				s.evictOldestLocked(evictBytes)
+			}
 		}
 	}
 	s.mu.Unlock()
 }
 
+// noteServiceTraceLocked queues a trace that just got its first service
+// span. Entries of traces evicted since are dropped as they reach the
+// front, and all at once when the queue holds twice as many entries as
+// there are trace slots, which bounds it.
+func (s *Store) noteServiceTraceLocked(seq uint64) {
+	for len(s.svcTraces) > 0 && s.svcTraces[0] < s.oldest {
+		s.svcTraces = s.svcTraces[1:]
+	}
+	if len(s.svcTraces) >= 2*s.max {
+		s.svcTraces = slices.DeleteFunc(slices.Clone(s.svcTraces), func(q uint64) bool { return q < s.oldest })
+	}
+	s.svcTraces = append(s.svcTraces, seq)
+}
+
+// dropServiceSpansLocked removes the service spans of the oldest trace
+// that has any, and reports whether there was one: the services' spans
+// give way to the hops, so that they never shorten how long hop traces
+// are kept.
+func (s *Store) dropServiceSpansLocked() bool {
+	for len(s.svcTraces) > 0 {
+		seq := s.svcTraces[0]
+		s.svcTraces = s.svcTraces[1:]
+		if seq < s.oldest {
+			continue // evicted meanwhile, its bytes with it
+		}
+		e := &s.ring[seq%uint64(s.max)]
+		if e.seq != seq || e.svcSpans == 0 {
+			continue
+		}
+		kept := e.spans[:0]
+		for _, sp := range e.spans {
+			if sp.Kind != KindService {
+				kept = append(kept, sp)
+			}
+		}
+		clear(e.spans[len(kept):])
+		e.spans = kept
+		e.bytes -= e.svcBytes
+		s.bytes -= e.svcBytes
+		s.svcBytes -= e.svcBytes
+		e.svcSpans, e.svcBytes, e.fresh = 0, 0, false
+		return true
+	}
+	return false
+}
+
 func (s *Store) ringBytesLocked() int64 { return int64(cap(s.ring)) * entrySize }
+
+// AddService records a span a service made itself (KindService), for the
+// waterfall. Service spans never cost the hops anything: AddService never
+// starts a trace (the span is kept only if hopwatch has seen the trace,
+// its hops' spans are in the store) and never evicts one (the span is
+// refused when the store has no room for it), and when the hops need
+// room, traces lose their service spans, oldest first, before any trace
+// is evicted (see Add). It is refused, and false returned, too when the
+// trace holds MaxServiceSpansPerTrace of them or the services' spans hold
+// their share of the byte bound (1/4).
+func (s *Store) AddService(sp Span) bool {
+	sp.Kind = KindService
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, ok := s.index[sp.TraceID]
+	if !ok || !sp.TraceID.IsValid() {
+		s.svcRefused++
+		return false
+	}
+	e := &s.ring[i]
+	// Grown before the check, so that the check counts the slice's real
+	// growth; a refused span leaves the new array to the collector.
+	spans := slices.Grow(e.spans, 1)
+	grown := spanSliceBytes(cap(spans)) - spanSliceBytes(cap(e.spans)) + spanBytes(&sp)
+	if e.svcSpans >= MaxServiceSpansPerTrace || s.svcBytes+grown > s.maxBytes/serviceBytesShare ||
+		s.bytes+s.ringBytesLocked()+grown > s.maxBytes {
+		s.svcRefused++
+		return false
+	}
+	if e.svcSpans == 0 {
+		s.noteServiceTraceLocked(e.seq)
+	}
+	e.spans = append(spans, sp)
+	e.fresh = false
+	e.svcSpans++
+	e.svcBytes += grown
+	e.bytes += grown
+	s.svcBytes += grown
+	s.bytes += grown
+	return true
+}
+
+// ServiceSpans reports the bytes held by service spans and how many were
+// refused since the store was created.
+func (s *Store) ServiceSpans() (bytes int64, refused uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.svcBytes, s.svcRefused
+}
 
 // insertLocked makes room for a new trace and returns its ring position.
 func (s *Store) insertLocked(id trace.TraceID) int {
@@ -248,6 +366,7 @@ func (s *Store) evictOldestLocked(reason int) {
 	e := &s.ring[s.oldest%uint64(s.max)]
 	delete(s.index, e.id)
 	s.bytes -= e.bytes
+	s.svcBytes -= e.svcBytes
 	s.oldest++
 	s.evictedTraces++
 	if c := s.evicted[reason]; c != nil {
