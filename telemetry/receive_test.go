@@ -433,3 +433,44 @@ func TestStoreServiceSpansGiveWay(t *testing.T) {
 		t.Errorf("queue of traces with service spans at %d entries, over twice the %d slots", len(with.svcTraces), with.max)
 	}
 }
+
+// TestReceivedSpanStitched: a service sent only some of its spans (its
+// server span was sampled out or lost): the client span it did send has a
+// parent hopwatch never saw, and is stitched, by its service.name, under
+// the attempt that carried the request into that service; the hops below
+// it follow their propagated parent.
+func TestReceivedSpanStitched(t *testing.T) {
+	r, store, _ := newTestReceiver(t, StoreLimits{})
+	if _, err := r.export(exportOf("gateway", gatewaySpans()[1])); err != nil { // the client span 100 alone
+		t.Fatal(err)
+	}
+	d, _ := store.Trace(tid(1))
+	links := map[uint64]struct {
+		parent   uint64
+		stitched bool
+	}{}
+	roots := 0
+	for _, n := range d.Spans {
+		var p uint64
+		if n.Parent >= 0 {
+			p = idOfSpan(d.Spans[n.Parent].SpanID)
+		} else {
+			roots++
+		}
+		links[idOfSpan(n.SpanID)] = struct {
+			parent   uint64
+			stitched bool
+		}{p, n.Stitched}
+	}
+	for _, w := range []struct {
+		span, parent uint64
+		stitched     bool
+	}{{100, 2, true}, {3, 100, false}, {5, 100, false}} {
+		if got := links[w.span]; got.parent != w.parent || got.stitched != w.stitched {
+			t.Errorf("span %d: parent %d stitched %v, want %d %v", w.span, got.parent, got.stitched, w.parent, w.stitched)
+		}
+	}
+	if roots != 1 {
+		t.Errorf("%d roots, want 1", roots)
+	}
+}
