@@ -61,6 +61,9 @@ type Placement struct {
 	// hopwatch exports its spans to (telemetry.tracing.otlp), the one the
 	// services export theirs to (Config.OTLP).
 	OTLP string
+	// Receive turns on hopwatch's OTLP receiver (telemetry.receive.otlp),
+	// for the services' own spans (see Stack.ExportSpansTo).
+	Receive bool
 }
 
 // kbFallback is the section Placement.Fallback adds, in the form the design
@@ -173,9 +176,16 @@ func RenderHopwatchConfig(endpoints map[string]string, p Placement) ([]byte, err
 			setField(ev, "file", p.EventsFile)
 		}
 	}
-	if p.OTLP != "" {
+	if p.OTLP != "" || p.Receive {
+		var src []byte
+		if p.OTLP != "" {
+			src = fmt.Appendf(src, "tracing: {otlp: {endpoint: %q, protocol: grpc}}\n", p.OTLP)
+		}
+		if p.Receive {
+			src = append(src, "receive: {otlp: true}\n"...)
+		}
 		var tel yaml.Node
-		if err := yaml.Unmarshal(fmt.Appendf(nil, "tracing: {otlp: {endpoint: %q, protocol: grpc}}", p.OTLP), &tel); err != nil {
+		if err := yaml.Unmarshal(src, &tel); err != nil {
 			return nil, fmt.Errorf("demo: telemetry section: %w", err)
 		}
 		if mapValue(root, "telemetry") != nil {

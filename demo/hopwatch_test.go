@@ -59,8 +59,10 @@ func TestParseHopwatchConfig(t *testing.T) {
 		wantEvents        string
 		wantErr           error
 		wantAnyErr        bool
-		// wantOTLP is telemetry.tracing.otlp's endpoint ("": none).
-		wantOTLP string
+		// wantOTLP is telemetry.tracing.otlp's endpoint ("": none);
+		// wantReceive telemetry.receive.otlp.
+		wantOTLP    string
+		wantReceive bool
 	}{
 		{
 			name:      "as written",
@@ -86,6 +88,12 @@ func TestParseHopwatchConfig(t *testing.T) {
 			place:     demo.Placement{OTLP: "127.0.0.1:4317"},
 			wantAdmin: "127.0.0.1:9901", wantGRPC: "127.0.0.1:7000", wantHTTP: "127.0.0.1:7080",
 			wantOTLP: "127.0.0.1:4317",
+		},
+		{
+			name:      "receiving the services' spans, and exporting",
+			place:     demo.Placement{OTLP: "127.0.0.1:4317", Receive: true},
+			wantAdmin: "127.0.0.1:9901", wantGRPC: "127.0.0.1:7000", wantHTTP: "127.0.0.1:7080",
+			wantOTLP: "127.0.0.1:4317", wantReceive: true,
 		},
 		{
 			name:       "listener clash is a config error",
@@ -140,6 +148,9 @@ func TestParseHopwatchConfig(t *testing.T) {
 				t.Errorf("telemetry.tracing.otlp %+v, want none", o)
 			case tt.wantOTLP != "" && (o == nil || o.Endpoint != tt.wantOTLP || o.Protocol != "grpc"):
 				t.Errorf("telemetry.tracing.otlp %+v, want endpoint %s over grpc", o, tt.wantOTLP)
+			}
+			if cfg.Telemetry.Receive.OTLP != tt.wantReceive {
+				t.Errorf("telemetry.receive.otlp %v, want %v", cfg.Telemetry.Receive.OTLP, tt.wantReceive)
 			}
 			for _, svc := range demo.Services {
 				if upstream(cfg, svc).Name == "" {

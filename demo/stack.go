@@ -167,6 +167,13 @@ func (s *Stack) ServeGateway(via Listeners) error {
 	return nil
 }
 
+// ExportSpansTo makes every service also export its spans over OTLP/gRPC
+// to endpoint: hopwatch's own OTLP receiver (telemetry.receive.otlp on its
+// admin address), which is known only once hopwatch runs.
+func (s *Stack) ExportSpansTo(endpoint string) error {
+	return s.tracing.exportTo(endpoint)
+}
+
 // Calls returns how many calls each service has received, by service name.
 func (s *Stack) Calls() map[string]int64 {
 	out := make(map[string]int64, len(s.calls))

@@ -78,6 +78,22 @@ func (t *tracing) shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// exportTo adds an OTLP/gRPC exporter to endpoint to every service's
+// provider, beside the one newTracing made, if any.
+func (t *tracing) exportTo(endpoint string) error {
+	for name, tp := range t.services {
+		exp, err := otlptracegrpc.New(context.Background(),
+			otlptracegrpc.WithEndpoint(endpoint),
+			otlptracegrpc.WithInsecure(),
+			otlptracegrpc.WithTimeout(otlpTimeout))
+		if err != nil {
+			return fmt.Errorf("demo: %s: otlp exporter: %w", name, err)
+		}
+		tp.RegisterSpanProcessor(sdktrace.NewBatchSpanProcessor(exp, sdktrace.WithBatchTimeout(time.Second)))
+	}
+	return nil
+}
+
 // grpcServer is the stats-handler option of a service's gRPC server.
 func (t *tracing) grpcServer(service string) grpc.ServerOption {
 	return grpc.StatsHandler(otelgrpc.NewServerHandler(

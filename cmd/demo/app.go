@@ -102,6 +102,12 @@ func start(svc demo.Config, place demo.Placement, log *slog.Logger) (*app, error
 		a.stop()
 		return nil, errors.New("hopwatch started without the demo's listeners")
 	}
+	if a.tel.Receiver != nil {
+		if err := stack.ExportSpansTo(a.admin.Addr().String()); err != nil {
+			a.stop()
+			return nil, err
+		}
+	}
 	if err := stack.ServeGateway(demo.Listeners{GRPC: grpcAddr.String(), HTTP: httpAddr.String()}); err != nil {
 		a.stop()
 		return nil, err

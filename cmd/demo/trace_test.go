@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -14,13 +15,21 @@ import (
 
 // TestDemoOneTreePerTurn runs the demo, whose services trace themselves
 // with otelgrpc and otelhttp (so every call after the first hop carries
-// the calling service's own span as parent, which hopwatch never sees),
-// with every knowledge-base call slow. Every finished turn in hopwatch's
-// store is still one tree with the entry hop as its only root, the inner
-// hops stitched under the attempts that reached their callers, and the
-// bottleneck analysis names the KB hop.
+// the calling service's own span as parent), with every knowledge-base
+// call slow. Every finished turn in hopwatch's store is one tree with the
+// entry hop as its only root, and the bottleneck analysis names the KB
+// hop: without the services' spans (-receive=false: hopwatch never sees
+// them, and stitches each inner hop under the attempt that reached its
+// caller), and with them (received over OTLP on the admin address: the
+// hops hang under the services' own spans).
 func TestDemoOneTreePerTurn(t *testing.T) {
-	o, err := parseFlags(append([]string{"-kb-slow-share", "1", "-seed", "5"}, loopback...), io.Discard)
+	for _, receive := range []bool{false, true} {
+		t.Run(fmt.Sprintf("receive=%v", receive), func(t *testing.T) { checkOneTreePerTurn(t, receive) })
+	}
+}
+
+func checkOneTreePerTurn(t *testing.T, receive bool) {
+	o, err := parseFlags(append([]string{"-kb-slow-share", "1", "-seed", "5", fmt.Sprintf("-receive=%v", receive)}, loopback...), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,8 +65,13 @@ func TestDemoOneTreePerTurn(t *testing.T) {
 			Outcome string `json:"outcome"`
 		} `json:"traces"`
 	}
+	if receive {
+		// The services export every second: wait for their spans of the
+		// last turns.
+		time.Sleep(1500 * time.Millisecond)
+	}
 	fetch("/api/traces?limit=1000", &list)
-	turns, stitched := 0, 0
+	turns, stitched, service := 0, 0, map[string]int{}
 	for _, tr := range list.Traces {
 		if tr.Root.Route != "chat" || tr.Outcome == "canceled" {
 			continue // a turn cut short when the users stopped
@@ -69,6 +83,7 @@ func TestDemoOneTreePerTurn(t *testing.T) {
 				Route    string `json:"route"`
 				Parent   int    `json:"parent"`
 				Stitched bool   `json:"stitched"`
+				Service  string `json:"service"`
 			} `json:"spans"`
 		}
 		fetch("/api/traces/"+tr.TraceID, &d)
@@ -80,6 +95,9 @@ func TestDemoOneTreePerTurn(t *testing.T) {
 			}
 			if sp.Stitched {
 				stitched++
+			}
+			if sp.Kind == "service" {
+				service[sp.Service]++
 			}
 			routes[sp.Route] = true
 		}
@@ -96,10 +114,23 @@ func TestDemoOneTreePerTurn(t *testing.T) {
 		t.Fatalf("%d finished turns in the store, want at least 4", turns)
 	}
 	// Each turn has at least four inner hops (nlu, dm, inference, llm;
-	// most a kb hop too), each stitched: the services' own spans are
-	// between hopwatch's.
-	if stitched < 4*turns {
+	// most a kb hop too). Without the services' spans, each is stitched.
+	// With them, they are linked through the services' spans instead, and
+	// every service's spans are there.
+	switch {
+	case !receive && stitched < 4*turns:
 		t.Errorf("%d stitched hops in %d turns: the services' spans are not between hopwatch's", stitched, turns)
+	case !receive && len(service) > 0:
+		t.Errorf("service spans %v without the receiver", service)
+	case receive:
+		for _, svc := range demo.Services {
+			if service[svc] == 0 {
+				t.Errorf("no spans of service %s received (received: %v)", svc, service)
+			}
+		}
+		if stitched >= 4*turns {
+			t.Errorf("%d stitched hops in %d turns: the received spans did not link them", stitched, turns)
+		}
 	}
 
 	var b bottlenecks
