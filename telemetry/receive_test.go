@@ -429,6 +429,24 @@ func TestStoreServiceSpansGiveWay(t *testing.T) {
 	if ev == 0 || refused == 0 {
 		t.Fatalf("evicted %d traces, refused %d service spans: the test did not reach the byte bound", ev, refused)
 	}
+	// The estimate still adds up after the drops: each live entry's bytes
+	// are its slice, its spans' strings and its index share.
+	var sum, svc int64
+	for k := with.oldest; k < with.total; k++ {
+		e := &with.ring[k%uint64(with.max)]
+		b := spanSliceBytes(cap(e.spans)) + indexEntryBytes
+		for i := range e.spans {
+			b += spanBytes(&e.spans[i])
+		}
+		if e.svcSpans == 0 && b != e.bytes {
+			t.Errorf("trace %d: %d bytes counted, %d held", k, e.bytes, b)
+		}
+		sum += e.bytes
+		svc += e.svcBytes
+	}
+	if sum != with.bytes || svc != with.svcBytes {
+		t.Errorf("entries hold %d bytes (%d of service spans), the store counts %d (%d)", sum, svc, with.bytes, with.svcBytes)
+	}
 	if len(with.svcTraces) > 2*with.max+1 {
 		t.Errorf("queue of traces with service spans at %d entries, over twice the %d slots", len(with.svcTraces), with.max)
 	}

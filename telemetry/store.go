@@ -264,16 +264,21 @@ func (s *Store) dropServiceSpansLocked() bool {
 		if e.seq != seq || e.svcSpans == 0 {
 			continue
 		}
-		kept := e.spans[:0]
-		for _, sp := range e.spans {
-			if sp.Kind != KindService {
-				kept = append(kept, sp)
+		// A new slice sized for the hops, so that the room the service
+		// spans took in the old one is given back too; the entry's bytes
+		// are counted afresh, as insertLocked and Add count them.
+		kept := make([]Span, 0, max(initialSpanCap, len(e.spans)-e.svcSpans))
+		bytes := int64(indexEntryBytes)
+		for i := range e.spans {
+			if sp := &e.spans[i]; sp.Kind != KindService {
+				kept = append(kept, *sp)
+				bytes += spanBytes(sp)
 			}
 		}
-		clear(e.spans[len(kept):])
+		bytes += spanSliceBytes(cap(kept))
 		e.spans = kept
-		e.bytes -= e.svcBytes
-		s.bytes -= e.svcBytes
+		s.bytes += bytes - e.bytes
+		e.bytes = bytes
 		s.svcBytes -= e.svcBytes
 		e.svcSpans, e.svcBytes, e.fresh = 0, 0, false
 		return true
