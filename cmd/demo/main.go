@@ -11,8 +11,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+
+	"go.opentelemetry.io/otel"
 
 	"github.com/hopwatch/hopwatch/demo"
 )
@@ -56,6 +59,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	// The demo services' OpenTelemetry SDK reports export problems to
+	// the process-wide handler, which would print over the table. A
+	// partial success from hopwatch's receiver is expected (a service's
+	// span can arrive before hopwatch has seen its trace): debug only.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		level := slog.LevelWarn
+		if strings.Contains(err.Error(), "partial success") {
+			level = slog.LevelDebug
+		}
+		log.Log(context.Background(), level, "demo services' span export", "err", err)
+	}))
 	if _, err := runDemo(ctx, o, stdout, log); err != nil {
 		fmt.Fprintln(stderr, "demo:", describeStartError(err))
 		return 1
