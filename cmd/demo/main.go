@@ -106,7 +106,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		every       = fs.Duration("every", 5*time.Second, "how often to print the table")
 		seed        = fs.Uint64("seed", 0, "random seed for latencies and users (0: random)")
 		logLevel    = fs.String("log-level", "warn", "hopwatch log level: debug, info, warn, error")
-		receive     = fs.Bool("receive", true, "hopwatch receives the services' own spans over OTLP on its admin address (telemetry.receive.otlp), so the dashboard's waterfalls show what happened inside each service between the hops (false: only hopwatch's spans, the services' hops stitched under the attempts that reached them)")
+		receive     = fs.Bool("receive", false, "hopwatch receives the services' own spans over OTLP on its admin address (telemetry.receive.otlp), so the dashboard's waterfalls show what happened inside each service between the hops (default: only hopwatch's spans; each turn is still one tree, the services' calls stitched under the attempts that reached them)")
 		otlp        = fs.String("otlp", "", "host:port of an OTLP/gRPC collector (Jaeger, an OpenTelemetry Collector) that hopwatch and the services, each traced with otelgrpc/otelhttp, export their spans to (empty: the services' spans go nowhere, hopwatch's to its built-in store)")
 	)
 	if err := fs.Parse(args); err != nil {
