@@ -23,4 +23,13 @@
 // access log (AccessLog) is written from Hop.End through a bounded queue
 // that drops, and counts, lines rather than make a request wait for a
 // disk; a line never holds a body, a header or a query string.
+//
+// The trace store draws one tree per turn even when the services run
+// their own OpenTelemetry SDK and hopwatch never sees their spans: a hop
+// whose parent it did not see is stitched under the attempt that carried
+// the request into its caller (stitch.go). With telemetry.receive.otlp the
+// services can also send their spans (Receiver, receive.go, served on the
+// admin address); those are shown in the waterfall and never count as
+// hops, in metrics, statistics or the bottleneck analysis, nor cost the
+// hops' traces room in the store.
 package telemetry
