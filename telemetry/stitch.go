@@ -1,6 +1,11 @@
 package telemetry
 
-import "bytes"
+import (
+	"bytes"
+	"cmp"
+	"slices"
+	"time"
+)
 
 // Stitching: one tree per turn when the services run their own tracing.
 //
@@ -52,16 +57,89 @@ func linkParents(spans []Span, set spanSet, parent []int, stitched []bool) {
 	if !orphans {
 		return // the usual case: services run no SDK, or forward the context as received
 	}
+	idx := newAttemptIndex(spans)
 	for i := range spans {
 		if parent[i] >= 0 || !stitchable(&spans[i]) {
 			continue
 		}
-		c := stitchTarget(spans, i)
-		if c < 0 || descends(parent, c, i) {
-			continue
+		if c := idx.target(spans, parent, i); c >= 0 {
+			parent[i], stitched[i] = c, true
 		}
-		parent[i], stitched[i] = c, true
 	}
+}
+
+// attemptIndex finds stitch targets without scanning every span for every
+// orphan: a trace at the span cap (a client keeping one trace for a whole
+// session) has hundreds of both, and its summary is computed under the
+// store's mutex. The client spans are sorted by upstream, then in
+// preference order (start, then the longer first, then the higher span
+// ID, so that walking back from a hop's start meets the latest-starting,
+// shortest, lowest-ID one first, see tighter); maxEnd[k] is the latest end
+// among the group's spans up to k, which stops the walk as soon as no
+// earlier attempt can still be running at the hop's start.
+type attemptIndex struct {
+	clients []int       // span indexes
+	maxEnd  []time.Time // per position, within its upstream's group
+}
+
+func newAttemptIndex(spans []Span) attemptIndex {
+	var idx attemptIndex
+	for i := range spans {
+		if spans[i].Kind == KindClient {
+			idx.clients = append(idx.clients, i)
+		}
+	}
+	slices.SortFunc(idx.clients, func(a, b int) int {
+		x, y := &spans[a], &spans[b]
+		if c := cmp.Compare(x.Upstream, y.Upstream); c != 0 {
+			return c
+		}
+		if c := x.Start.Compare(y.Start); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(y.Duration, x.Duration); c != 0 {
+			return c
+		}
+		return bytes.Compare(y.SpanID[:], x.SpanID[:])
+	})
+	idx.maxEnd = make([]time.Time, len(idx.clients))
+	for k, i := range idx.clients {
+		end := spans[i].End()
+		if k > 0 && spans[idx.clients[k-1]].Upstream == spans[i].Upstream && idx.maxEnd[k-1].After(end) {
+			end = idx.maxEnd[k-1]
+		}
+		idx.maxEnd[k] = end
+	}
+	return idx
+}
+
+// target returns the client span that carried the request into the
+// caller of span h: upstream named like h's caller, same trace, started at
+// or before h and not ended before it; the latest to start (the shortest,
+// then the lowest span ID, on a tie, so the choice does not depend on the
+// order the spans arrived in), passing over any that is h's own
+// descendant (a stitch there would close a cycle). -1 when there is none.
+func (idx attemptIndex) target(spans []Span, parent []int, h int) int {
+	hop := &spans[h]
+	caller := stitchCaller(hop)
+	lo, _ := slices.BinarySearchFunc(idx.clients, caller, func(i int, up string) int { return cmp.Compare(spans[i].Upstream, up) })
+	// One past the last attempt to caller that started at or before h.
+	hi, _ := slices.BinarySearchFunc(idx.clients[lo:], caller, func(i int, up string) int {
+		if c := cmp.Compare(spans[i].Upstream, up); c != 0 {
+			return c
+		}
+		if spans[i].Start.After(hop.Start) {
+			return 1
+		}
+		return -1
+	})
+	for k := lo + hi - 1; k >= lo && !idx.maxEnd[k].Before(hop.Start); k-- {
+		c := idx.clients[k]
+		if c != h && !spans[c].End().Before(hop.Start) && !descends(parent, c, h) {
+			return c
+		}
+	}
+	return -1
 }
 
 // stitchable: a hop (or a service's own span) whose propagated parent is
@@ -82,38 +160,6 @@ func stitchCaller(sp *Span) string {
 		return sp.Service
 	}
 	return ""
-}
-
-// stitchTarget returns the client span that carried the request into the
-// caller of hop h: upstream named like h's caller, same trace, started at
-// or before h and not ended before it; the latest to start (the shortest,
-// then the lowest span ID, on a tie, so the choice does not depend on the
-// order the spans arrived in). -1 when there is none.
-func stitchTarget(spans []Span, h int) int {
-	hop := &spans[h]
-	caller := stitchCaller(hop)
-	best := -1
-	for j := range spans {
-		c := &spans[j]
-		if j == h || c.Kind != KindClient || c.Upstream != caller ||
-			c.Start.After(hop.Start) || c.End().Before(hop.Start) {
-			continue
-		}
-		if best < 0 || tighter(c, &spans[best]) {
-			best = j
-		}
-	}
-	return best
-}
-
-func tighter(a, b *Span) bool {
-	if c := a.Start.Compare(b.Start); c != 0 {
-		return c > 0
-	}
-	if a.Duration != b.Duration {
-		return a.Duration < b.Duration
-	}
-	return bytes.Compare(a.SpanID[:], b.SpanID[:]) < 0
 }
 
 // descends reports whether span c is h or one of h's descendants under the
