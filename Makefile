@@ -62,7 +62,7 @@ soak:
 # each package's testdata/fuzz and run by `make test` too.
 FUZZ_TARGETS ?= config:FuzzParse \
 	routes:FuzzMatch routes:FuzzCheckPath routes:FuzzCheckGRPCMethod routes:FuzzParseRetryOn \
-	telemetry:FuzzPropagation telemetry:FuzzJSONScanner telemetry:FuzzSSE \
+	telemetry:FuzzPropagation telemetry:FuzzJSONScanner telemetry:FuzzSSE telemetry:FuzzReceiver \
 	proxy:FuzzForwardedHeaders proxy:FuzzParseGRPCTimeout \
 	conversation:FuzzIdentify conversation:FuzzFingerprint conversation:FuzzBodyExtraction conversation:FuzzExtractProto
 FUZZTIME ?= 15s

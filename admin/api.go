@@ -157,10 +157,20 @@ type eventJSON struct {
 }
 
 type spanJSON struct {
-	SpanID   trace.SpanID       `json:"span_id"`
-	ParentID string             `json:"parent_id,omitempty"` // absent: no parent, or one outside the proxy's view
-	Kind     telemetry.SpanKind `json:"kind"`
+	SpanID   trace.SpanID `json:"span_id"`
+	ParentID string       `json:"parent_id,omitempty"` // absent: no parent, or one outside the proxy's view
+	// Stitched: the span's propagated parent is a service's own span that
+	// hopwatch did not see, so parent and parent_id are the hopwatch
+	// client span that carried the request into that service (the caller),
+	// and stitched_from is the propagated parent.
+	Stitched     bool               `json:"stitched,omitempty"`
+	StitchedFrom string             `json:"stitched_from,omitempty"`
+	Kind         telemetry.SpanKind `json:"kind"`
 	telemetry.HopKey
+	// Service and Name: kind "service", a span a service sent to the OTLP
+	// receiver (telemetry.receive.otlp), not a hop.
+	Service  string            `json:"service,omitempty"`
+	Name     string            `json:"name,omitempty"`
 	Method   string            `json:"method,omitempty"`
 	Endpoint string            `json:"endpoint,omitempty"`
 	Attempt  int               `json:"attempt,omitempty"`
@@ -204,7 +214,7 @@ func (s *Server) apiTrace(w http.ResponseWriter, r *http.Request) {
 	spans := make([]spanJSON, 0, len(d.Spans))
 	for _, n := range d.Spans {
 		sj := spanJSON{
-			SpanID: n.SpanID, Kind: n.Kind, HopKey: n.HopKey,
+			SpanID: n.SpanID, Kind: n.Kind, HopKey: n.HopKey, Service: n.Service, Name: n.Name,
 			Method: n.Method, Endpoint: n.Endpoint, Attempt: n.Attempt,
 			Start: n.Start, Offset: n.Start.Sub(d.Summary.Start).Seconds(),
 			Duration: n.Duration.Seconds(), SelfTime: n.SelfTime.Seconds(),
@@ -215,7 +225,10 @@ func (s *Server) apiTrace(w http.ResponseWriter, r *http.Request) {
 			sj.SessionID, sj.TurnIndex, sj.TurnOutcome = t.SessionID, t.Index, t.Outcome
 		}
 		if n.Parent >= 0 {
-			sj.ParentID = n.ParentID.String()
+			sj.ParentID = d.Spans[n.Parent].SpanID.String()
+		}
+		if n.Stitched {
+			sj.Stitched, sj.StitchedFrom = true, n.ParentID.String()
 		}
 		if sj.Children == nil {
 			sj.Children = []int{}

@@ -505,3 +505,44 @@ func TestAPIBottlenecksTightSlowMode(t *testing.T) {
 		}
 	}
 }
+
+// TestAPITraceStitched: a gateway that runs its own OpenTelemetry SDK makes
+// its nlu call a child of its own client span, which hopwatch never sees.
+// The waterfall shows the nlu hop under the chat attempt that carried the
+// request into the gateway, marked as stitched, with the gateway's own
+// time as the chat hop's self time.
+func TestAPITraceStitched(t *testing.T) {
+	store := telemetry.NewStore(10)
+	add := func(id, parent uint64, kind telemetry.SpanKind, k telemetry.HopKey, at, d time.Duration) {
+		sp := telemetry.Span{TraceID: tid(1), SpanID: sid(id), Kind: kind, HopKey: k, Start: t0.Add(at), Duration: d, Outcome: telemetry.OutcomeOK}
+		if parent != 0 {
+			sp.ParentID = sid(parent)
+		}
+		store.Add(sp)
+	}
+	add(1, 0, telemetry.KindServer, hopChat, 0, ms(100))
+	add(2, 1, telemetry.KindClient, hopChat, ms(1), ms(98))
+	add(3, 900, telemetry.KindServer, hopNLU, ms(20), ms(30)) // 900: the gateway's own client span
+	add(4, 3, telemetry.KindClient, hopNLU, ms(21), ms(28))
+	s := New(Options{Traces: store, Now: func() time.Time { return t0.Add(time.Minute) }})
+
+	_, doc := get(t, s, "/api/traces/"+tid(1).String())
+	spans := doc["spans"].([]any)
+	if len(spans) != 4 {
+		t.Fatalf("%d spans, want 4", len(spans))
+	}
+	chat, nlu := spans[0].(map[string]any), spans[2].(map[string]any)
+	if _, ok := chat["stitched"]; ok {
+		t.Errorf("the entry hop is marked stitched: %v", chat)
+	}
+	if math.Abs(chat["self_time"].(float64)-0.070) > 1e-9 {
+		t.Errorf("chat self time %v, want 0.070 (100ms less the 30ms nlu hop)", chat["self_time"])
+	}
+	want := map[string]any{"route": "nlu", "kind": "server", "parent": 1.0, "depth": 2.0,
+		"parent_id": sid(2).String(), "stitched": true, "stitched_from": sid(900).String()}
+	for k, v := range want {
+		if nlu[k] != v {
+			t.Errorf("nlu %s = %v, want %v", k, nlu[k], v)
+		}
+	}
+}

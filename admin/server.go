@@ -44,6 +44,13 @@ type Options struct {
 	// AllowedHosts are host names, besides loopback names and IP
 	// literals, that requests may name in Host (admin.allowed_hosts).
 	AllowedHosts []string
+	// OTLP receives the services' OTLP trace exports
+	// (telemetry.receive.otlp; nil: none). It is served on POST
+	// telemetry.OTLPTracesPath (OTLP/HTTP) and telemetry.OTLPGRPCPath
+	// (OTLP/gRPC), behind the same Host check as everything else, and the
+	// server then also speaks HTTP/2 without TLS (h2c, prior knowledge),
+	// which gRPC clients use.
+	OTLP http.Handler
 }
 
 // Admin server timeouts. The admin server serves small requests, but
@@ -108,6 +115,16 @@ func New(opts Options) *Server {
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
+	}
+	if opts.OTLP != nil {
+		s.mux.Handle("POST "+telemetry.OTLPTracesPath, opts.OTLP)
+		s.mux.Handle("POST "+telemetry.OTLPGRPCPath, opts.OTLP)
+		s.srv.Protocols = new(http.Protocols)
+		s.srv.Protocols.SetHTTP1(true)
+		s.srv.Protocols.SetUnencryptedHTTP2(true)
+		// The receiver decodes a few exports at once; more streams per
+		// connection would only queue.
+		s.srv.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: 16}
 	}
 	return s
 }

@@ -88,7 +88,9 @@ func (r turnRecorder) hop(parent trace.SpanID, k telemetry.HopKey, method, endpo
 // ending just before now. Every tenth turn's KB call is slow (1.2 to 2.3 s);
 // turn 53's KB call timed out once and was retried, which makes it the
 // slowest; turn 29's inference failed and turn 71's KB answer came from a
-// fallback. It returns the slowest trace.
+// fallback. In turn 53 the gateway runs its own tracing: its KB call's
+// parent is its own client span, which the store stitches, and it sent
+// one of its spans to the OTLP receiver. It returns the slowest trace.
 func uiFixture(store *telemetry.Store, stats *telemetry.Stats, now time.Time) trace.TraceID {
 	rng := rand.New(rand.NewPCG(7, 11))
 	jitter := func(d time.Duration, frac float64) time.Duration {
@@ -115,7 +117,7 @@ func uiFixture(store *telemetry.Store, stats *telemetry.Stats, now time.Time) tr
 			d := first + second + time.Millisecond
 			retryAt := at.Add(first)
 			r.store.Add(telemetry.Span{
-				TraceID: r.trace, SpanID: kbSrv, ParentID: chatCliID, Kind: telemetry.KindServer, HopKey: uiKB,
+				TraceID: r.trace, SpanID: kbSrv, ParentID: sid(1 << 40), Kind: telemetry.KindServer, HopKey: uiKB, // the gateway's own span
 				Method: "POST", Start: at, Duration: d, Code: "200", Outcome: telemetry.OutcomeOK,
 				Events: []telemetry.SpanEvent{{Name: "retry", Time: retryAt, Attrs: map[string]string{"attempt": "2", "after": "timeout"}}},
 			})
@@ -152,6 +154,12 @@ func uiFixture(store *telemetry.Store, stats *telemetry.Stats, now time.Time) tr
 			Method: "POST", Start: start, Duration: d, Code: "200", Outcome: telemetry.OutcomeOK,
 		})
 		r.stats.Observe(uiChat, d, telemetry.OutcomeOK, end)
+		if i == 53 {
+			r.store.AddService(telemetry.Span{
+				TraceID: r.trace, SpanID: r.id(), ParentID: chatCliID, Service: "gateway", Name: "POST /v1/chat",
+				Start: start.Add(time.Millisecond), Duration: d - 2*time.Millisecond, Outcome: telemetry.OutcomeOK,
+			})
+		}
 	}
 
 	list := store.Traces(telemetry.TraceQuery{Limit: 1000})
@@ -406,7 +414,12 @@ func testUIBrowser(t *testing.T, withConv bool) {
 			Routes []string `json:"routes"`
 			Bars   int      `json:"bars"`
 			Title  string   `json:"title"`
+			// Stitched hops and service spans, as drawn.
+			Stitched []string `json:"stitched"`
+			Services []string `json:"services"`
 		}](`({
+			stitched: [...document.querySelectorAll('#waterfall tbody tr')].filter(r => r.querySelector('.stitched')).map(r => r.dataset.route),
+			services: [...document.querySelectorAll('#waterfall tbody tr.kind-service td.label')].map(td => td.textContent),
 			hash: location.hash,
 			rows: document.querySelectorAll('#waterfall tbody tr').length,
 			routes: [...document.querySelectorAll('#waterfall tbody tr')].map(r => r.dataset.route),
@@ -427,6 +440,12 @@ func testUIBrowser(t *testing.T, withConv bool) {
 		}
 		if !strings.Contains(got.Title, slowest.String()) {
 			return fmt.Errorf("waterfall summary %q does not name trace %s", got.Title, slowest)
+		}
+		if !slices.Equal(got.Stitched, []string{uiKB.Route}) {
+			return fmt.Errorf("rows marked stitched: %q, want the kb hop alone", got.Stitched)
+		}
+		if len(got.Services) != 1 || !strings.Contains(got.Services[0], "POST /v1/chat") || !strings.Contains(got.Services[0], "in gateway") {
+			return fmt.Errorf("service span rows %q, want the gateway's POST /v1/chat", got.Services)
 		}
 		return nil
 	})

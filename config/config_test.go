@@ -214,6 +214,12 @@ func invalidCases() []invalidCase {
 			msg: `unknown propagator "jaeger"`,
 		},
 		{
+			name: "telemetry receive: otlp is a switch, nothing else",
+			yaml: base + "telemetry:\n  receive:\n    otlp: true\n    grpc: true\n",
+			line: 16, path: "telemetry.receive.grpc",
+			msg: `unknown field "grpc"`,
+		},
+		{
 			name: "telemetry otlp without endpoint",
 			yaml: base + "telemetry:\n  tracing:\n    otlp: {protocol: http}\n",
 			line: 15, path: "telemetry.tracing.otlp.endpoint",
@@ -699,6 +705,7 @@ func TestParseAccepts(t *testing.T) {
 		{"admin remote when allowed", base + "admin: {address: 0.0.0.0:9901, allow_remote: true}\n"},
 		{"admin on ipv6 loopback", base + "admin: {address: \"[::1]:9901\"}\n"},
 		{"null sections", base + "telemetry: null\nconversation: ~\n"},
+		{"otlp receiver", base + "telemetry: {receive: {otlp: true}}\n"},
 		{"conversation, entry routes only", base + "conversation: {entry_routes: [kb]}\n"},
 		{"conversation, every field", base + conversationExample},
 		{"trailing document marker", base + "---\n"},

@@ -44,12 +44,6 @@ const (
 	VerdictResolved = "resolved"
 )
 
-// traceHeaders are the W3C Trace Context (traceparent, tracestate) and
-// Baggage headers. The gateway copies them from the user's request to each
-// call it makes, as an instrumented service would, so that hops of one turn
-// share a trace without the demo needing an OpenTelemetry SDK.
-var traceHeaders = []string{"traceparent", "tracestate", "baggage"}
-
 // Latency is a simulated service time: Base plus a uniformly drawn share of
 // Jitter. Real services are never exactly on time, and a flat line would
 // make percentiles meaningless.
@@ -106,6 +100,10 @@ type Config struct {
 	// OnCall, if set, is called as each service starts serving a call, from
 	// that call's goroutine. Tests use it to see what arrived where.
 	OnCall func(Call)
+	// OTLP is the host:port of an OTLP/gRPC collector that the services
+	// export their own spans to (see tracing.go). Empty: the services
+	// still trace themselves, into no exporter.
+	OTLP string
 }
 
 // DefaultConfig is the realistic stack of the demo: a turn takes about

@@ -8,8 +8,10 @@
 // server stream of tokens) and a knowledge base that plays an external
 // HTTP API, usually quick and now and then very slow. The gateway makes
 // every call through hopwatch's listeners, never directly, forwarding the
-// W3C trace context and session header it received and naming itself in
-// x-hop-caller, so that every arrow of the bot is a hop hopwatch can time.
+// session header it received and naming itself in x-hop-caller, so that
+// every arrow of the bot is a hop hopwatch can time. Every service traces
+// itself the standard way (otelgrpc, otelhttp, W3C propagators; see
+// tracing.go), exporting over OTLP when Config.OTLP is set.
 //
 // It sits outside the request path: hopwatch's packages never import it.
 // It imports config/ only to render the demo's hopwatch configuration

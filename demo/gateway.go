@@ -67,6 +67,7 @@ type gateway struct {
 	dm    botv1.DialogManagerClient
 	inf   botv1.InferenceClient
 	http  *http.Client
+	tr    *http.Transport // under http's tracing, for CloseIdleConnections
 	kbURL string
 }
 
@@ -76,7 +77,10 @@ func newGateway(s *Stack, via Listeners) (*gateway, error) {
 	}
 	// One connection for all three services: they share hopwatch's grpc
 	// listener, which routes by service name, as a sidecar would.
-	conn, err := grpc.NewClient(via.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// The otelgrpc client handler starts a span per call and sends its
+	// context on: the gateway's own spans sit between hopwatch's hops.
+	conn, err := grpc.NewClient(via.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		s.tracing.grpcClient(ServiceGateway))
 	if err != nil {
 		return nil, fmt.Errorf("demo: gateway: %w", err)
 	}
@@ -91,7 +95,8 @@ func newGateway(s *Stack, via Listeners) (*gateway, error) {
 		nlu:   botv1.NewNLUClient(conn),
 		dm:    botv1.NewDialogManagerClient(conn),
 		inf:   botv1.NewInferenceClient(conn),
-		http:  &http.Client{Transport: tr},
+		http:  &http.Client{Transport: s.tracing.httpTransport(ServiceGateway, tr)},
+		tr:    tr,
 		kbURL: "http://" + via.HTTP + KBPath,
 	}, nil
 }
@@ -105,7 +110,7 @@ func (g *gateway) handler() http.Handler {
 
 func (g *gateway) close() {
 	g.conn.Close()
-	g.http.CloseIdleConnections()
+	g.tr.CloseIdleConnections()
 }
 
 // chat answers a turn with one JSON document once the reply is complete.
@@ -173,15 +178,18 @@ func (g *gateway) chatStream(w http.ResponseWriter, r *http.Request) {
 
 // turn is one user request as the gateway passes it on.
 type turn struct {
-	ctx     context.Context // carries the outgoing gRPC metadata
+	// ctx carries the outgoing gRPC metadata, and the trace context and
+	// baggage that otelhttp extracted from the request: the otelgrpc and
+	// otelhttp client handlers send them on.
+	ctx     context.Context
 	session string
 	text    string
 	header  http.Header // for the HTTP calls
 }
 
 // begin reads the request and prepares what every outgoing call carries:
-// the caller name, the session and the trace context received. The trace
-// headers are copied as received; the gateway does not start spans itself.
+// the caller name and the session. The trace context is not copied by
+// hand: it is in r.Context(), and the instrumented clients propagate it.
 func (g *gateway) begin(w http.ResponseWriter, r *http.Request) (*turn, error) {
 	var req ChatRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody)).Decode(&req); err != nil {
@@ -200,12 +208,6 @@ func (g *gateway) begin(w http.ResponseWriter, r *http.Request) (*turn, error) {
 	if session != "" {
 		md.Set(HeaderSession, session)
 		h.Set(HeaderSession, session)
-	}
-	for _, k := range traceHeaders {
-		if vs := r.Header.Values(k); len(vs) > 0 {
-			md.Set(k, vs...)
-			h[http.CanonicalHeaderKey(k)] = append([]string(nil), vs...)
-		}
 	}
 	return &turn{
 		ctx:     metadata.NewOutgoingContext(r.Context(), md),

@@ -57,6 +57,13 @@ type Placement struct {
 	TurnSLO     time.Duration
 	IdleTimeout time.Duration
 	EventsFile  string
+	// OTLP, when set, is the host:port of an OTLP/gRPC collector that
+	// hopwatch exports its spans to (telemetry.tracing.otlp), the one the
+	// services export theirs to (Config.OTLP).
+	OTLP string
+	// Receive turns on hopwatch's OTLP receiver (telemetry.receive.otlp),
+	// for the services' own spans (see Stack.ExportSpansTo).
+	Receive bool
 }
 
 // kbFallback is the section Placement.Fallback adds, in the form the design
@@ -168,6 +175,23 @@ func RenderHopwatchConfig(endpoints map[string]string, p Placement) ([]byte, err
 			}
 			setField(ev, "file", p.EventsFile)
 		}
+	}
+	if p.OTLP != "" || p.Receive {
+		var src []byte
+		if p.OTLP != "" {
+			src = fmt.Appendf(src, "tracing: {otlp: {endpoint: %q, protocol: grpc}}\n", p.OTLP)
+		}
+		if p.Receive {
+			src = append(src, "receive: {otlp: true}\n"...)
+		}
+		var tel yaml.Node
+		if err := yaml.Unmarshal(src, &tel); err != nil {
+			return nil, fmt.Errorf("demo: telemetry section: %w", err)
+		}
+		if mapValue(root, "telemetry") != nil {
+			return nil, fmt.Errorf("demo: %s already has a telemetry section", ConfigFile)
+		}
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "telemetry"}, tel.Content[0])
 	}
 	if p.Fallback {
 		r := namedItem(mapValue(root, "routes"), KBRoute)

@@ -59,6 +59,10 @@ func TestParseHopwatchConfig(t *testing.T) {
 		wantEvents        string
 		wantErr           error
 		wantAnyErr        bool
+		// wantOTLP is telemetry.tracing.otlp's endpoint ("": none);
+		// wantReceive telemetry.receive.otlp.
+		wantOTLP    string
+		wantReceive bool
 	}{
 		{
 			name:      "as written",
@@ -78,6 +82,18 @@ func TestParseHopwatchConfig(t *testing.T) {
 			place:     demo.Placement{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0", Admin: "127.0.0.1:0"},
 			wantAdmin: "127.0.0.1:0", wantGRPC: "127.0.0.1:0", wantHTTP: "127.0.0.1:0",
 			wantEndpoints: endpoints,
+		},
+		{
+			name:      "exporting to a collector",
+			place:     demo.Placement{OTLP: "127.0.0.1:4317"},
+			wantAdmin: "127.0.0.1:9901", wantGRPC: "127.0.0.1:7000", wantHTTP: "127.0.0.1:7080",
+			wantOTLP: "127.0.0.1:4317",
+		},
+		{
+			name:      "receiving the services' spans, and exporting",
+			place:     demo.Placement{OTLP: "127.0.0.1:4317", Receive: true},
+			wantAdmin: "127.0.0.1:9901", wantGRPC: "127.0.0.1:7000", wantHTTP: "127.0.0.1:7080",
+			wantOTLP: "127.0.0.1:4317", wantReceive: true,
 		},
 		{
 			name:       "listener clash is a config error",
@@ -126,6 +142,15 @@ func TestParseHopwatchConfig(t *testing.T) {
 				t.Errorf("conversation %+v, want entry route %s", c, demo.EntryRoute)
 			} else if tt.wantSLO != 0 && (c.TurnSLO != tt.wantSLO || c.IdleTimeout != tt.wantIdle || c.Events.File != tt.wantEvents) {
 				t.Errorf("conversation turn_slo %v idle_timeout %v events %q, want %v %v %q", c.TurnSLO, c.IdleTimeout, c.Events.File, tt.wantSLO, tt.wantIdle, tt.wantEvents)
+			}
+			switch o := cfg.Telemetry.Tracing.OTLP; {
+			case tt.wantOTLP == "" && o != nil:
+				t.Errorf("telemetry.tracing.otlp %+v, want none", o)
+			case tt.wantOTLP != "" && (o == nil || o.Endpoint != tt.wantOTLP || o.Protocol != "grpc"):
+				t.Errorf("telemetry.tracing.otlp %+v, want endpoint %s over grpc", o, tt.wantOTLP)
+			}
+			if cfg.Telemetry.Receive.OTLP != tt.wantReceive {
+				t.Errorf("telemetry.receive.otlp %v, want %v", cfg.Telemetry.Receive.OTLP, tt.wantReceive)
 			}
 			for _, svc := range demo.Services {
 				if upstream(cfg, svc).Name == "" {

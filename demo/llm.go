@@ -188,11 +188,12 @@ func (s *Stack) complete(ctx context.Context, prompt string, n int, emit func(st
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(HeaderCaller, ServiceInference)
+	// The session, by hand: it is the bot's own header. The trace
+	// context is in ctx (otelgrpc's server handler extracted it), and
+	// llmClient's otelhttp transport sends it on.
 	md, _ := metadata.FromIncomingContext(ctx)
-	for _, k := range append([]string{HeaderSession}, traceHeaders...) {
-		if v := md.Get(k); len(v) > 0 {
-			req.Header.Set(k, v[0])
-		}
+	if v := md.Get(HeaderSession); len(v) > 0 {
+		req.Header.Set(HeaderSession, v[0])
 	}
 	res, err := s.llmClient.Do(req)
 	if err != nil {

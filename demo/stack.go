@@ -38,9 +38,11 @@ type Stack struct {
 	llm   *http.Server
 	// llmURL is where inference calls the model server: through hopwatch's
 	// HTTP listener, known once ServeGateway is called.
-	llmURL    atomic.Pointer[string]
-	llmClient *http.Client
-	wg        sync.WaitGroup // serve loops
+	llmURL       atomic.Pointer[string]
+	llmClient    *http.Client
+	llmTransport *http.Transport // under llmClient's tracing, for CloseIdleConnections
+	tracing      *tracing
+	wg           sync.WaitGroup // serve loops
 
 	mu     sync.Mutex // guards the fields below
 	gw     *gateway
@@ -57,12 +59,17 @@ func Start(cfg Config) (*Stack, error) {
 	if cfg.Tokens <= 0 {
 		cfg.Tokens = defaultTokens
 	}
+	tr, err := newTracing(cfg.OTLP)
+	if err != nil {
+		return nil, err
+	}
 	s := &Stack{
-		cfg:   cfg,
-		rnd:   newLockedRand(cfg.Seed),
-		calls: make(map[string]*atomic.Int64, len(Services)),
-		lns:   make(map[string]net.Listener, len(Services)),
-		start: time.Now(),
+		cfg:     cfg,
+		rnd:     newLockedRand(cfg.Seed),
+		calls:   make(map[string]*atomic.Int64, len(Services)),
+		lns:     make(map[string]net.Listener, len(Services)),
+		start:   time.Now(),
+		tracing: tr,
 	}
 	for _, name := range Services {
 		s.calls[name] = new(atomic.Int64)
@@ -71,16 +78,17 @@ func Start(cfg Config) (*Stack, error) {
 			for _, l := range s.lns {
 				l.Close()
 			}
+			tr.shutdown(context.Background())
 			return nil, fmt.Errorf("demo: %s: %w", name, err)
 		}
 		s.lns[name] = ln
 	}
 
-	nluSrv := grpc.NewServer()
+	nluSrv := grpc.NewServer(tr.grpcServer(ServiceNLU))
 	botv1.RegisterNLUServer(nluSrv, nlu{s: s})
-	dmSrv := grpc.NewServer()
+	dmSrv := grpc.NewServer(tr.grpcServer(ServiceDM))
 	botv1.RegisterDialogManagerServer(dmSrv, dialog{s: s})
-	infSrv := grpc.NewServer()
+	infSrv := grpc.NewServer(tr.grpcServer(ServiceInference))
 	botv1.RegisterInferenceServer(infSrv, inference{s: s})
 	s.grpcs = []*grpc.Server{nluSrv, dmSrv, infSrv}
 	for name, srv := range map[string]*grpc.Server{ServiceNLU: nluSrv, ServiceDM: dmSrv, ServiceInference: infSrv} {
@@ -89,18 +97,20 @@ func Start(cfg Config) (*Stack, error) {
 
 	mux := http.NewServeMux()
 	mux.Handle("POST "+KBPath, kb{s: s})
-	s.kb = newHTTPServer(mux)
+	s.kb = newHTTPServer(tr.httpHandler(ServiceKB, mux))
 	s.goServe(func() error { return s.kb.Serve(s.lns[ServiceKB]) })
 
 	llmMux := http.NewServeMux()
 	llmMux.Handle("POST "+LLMPath, llm{s: s})
-	s.llm = newHTTPServer(llmMux)
+	s.llm = newHTTPServer(tr.httpHandler(ServiceLLM, llmMux))
 	s.goServe(func() error { return s.llm.Serve(s.lns[ServiceLLM]) })
-	s.llmClient = &http.Client{Transport: &http.Transport{
+	s.llmTransport = &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
-	}}
+	}
+	// inference's calls to the model server.
+	s.llmClient = &http.Client{Transport: tr.httpTransport(ServiceInference, s.llmTransport)}
 	return s, nil
 }
 
@@ -151,10 +161,17 @@ func (s *Stack) ServeGateway(via Listeners) error {
 	s.gw = gw
 	llmURL := "http://" + via.HTTP + LLMPath
 	s.llmURL.Store(&llmURL)
-	s.gwSrv = newHTTPServer(gw.handler())
+	s.gwSrv = newHTTPServer(s.tracing.httpHandler(ServiceGateway, gw.handler()))
 	srv := s.gwSrv
 	s.goServe(func() error { return srv.Serve(s.lns[ServiceGateway]) })
 	return nil
+}
+
+// ExportSpansTo makes every service also export its spans over OTLP/gRPC
+// to endpoint: hopwatch's own OTLP receiver (telemetry.receive.otlp on its
+// admin address), which is known only once hopwatch runs.
+func (s *Stack) ExportSpansTo(endpoint string) error {
+	return s.tracing.exportTo(endpoint)
 }
 
 // Calls returns how many calls each service has received, by service name.
@@ -194,9 +211,14 @@ func (s *Stack) Close(ctx context.Context) error {
 	}
 	wg.Wait()
 	s.wg.Wait()
-	s.llmClient.CloseIdleConnections()
+	s.llmTransport.CloseIdleConnections()
+	// Last, so the spans of the calls that just finished are exported.
+	terr := s.tracing.shutdown(ctx)
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("demo: close cut calls short: %w", err)
+	}
+	if terr != nil {
+		return fmt.Errorf("demo: span export at close: %w", terr)
 	}
 	return nil
 }

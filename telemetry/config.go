@@ -10,6 +10,16 @@ type Config struct {
 	// ServiceName is the OpenTelemetry service.name (default "hopwatch").
 	ServiceName string  `yaml:"service_name"`
 	Tracing     Tracing `yaml:"tracing"`
+	// Receive accepts the services' own telemetry (see receive.go).
+	Receive Receive `yaml:"receive"`
+}
+
+// Receive configures what hopwatch accepts from the services themselves.
+type Receive struct {
+	// OTLP (default false) serves an OTLP trace receiver on the admin
+	// address, over HTTP (POST /v1/traces) and gRPC, whose spans show in
+	// the built-in store's waterfalls and nowhere else.
+	OTLP bool `yaml:"otlp"`
 }
 
 // Tracing configures spans and propagation.

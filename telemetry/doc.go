@@ -29,4 +29,13 @@
 // (turnhold.go) keeps their exported spans, bounded in count and time and
 // without a goroutine of its own, until the turn's attributes can be added,
 // and never holds a span of a trace without a turn in flight.
+//
+// The trace store draws one tree per turn even when the services run
+// their own OpenTelemetry SDK and hopwatch never sees their spans: a hop
+// whose parent it did not see is stitched under the attempt that carried
+// the request into its caller (stitch.go). With telemetry.receive.otlp the
+// services can also send their spans (Receiver, receive.go, served on the
+// admin address); those are shown in the waterfall and never count as
+// hops, in metrics, statistics or the bottleneck analysis, nor cost the
+// hops' traces room in the store.
 package telemetry

@@ -35,6 +35,9 @@ const (
 	KindServer SpanKind = "server"
 	// KindClient is one attempt to an upstream endpoint.
 	KindClient SpanKind = "client"
+	// KindService is a span a service made itself and sent to hopwatch's
+	// OTLP receiver (see receive.go): shown in the waterfall, never a hop.
+	KindService SpanKind = "service"
 )
 
 // HopKey identifies a hop: caller → route → upstream. All three are bounded
@@ -70,6 +73,10 @@ type Span struct {
 	// any choice stopped at its token limit, else the first choice's);
 	// "" on other hops. No text of the call is kept.
 	FinishReason string `json:"finish_reason,omitempty"`
+	// Service and Name are a service span's service.name and span name
+	// (KindService only; hops are named by HopKey).
+	Service string `json:"service,omitempty"`
+	Name    string `json:"name,omitempty"`
 }
 
 // SpanTurn is what a turn's classification says about every hop span of

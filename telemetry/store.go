@@ -17,6 +17,14 @@ const (
 	// that reuses one trace for a whole long session cannot grow an entry
 	// without bound. Spans past the cap are counted, not kept.
 	MaxSpansPerTrace = 512
+	// MaxServiceSpansPerTrace caps the services' own spans (KindService,
+	// from the OTLP receiver) kept for one trace, on top of the hop spans:
+	// they can never crowd a hop out of its trace.
+	MaxServiceSpansPerTrace = 256
+	// serviceBytesShare: the services' spans may take at most this share
+	// (1/serviceBytesShare) of the store's byte bound, so a flood of them
+	// cannot evict the hops' traces early.
+	serviceBytesShare = 4
 
 	// spanSliceRecycleCap is the largest span slice an evicted trace hands
 	// on to the trace that takes its slot. Recycling makes Add allocation
@@ -71,6 +79,15 @@ type Store struct {
 	droppedSpans  uint64
 	evictedTraces uint64
 
+	// svcBytes is the part of bytes held by service spans; svcRefused
+	// counts service spans refused (see AddService). svcTraces are the
+	// sequence numbers of the traces holding service spans, oldest first:
+	// when the hops need room, these traces lose their service spans
+	// before any trace is evicted.
+	svcBytes   int64
+	svcRefused uint64
+	svcTraces  []uint64
+
 	// slos are the entry routes' turn SLOs (see SetTurnSLOs), swapped whole.
 	slos atomic.Pointer[map[string]time.Duration]
 }
@@ -95,8 +112,11 @@ type traceEntry struct {
 	spans   []Span // in arrival order
 	dropped int    // spans refused because of MaxSpansPerTrace
 	bytes   int64  // estimated memory held by the entry (not its ring slot)
-	sum     TraceSummary
-	fresh   bool // sum reflects spans and dropped
+	// svcSpans of spans are service spans, holding svcBytes of bytes.
+	svcSpans int
+	svcBytes int64
+	sum      TraceSummary
+	fresh    bool // sum reflects spans and dropped
 }
 
 // Memory estimates. Strings that come from the configuration or are
@@ -146,7 +166,8 @@ func turnBytes(t *SpanTurn) int64 {
 // spanBytes is the estimated memory a stored span holds beyond its slot in
 // the trace's span slice. FinishReason is one of the Finish* constants.
 func spanBytes(sp *Span) int64 {
-	n := stringBytes(len(sp.Method)) + stringBytes(len(sp.Code)) + stringBytes(len(sp.Endpoint)) + turnBytes(sp.Turn)
+	n := stringBytes(len(sp.Method)) + stringBytes(len(sp.Code)) + stringBytes(len(sp.Endpoint)) +
+		stringBytes(len(sp.Service)) + stringBytes(len(sp.Name)) + turnBytes(sp.Turn)
 	if cap(sp.Events) > 0 {
 		n += int64(cap(sp.Events)) * eventSize
 	}
@@ -208,7 +229,7 @@ func (s *Store) Add(sp Span) {
 	}
 	e := &s.ring[i]
 	e.fresh = false
-	if len(e.spans) >= MaxSpansPerTrace {
+	if len(e.spans)-e.svcSpans >= MaxSpansPerTrace {
 		e.dropped++
 		s.droppedSpans++
 	} else {
@@ -218,13 +239,115 @@ func (s *Store) Add(sp Span) {
 		e.bytes += grown
 		s.bytes += grown
 		for s.bytes+s.ringBytesLocked() > s.maxBytes && s.oldest < e.seq {
-			s.evictOldestLocked(evictBytes)
+			if !s.dropServiceSpansLocked() {
+				s.evictOldestLocked(evictBytes)
+			}
 		}
 	}
 	s.mu.Unlock()
 }
 
+// noteServiceTraceLocked queues a trace that just got its first service
+// span. Entries of traces evicted since are dropped as they reach the
+// front, and all at once when the queue holds twice as many entries as
+// there are trace slots, which bounds it.
+func (s *Store) noteServiceTraceLocked(seq uint64) {
+	for len(s.svcTraces) > 0 && s.svcTraces[0] < s.oldest {
+		s.svcTraces = s.svcTraces[1:]
+	}
+	if len(s.svcTraces) >= 2*s.max {
+		s.svcTraces = slices.DeleteFunc(slices.Clone(s.svcTraces), func(q uint64) bool { return q < s.oldest })
+	}
+	s.svcTraces = append(s.svcTraces, seq)
+}
+
+// dropServiceSpansLocked removes the service spans of the oldest trace
+// that has any, and reports whether there was one: the services' spans
+// give way to the hops, so that they never shorten how long hop traces
+// are kept.
+func (s *Store) dropServiceSpansLocked() bool {
+	for len(s.svcTraces) > 0 {
+		seq := s.svcTraces[0]
+		s.svcTraces = s.svcTraces[1:]
+		if seq < s.oldest {
+			continue // evicted meanwhile, its bytes with it
+		}
+		e := &s.ring[seq%uint64(s.max)]
+		if e.seq != seq || e.svcSpans == 0 {
+			continue
+		}
+		// A new slice sized for the hops, so that the room the service
+		// spans took in the old one is given back too; the entry's bytes
+		// are counted afresh, as insertLocked and Add count them.
+		kept := make([]Span, 0, max(initialSpanCap, len(e.spans)-e.svcSpans))
+		bytes := int64(indexEntryBytes)
+		for i := range e.spans {
+			if sp := &e.spans[i]; sp.Kind != KindService {
+				kept = append(kept, *sp)
+				bytes += spanBytes(sp)
+			}
+		}
+		bytes += spanSliceBytes(cap(kept))
+		e.spans = kept
+		s.bytes += bytes - e.bytes
+		e.bytes = bytes
+		s.svcBytes -= e.svcBytes
+		e.svcSpans, e.svcBytes, e.fresh = 0, 0, false
+		return true
+	}
+	return false
+}
+
 func (s *Store) ringBytesLocked() int64 { return int64(cap(s.ring)) * entrySize }
+
+// AddService records a span a service made itself (KindService), for the
+// waterfall. Service spans never cost the hops anything: AddService never
+// starts a trace (the span is kept only if hopwatch has seen the trace,
+// its hops' spans are in the store) and never evicts one (the span is
+// refused when the store has no room for it), and when the hops need
+// room, traces lose their service spans, oldest first, before any trace
+// is evicted (see Add). It is refused, and false returned, too when the
+// trace holds MaxServiceSpansPerTrace of them or the services' spans hold
+// their share of the byte bound (1/4).
+func (s *Store) AddService(sp Span) bool {
+	sp.Kind = KindService
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, ok := s.index[sp.TraceID]
+	if !ok || !sp.TraceID.IsValid() {
+		s.svcRefused++
+		return false
+	}
+	e := &s.ring[i]
+	// Grown before the check, so that the check counts the slice's real
+	// growth; a refused span leaves the new array to the collector.
+	spans := slices.Grow(e.spans, 1)
+	grown := spanSliceBytes(cap(spans)) - spanSliceBytes(cap(e.spans)) + spanBytes(&sp)
+	if e.svcSpans >= MaxServiceSpansPerTrace || s.svcBytes+grown > s.maxBytes/serviceBytesShare ||
+		s.bytes+s.ringBytesLocked()+grown > s.maxBytes {
+		s.svcRefused++
+		return false
+	}
+	if e.svcSpans == 0 {
+		s.noteServiceTraceLocked(e.seq)
+	}
+	e.spans = append(spans, sp)
+	e.fresh = false
+	e.svcSpans++
+	e.svcBytes += grown
+	e.bytes += grown
+	s.svcBytes += grown
+	s.bytes += grown
+	return true
+}
+
+// ServiceSpans reports the bytes held by service spans and how many were
+// refused since the store was created.
+func (s *Store) ServiceSpans() (bytes int64, refused uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.svcBytes, s.svcRefused
+}
 
 // insertLocked makes room for a new trace and returns its ring position.
 func (s *Store) insertLocked(id trace.TraceID) int {
@@ -260,6 +383,7 @@ func (s *Store) evictOldestLocked(reason int) {
 	e := &s.ring[s.oldest%uint64(s.max)]
 	delete(s.index, e.id)
 	s.bytes -= e.bytes
+	s.svcBytes -= e.svcBytes
 	s.oldest++
 	s.evictedTraces++
 	if c := s.evicted[reason]; c != nil {
@@ -348,10 +472,11 @@ type TraceQuery struct {
 // TraceSummary describes a trace in a list.
 type TraceSummary struct {
 	TraceID trace.TraceID
-	// Root is the entry hop: the server span whose parent is not in the
-	// trace, the earliest if there are several. While that span has not
-	// ended yet (or was refused by the span cap) it is the earliest span
-	// whose parent is not in the trace, of either kind.
+	// Root is the entry hop: the server span with no hopwatch span above
+	// it (its parent is not in the trace, and it is not stitched to one of
+	// hopwatch's client spans, see stitch.go), the earliest if there are
+	// several. While that span has not ended yet (or was refused by the
+	// span cap) it is the earliest span without a parent, of either kind.
 	Root HopKey
 	// Start is the earliest span start; Duration runs from there to the
 	// latest span end (the extent of everything the proxy saw).
@@ -431,6 +556,11 @@ type SpanNode struct {
 	Children []int
 	// Depth is 0 for roots and parent's depth + 1 otherwise.
 	Depth int
+	// Stitched: the span's propagated parent is a span hopwatch did not
+	// see (a service's own client span), and Parent is the hopwatch client
+	// span that carried the request into that service instead (see
+	// stitch.go).
+	Stitched bool
 	// SelfTime, for server spans, is the hop's own time: its duration minus
 	// the union of its child hops' intervals (server spans whose nearest
 	// server-span ancestor is this one). Zero for client spans, whose time
@@ -525,7 +655,7 @@ func (s *Store) Trace(id trace.TraceID) (TraceDetail, bool) {
 	t := buildTree(spans)
 	nodes := make([]SpanNode, len(spans))
 	for i := range spans {
-		nodes[i] = SpanNode{Span: spans[i], Parent: t.parent[i], Depth: t.depth[i], SelfTime: t.self[i]}
+		nodes[i] = SpanNode{Span: spans[i], Parent: t.parent[i], Depth: t.depth[i], SelfTime: t.self[i], Stitched: t.stitched[i]}
 	}
 	for i, p := range t.parent {
 		if p >= 0 {
@@ -557,7 +687,9 @@ func summarize(id trace.TraceID, spans []Span, dropped int) TraceSummary {
 	if len(spans) == 0 {
 		return sum
 	}
-	in := newSpanSet(spans)
+	var buf stitchBuf
+	parent, stitched := buf.slices(len(spans))
+	linkParents(spans, newSpanSet(spans), parent, stitched)
 	var end time.Time
 	root, anyRoot := -1, -1
 	for i := range spans {
@@ -571,14 +703,11 @@ func summarize(id trace.TraceID, spans []Span, dropped int) TraceSummary {
 		if sp.Kind == KindServer && sp.Outcome.IsError() {
 			sum.Error = true
 		}
-		if in.has(sp.ParentID) && sp.ParentID != sp.SpanID {
-			continue
-		}
-		if anyRoot < 0 || sp.Start.Before(spans[anyRoot].Start) {
-			anyRoot = i
-		}
-		if sp.Kind == KindServer && (root < 0 || sp.Start.Before(spans[root].Start)) {
+		if sp.Kind == KindServer && isTurnRoot(spans, parent, i) && (root < 0 || sp.Start.Before(spans[root].Start)) {
 			root = i
+		}
+		if parent[i] < 0 && (anyRoot < 0 || sp.Start.Before(spans[anyRoot].Start)) {
+			anyRoot = i
 		}
 	}
 	if root < 0 {
@@ -642,32 +771,28 @@ func (s spanSet) has(id trace.SpanID) bool { return s.find(id) >= 0 }
 
 // tree is the parent structure of a trace's spans, by index.
 type tree struct {
-	parent []int           // -1: root
-	depth  []int           //
-	hop    []int           // nearest server-span ancestor (excluding self), -1: none
-	self   []time.Duration // server spans: own time; client spans: 0
+	parent   []int           // -1: root
+	stitched []bool          // parent is a stitched hopwatch client span, see linkParents
+	depth    []int           //
+	hop      []int           // nearest server-span ancestor (excluding self), -1: none
+	self     []time.Duration // server spans: own time; client spans: 0
 }
 
-// buildTree links spans by ParentID and computes each server span's self
+// buildTree links spans by ParentID, stitching hops whose parent hopwatch
+// did not see (see linkParents), and computes each server span's self
 // time. It tolerates duplicate IDs and parent cycles (which a buggy or
 // hostile caller could produce through propagated headers): a span on a
 // cycle is made a root.
 func buildTree(spans []Span) tree {
 	n := len(spans)
 	t := tree{
-		parent: make([]int, n),
-		depth:  make([]int, n),
-		hop:    make([]int, n),
-		self:   make([]time.Duration, n),
+		parent:   make([]int, n),
+		stitched: make([]bool, n),
+		depth:    make([]int, n),
+		hop:      make([]int, n),
+		self:     make([]time.Duration, n),
 	}
-	set := newSpanSet(spans)
-	for i := range spans {
-		p := set.find(spans[i].ParentID)
-		if p == i {
-			p = -1
-		}
-		t.parent[i] = p
-	}
+	linkParents(spans, newSpanSet(spans), t.parent, t.stitched)
 	// Depths by walking up. A parent cycle (possible only through broken
 	// or forged trace headers) is cut where the walk meets itself, making
 	// that span a root.
@@ -688,7 +813,7 @@ func buildTree(spans []Span) tree {
 				j = t.parent[j]
 			}
 			if j >= 0 && state[j] == onPath {
-				t.parent[j] = -1
+				t.parent[j], t.stitched[j] = -1, false
 				for _, k := range path {
 					state[k] = unseen
 				}

@@ -71,6 +71,9 @@ type Telemetry struct {
 	Store *Store
 	// Stats keeps per-hop rate, errors and latency for /api/hops.
 	Stats *Stats
+	// Receiver is the OTLP receiver for the admin server to serve (nil
+	// unless telemetry.receive.otlp).
+	Receiver *Receiver
 }
 
 // New builds telemetry from its configuration. It does not connect to the
@@ -104,7 +107,14 @@ func New(opts Options) (*Telemetry, error) {
 	}, func() float64 { return float64(store.Bytes()) })); err != nil {
 		return nil, fmt.Errorf("telemetry: %w", err)
 	}
+	var recv *Receiver
+	if opts.Config.Receive.OTLP {
+		if recv, err = NewReceiver(store, opts.Registry); err != nil {
+			return nil, err
+		}
+	}
 	return &Telemetry{
+		Receiver:   recv,
 		cfg:        opts.Config,
 		reg:        opts.Registry,
 		m:          m,
@@ -140,6 +150,9 @@ func (t *Telemetry) SetTurnSLOs(slos map[string]time.Duration) {
 
 // Shutdown flushes spans still queued for export, until ctx ends.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
+	if t.Receiver != nil {
+		t.Receiver.Close()
+	}
 	return t.tp.Shutdown(ctx)
 }
 

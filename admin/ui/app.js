@@ -445,22 +445,35 @@
       });
       // A server span is the hop: caller → route → upstream. A client span
       // is one attempt of that hop at an endpoint.
+      // A service span is one the service sent to hopwatch's OTLP
+      // receiver: what happened inside it between two hops.
       const line1 = s.kind === 'server'
         ? [el('strong', {text: s.route}), ' ', el('span', {class: 'sub', text: `${s.caller} → ${s.upstream}`})]
-        : [el('span', {text: s.route}), ' ', el('span', {class: 'sub', text: `attempt ${s.attempt || 1}${s.endpoint ? ` → ${s.endpoint}` : ''}`})];
+        : s.kind === 'service'
+          ? [el('span', {text: s.name}), ' ', el('span', {class: 'sub', text: `in ${s.service}`})]
+          : [el('span', {text: s.route}), ' ', el('span', {class: 'sub', text: `attempt ${s.attempt || 1}${s.endpoint ? ` → ${s.endpoint}` : ''}`})];
       const line2 = [s.method, s.code && `code ${s.code}`].filter(Boolean);
+      // A stitched hop's propagated parent is a span of the calling
+      // service that hopwatch did not see: it is drawn under the attempt
+      // that carried the request into that service instead.
+      const stitch = s.stitched
+        ? el('span', {class: 'stitched', title: `stitched: the caller's own span ${s.stitched_from} is not in hopwatch's view; shown under the attempt that carried the request into ${s.caller}, the gap is ${s.caller}'s own time`, text: '⤷'})
+        : null;
       label.append(
-        el('div', {class: 'wf-line1'}, el('span', {class: `kind kind-${s.kind}`, text: s.kind}), ...line1),
+        el('div', {class: 'wf-line1'}, stitch, el('span', {class: `kind kind-${s.kind}`, text: s.kind}), ...line1),
         el('div', {class: 'wf-line2'}, line2.join(' · '),
           events.length ? el('span', {class: 'ev', text: `${line2.length ? ' · ' : ''}⚑ ${events.join(', ')}`}) : null));
-      label.title = `${s.kind} span ${s.span_id}: ${s.caller} → ${s.route} → ${s.upstream}` +
+      label.title = (s.kind === 'service'
+        ? `span ${s.span_id} of service ${s.service}: ${s.name} (sent by the service, not a hop)`
+        : `${s.kind} span ${s.span_id}: ${s.caller} → ${s.route} → ${s.upstream}`) +
+        (s.stitched ? `\nstitched under the attempt into ${s.caller} (propagated parent ${s.stitched_from} not seen)` : '') +
         (details.length ? `\n${details.join(', ')}` : '') + `\noutcome ${s.outcome}` +
         (events.length ? `\nevents: ${events.join(', ')}` : '');
 
       const track = el('div', {class: 'track'});
       const bar = el('div', {
         class: `bar kind-${s.kind} outcome-${s.outcome}`,
-        title: `${s.route} ${s.kind}: ${fmtDur(s.duration)} from +${fmtDur(s.offset)}, ${s.outcome}` +
+        title: `${s.kind === 'service' ? `${s.service}: ${s.name}` : `${s.route} ${s.kind}`}: ${fmtDur(s.duration)} from +${fmtDur(s.offset)}, ${s.outcome}` +
           (s.kind === 'server' ? `, self ${fmtDur(s.self_time)}` : ''),
       });
       bar.style.left = pct(s.offset);

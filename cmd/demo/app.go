@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -75,8 +76,12 @@ func start(svc demo.Config, place demo.Placement, log *slog.Logger) (*app, error
 		sessions = a.conv.tr
 	}
 	a.proxy = proxy.New(proxy.Options{Logger: log, DrainTimeout: drainTimeout, Telemetry: a.tel})
+	var otlp http.Handler // telemetry.receive.otlp
+	if a.tel.Receiver != nil {
+		otlp = a.tel.Receiver
+	}
 	a.admin = admin.New(admin.Options{
-		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
+		Logger: log, Ready: a.ready.Load, Config: a.configDoc, OTLP: otlp,
 		Traces: a.tel.Store, Hops: a.tel.Stats, Sessions: sessions,
 		Breakers: func() any {
 			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": a.tel.FallbackCounts()}
@@ -96,6 +101,12 @@ func start(svc demo.Config, place demo.Placement, log *slog.Logger) (*app, error
 	if grpcAddr == nil || httpAddr == nil {
 		a.stop()
 		return nil, errors.New("hopwatch started without the demo's listeners")
+	}
+	if a.tel.Receiver != nil {
+		if err := stack.ExportSpansTo(a.admin.Addr().String()); err != nil {
+			a.stop()
+			return nil, err
+		}
 	}
 	if err := stack.ServeGateway(demo.Listeners{GRPC: grpcAddr.String(), HTTP: httpAddr.String()}); err != nil {
 		a.stop()

@@ -11,8 +11,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
+
+	"go.opentelemetry.io/otel"
 
 	"github.com/hopwatch/hopwatch/demo"
 )
@@ -56,6 +59,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	// The demo services' OpenTelemetry SDK reports export problems to
+	// the process-wide handler, which would print over the table. A
+	// partial success from hopwatch's receiver is expected (a service's
+	// span can arrive before hopwatch has seen its trace): debug only.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		level := slog.LevelWarn
+		if strings.Contains(err.Error(), "partial success") {
+			level = slog.LevelDebug
+		}
+		log.Log(context.Background(), level, "demo services' span export", "err", err)
+	}))
 	if _, err := runDemo(ctx, o, stdout, log); err != nil {
 		fmt.Fprintln(stderr, "demo:", describeStartError(err))
 		return 1
@@ -92,6 +106,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		every       = fs.Duration("every", 5*time.Second, "how often to print the table")
 		seed        = fs.Uint64("seed", 0, "random seed for latencies and users (0: random)")
 		logLevel    = fs.String("log-level", "warn", "hopwatch log level: debug, info, warn, error")
+		receive     = fs.Bool("receive", false, "hopwatch receives the services' own spans over OTLP on its admin address (telemetry.receive.otlp), so the dashboard's waterfalls show what happened inside each service between the hops (default: only hopwatch's spans; each turn is still one tree, the services' calls stitched under the attempts that reached them)")
+		otlp        = fs.String("otlp", "", "host:port of an OTLP/gRPC collector (Jaeger, an OpenTelemetry Collector) that hopwatch and the services, each traced with otelgrpc/otelhttp, export their spans to (empty: the services' spans go nowhere, hopwatch's to its built-in store)")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -150,6 +166,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	o.service.DegradeAfter = *degrade
 	o.service.DegradedNoMatchShare = *degraded
 	o.service.Seed = *seed
+	o.service.OTLP, o.place.OTLP = *otlp, *otlp
+	o.place.Receive = *receive
 	o.users = demo.UsersConfig{
 		Users:         *users,
 		Rate:          *rate,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -109,8 +110,12 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		// section cannot change on reload, so this is set once.
 		tel.SetTurnSLOs(cfg.Conversation.TurnSLOs())
 	}
+	var otlp http.Handler // telemetry.receive.otlp
+	if tel.Receiver != nil {
+		otlp = tel.Receiver
+	}
 	a.admin = admin.New(admin.Options{
-		Logger: log, Ready: a.ready.Load, Config: a.configDoc,
+		Logger: log, Ready: a.ready.Load, Config: a.configDoc, OTLP: otlp,
 		Traces: tel.Store, Hops: tel.Stats, AllowedHosts: cfg.Admin.AllowedHosts, Sessions: tracker,
 		Breakers: func() any {
 			return map[string]any{"breakers": a.proxy.Breakers(), "fallbacks": tel.FallbackCounts()}
