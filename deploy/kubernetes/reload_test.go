@@ -17,6 +17,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/hopwatch/hopwatch/deploy/internal/program"
 )
 
 // TestConfigMapHotReload runs the real hopwatch binary on the base
@@ -54,12 +56,7 @@ func TestConfigMapHotReload(t *testing.T) {
 	w := &atomicWriter{t: t, dir: dir}
 	w.publish(map[string]string{"hopwatch.yaml": original})
 
-	bin := filepath.Join(t.TempDir(), "proxy")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/proxy")
-	build.Dir = filepath.Join("..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/proxy: %v\n%s", err, out)
-	}
+	bin := program.BuildProxy(t)
 	var log bytes.Buffer
 	proc := exec.Command(bin, "-config", filepath.Join(dir, "hopwatch.yaml"), "-grace=2s", "-log-level=warn")
 	proc.Stdout, proc.Stderr = io.Discard, &log // read only after Wait

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -51,4 +52,23 @@ func Need(t testing.TB, install string, candidates ...string) string {
 	}
 	t.Skip(msg)
 	return ""
+}
+
+// BuildProxy builds hopwatch (cmd/proxy) from the repository's own module,
+// with the proxy's go.mod (not this module's), into a temporary directory,
+// and returns the binary's path.
+func BuildProxy(t testing.TB) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("program: cannot locate the repository")
+	}
+	root := filepath.Join(filepath.Dir(file), "..", "..", "..")
+	out := filepath.Join(t.TempDir(), "hopwatch")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/proxy")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/proxy (in %s): %v\n%s", root, err, b)
+	}
+	return out
 }
