@@ -4,7 +4,12 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test run lint fuzz bench check-config e2e-tools soak
+.PHONY: build test run lint fuzz bench check-config dashboard e2e-tools soak
+
+# deploy/ is its own Go module (kustomize, k8s.io/api, the Grafana SDK and
+# the PromQL parser stay out of the proxy's go.mod); test and lint cover it
+# too.
+DEPLOY := deploy
 
 ## build: compile the proxy and the demo into bin/
 build:
@@ -15,10 +20,11 @@ build:
 run:
 	$(GO) run ./cmd/demo $(ARGS)
 
-## test: vet and run every test with the race detector
+## test: vet and run every test with the race detector (the proxy's module, then deploy/'s)
 test:
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	cd $(DEPLOY) && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...
 
 # staticcheck is pinned and installed into bin/tools, so every machine runs
 # the same checks whatever is on PATH.
@@ -33,6 +39,8 @@ lint:
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(TOOLS)/staticcheck $(PKGS)
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
+	cd $(DEPLOY) && $(GO) vet ./... && $(TOOLS)/staticcheck ./...
+	@cd $(DEPLOY) && $(GO) mod tidy -diff || { echo "deploy/go.mod/go.sum are not tidy: run go mod tidy in deploy/"; exit 1; }
 	@$(MAKE) --no-print-directory proto >/dev/null
 	@drift=$$(git status --porcelain -- proto/); \
 	if [ -n "$$drift" ]; then echo "proto/ differs from what make proto generates:"; echo "$$drift"; git diff --stat -- proto/; exit 1; fi
@@ -77,6 +85,10 @@ fuzz:
 ## bench: proxy benchmarks (ns/op, allocs/op)
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/
+
+## dashboard: regenerate deploy/grafana/hopwatch.json from its Go code (deploy/grafana)
+dashboard:
+	cd $(DEPLOY) && $(GO) generate ./grafana/
 
 ## check-config: validate the example configuration
 check-config:

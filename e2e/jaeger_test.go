@@ -133,56 +133,29 @@ type jaeger struct {
 func startJaeger(t *testing.T, bin string) *jaeger {
 	t.Helper()
 	otlpGRPC, otlpHTTP := loopback(freePort(t)), loopback(freePort(t))
-	queryHTTP, queryGRPC := loopback(freePort(t)), loopback(freePort(t))
-	// The all-in-one default (cmd/jaeger/internal/all-in-one.yaml) cut down
-	// to OTLP in, memory storage, query API out, every port explicit and
-	// on loopback; its own metrics (default :8888) and tracing are off.
-	conf := fmt.Sprintf(`service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-extensions:
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 10000
-  jaeger_query:
-    enable_tracing: false
-    storage:
-      traces: memstore
-    http:
-      endpoint: %q
-    grpc:
-      endpoint: %q
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: %q
-      http:
-        endpoint: %q
-processors:
-  batch:
-    timeout: 100ms
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-`, queryHTTP, queryGRPC, otlpGRPC, otlpHTTP)
-	path := filepath.Join(t.TempDir(), "jaeger.yaml")
-	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+	queryHTTP, queryGRPC, health := loopback(freePort(t)), loopback(freePort(t)), loopback(freePort(t))
+	// The configuration users deploy (deploy/jaeger/config.yaml: OTLP in,
+	// memory limiter, batch, memory storage, query API out), as it is;
+	// only its ports move to free loopback ones and its own metrics
+	// (default :8888) go off, with --set, so parallel runs do not clash.
+	path, err := filepath.Abs(filepath.Join("..", "deploy", "jaeger", "config.yaml"))
+	if err != nil {
 		t.Fatal(err)
 	}
+	args := []string{"--config", "file:" + path}
+	for _, kv := range []string{
+		"receivers.otlp.protocols.grpc.endpoint=" + otlpGRPC,
+		"receivers.otlp.protocols.http.endpoint=" + otlpHTTP,
+		"extensions.jaeger_query.http.endpoint=" + queryHTTP,
+		"extensions.jaeger_query.grpc.endpoint=" + queryGRPC,
+		"extensions.healthcheckv2.http.endpoint=" + health,
+		"service.telemetry.metrics.level=none",
+		"service.telemetry.logs.level=warn",
+	} {
+		args = append(args, "--set="+kv)
+	}
 	j := &jaeger{otlpGRPC: otlpGRPC, otlpHTTP: otlpHTTP, query: "http://" + queryHTTP}
-	j.proc = startProcess(t, bin, "--config", "file:"+path)
+	j.proc = startProcess(t, bin, args...)
 	eventually(t, 60*time.Second, "jaeger ready", j.proc, func() error {
 		for _, a := range []string{otlpGRPC, otlpHTTP} {
 			if err := dialable(a); err != nil {
