@@ -23,7 +23,11 @@ func TestValidateDiscovery(t *testing.T) {
 		}, nil},
 		{"unknown discovery", func(u *Upstream) { u.Discovery = "consul" },
 			[]want{{"upstreams[0].discovery", `unknown discovery "consul"`}}},
-		{"negative refresh", func(u *Upstream) { u.Discovery = DiscoveryDNS; u.Endpoints = []string{"nlu:1"}; u.DNSRefresh = -time.Second },
+		{"negative refresh", func(u *Upstream) {
+			u.Discovery = DiscoveryDNS
+			u.Endpoints = []string{"nlu:1"}
+			u.DNSRefresh = -time.Second
+		},
 			[]want{{"upstreams[0].dns_refresh", "must not be negative"}}},
 		{"refresh without dns endpoints", func(u *Upstream) { u.DNSRefresh = time.Second },
 			[]want{{"upstreams[0].dns_refresh", "no endpoint is resolved by DNS"}}},
