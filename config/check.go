@@ -28,6 +28,7 @@ func check(c *Config) []routes.FieldError {
 	}
 	errs = append(errs, checkConversation(c)...)
 	errs = append(errs, checkTLSFiles(c)...)
+	errs = append(errs, checkXDS(c)...)
 	return errs
 }
 

@@ -101,3 +101,7 @@ func (u *Upstream) endpointSyntax(ep string) error {
 	}
 	return nil
 }
+
+// CheckEndpoint checks a host:port to connect to, as endpoints are
+// checked (for addresses outside the routing spec, such as an xDS server).
+func CheckEndpoint(ep string) error { return checkEndpoint(ep) }
