@@ -128,7 +128,7 @@ func New(opts Options) (*Client, error) {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
 	c := &Client{opts: opts, log: opts.Logger, m: m, base: opts.Base,
-		node: &corev3.Node{Id: opts.Config.NodeID, Cluster: opts.Config.Cluster, UserAgentName: "hopwatch"},
+		node:   &corev3.Node{Id: opts.Config.NodeID, Cluster: opts.Config.Cluster, UserAgentName: "hopwatch"},
 		status: Status{Source: "xds", Server: opts.Config.Server, NodeID: opts.Config.NodeID, Versions: map[string]string{}}}
 	return c, nil
 }
