@@ -76,6 +76,12 @@ func Build(spec *routes.Spec) (*Resources, error) {
 		if err != nil {
 			return nil, err
 		}
+		apiHCM := proto.Clone(hcm).(*hcmv3.HttpConnectionManager)
+		apiHCM.GetRds().RouteConfigName = APIListenerPrefix + l.Name
+		apiAny, err := anypb.New(apiHCM)
+		if err != nil {
+			return nil, err
+		}
 		host, port, err := splitHostPort(l.Address)
 		if err != nil {
 			return nil, fmt.Errorf("listeners[%d].address: %w", i, err)
@@ -98,7 +104,7 @@ func Build(spec *routes.Spec) (*Resources, error) {
 			},
 			&listenerv3.Listener{
 				Name:        APIListenerPrefix + l.Name,
-				ApiListener: &listenerv3.ApiListener{ApiListener: hcmAny},
+				ApiListener: &listenerv3.ApiListener{ApiListener: apiAny},
 			})
 		rc := &routev3.RouteConfiguration{Name: l.Name}
 		vh := &routev3.VirtualHost{Name: l.Name, Domains: []string{"*"}}
@@ -113,7 +119,7 @@ func Build(spec *routes.Spec) (*Resources, error) {
 			vh.Routes = append(vh.Routes, er)
 		}
 		rc.VirtualHosts = []*routev3.VirtualHost{vh}
-		out.Routes = append(out.Routes, rc)
+		out.Routes = append(out.Routes, rc, apiRoutes(spec, rc))
 	}
 	for i, u := range spec.Upstreams {
 		c, cla, err := buildCluster(u, ads)
@@ -126,6 +132,33 @@ func Build(spec *routes.Spec) (*Resources, error) {
 		}
 	}
 	return out, nil
+}
+
+// WarmHeader is the header of the routes that keep every gRPC cluster
+// referenced in the route configurations of proxyless gRPC clients. A
+// grpc-go channel builds a cluster's balancer only once a route names it,
+// and a call routed to a cluster whose balancer is not yet there fails
+// UNAVAILABLE ("unknown cluster selected for RPC"): with every gRPC
+// cluster named all along, a route moving between them never fails a call.
+// No client sends this header; the routes exist only to be referenced.
+const WarmHeader = "x-hopwatch-warm-cluster"
+
+// apiRoutes is the route configuration of the API listener of rc's
+// listener: rc's routes, then one never-matching route per gRPC cluster.
+func apiRoutes(spec *routes.Spec, rc *routev3.RouteConfiguration) *routev3.RouteConfiguration {
+	api := proto.Clone(rc).(*routev3.RouteConfiguration)
+	api.Name = APIListenerPrefix + rc.GetName()
+	vh := api.VirtualHosts[0]
+	for _, u := range spec.Upstreams {
+		if u.Protocol != routes.UpstreamGRPC {
+			continue
+		}
+		vh.Routes = append(vh.Routes, &routev3.Route{Name: "warm-" + u.Name,
+			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"},
+				Headers: []*routev3.HeaderMatcher{exactHeader(WarmHeader, u.Name)}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: u.Name}}}})
+	}
+	return api
 }
 
 func splitHostPort(addr string) (string, uint32, error) {
@@ -268,7 +301,10 @@ func buildCluster(u routes.Upstream, ads *corev3.ConfigSource) (*clusterv3.Clust
 		c.OutlierDetection = od
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: u.Name}
-	loc := &endpointv3.LocalityLbEndpoints{}
+	// grpc-go refuses localities without an ID, and ignores those
+	// without a weight.
+	loc := &endpointv3.LocalityLbEndpoints{Locality: &corev3.Locality{Region: "fleet"},
+		LoadBalancingWeight: wrapperspb.UInt32(1)}
 	for _, ep := range u.Endpoints {
 		hp, _ := u.DNSEndpoint(ep)
 		host, port, err := splitHostPort(hp)

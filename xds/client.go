@@ -245,7 +245,20 @@ type stream struct {
 	nonce    map[string]string   // last nonce seen, by type
 	names    map[string][]string // subscribed names (nil: wildcard), by type
 	accepted resources
+	// nacked and nackWait pace NACKs of a version already NACKed: a
+	// state-of-the-world server answers a NACK (which carries the old
+	// version) with the version it has, the same rejected one, and the
+	// two would loop as fast as the network goes.
+	nacked   map[string]string
+	nackWait map[string]time.Duration
 }
+
+// Pacing of repeated NACKs of one version. The cap bounds how late a fixed
+// version can arrive: the server answers only the next request.
+const (
+	nackWaitFirst = 50 * time.Millisecond
+	nackWaitMax   = time.Second
+)
 
 func (st *stream) send(typ, version, nonce string, detail *status.Status) error {
 	return st.s.Send(&discoveryv3.DiscoveryRequest{Node: st.node, TypeUrl: typ, VersionInfo: version,
@@ -260,6 +273,7 @@ func (c *Client) session(ctx context.Context, ads discoveryv3.AggregatedDiscover
 		return err
 	}
 	st := &stream{s: s, node: c.node, version: map[string]string{}, nonce: map[string]string{},
+		nacked: map[string]string{}, nackWait: map[string]time.Duration{},
 		names: map[string][]string{}, accepted: resources{
 			listeners: map[string]*listenerv3.Listener{}, routes: map[string]*routev3.RouteConfiguration{},
 			clusters: map[string]*clusterv3.Cluster{}, endpoints: map[string]*endpointv3.ClusterLoadAssignment{}}}
@@ -283,7 +297,7 @@ func (c *Client) session(ctx context.Context, ads discoveryv3.AggregatedDiscover
 			c.status.Connected, c.status.LastError = true, ""
 			c.mu.Unlock()
 		}
-		if err := c.handle(st, resp); err != nil {
+		if err := c.handle(ctx, st, resp); err != nil {
 			return err
 		}
 	}
@@ -292,7 +306,7 @@ func (c *Client) session(ctx context.Context, ads discoveryv3.AggregatedDiscover
 // handle takes one response: decodes it, and either ACKs it (applying the
 // configuration when it is complete) or NACKs it, keeping the last good
 // resources of its type.
-func (c *Client) handle(st *stream, resp *discoveryv3.DiscoveryResponse) error {
+func (c *Client) handle(ctx context.Context, st *stream, resp *discoveryv3.DiscoveryResponse) error {
 	typ := resp.GetTypeUrl()
 	if !slices.Contains(typeOrder, typ) {
 		// Not asked for; tell the server so without dropping the stream.
@@ -308,11 +322,24 @@ func (c *Client) handle(st *stream, resp *discoveryv3.DiscoveryResponse) error {
 		c.mu.Lock()
 		c.status.LastNACK = &NACK{Time: time.Now(), TypeURL: typ, Version: resp.GetVersionInfo(), Error: err.Error()}
 		c.mu.Unlock()
-		c.log.Error("xDS update rejected; the last good configuration keeps serving", "type", shortType(typ), "version", resp.GetVersionInfo(), "error", err)
+		if st.nacked[typ] == resp.GetVersionInfo() {
+			st.nackWait[typ] = min(max(2*st.nackWait[typ], nackWaitFirst), nackWaitMax)
+			t := time.NewTimer(st.nackWait[typ])
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		} else {
+			c.log.Error("xDS update rejected; the last good configuration keeps serving", "type", shortType(typ), "version", resp.GetVersionInfo(), "error", err)
+			st.nacked[typ], st.nackWait[typ] = resp.GetVersionInfo(), 0
+		}
 		return st.send(typ, st.version[typ], resp.GetNonce(), &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()})
 	}
 	st.accepted = next
 	st.version[typ] = resp.GetVersionInfo()
+	delete(st.nacked, typ)
 	c.m.updates.WithLabelValues(shortType(typ), "applied").Inc()
 	c.mu.Lock()
 	c.status.Versions[typ] = resp.GetVersionInfo()

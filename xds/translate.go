@@ -3,6 +3,7 @@ package xds
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sort"
 	"strconv"
@@ -90,7 +91,7 @@ func decodeMeta(path string, md *corev3.Metadata, v any, errs *fieldErrs) {
 	if s == nil {
 		return
 	}
-	b, err := yaml.Marshal(s.AsMap())
+	b, err := yaml.Marshal(integral(s.AsMap()))
 	if err != nil {
 		errs.add(path, "%v", err)
 		return
@@ -105,6 +106,26 @@ func decodeMeta(path string, md *corev3.Metadata, v any, errs *fieldErrs) {
 		}
 		errs.add(path, "%v", err)
 	}
+}
+
+// integral turns the whole numbers of a protobuf Struct (all float64 on
+// the wire) back into integers, so that integer fields decode.
+func integral(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, x := range v {
+			v[k] = integral(x)
+		}
+	case []any:
+		for i, x := range v {
+			v[i] = integral(x)
+		}
+	case float64:
+		if v == math.Trunc(v) && math.Abs(v) < 1<<53 {
+			return int64(v)
+		}
+	}
+	return v
 }
 
 // MetaStruct builds the metadata that carries v (a *Meta struct, or any

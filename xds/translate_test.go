@@ -143,7 +143,7 @@ func TestTranslateRejects(t *testing.T) {
 		}, `cluster "nlu".metadata.filter_metadata.hopwatch: protocl: unknown field`},
 		{"bad fallback in metadata", func(r *Resources) {
 			md, _ := MetaStruct(map[string]any{"fallback": map[string]any{"after": "soon"}})
-			r.Routes[1].VirtualHosts[0].Routes[0].Metadata = md
+			r.Routes[2].VirtualHosts[0].Routes[0].Metadata = md // bot-http
 		}, `fallback.after`},
 		{"validation names the resource", func(r *Resources) {
 			r.Routes[0].VirtualHosts[0].Routes[0].Match.PathSpecifier = &routev3.RouteMatch_Path{Path: "/not-a-method"}

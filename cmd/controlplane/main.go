@@ -78,7 +78,11 @@ type controlPlane struct {
 }
 
 func newControlPlane(path string, log *slog.Logger) (*controlPlane, error) {
-	cp := &controlPlane{path: path, log: log, cache: cachev3.NewSnapshotCache(true, fleetHash{}, nil)}
+	// ads=false: in ADS mode the cache answers a request only when it
+	// names every resource of the type in the snapshot, and proxyless
+	// gRPC clients name only what their target uses (one API listener,
+	// the clusters of its routes); they would never get an answer.
+	cp := &controlPlane{path: path, log: log, cache: cachev3.NewSnapshotCache(false, fleetHash{}, nil)}
 	if err := cp.load(); err != nil {
 		return nil, err
 	}
@@ -135,9 +139,8 @@ func (cp *controlPlane) load() error {
 	if err != nil {
 		return err
 	}
-	if err := s.Consistent(); err != nil {
-		return err
-	}
+	// No s.Consistent(): it does not count the route configurations of
+	// API listeners as referenced. xds.Build names only what it builds.
 	if err := cp.cache.SetSnapshot(context.Background(), fleetKey, s); err != nil {
 		return err
 	}
