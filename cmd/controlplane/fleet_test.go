@@ -94,7 +94,8 @@ func startReplica(t *testing.T, server, id string) *replica {
 	r.c = c
 	t.Cleanup(func() {
 		if t.Failed() {
-			st := c.Status(); t.Logf("%s status: %+v nack %+v", id, st, st.LastNACK)
+			st := c.Status()
+			t.Logf("%s status: %+v nack %+v", id, st, st.LastNACK)
 		}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
