@@ -427,3 +427,32 @@ func mustCounter(t *testing.T, reg *prometheus.Registry, typ, result string) pro
 	}
 	return c
 }
+
+// TestEnvoySnapshot: Envoy gets the fleet without the API listeners of
+// proxyless gRPC clients, and a snapshot whose references all resolve.
+func TestEnvoySnapshot(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fleet.yaml")
+	writeFile(t, path, fmt.Sprintf(fleetTemplate, "a", "127.0.0.1:7001", "127.0.0.1:7002"))
+	cp, err := newControlPlane(path, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		key                 string
+		listeners, rconfigs int
+	}{
+		{envoyKey, 1, 1},
+		{fleetKey, 2, 2},
+	} {
+		s, err := cp.cache.GetSnapshot(tc.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(s.GetResources(resourcev3.ListenerType)); n != tc.listeners {
+			t.Errorf("%s: %d listeners, want %d", tc.key, n, tc.listeners)
+		}
+		if n := len(s.GetResources(resourcev3.RouteType)); n != tc.rconfigs {
+			t.Errorf("%s: %d route configurations, want %d", tc.key, n, tc.rconfigs)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -57,13 +58,23 @@ func main() {
 	}
 }
 
-// fleetHash gives every node the same snapshot: the fleet file is one
-// configuration for all replicas and clients.
+// fleetHash gives every node the same configuration, the fleet file, in
+// one of two snapshots: Envoy's leaves out the API listeners of proxyless
+// gRPC clients (and their route configurations), which Envoy accepts only
+// in its bootstrap, never over LDS.
 type fleetHash struct{}
 
-func (fleetHash) ID(*corev3.Node) string { return fleetKey }
+func (fleetHash) ID(n *corev3.Node) string {
+	if n.GetUserAgentName() == "envoy" {
+		return envoyKey
+	}
+	return fleetKey
+}
 
-const fleetKey = "fleet"
+const (
+	fleetKey = "fleet"
+	envoyKey = "envoy"
+)
 
 // controlPlane is the snapshot cache fed from the fleet file.
 type controlPlane struct {
@@ -139,9 +150,31 @@ func (cp *controlPlane) load() error {
 	if err != nil {
 		return err
 	}
-	// No s.Consistent(): it does not count the route configurations of
-	// API listeners as referenced. xds.Build names only what it builds.
+	// No s.Consistent() here: it does not count the route configurations
+	// of API listeners as referenced. Envoy's snapshot, without them, is.
+	envoy := map[resourcev3.Type][]types.Resource{resourcev3.ClusterType: snap[resourcev3.ClusterType],
+		resourcev3.EndpointType: snap[resourcev3.EndpointType]}
+	for _, l := range res.Listeners {
+		if l.GetApiListener() == nil {
+			envoy[resourcev3.ListenerType] = append(envoy[resourcev3.ListenerType], l)
+		}
+	}
+	for _, r := range res.Routes {
+		if !strings.HasPrefix(r.GetName(), xds.APIListenerPrefix) {
+			envoy[resourcev3.RouteType] = append(envoy[resourcev3.RouteType], r)
+		}
+	}
+	es, err := cachev3.NewSnapshot(version, envoy)
+	if err != nil {
+		return err
+	}
+	if err := es.Consistent(); err != nil {
+		return err
+	}
 	if err := cp.cache.SetSnapshot(context.Background(), fleetKey, s); err != nil {
+		return err
+	}
+	if err := cp.cache.SetSnapshot(context.Background(), envoyKey, es); err != nil {
 		return err
 	}
 	cp.version = version
