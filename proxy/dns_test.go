@@ -35,11 +35,12 @@ type dnsServer struct {
 	ttl     uint32
 	rcode   int // dns.RcodeSuccess, or the failure to answer with
 	queries atomic.Int64
+	byName  map[string]int // queries per name
 }
 
 func startDNS(t testing.TB) *dnsServer {
 	t.Helper()
-	d := &dnsServer{records: map[string][]netip.Addr{}, rcode: dns.RcodeSuccess}
+	d := &dnsServer{records: map[string][]netip.Addr{}, rcode: dns.RcodeSuccess, byName: map[string]int{}}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -77,6 +78,9 @@ func (d *dnsServer) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	m.Authoritative = true
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for _, q := range r.Question {
+		d.byName[strings.ToLower(q.Name)]++
+	}
 	if d.rcode != dns.RcodeSuccess {
 		m.Rcode = d.rcode
 		w.WriteMsg(m)
@@ -563,5 +567,73 @@ func TestDNSDiscoveryHonoursTTL(t *testing.T) {
 	}
 	if got := b.hits[1].Load(); got != before {
 		t.Errorf("without TTLs the answer was re-resolved before dns_refresh (%d calls on the new address)", got-before)
+	}
+}
+
+// TestDNSDiscoveryFollowsReloads: a reload that drops the DNS endpoint
+// stops its resolution, and a refused configuration leaves the running
+// one's resolution alone.
+func TestDNSDiscoveryFollowsReloads(t *testing.T) {
+	d := startDNS(t)
+	b := startDNSBackends(t, 2, false)
+	d.set("svc.test", 0, "127.0.0.1")
+	p := startDNSProxy(t, b, goResolver(d), false, 20*time.Millisecond)
+	call := callerFor(t, p, false)
+	q := d.queries.Load()
+	waitFor(t, "re-resolution", func() bool { return d.queries.Load() > q+2 })
+
+	// Refused (its new listener's address is taken): the watch it
+	// started stops, and the running configuration keeps following DNS.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	bad := &routes.Spec{
+		Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP},
+			{Name: "more", Address: taken.Addr().String(), Protocol: routes.ListenerHTTP}},
+		Routes: []routes.Route{{Name: "all", Listener: "in", Upstream: "svc"}, {Name: "more", Listener: "more", Upstream: "other"}},
+		Upstreams: []routes.Upstream{{Name: "svc", Protocol: routes.UpstreamHTTP, Endpoints: []string{"dns:///svc.test:" + b.port},
+			DNSRefresh: 20 * time.Millisecond},
+			{Name: "other", Protocol: routes.UpstreamHTTP, Endpoints: []string{"dns:///other.test:1"}, DNSRefresh: 20 * time.Millisecond}},
+	}
+	if err := p.Apply(bad); err == nil {
+		t.Fatal("a spec with a taken listener address was applied")
+	}
+	otherQueries := func() int {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.byName["other.test."]
+	}
+	if otherQueries() == 0 {
+		t.Fatal("the refused configuration's DNS endpoint was never resolved")
+	}
+	time.Sleep(50 * time.Millisecond)
+	before := otherQueries()
+	time.Sleep(200 * time.Millisecond)
+	if n := otherQueries() - before; n > 0 {
+		t.Errorf("%d queries for the refused configuration's name after it was refused", n)
+	}
+	d.set("svc.test", 0, "127.0.0.2")
+	waitFor(t, "the running configuration to follow DNS", func() bool {
+		if err := call(); err != nil {
+			t.Fatal(err)
+		}
+		return b.hits[1].Load() > 0
+	})
+
+	// Static now: no more lookups.
+	if err := p.Apply(&routes.Spec{
+		Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP}},
+		Routes:    []routes.Route{{Name: "all", Listener: "in", Upstream: "svc"}},
+		Upstreams: []routes.Upstream{{Name: "svc", Protocol: routes.UpstreamHTTP, Endpoints: []string{"127.0.0.1:" + b.port}}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // a lookup under way may finish
+	q = d.queries.Load()
+	time.Sleep(200 * time.Millisecond)
+	if n := d.queries.Load() - q; n > 0 {
+		t.Errorf("%d DNS queries after the DNS endpoint was removed", n)
 	}
 }
