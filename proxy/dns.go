@@ -155,12 +155,29 @@ func (d *discovery) commit(spec *routes.Spec) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var gone []string
 	for key, w := range d.watches {
 		if !keep[key] {
 			w.cancel()
 			delete(d.watches, key)
+			gone = append(gone, w.upstream)
 		}
 	}
+	for _, name := range gone {
+		if !d.watchingLocked(name) {
+			d.tel.DNSForget(name)
+		}
+	}
+}
+
+// watchingLocked reports whether a watch resolves the upstream's names.
+func (d *discovery) watchingLocked(upstream string) bool {
+	for _, w := range d.watches {
+		if w.upstream == upstream {
+			return true
+		}
+	}
+	return false
 }
 
 // abort stops the watches a configuration that was not applied started.
@@ -297,7 +314,9 @@ func (d *discovery) resolve(ctx context.Context, w *dnsWatch) (changed bool, nex
 			next = min(next, max(ttl, routes.MinDNSRefresh))
 		}
 	}
-	d.tel.DNSEndpoints(w.upstream, total)
+	if ctx.Err() == nil { // a stopped watch leaves no series behind
+		d.tel.DNSEndpoints(w.upstream, total)
+	}
 	return changed, next
 }
 

@@ -637,3 +637,51 @@ func TestDNSDiscoveryFollowsReloads(t *testing.T) {
 		t.Errorf("%d DNS queries after the DNS endpoint was removed", n)
 	}
 }
+
+// TestDNSEndpointsSeries: hopwatch_dns_endpoints counts the addresses an
+// upstream resolves to, and goes away with the upstream's DNS endpoints.
+func TestDNSEndpointsSeries(t *testing.T) {
+	d := startDNS(t)
+	d.set("svc.test", 0, "127.0.0.1", "127.0.0.2")
+	reg := prometheus.NewRegistry()
+	tel, err := telemetry.New(telemetry.Options{Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	p := proxy.New(proxy.Options{Telemetry: tel, Resolver: goResolver(d)})
+	defer shutdown(t, p)
+	spec := func(ep string) *routes.Spec {
+		return &routes.Spec{
+			Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP}},
+			Routes:    []routes.Route{{Name: "all", Listener: "in", Upstream: "svc"}},
+			Upstreams: []routes.Upstream{{Name: "svc", Protocol: routes.UpstreamHTTP, Endpoints: []string{ep}}},
+		}
+	}
+	series := func() (float64, bool) {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "hopwatch_dns_endpoints" {
+				for _, m := range mf.GetMetric() {
+					return m.GetGauge().GetValue(), true
+				}
+			}
+		}
+		return 0, false
+	}
+	if err := p.Apply(spec("dns:///svc.test:1")); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := series(); !ok || n != 2 {
+		t.Errorf("hopwatch_dns_endpoints = %v (present %v), want 2", n, ok)
+	}
+	if err := p.Apply(spec("127.0.0.1:1")); err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := series(); ok {
+		t.Errorf("hopwatch_dns_endpoints still %v after the DNS endpoint went away", n)
+	}
+}

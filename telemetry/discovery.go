@@ -46,3 +46,12 @@ func (t *Telemetry) DNSEndpoints(upstream string, n int) {
 	}
 	t.disc.endpoints.WithLabelValues(upstream).Set(float64(n))
 }
+
+// DNSForget drops the series of an upstream that no longer has DNS
+// endpoints, so that a removed upstream does not show stale addresses.
+func (t *Telemetry) DNSForget(upstream string) {
+	if t == nil {
+		return
+	}
+	t.disc.endpoints.DeleteLabelValues(upstream)
+}
