@@ -74,6 +74,13 @@ func checkTLSFiles(c *Config) []routes.FieldError {
 			add(p, err)
 		}
 	}
+	if x := c.XDS; x != nil && x.TLS != nil {
+		pair("xds.tls", x.TLS.CertFile, x.TLS.KeyFile)
+		if x.TLS.CAFile != "" {
+			_, err := tlsfile.CertPool("ca_file", x.TLS.CAFile)
+			add("xds.tls", err)
+		}
+	}
 	return errs
 }
 

@@ -20,6 +20,7 @@ func TestXDSSection(t *testing.T) {
 		{"not with file routing", "xds: {server: 127.0.0.1:18000, node_id: r}\nlisteners:\n  - {name: l, address: 127.0.0.1:7000, protocol: http}\n",
 			"listeners", "with xds, listeners come from the management server"},
 		{"tls key pair", "xds: {server: 127.0.0.1:18000, node_id: r, tls: {cert_file: c.pem}}\n", "xds.tls.cert_file", "go together"},
+		{"tls files are read", "xds: {server: 127.0.0.1:18000, node_id: r, tls: {ca_file: /nonexistent/ca.pem}}\n", "xds.tls.ca_file", "no such file"},
 		{"unknown field", "xds: {server: 127.0.0.1:18000, node_id: r, nodeid: x}\n", "xds.nodeid", "unknown field"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -179,7 +179,7 @@ func (c *Client) dialOptions() ([]grpc.DialOption, error) {
 	}
 	conf := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
 	if t.CAFile != "" {
-		pool, err := tlsfile.CertPool("xds.tls.ca_file", t.CAFile)
+		pool, err := tlsfile.CertPool("ca_file", t.CAFile)
 		if err != nil {
 			return nil, err
 		}
