@@ -65,6 +65,22 @@ func TestUpstreamSuccessor(t *testing.T) {
 		}
 	}
 
+	// With TLS, a DNS endpoint of another name changes the name to verify:
+	// no successor.
+	tlsSpec := spec
+	tlsSpec.TLS = &routes.UpstreamTLS{InsecureSkipVerify: false}
+	tlsSpec.Endpoints = []string{"dns:///svc.test:7000"}
+	renamed := tlsSpec
+	renamed.Endpoints = []string{"dns:///other.test:7000"}
+	tlsUp, err := buildUpstream(tlsSpec, []resolvedEndpoint{a}, nil, time.Now, nil, slog.Default(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tlsUp.close()
+	if !tlsUp.sameButEndpoints(tlsSpec) || tlsUp.sameButEndpoints(renamed) {
+		t.Error("a TLS upstream whose DNS name changed would keep verifying the old name")
+	}
+
 	// Any other change builds a new upstream that shares nothing.
 	other := spec
 	other.MaxConcurrent = 20

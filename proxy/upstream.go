@@ -188,9 +188,11 @@ type upstreamConnConf struct {
 // does not connect until the first call.
 func (c upstreamConnConf) grpcClient(addr, authority string) (*grpc.ClientConn, error) {
 	var extra []grpc.DialOption
-	if authority != "" {
+	if authority != "" && (c.tls == nil || c.tls.ServerName == "") {
 		// A resolved address is called by the name as written: the
-		// :authority and the name TLS verifies stay those of the host.
+		// :authority stays the host's. With TLS, the name to verify
+		// (tls.server_name, or the DNS host) is the authority already,
+		// and grpc-go refuses a second, different one.
 		extra = append(extra, grpc.WithAuthority(authority))
 	}
 	creds := insecure.NewCredentials()
@@ -274,6 +276,9 @@ func (u *upstream) sameSpec(spec routes.Upstream, eps []resolvedEndpoint) bool {
 // sameButEndpoints reports whether spec differs from u's in its endpoints
 // at most, so that a successor can share u's state.
 func (u *upstream) sameButEndpoints(spec routes.Upstream) bool {
+	if spec.UsesTLS() && spec.UsesDNS() && u.spec.DNSServerName() != spec.DNSServerName() {
+		return false // the name the TLS config verifies changed with the endpoints
+	}
 	a, b := u.spec, spec
 	a.Endpoints, b.Endpoints = nil, nil
 	return reflect.DeepEqual(a, b)
