@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -19,7 +20,9 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/telemetry"
@@ -683,5 +686,67 @@ func TestDNSEndpointsSeries(t *testing.T) {
 	}
 	if n, ok := series(); ok {
 		t.Errorf("hopwatch_dns_endpoints still %v after the DNS endpoint went away", n)
+	}
+}
+
+// TestDNSDiscoveryTLS: resolved endpoints are dialed by address and their
+// certificates verified against the name as written (grpc and https
+// upstreams), not against the address.
+func TestDNSDiscoveryTLS(t *testing.T) {
+	d := startDNS(t)
+	d.set("svc.test", 0, "127.0.0.1")
+	ca := testkit.NewCA(t, "test CA")
+	pair := ca.Issue(t, testkit.Leaf{Serial: 7, CommonName: "svc", DNSNames: []string{"svc.test"}})
+	cert, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverConf := &tls.Config{Certificates: []tls.Certificate{cert}}
+	caFile := testkit.WriteFile(t, t.TempDir(), "ca.crt", ca.PEM)
+	for _, tc := range []struct {
+		name string
+		grpc bool
+	}{
+		{"grpc upstream", true},
+		{"https upstream", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var addr string
+			lproto, uproto := routes.ListenerHTTP, routes.UpstreamHTTP
+			if tc.grpc {
+				addr = startTLSGRPCUpstream(t, serverConf)
+				lproto, uproto = routes.ListenerGRPC, routes.UpstreamGRPC
+			} else {
+				addr = startTLSHTTPUpstream(t, serverConf, false)
+			}
+			_, port, _ := net.SplitHostPort(addr)
+			p := proxy.New(proxy.Options{Resolver: goResolver(d)})
+			defer shutdown(t, p)
+			if err := p.Apply(&routes.Spec{
+				Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: lproto}},
+				Routes:    []routes.Route{{Name: "all", Listener: "in", Upstream: "svc"}},
+				Upstreams: []routes.Upstream{{Name: "svc", Protocol: uproto, Endpoints: []string{"dns:///svc.test:" + port},
+					TLS: &routes.UpstreamTLS{CAFile: caFile}}},
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if tc.grpc {
+				cc, err := grpc.NewClient(p.Addr("in").String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer cc.Close()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				out := new(wrapperspb.BytesValue)
+				if err := cc.Invoke(ctx, "/"+echoService+"/Unary", wrapperspb.Bytes([]byte("x")), out); err != nil {
+					t.Fatalf("call through a TLS DNS endpoint: %v", err)
+				}
+				return
+			}
+			if err := callerFor(t, p, false)(); err != nil {
+				t.Fatalf("request through a TLS DNS endpoint: %v", err)
+			}
+		})
 	}
 }
