@@ -40,7 +40,8 @@ type Options struct {
 	// spec starts from it.
 	Base *routes.Spec
 	// Apply applies a complete, valid spec (the proxy's Apply); an error
-	// NACKs the update and the previous configuration keeps serving.
+	// NACKs the update, so it must mean that nothing changed and the
+	// previous configuration keeps serving.
 	Apply func(*routes.Spec) error
 	// Registerer receives the xDS metrics (required).
 	Registerer prometheus.Registerer

@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hopwatch/hopwatch/config"
+	"github.com/hopwatch/hopwatch/proxy"
+	"github.com/hopwatch/hopwatch/routes"
 	"github.com/hopwatch/hopwatch/xds"
 )
 
@@ -25,7 +27,18 @@ func (a *app) startXDS(cfg *config.Config, reg prometheus.Registerer) error {
 	if cfg.XDS == nil {
 		return nil
 	}
-	c, err := xds.New(xds.Options{Config: *cfg.XDS, Base: &cfg.Spec, Apply: a.proxy.Apply, Registerer: reg, Logger: a.log})
+	apply := func(spec *routes.Spec) error {
+		err := a.proxy.Apply(spec)
+		var partial *proxy.PartialError
+		if errors.As(err, &partial) {
+			// Live, but a listener waiting for its address did not bind:
+			// the update is taken (ACKed), the failure logged.
+			a.log.Error("xDS configuration applied, but listeners failed to start", "err", err)
+			return nil
+		}
+		return err
+	}
+	c, err := xds.New(xds.Options{Config: *cfg.XDS, Base: &cfg.Spec, Apply: apply, Registerer: reg, Logger: a.log})
 	if err != nil {
 		return err
 	}
