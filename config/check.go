@@ -28,6 +28,7 @@ func check(c *Config) []routes.FieldError {
 	}
 	errs = append(errs, checkConversation(c)...)
 	errs = append(errs, checkTLSFiles(c)...)
+	errs = append(errs, checkXDS(c)...)
 	return errs
 }
 
@@ -71,6 +72,13 @@ func checkTLSFiles(c *Config) []routes.FieldError {
 		if u.TLS.CAFile != "" {
 			_, err := tlsfile.CertPool("ca_file", u.TLS.CAFile)
 			add(p, err)
+		}
+	}
+	if x := c.XDS; x != nil && x.TLS != nil {
+		pair("xds.tls", x.TLS.CertFile, x.TLS.KeyFile)
+		if x.TLS.CAFile != "" {
+			_, err := tlsfile.CertPool("ca_file", x.TLS.CAFile)
+			add("xds.tls", err)
 		}
 	}
 	return errs

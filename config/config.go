@@ -39,6 +39,9 @@ type Config struct {
 	AccessLog telemetry.AccessLogConfig `yaml:"access_log"`
 	// GenAI holds the model names and prices of routes with genai set.
 	GenAI telemetry.GenAIConfig `yaml:"genai"`
+	// XDS, when written, takes listeners, routes and upstreams from an
+	// xDS management server instead of this file.
+	XDS *XDS `yaml:"xds"`
 }
 
 // Admin configures the admin server (/metrics, /config, /ui, ...).

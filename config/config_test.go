@@ -423,7 +423,7 @@ func invalidCases() []invalidCase {
 			name: "top level is a list",
 			yaml: "- listeners\n- routes\n",
 			line: 1, path: "",
-			msg: "expected a mapping with fields admin, telemetry, listeners, callers, routes, upstreams, replay, conversation, access_log, genai, got a list",
+			msg: "expected a mapping with fields admin, telemetry, listeners, callers, routes, upstreams, replay, conversation, access_log, genai, xds, got a list",
 		},
 		{
 			name: "empty file",

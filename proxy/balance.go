@@ -16,6 +16,10 @@ type endpoint struct {
 	idx      int // position in the upstream's endpoint list
 	inflight atomic.Int64
 
+	// authority is the host:port as written when addr is one of its
+	// resolved addresses (DNS discovery), "" otherwise.
+	authority string
+
 	mu        sync.Mutex // guards the fields below
 	ewma      float64    // nanoseconds
 	lastObs   time.Time

@@ -39,6 +39,9 @@ type Options struct {
 	// at whether its certificate files changed. Default: 1s (tests
 	// shorten it).
 	CertRecheck time.Duration
+	// Resolver looks up the names of DNS endpoints. Default:
+	// SystemResolver{} (tests point one at their own DNS server).
+	Resolver Resolver
 }
 
 // ErrClosed is returned by Apply after Shutdown.
@@ -77,7 +80,17 @@ type Proxy struct {
 	ctx  context.Context
 	stop context.CancelFunc
 
-	mu        sync.Mutex // serializes Apply and Shutdown; guards the fields below
+	// applying serializes Apply calls, DNS resolution of a new
+	// configuration included; it is taken before mu.
+	applying sync.Mutex
+	// dns keeps DNS endpoints resolved and rediscovers on change.
+	dns *discovery
+
+	mu sync.Mutex // serializes Apply, rediscover and Shutdown; guards the fields below
+	// written and table are the configuration last applied, as written
+	// (endpoints unresolved), for rediscover.
+	written   *routes.Spec
+	table     *routes.Table
 	listeners map[string]*listener
 	ups       map[string]*upstream
 	res       map[string]*resilience
@@ -118,6 +131,7 @@ func New(opts Options) *Proxy {
 		p.certRecheck = defaultCertRecheck
 	}
 	p.ctx, p.stop = context.WithCancel(context.Background())
+	p.dns = newDiscovery(opts.Resolver, p.tel, p.log, p.rediscover)
 	empty, _ := routes.Compile(&routes.Spec{})
 	p.cur.Store(&generation{table: empty, onDrained: func() {}})
 	return p
@@ -201,20 +215,53 @@ func (g *generation) retire() {
 }
 
 // Apply builds a complete new generation from spec and swaps it in. On any
-// error nothing changes: the previous configuration keeps serving.
+// error nothing changes: the previous configuration keeps serving. DNS
+// endpoints are resolved first (a name that does not resolve yet gives no
+// endpoint until it does), and then kept resolved until the next Apply.
 func (p *Proxy) Apply(spec *routes.Spec) error {
 	table, err := routes.Compile(spec)
 	if err != nil {
 		return err
 	}
+	p.applying.Lock()
+	defer p.applying.Unlock()
+	added := p.dns.prepare(spec) // network: before mu
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
+		p.dns.abort(added)
 		return ErrClosed
 	}
+	err = p.apply(spec, table)
+	var partial *PartialError
+	if err != nil && !errors.As(err, &partial) {
+		p.dns.abort(added)
+		return err
+	}
+	p.dns.commit(spec)
+	p.written, p.table = spec, table
+	return err
+}
+
+// rediscover builds a new generation of the applied configuration over
+// the endpoint sets DNS discovery has now; only the upstreams whose set
+// changed get a successor, everything else is kept.
+func (p *Proxy) rediscover() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.written == nil {
+		return
+	}
+	if err := p.apply(p.written, p.table); err != nil {
+		p.log.Warn("new DNS endpoints not applied", "error", err)
+	}
+}
+
+// apply builds and swaps in the generation of spec; p.mu is held.
+func (p *Proxy) apply(spec *routes.Spec, table *routes.Table) error {
 	// Build everything first; until the swap, a failure undoes what was
 	// built and the previous configuration keeps serving.
-	pl := &applyPlan{spec: spec, table: table}
+	pl := &applyPlan{spec: spec, table: table, eps: p.dns.endpoints(spec)}
 	if err := p.planUpstreams(pl); err != nil {
 		pl.abort()
 		return err
@@ -238,6 +285,7 @@ func (p *Proxy) Apply(spec *routes.Spec) error {
 type applyPlan struct {
 	spec  *routes.Spec
 	table *routes.Table
+	eps   map[string][]resolvedEndpoint // each upstream's endpoint set, by name
 
 	ups   map[string]*upstream // by name: kept or built
 	built []*upstream          // built by this plan: closed if it fails
@@ -260,16 +308,19 @@ func (pl *applyPlan) abort() {
 	}
 }
 
-// planUpstreams keeps identical pools (warm connections) and builds the
+// planUpstreams keeps identical pools (warm connections), builds
+// successors of those whose endpoint set alone changed, and builds the
 // others.
 func (p *Proxy) planUpstreams(pl *applyPlan) error {
 	pl.ups = make(map[string]*upstream, len(pl.spec.Upstreams))
 	for _, us := range pl.spec.Upstreams {
-		if old, ok := p.ups[us.Name]; ok && old.sameSpec(us) {
+		eps := pl.eps[us.Name]
+		old := p.ups[us.Name]
+		if old != nil && old.sameSpec(us, eps) {
 			pl.ups[us.Name] = old
 			continue
 		}
-		u, err := newUpstream(us, p.now, p.tel, p.log, p.certRecheck)
+		u, err := buildUpstream(us, eps, old, p.now, p.tel, p.log, p.certRecheck)
 		if err != nil {
 			return err
 		}
@@ -478,6 +529,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	p.closed = true
+	p.dns.close()
 	var wg sync.WaitGroup
 	for _, l := range p.listeners {
 		wg.Add(1)
@@ -490,6 +542,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Unlock()
 
 	wg.Wait()
+	p.dns.wait()
 	p.stop() // ends hijacked connections and anything still running
 	p.serving.Wait()
 	p.cur.Load().retire()

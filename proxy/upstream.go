@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,12 +33,18 @@ import (
 
 // upstream is the connection pool and balancer of one configured upstream.
 // It is shared by every generation whose spec for it is identical, so a
-// reload that does not touch an upstream keeps its warm connections.
+// reload that does not touch an upstream keeps its warm connections. When
+// only its endpoint set changes (DNS or xDS discovery), the next generation
+// gets a successor that shares its breaker, bulkhead, transport and the
+// connections of the endpoints that remain (see successor).
 type upstream struct {
 	spec routes.Upstream
-	eps  []*endpoint
-	bal  balancer
-	now  func() time.Time
+	// resolved is the endpoint set, as dialed: the written endpoints, DNS
+	// names replaced by their addresses.
+	resolved []resolvedEndpoint
+	eps      []*endpoint
+	bal      balancer
+	now      func() time.Time
 
 	// conns holds one long-lived ClientConn per endpoint, used by gRPC
 	// listeners (for grpc and h2c upstreams). grpc.NewClient does not
@@ -49,6 +56,10 @@ type upstream struct {
 	transport *http.Transport
 	// tls: the endpoints are reached over TLS (https URLs).
 	tls bool
+	// pool owns conns and transport, shared with predecessors and
+	// successors; closeOnce releases this upstream's share of it.
+	pool      *upstreamPool
+	closeOnce sync.Once
 
 	// breaker and bulkhead gate every request (nil: not configured).
 	breaker  *fallback.Breaker
@@ -61,9 +72,23 @@ type upstream struct {
 }
 
 func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Telemetry, log *slog.Logger, certRecheck time.Duration) (*upstream, error) {
+	return buildUpstream(spec, staticEndpoints(spec), nil, now, tel, log, certRecheck)
+}
+
+// buildUpstream builds the pool of spec over the endpoint set eps, as the
+// successor of prev when prev differs from it in endpoints only.
+func buildUpstream(spec routes.Upstream, eps []resolvedEndpoint, prev *upstream, now func() time.Time, tel *telemetry.Telemetry, log *slog.Logger, certRecheck time.Duration) (*upstream, error) {
+	if prev != nil && prev.sameButEndpoints(spec) {
+		return prev.successor(spec, eps)
+	}
 	tlsConf, err := upstreamTLSConfig(spec, log, now, certRecheck)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %q: %w", spec.Name, err)
+	}
+	if tlsConf != nil && tlsConf.ServerName == "" && !tlsConf.InsecureSkipVerify && spec.UsesDNS() {
+		// Resolved endpoints are dialed by address; the certificate
+		// names the host as written.
+		tlsConf.ServerName = spec.DNSServerName()
 	}
 	u := &upstream{spec: spec, now: now, tls: tlsConf != nil}
 	if spec.Breaker != nil {
@@ -75,13 +100,6 @@ func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Tele
 	if spec.MaxConcurrent > 0 {
 		u.bulkhead = fallback.NewBulkhead(spec.MaxConcurrent)
 	}
-	u.ejector = fallback.NewEjector(len(spec.Endpoints), spec.Outlier.Settings())
-	switch spec.Balance {
-	case routes.BalanceRoundRobin:
-		u.bal = &roundRobin{}
-	default:
-		u.bal = p2cEWMA{}
-	}
 	c := upstreamConnConf{
 		dialTimeout: cmp.Or(max(spec.DialTimeout, 0), routes.DefaultDialTimeout),
 		maxMsg:      cmp.Or(max(spec.MaxMessageBytes, 0), routes.DefaultMaxMessageBytes),
@@ -89,17 +107,71 @@ func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Tele
 		idle:        cmp.Or(spec.Limits.IdleTimeout, routes.DefaultUpstreamIdleTimeout),
 		tls:         tlsConf,
 	}
-	for i, addr := range spec.Endpoints {
-		u.eps = append(u.eps, &endpoint{addr: addr, idx: i})
-		cc, err := c.grpcClient(addr)
+	u.pool = newUpstreamPool(c, c.httpTransport(spec.Protocol))
+	if err := u.setEndpoints(eps, nil); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// successor is u over another endpoint set: same breaker, bulkhead and
+// transport, the connections and balancing state of the endpoints that
+// remain, and their outlier ejections carried over. u keeps serving the
+// requests of its generation and releases the endpoints that left once
+// that generation has drained.
+func (u *upstream) successor(spec routes.Upstream, eps []resolvedEndpoint) (*upstream, error) {
+	n := &upstream{spec: spec, now: u.now, tls: u.tls, pool: u.pool, breaker: u.breaker, bulkhead: u.bulkhead}
+	if err := n.setEndpoints(eps, u); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// setEndpoints gives a new upstream its endpoints, their connections from
+// the pool, its balancer and its ejector, carrying state over from prev.
+func (u *upstream) setEndpoints(eps []resolvedEndpoint, prev *upstream) error {
+	u.pool.addUser()
+	switch u.spec.Balance {
+	case routes.BalanceRoundRobin:
+		u.bal = &roundRobin{}
+	default:
+		u.bal = p2cEWMA{}
+	}
+	u.resolved = eps
+	u.ejector = fallback.NewEjector(len(eps), u.spec.Outlier.Settings())
+	var from []int
+	if prev != nil {
+		from = make([]int, len(eps))
+		for i, re := range eps {
+			from[i] = prev.indexOf(re)
+		}
+		u.ejector.Carry(prev.ejector, from)
+	}
+	for i, re := range eps {
+		ep := &endpoint{addr: re.addr, idx: i, authority: re.authority}
+		if from != nil && from[i] >= 0 {
+			ep.carry(prev.eps[from[i]])
+		}
+		cc, err := u.pool.acquire(re)
 		if err != nil {
 			u.close()
-			return nil, fmt.Errorf("upstream %q endpoint %q: %w", spec.Name, addr, err)
+			return fmt.Errorf("upstream %q endpoint %q: %w", u.spec.Name, re.addr, err)
 		}
+		u.eps = append(u.eps, ep)
 		u.conns = append(u.conns, cc)
 	}
-	u.transport = c.httpTransport(spec.Protocol)
-	return u, nil
+	u.transport = u.pool.transport
+	return nil
+}
+
+// indexOf returns the index of re among u's endpoints, or -1.
+func (u *upstream) indexOf(re resolvedEndpoint) int {
+	for i, o := range u.resolved {
+		if o == re {
+			return i
+		}
+	}
+	return -1
 }
 
 // upstreamConnConf is what an upstream's connections are built with, its
@@ -114,14 +186,22 @@ type upstreamConnConf struct {
 
 // grpcClient is the ClientConn of one endpoint, for gRPC listeners. It
 // does not connect until the first call.
-func (c upstreamConnConf) grpcClient(addr string) (*grpc.ClientConn, error) {
+func (c upstreamConnConf) grpcClient(addr, authority string) (*grpc.ClientConn, error) {
+	var extra []grpc.DialOption
+	if authority != "" && (c.tls == nil || c.tls.ServerName == "") {
+		// A resolved address is called by the name as written: the
+		// :authority stays the host's. With TLS, the name to verify
+		// (tls.server_name, or the DNS host) is the authority already,
+		// and grpc-go refuses a second, different one.
+		extra = append(extra, grpc.WithAuthority(authority))
+	}
 	creds := insecure.NewCredentials()
 	if c.tls != nil {
 		// grpc-go offers h2 by ALPN and verifies the endpoint's host
 		// (or tls.server_name) against the certificate.
 		creds = credentials.NewTLS(c.tls)
 	}
-	return grpc.NewClient(addr,
+	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(
 			grpc.ForceCodecV2(rawCodec{}),
@@ -149,7 +229,8 @@ func (c upstreamConnConf) grpcClient(addr string) (*grpc.ClientConn, error) {
 		// A channel without calls for this long closes its connections
 		// and reconnects on the next call.
 		grpc.WithIdleTimeout(c.idle),
-	)
+	}, extra...)
+	return grpc.NewClient(addr, opts...)
 }
 
 // httpTransport carries HTTP listener traffic to the upstream: HTTP/1.1
@@ -187,18 +268,31 @@ func (c upstreamConnConf) httpTransport(protocol string) *http.Transport {
 	return t
 }
 
-// sameSpec reports whether this pool can serve spec unchanged.
-func (u *upstream) sameSpec(spec routes.Upstream) bool {
-	return reflect.DeepEqual(u.spec, spec)
+// sameSpec reports whether this pool can serve spec over eps unchanged.
+func (u *upstream) sameSpec(spec routes.Upstream, eps []resolvedEndpoint) bool {
+	return slices.Equal(u.resolved, eps) && reflect.DeepEqual(u.spec, spec)
 }
 
+// sameButEndpoints reports whether spec differs from u's in its endpoints
+// at most, so that a successor can share u's state.
+func (u *upstream) sameButEndpoints(spec routes.Upstream) bool {
+	if spec.UsesTLS() && spec.UsesDNS() && u.spec.DNSServerName() != spec.DNSServerName() {
+		return false // the name the TLS config verifies changed with the endpoints
+	}
+	a, b := u.spec, spec
+	a.Endpoints, b.Endpoints = nil, nil
+	return reflect.DeepEqual(a, b)
+}
+
+// close releases u's share of the pool: the connections of endpoints no
+// successor uses close, and the transport's idle connections once no
+// upstream uses it. Safe to call more than once.
 func (u *upstream) close() {
-	for _, cc := range u.conns {
-		cc.Close()
-	}
-	if u.transport != nil {
-		u.transport.CloseIdleConnections()
-	}
+	u.closeOnce.Do(func() {
+		if u.pool != nil {
+			u.pool.release(u.resolved[:len(u.conns)])
+		}
+	})
 }
 
 // pickHTTP chooses an endpoint not marked down.
@@ -246,6 +340,9 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		out := *req
 		url := *req.URL
 		url.Host = ep.addr
+		if ep.authority != "" {
+			out.Host = ep.authority // a resolved address: Host names the host as written
+		}
 		if u.tls {
 			url.Scheme = "https"
 		}

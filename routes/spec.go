@@ -456,7 +456,34 @@ type Upstream struct {
 	// TLS connects to the endpoints over TLS (nil: cleartext, except for
 	// h2, which is always TLS).
 	TLS *UpstreamTLS `yaml:"tls"`
+	// Discovery is how endpoints are found: empty, each endpoint is one
+	// address, dialed as written (a host name is resolved by the dialer
+	// on each connection); "dns", every endpoint whose host is a name is
+	// re-resolved every DNSRefresh and each A/AAAA address it has becomes
+	// an endpoint of its own (Kubernetes headless services). A single
+	// endpoint may ask for this alone by its "dns:///" prefix.
+	Discovery string `yaml:"discovery"`
+	// DNSRefresh is how often DNS endpoints are re-resolved
+	// (0: DefaultDNSRefresh); sooner when the answer's TTL says so, never
+	// sooner than MinDNSRefresh unless written lower. Only with DNS
+	// endpoints.
+	DNSRefresh time.Duration `yaml:"dns_refresh"`
 }
+
+// Discovery modes and the per-endpoint DNS prefix.
+const (
+	DiscoveryDNS = "dns"
+	// DNSEndpointPrefix marks one endpoint for DNS discovery, as in
+	// grpc-go's target syntax: dns:///nlu.bot.svc.cluster.local:7101.
+	DNSEndpointPrefix = "dns:///"
+	// DefaultDNSRefresh re-resolves DNS endpoints twice a minute: pods
+	// that come and go are followed within that, and the resolver is not
+	// loaded (Kubernetes' CoreDNS answers with a TTL of 30 s too).
+	DefaultDNSRefresh = 30 * time.Second
+	// MinDNSRefresh is the floor a TTL may bring the refresh down to: a
+	// TTL of 0 must not turn into a resolution loop.
+	MinDNSRefresh = time.Second
+)
 
 // UsesTLS reports whether the proxy connects to u over TLS.
 func (u *Upstream) UsesTLS() bool { return u.TLS != nil || u.Protocol == UpstreamH2 }

@@ -353,7 +353,7 @@ func (v *validator) upstreams() {
 		seen := make(map[string]int, len(u.Endpoints))
 		for j, ep := range u.Endpoints {
 			epPath := fmt.Sprintf("%s.endpoints[%d]", p, j)
-			if err := checkEndpoint(ep); err != nil {
+			if err := u.endpointSyntax(ep); err != nil {
 				v.errorf(epPath, "%v", err)
 				continue
 			}
@@ -363,6 +363,8 @@ func (v *validator) upstreams() {
 			}
 			seen[ep] = j
 		}
+
+		v.discovery(p, u)
 
 		switch u.Balance {
 		case "", BalanceP2CEWMA, BalanceRoundRobin:

@@ -61,6 +61,7 @@ type Telemetry struct {
 	replay    replayMetrics
 	listeners *listenerCollector
 	x         extras // genai metrics and the access log
+	disc      discoveryMetrics
 
 	turns atomic.Pointer[turnHook] // see SetTurnObserver
 
@@ -132,6 +133,7 @@ func New(opts Options) (*Telemetry, error) {
 		replay:     newReplayMetrics(opts.Registry),
 		listeners:  newListenerCollector(opts.Registry),
 		x:          newExtras(opts.Registry),
+		disc:       newDiscoveryMetrics(opts.Registry),
 		Store:      store,
 		Stats:      NewStats(),
 	}, nil

@@ -40,6 +40,8 @@ type app struct {
 	convDone chan struct{}
 
 	ready atomic.Bool
+	// xds is the xDS client when the file has an xds section.
+	xds *xdsSource
 
 	// reloading serializes reloads, file read included, so that two
 	// reloads cannot apply their files out of order. It is never held by
@@ -150,6 +152,18 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		return nil, err
 	}
 	tel.ConfigReloaded(true)
+	if err := a.startXDS(cfg, reg); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		a.proxy.Shutdown(ctx)
+		a.admin.Shutdown(ctx)
+		tel.SetAccessLog(nil).Close()
+		tel.Shutdown(ctx)
+		if conv != nil {
+			conv.Close()
+		}
+		return nil, err
+	}
 	if conv != nil {
 		ctx, stop := context.WithCancel(context.Background())
 		a.stopConv, a.convDone = stop, make(chan struct{})
@@ -196,7 +210,7 @@ func (a *app) reload(trigger string) {
 		// Apply either refuses the configuration whole (nothing changed) or
 		// swaps it in; a PartialError says it is live but a listener that
 		// had to wait for its address could not bind.
-		err = a.proxy.Apply(&cfg.Spec)
+		err = a.applyRouting(cfg)
 		var partial *proxy.PartialError
 		if err == nil || errors.As(err, &partial) {
 			a.cfg = cfg
@@ -232,6 +246,7 @@ func (a *app) reload(trigger string) {
 // stops everything.
 func (a *app) drain(grace time.Duration) {
 	a.ready.Store(false)
+	a.stopXDS()
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if err := a.proxy.Shutdown(ctx); err != nil {
@@ -266,6 +281,7 @@ func (a *app) configDoc() any {
 		"file":        a.path,
 		"config":      effective,
 		"last_reload": last,
+		"routing":     a.sourceDoc(),
 	}
 }
 
