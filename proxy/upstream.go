@@ -71,10 +71,6 @@ type upstream struct {
 	shared // generations holding this upstream
 }
 
-func newUpstream(spec routes.Upstream, now func() time.Time, tel *telemetry.Telemetry, log *slog.Logger, certRecheck time.Duration) (*upstream, error) {
-	return buildUpstream(spec, staticEndpoints(spec), nil, now, tel, log, certRecheck)
-}
-
 // buildUpstream builds the pool of spec over the endpoint set eps, as the
 // successor of prev when prev differs from it in endpoints only.
 func buildUpstream(spec routes.Upstream, eps []resolvedEndpoint, prev *upstream, now func() time.Time, tel *telemetry.Telemetry, log *slog.Logger, certRecheck time.Duration) (*upstream, error) {

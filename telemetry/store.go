@@ -767,8 +767,6 @@ func (s spanSet) find(id trace.SpanID) int {
 	return -1
 }
 
-func (s spanSet) has(id trace.SpanID) bool { return s.find(id) >= 0 }
-
 // tree is the parent structure of a trace's spans, by index.
 type tree struct {
 	parent   []int           // -1: root

@@ -440,7 +440,8 @@ func headerExact(h *routev3.HeaderMatcher) (string, bool) {
 		}
 		return "", false
 	}
-	if x := h.GetExactMatch(); x != "" { //nolint:staticcheck // the deprecated form is still sent
+	//lint:ignore SA1019 the deprecated form is still sent by control planes
+	if x := h.GetExactMatch(); x != "" {
 		return x, true
 	}
 	return "", false
@@ -529,6 +530,7 @@ func translateCluster(c *clusterv3.Cluster, rs *resources, path string, errs *fi
 	case clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
 		cla = c.GetLoadAssignment()
 		u.Discovery = routes.DiscoveryDNS
+		//lint:ignore SA1019 control planes (ours included) still send the field
 		if r := c.GetDnsRefreshRate(); r != nil {
 			u.DNSRefresh = r.AsDuration()
 		}
@@ -541,7 +543,8 @@ func translateCluster(c *clusterv3.Cluster, rs *resources, path string, errs *fi
 
 // clusterHTTP2 reports whether the cluster speaks HTTP/2 to its endpoints.
 func clusterHTTP2(c *clusterv3.Cluster) bool {
-	if c.GetHttp2ProtocolOptions() != nil { //nolint:staticcheck // still sent by older control planes
+	//lint:ignore SA1019 older control planes still send the deprecated field
+	if c.GetHttp2ProtocolOptions() != nil {
 		return true
 	}
 	a := c.GetTypedExtensionProtocolOptions()[HTTPProtocolOptionsKey]
