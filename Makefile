@@ -72,7 +72,7 @@ bench-peers:
 
 ## bench-peers-short: the same in about 2 minutes (1 round, short runs; report only, asserts no speed)
 bench-peers-short:
-	$(PEERS_RUN) -rounds 1 -duration 2s -rate-duration 1s -warmup 0 -out "" $(PEERS_ARGS)
+	$(PEERS_RUN) -rounds 1 -duration 2s -rate-duration 1s -warmup 500ms -out "" $(PEERS_ARGS)
 
 ## check-config: validate the example configuration
 check-config:
