@@ -208,6 +208,15 @@ func measureTarget(ctx context.Context, stdout io.Writer, l *loader, proc procFS
 	return nil
 }
 
+// ghzVersion names the ghz in use: a go-installed ghz says "dev", so the
+// version install.sh recorded next to it is preferred.
+func ghzVersion(ghz string, version func(...string) string) string {
+	if b, err := os.ReadFile(filepath.Join(filepath.Dir(ghz), "ghz.version")); err == nil {
+		return "ghz " + strings.TrimSpace(string(b))
+	}
+	return "ghz " + version(ghz, "--version")
+}
+
 // describeMachine is the report's machine line: CPU, cores, memory,
 // kernel, the load at the start (the machine may be shared) and the
 // versions of everything measured.
@@ -245,6 +254,6 @@ func describeMachine(ctx context.Context, ghz string) string {
 		line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
 		return line
 	}
-	parts = append(parts, version("nginx", "-v"), version("haproxy", "-v"), version("wrk", "--version"), version("h2load", "--version"), "ghz "+version(ghz, "--version"))
+	parts = append(parts, version("nginx", "-v"), version("haproxy", "-v"), version("wrk", "--version"), version("h2load", "--version"), ghzVersion(ghz, version))
 	return strings.Join(parts, "; ")
 }
