@@ -56,10 +56,14 @@ type results struct {
 	samples map[string]map[string][]sample
 	rss     map[string][]float64 // peak RSS per round, bytes
 	spans   map[string]int64     // spans the OTLP sink received
+
+	idleRSS    map[string][]float64 // resident with the idle connections open, per round, bytes
+	idleFailed map[string]int64     // idle connections not opened or not kept
 }
 
 func newResults() *results {
-	return &results{samples: map[string]map[string][]sample{}, rss: map[string][]float64{}, spans: map[string]int64{}}
+	return &results{samples: map[string]map[string][]sample{}, rss: map[string][]float64{}, spans: map[string]int64{},
+		idleRSS: map[string][]float64{}, idleFailed: map[string]int64{}}
 }
 
 func (r *results) add(target, workload string, s sample) {

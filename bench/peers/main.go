@@ -59,6 +59,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		hopwatch   = fs.String("hopwatch", "bin/proxy", "hopwatch binary (built from cmd/proxy)")
 		ghz        = fs.String("ghz", "ghz", "ghz binary")
 		protos     = fs.String("protos", "proto", "import path of bot/v1/bot.proto")
+		idleN      = fs.Int("idle-conns", 10000, "idle keep-alive connections whose RSS cost is measured per proxy (0: skip; HAProxy is skipped, its maxconn is bounded by the file limit)")
 		out        = fs.String("out", "docs/benchmarks.md", "report to update (between its markers); empty: stdout only")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -123,6 +124,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 				return err
 			}
 			fmt.Fprintf(stdout, "round %d/%d: %s\n", r+1, *rounds, t.Name)
+			if *idleN > 0 && t.Name != "direct" && t.Name != "haproxy" {
+				if err := measureIdle(ctx, stdout, env, proc, t, *idleN, res); err != nil {
+					return fmt.Errorf("round %d: %s: idle connections: %w", r+1, t.Name, err)
+				}
+			}
 			spans0 := sk.spans.Load()
 			p, ta, err := t.start(ctx, env)
 			if err != nil {
@@ -145,7 +151,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	info := runInfo{
 		When: time.Now(), Machine: describeMachine(ctx, *ghz), Rounds: *rounds, Duration: *dur, RateWindow: *rateDur,
-		Targets: names, WorkloadUnits: map[string]string{}, Rates: map[string]string{},
+		Targets: names, WorkloadUnits: map[string]string{}, Rates: map[string]string{}, IdleConns: *idleN,
 	}
 	for _, w := range wls {
 		info.Workloads = append(info.Workloads, w.Name)
@@ -158,6 +164,28 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return nil
 	}
 	return writeReport(*out, gen)
+}
+
+// measureIdle starts the target fresh, opens n idle keep-alive
+// connections to its HTTP/1.1 listener (one request each), and records the
+// target's resident memory while they are open.
+func measureIdle(ctx context.Context, stdout io.Writer, env *runEnv, proc procFS, t target, n int, res *results) error {
+	p, a, err := t.start(ctx, env)
+	if err != nil {
+		return err
+	}
+	defer p.stop()
+	ic, closeAll := openIdle(ctx, a.HTTP, n)
+	defer closeAll()
+	time.Sleep(time.Second) // let goroutines park and buffers settle
+	u, err := proc.treeUsage(p.pid())
+	if err != nil {
+		return err
+	}
+	res.idleRSS[t.Name] = append(res.idleRSS[t.Name], float64(u.RSSBytes))
+	res.idleFailed[t.Name] += int64(ic.Failed)
+	fmt.Fprintf(stdout, "  idle         %d connections open (%d not kept): RSS %.1f MiB\n", ic.Open, ic.Failed, float64(u.RSSBytes)/(1<<20))
+	return nil
 }
 
 // measureTarget runs every workload against one started target.

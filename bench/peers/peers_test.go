@@ -1,15 +1,21 @@
 package main
 
 import (
+	"context"
 	"math"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hopwatch/hopwatch/config"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 )
 
 func TestParseStat(t *testing.T) {
@@ -308,7 +314,7 @@ func TestCheckGoals(t *testing.T) {
 		"HTTP/1.1: CPU/request ≤ 1.5× nginx":                        false, // 1.55×
 		"gRPC unary: sampled at 0 vs 100% (store) ≤ 10% apart":      false, // +12.5%
 	}
-	gs := checkGoals(res)
+	gs := checkGoals(res, 10000)
 	if len(gs) != len(want) {
 		t.Fatalf("got %d goals, want %d: %+v", len(gs), len(want), gs)
 	}
@@ -387,6 +393,88 @@ func TestRenderConfigs(t *testing.T) {
 			if out, err := exec.Command(tc.check[0], append(tc.check[1:], path)...).CombinedOutput(); err != nil {
 				t.Fatalf("%s rejects the rendered config: %v\n%s\n%s", tc.check[0], err, out, b)
 			}
+		})
+	}
+}
+
+func TestIdleGoal(t *testing.T) {
+	tests := []struct {
+		name      string
+		rss       []float64
+		failed    int64
+		conns     int
+		wantGoal  bool
+		wantHolds bool
+	}{
+		{name: "under the bound", rss: []float64{150 << 20, 190 << 20, 260 << 20}, conns: 10000, wantGoal: true, wantHolds: true},
+		{name: "over the bound", rss: []float64{210 << 20, 220 << 20, 100 << 20}, conns: 10000, wantGoal: true, wantHolds: false},
+		{name: "connections dropped", rss: []float64{100 << 20}, failed: 3, conns: 10000, wantGoal: true, wantHolds: false},
+		{name: "fewer connections than the goal names", rss: []float64{100 << 20}, conns: 1000, wantGoal: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := newResults()
+			res.idleRSS["hopwatch"] = tc.rss
+			res.idleFailed["hopwatch"] = tc.failed
+			var found *goal
+			for _, g := range checkGoals(res, tc.conns) {
+				if strings.Contains(g.What, "idle client connections") {
+					found = &g
+				}
+			}
+			if (found != nil) != tc.wantGoal {
+				t.Fatalf("goal present %v, want %v", found != nil, tc.wantGoal)
+			}
+			if found != nil && found.Holds != tc.wantHolds {
+				t.Fatalf("holds %v, want %v (%+v)", found.Holds, tc.wantHolds, *found)
+			}
+		})
+	}
+}
+
+// TestOpenIdle: every connection gets its answer and stays open until
+// closed; a server that closes after answering is counted as not kept.
+func TestOpenIdle(t *testing.T) {
+	tests := []struct {
+		name     string
+		close    bool
+		wantOpen int
+	}{
+		{name: "keep-alive", wantOpen: 40},
+		{name: "server closes", close: true, wantOpen: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			open := 0
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if tc.close {
+					w.Header().Set("Connection", "close")
+				}
+				w.Write([]byte("ok"))
+			}))
+			srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+				mu.Lock()
+				defer mu.Unlock()
+				switch s {
+				case http.StateNew:
+					open++
+				case http.StateClosed, http.StateHijacked:
+					open--
+				}
+			}
+			srv.Start()
+			defer srv.Close()
+			ic, closeAll := openIdle(context.Background(), srv.Listener.Addr().String(), 40)
+			if ic.Open != tc.wantOpen || ic.Open+ic.Failed != 40 {
+				t.Fatalf("got %+v, want %d open of 40", ic, tc.wantOpen)
+			}
+			testkit.WaitFor(t, "server's view of the open connections", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return open == tc.wantOpen
+			})
+			closeAll()
 		})
 	}
 }

@@ -52,23 +52,28 @@ func parseStat(line []byte) (procStat, error) {
 
 // parseHWM returns VmHWM (peak resident set) in bytes from a
 // /proc/<pid>/status file.
-func parseHWM(status []byte) (int64, error) {
+func parseHWM(status []byte) (int64, error) { return parseStatusKB(status, "VmHWM") }
+
+// parseStatusKB returns a "Field:   N kB" line of /proc/<pid>/status in
+// bytes.
+func parseStatusKB(status []byte, field string) (int64, error) {
+	prefix := []byte(field + ":")
 	for line := range bytes.Lines(status) {
-		rest, ok := bytes.CutPrefix(line, []byte("VmHWM:"))
+		rest, ok := bytes.CutPrefix(line, prefix)
 		if !ok {
 			continue
 		}
 		f := strings.Fields(string(rest))
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("status: VmHWM: unexpected %q", bytes.TrimSpace(rest))
+			return 0, fmt.Errorf("status: %s: unexpected %q", field, bytes.TrimSpace(rest))
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("status: VmHWM: %w", err)
+			return 0, fmt.Errorf("status: %s: %w", field, err)
 		}
 		return kb << 10, nil
 	}
-	return 0, errors.New("status: no VmHWM")
+	return 0, fmt.Errorf("status: no %s", field)
 }
 
 // procRoot is /proc; tests point it elsewhere.
@@ -107,6 +112,7 @@ func (p procFS) tree(pid int) ([]int, error) {
 type usage struct {
 	CPUSeconds float64
 	HWMBytes   int64
+	RSSBytes   int64 // resident now
 }
 
 // treeUsage sums CPU time and VmHWM over pid and its descendants.
@@ -133,6 +139,9 @@ func (p procFS) treeUsage(pid int) (usage, error) {
 		if b, err := os.ReadFile(filepath.Join(dir, "status")); err == nil {
 			if h, err := parseHWM(b); err == nil {
 				u.HWMBytes += h
+			}
+			if r, err := parseStatusKB(b, "VmRSS"); err == nil {
+				u.RSSBytes += r
 			}
 		}
 	}

@@ -24,6 +24,7 @@ type runInfo struct {
 	Duration, RateWindow time.Duration
 	Targets, Workloads   []string
 	WorkloadUnits, Rates map[string]string
+	IdleConns            int // idle connections per proxy in the memory table
 }
 
 func fmtFloat(v float64, prec int) string {
@@ -82,20 +83,24 @@ func renderTables(res *results, info runInfo) string {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("### Peak RSS (VmHWM over a round, all workloads; nginx: master + workers)\n\n| target | peak RSS MiB | spans received by the OTLP sink |\n|---|---:|---:|\n")
+	fmt.Fprintf(&b, "### Memory (nginx: master + workers)\n\n| target | peak RSS MiB (VmHWM over a round of load) | RSS MiB with %d idle keep-alive connections | idle connections not kept | spans received by the OTLP sink |\n|---|---:|---:|---:|---:|\n", info.IdleConns)
 	for _, t := range info.Targets {
 		v, ok := res.rss[t]
 		if !ok {
 			continue
 		}
-		spans := "–"
+		spans, idle, idleFailed := "–", "–", "–"
 		if n, ok := res.spans[t]; ok {
 			spans = fmt.Sprint(n)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s |\n", t, fmtFloat(median(v)/(1<<20), 1), spans)
+		if r, ok := res.idleRSS[t]; ok {
+			idle = fmtFloat(median(r)/(1<<20), 1)
+			idleFailed = fmt.Sprint(res.idleFailed[t])
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", t, fmtFloat(median(v)/(1<<20), 1), idle, idleFailed, spans)
 	}
 	b.WriteString("\n")
-	b.WriteString(renderGoals(res))
+	b.WriteString(renderGoals(res, info.IdleConns))
 	return b.String()
 }
 
@@ -107,7 +112,7 @@ type goal struct {
 	Known bool
 }
 
-func checkGoals(res *results) []goal {
+func checkGoals(res *results, idleConns int) []goal {
 	var gs []goal
 	get := func(t, w string) (summary, bool) { return res.summary(t, w) }
 	store, ok1 := get("hopwatch", "grpc-unary")
@@ -133,11 +138,15 @@ func checkGoals(res *results) []goal {
 		r := ratio(store.CPUPerOp, s0.CPUPerOp)
 		gs = append(gs, goal{"gRPC unary: sampled at 0 vs 100% (store) ≤ 10% apart", fmt.Sprintf("%+.0f%%", (r-1)*100), math.Abs(r-1) <= 0.10, !math.IsNaN(r)})
 	}
+	if r, ok := res.idleRSS["hopwatch"]; ok && idleConns >= 10000 {
+		m := median(r) / (1 << 20)
+		gs = append(gs, goal{fmt.Sprintf("%d idle client connections: RSS ≤ 200 MiB", idleConns), fmt.Sprintf("%.0f MiB", m), m <= 200 && res.idleFailed["hopwatch"] == 0, !math.IsNaN(m)})
+	}
 	return gs
 }
 
-func renderGoals(res *results) string {
-	gs := checkGoals(res)
+func renderGoals(res *results, idleConns int) string {
+	gs := checkGoals(res, idleConns)
 	if len(gs) == 0 {
 		return ""
 	}
