@@ -18,7 +18,9 @@
 //   - throughput at saturation;
 //   - added p50/p99 latency at the fixed rate, against the direct target;
 //   - peak RSS: VmHWM, summed over the target's processes;
-//   - failed calls: errors and non-2xx/non-OK answers, summed over all runs.
+//   - failed calls: errors and non-2xx/non-OK answers, summed over all runs;
+//   - RSS with 10,000 idle HTTP/1.1 keep-alive connections (one request
+//     each), on a freshly started proxy (-idle-conns; HAProxy left out).
 //
 // Load generators are the usual outside programs: ghz (gRPC), wrk (HTTP/1.1
 // at saturation) and h2load (h2c, SSE and every fixed-rate HTTP run, whose

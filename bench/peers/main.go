@@ -60,6 +60,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		ghz        = fs.String("ghz", "ghz", "ghz binary")
 		protos     = fs.String("protos", "proto", "import path of bot/v1/bot.proto")
 		idleN      = fs.Int("idle-conns", 10000, "idle keep-alive connections whose RSS cost is measured per proxy (0: skip; HAProxy is skipped, its maxconn is bounded by the file limit)")
+		idleWait   = fs.Duration("idle-wait", time.Second, "how long the idle connections stay open before the proxy's RSS is read")
 		out        = fs.String("out", "docs/benchmarks.md", "report to update (between its markers); empty: stdout only")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -125,7 +126,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 			fmt.Fprintf(stdout, "round %d/%d: %s\n", r+1, *rounds, t.Name)
 			if *idleN > 0 && t.Name != "direct" && t.Name != "haproxy" {
-				if err := measureIdle(ctx, stdout, env, proc, t, *idleN, res); err != nil {
+				if err := measureIdle(ctx, stdout, env, proc, t, *idleN, *idleWait, res); err != nil {
 					return fmt.Errorf("round %d: %s: idle connections: %w", r+1, t.Name, err)
 				}
 			}
@@ -169,7 +170,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 // measureIdle starts the target fresh, opens n idle keep-alive
 // connections to its HTTP/1.1 listener (one request each), and records the
 // target's resident memory while they are open.
-func measureIdle(ctx context.Context, stdout io.Writer, env *runEnv, proc procFS, t target, n int, res *results) error {
+func measureIdle(ctx context.Context, stdout io.Writer, env *runEnv, proc procFS, t target, n int, wait time.Duration, res *results) error {
 	p, a, err := t.start(ctx, env)
 	if err != nil {
 		return err
@@ -177,7 +178,11 @@ func measureIdle(ctx context.Context, stdout io.Writer, env *runEnv, proc procFS
 	defer p.stop()
 	ic, closeAll := openIdle(ctx, a.HTTP, n)
 	defer closeAll()
-	time.Sleep(time.Second) // let goroutines park and buffers settle
+	select { // let goroutines park and buffers settle
+	case <-time.After(wait):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	u, err := proc.treeUsage(p.pid())
 	if err != nil {
 		return err
