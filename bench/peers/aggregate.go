@@ -59,11 +59,13 @@ type results struct {
 
 	idleRSS    map[string][]float64 // resident with the idle connections open, per round, bytes
 	idleFailed map[string]int64     // idle connections not opened or not kept
+
+	streams map[string][]loadResult // concurrently open server streams, per round
 }
 
 func newResults() *results {
 	return &results{samples: map[string]map[string][]sample{}, rss: map[string][]float64{}, spans: map[string]int64{},
-		idleRSS: map[string][]float64{}, idleFailed: map[string]int64{}}
+		idleRSS: map[string][]float64{}, idleFailed: map[string]int64{}, streams: map[string][]loadResult{}}
 }
 
 func (r *results) add(target, workload string, s sample) {

@@ -40,6 +40,13 @@ type inference struct {
 	botv1.UnimplementedInferenceServer
 }
 
+// slowPrompt makes Generate pause slowTokenGap between tokens, so that
+// many streams are open at once, as token streams of a language model are.
+const (
+	slowPrompt   = "slow"
+	slowTokenGap = 50 * time.Millisecond
+)
+
 // Generate sends max_tokens small messages.
 func (inference) Generate(req *botv1.GenerateRequest, s grpc.ServerStreamingServer[botv1.Token]) error {
 	n := int(req.GetMaxTokens())
@@ -47,6 +54,13 @@ func (inference) Generate(req *botv1.GenerateRequest, s grpc.ServerStreamingServ
 		n = streamMessages
 	}
 	for i := range n {
+		if req.GetPrompt() == slowPrompt && i > 0 {
+			select {
+			case <-time.After(slowTokenGap):
+			case <-s.Context().Done():
+				return s.Context().Err()
+			}
+		}
 		if err := s.Send(&botv1.Token{Text: "tok", Index: uint32(i)}); err != nil {
 			return err
 		}

@@ -81,6 +81,26 @@ const (
 	h2Streams       = 16
 )
 
+// openStreamTokens is how many tokens each of the concurrently open
+// streams carries, slowTokenGap apart: about a second per stream.
+const (
+	openStreamTokens = 20
+	openStreamConns  = 20
+)
+
+// runOpenStreams opens n server streams at once (n calls, n workers, over
+// openStreamConns connections) and lets each run to its end.
+func (l *loader) runOpenStreams(ctx context.Context, addr string, n int) (loadResult, error) {
+	args := []string{"--insecure", "--proto", filepath.Join(l.protos, "bot/v1/bot.proto"), "--import-paths", l.protos,
+		"--call", "bot.v1.Inference/Generate", "-d", fmt.Sprintf(`{"session_id":"s1","prompt":%q,"max_tokens":%d}`, slowPrompt, openStreamTokens),
+		"-c", strconv.Itoa(n), "--connections", strconv.Itoa(min(n, openStreamConns)), "-n", strconv.Itoa(n), "-t", "60s", "-O", "json", addr}
+	out, err := exec.CommandContext(ctx, l.ghz, args...).Output()
+	if err != nil {
+		return loadResult{}, fmt.Errorf("ghz: %w", withStderr(err))
+	}
+	return parseGHZ(out, 1)
+}
+
 func (l *loader) runGHZ(ctx context.Context, addr, call, data string, d time.Duration, rate int, per float64) (loadResult, error) {
 	args := []string{"--insecure", "--proto", filepath.Join(l.protos, "bot/v1/bot.proto"), "--import-paths", l.protos,
 		"--call", call, "-d", data, "-c", strconv.Itoa(grpcConcurrency), "--connections", strconv.Itoa(grpcConns),

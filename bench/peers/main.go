@@ -61,6 +61,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		protos     = fs.String("protos", "proto", "import path of bot/v1/bot.proto")
 		idleN      = fs.Int("idle-conns", 10000, "idle keep-alive connections whose RSS cost is measured per proxy (0: skip; HAProxy is skipped, its maxconn is bounded by the file limit)")
 		idleWait   = fs.Duration("idle-wait", time.Second, "how long the idle connections stay open before the proxy's RSS is read")
+		streamsN   = fs.Int("open-streams", 1000, "server streams held open at once through each target (0: skip)")
 		out        = fs.String("out", "docs/benchmarks.md", "report to update (between its markers); empty: stdout only")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -136,6 +137,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 				return fmt.Errorf("round %d: %s: %w", r+1, t.Name, err)
 			}
 			err = measureTarget(ctx, stdout, l, proc, p, ta, t.Name, wls, *dur, *rateDur, *warmup, res)
+			if err == nil && *streamsN > 0 {
+				var sr loadResult
+				if sr, err = l.runOpenStreams(ctx, ta.GRPC, *streamsN); err == nil {
+					res.streams[t.Name] = append(res.streams[t.Name], sr)
+					fmt.Fprintf(stdout, "  open streams %d of %d completed, %d failed\n", int(sr.Ops), *streamsN, sr.Failed)
+					for _, e := range sr.Errors {
+						fmt.Fprintf(stdout, "    open streams: %s\n", e)
+					}
+				}
+			}
 			if p != nil {
 				if u, uerr := proc.treeUsage(p.pid()); uerr == nil {
 					res.rss[t.Name] = append(res.rss[t.Name], float64(u.HWMBytes))
@@ -152,7 +163,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	info := runInfo{
 		When: time.Now(), Machine: describeMachine(ctx, *ghz), Rounds: *rounds, Duration: *dur, RateWindow: *rateDur,
-		Targets: names, WorkloadUnits: map[string]string{}, Rates: map[string]string{}, IdleConns: *idleN,
+		Targets: names, WorkloadUnits: map[string]string{}, Rates: map[string]string{}, IdleConns: *idleN, OpenStreams: *streamsN,
 	}
 	for _, w := range wls {
 		info.Workloads = append(info.Workloads, w.Name)

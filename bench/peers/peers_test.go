@@ -314,7 +314,7 @@ func TestCheckGoals(t *testing.T) {
 		"HTTP/1.1: CPU/request ≤ 1.5× nginx":                        false, // 1.55×
 		"gRPC unary: sampled at 0 vs 100% (store) ≤ 10% apart":      false, // +12.5%
 	}
-	gs := checkGoals(res, 10000)
+	gs := checkGoals(res, runInfo{IdleConns: 10000})
 	if len(gs) != len(want) {
 		t.Fatalf("got %d goals, want %d: %+v", len(gs), len(want), gs)
 	}
@@ -417,7 +417,7 @@ func TestIdleGoal(t *testing.T) {
 			res.idleRSS["hopwatch"] = tc.rss
 			res.idleFailed["hopwatch"] = tc.failed
 			var found *goal
-			for _, g := range checkGoals(res, tc.conns) {
+			for _, g := range checkGoals(res, runInfo{IdleConns: tc.conns}) {
 				if strings.Contains(g.What, "idle client connections") {
 					found = &g
 				}
@@ -475,6 +475,28 @@ func TestOpenIdle(t *testing.T) {
 				return open == tc.wantOpen
 			})
 			closeAll()
+		})
+	}
+}
+
+func TestStreamsGoal(t *testing.T) {
+	tests := []struct {
+		name      string
+		rounds    []loadResult
+		wantHolds bool
+	}{
+		{name: "all completed", rounds: []loadResult{{Ops: 1000}, {Ops: 1000}}, wantHolds: true},
+		{name: "one failed", rounds: []loadResult{{Ops: 1000}, {Ops: 999, Failed: 1}}, wantHolds: false},
+		{name: "one missing", rounds: []loadResult{{Ops: 1000}, {Ops: 999}}, wantHolds: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := newResults()
+			res.streams["hopwatch"] = tc.rounds
+			gs := checkGoals(res, runInfo{OpenStreams: 1000})
+			if len(gs) != 1 || gs[0].Holds != tc.wantHolds {
+				t.Fatalf("got %+v, want one goal holding %v", gs, tc.wantHolds)
+			}
 		})
 	}
 }

@@ -25,6 +25,7 @@ type runInfo struct {
 	Targets, Workloads   []string
 	WorkloadUnits, Rates map[string]string
 	IdleConns            int // idle connections per proxy in the memory table
+	OpenStreams          int // concurrently open server streams
 }
 
 func fmtFloat(v float64, prec int) string {
@@ -100,7 +101,25 @@ func renderTables(res *results, info runInfo) string {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", t, fmtFloat(median(v)/(1<<20), 1), idle, idleFailed, spans)
 	}
 	b.WriteString("\n")
-	b.WriteString(renderGoals(res, info.IdleConns))
+	if info.OpenStreams > 0 {
+		fmt.Fprintf(&b, "### %d server streams open at once\n\nEach a %d-message `Generate` stream, %s between messages, over %d connections; all rounds summed.\n\n| target | completed | failed |\n|---|---:|---:|\n",
+			info.OpenStreams, openStreamTokens, slowTokenGap, min(info.OpenStreams, openStreamConns))
+		for _, t := range info.Targets {
+			rs, ok := res.streams[t]
+			if !ok {
+				continue
+			}
+			var done float64
+			var failed int64
+			for _, r := range rs {
+				done += r.Ops
+				failed += r.Failed
+			}
+			fmt.Fprintf(&b, "| %s | %.0f | %d |\n", t, done, failed)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString(renderGoals(res, info))
 	return b.String()
 }
 
@@ -112,7 +131,8 @@ type goal struct {
 	Known bool
 }
 
-func checkGoals(res *results, idleConns int) []goal {
+func checkGoals(res *results, info runInfo) []goal {
+	idleConns := info.IdleConns
 	var gs []goal
 	get := func(t, w string) (summary, bool) { return res.summary(t, w) }
 	store, ok1 := get("hopwatch", "grpc-unary")
@@ -142,11 +162,21 @@ func checkGoals(res *results, idleConns int) []goal {
 		m := median(r) / (1 << 20)
 		gs = append(gs, goal{fmt.Sprintf("%d idle client connections: RSS ≤ 200 MiB", idleConns), fmt.Sprintf("%.0f MiB", m), m <= 200 && res.idleFailed["hopwatch"] == 0, !math.IsNaN(m)})
 	}
+	if rs, ok := res.streams["hopwatch"]; ok && info.OpenStreams >= 1000 {
+		var done float64
+		var failed int64
+		for _, r := range rs {
+			done += r.Ops
+			failed += r.Failed
+		}
+		want := float64(info.OpenStreams * len(rs))
+		gs = append(gs, goal{fmt.Sprintf("%d open server streams keep working", info.OpenStreams), fmt.Sprintf("%.0f of %.0f completed", done, want), failed == 0 && done == want, true})
+	}
 	return gs
 }
 
-func renderGoals(res *results, idleConns int) string {
-	gs := checkGoals(res, idleConns)
+func renderGoals(res *results, info runInfo) string {
+	gs := checkGoals(res, info)
 	if len(gs) == 0 {
 		return ""
 	}
