@@ -84,7 +84,11 @@ func renderTables(res *results, info runInfo) string {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "### Memory (nginx: master + workers)\n\n| target | peak RSS MiB (VmHWM over a round of load) | RSS MiB with %d idle keep-alive connections | idle connections not kept | spans received by the OTLP sink |\n|---|---:|---:|---:|---:|\n", info.IdleConns)
+	idleCol := fmt.Sprintf("RSS MiB with %d idle keep-alive connections", info.IdleConns)
+	if info.IdleConns == 0 {
+		idleCol = "RSS MiB with idle connections (not measured)"
+	}
+	fmt.Fprintf(&b, "### Memory (nginx: master + workers)\n\n| target | peak RSS MiB (VmHWM over a round of load) | %s | idle connections not kept | spans received by the OTLP sink |\n|---|---:|---:|---:|---:|\n", idleCol)
 	for _, t := range info.Targets {
 		v, ok := res.rss[t]
 		if !ok {
