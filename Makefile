@@ -4,7 +4,7 @@ PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test run lint fuzz bench check-config dashboard e2e-tools soak
+.PHONY: build test run lint fuzz bench check-config dashboard e2e-tools soak bench-peers bench-peers-short
 
 # deploy/ is its own Go module (kustomize, k8s.io/api, the Grafana SDK and
 # the PromQL parser stay out of the proxy's go.mod); test and lint cover it
@@ -89,6 +89,23 @@ bench:
 ## dashboard: regenerate deploy/grafana/hopwatch.json from its Go code (deploy/grafana)
 dashboard:
 	cd $(DEPLOY) && $(GO) generate ./grafana/
+
+# bench-peers: hopwatch side by side with nginx and HAProxy (and direct) on
+# loopback; see bench/peers/doc.go. Installs its programs (apt-get, a pinned
+# ghz), builds the proxy, runs alternating rounds and rewrites the generated
+# part of docs/benchmarks.md. PEERS_ARGS adds flags (-rounds, -duration,
+# -targets, -workloads ...).
+PEERS_ARGS ?=
+PEERS_RUN   = bench/peers/install.sh && $(GO) build -o bin/proxy ./cmd/proxy && \
+	$(GO) run ./bench/peers -hopwatch bin/proxy -ghz bin/tools/ghz
+
+## bench-peers: side-by-side benchmark against nginx and HAProxy (about 15 minutes), writes docs/benchmarks.md
+bench-peers:
+	$(PEERS_RUN) $(PEERS_ARGS)
+
+## bench-peers-short: the same in about 2 minutes (1 round, short runs; report only, asserts no speed)
+bench-peers-short:
+	$(PEERS_RUN) -rounds 1 -duration 2s -rate-duration 1s -warmup 500ms -out "" $(PEERS_ARGS)
 
 ## check-config: validate the example configuration
 check-config:

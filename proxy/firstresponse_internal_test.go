@@ -70,3 +70,22 @@ func TestFirstResponseContext(t *testing.T) {
 
 // testKey is a context key of this test only.
 type testKey struct{}
+
+// TestFirstResponseAllocs bounds what a call's context costs on the hot
+// path (every call on a route without a written timeout): following the
+// parent directly, not through inner, spares inner a children map (17
+// allocations per call before, with the parent's own).
+func TestFirstResponseAllocs(t *testing.T) {
+	root, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := testing.AllocsPerRun(200, func() {
+		parent, cancel := context.WithCancel(root) // as a request's context is
+		fr := newFirstResponse(parent, time.Minute)
+		fr.started()
+		fr.release()
+		cancel()
+	})
+	if got > 14 {
+		t.Fatalf("%v allocations per call, want at most 14", got)
+	}
+}

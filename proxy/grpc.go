@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -48,6 +49,13 @@ func (p *Proxy) newGRPCServer(listener string, maxMsg int, lim limits, guard *co
 			return err
 		}),
 		grpc.ForceServerCodecV2(rawCodec{}),
+		// Calls run on a pool of goroutines whose stacks have already
+		// grown to what a proxied call needs, instead of a new goroutine
+		// per call that grows its stack again (runtime.newstack and
+		// copystack were ~6% of the proxy's CPU on unary calls, see
+		// docs/benchmarks.md). When every worker is busy grpc-go starts a
+		// goroutine as before, so this bounds nothing.
+		grpc.NumStreamWorkers(streamWorkers()),
 		grpc.MaxRecvMsgSize(maxMsg),
 		grpc.MaxSendMsgSize(maxMsg),
 		// Advertised as SETTINGS_MAX_HEADER_LIST_SIZE and enforced while
@@ -74,6 +82,17 @@ func (p *Proxy) newGRPCServer(listener string, maxMsg int, lim limits, guard *co
 			PermitWithoutStream: true,
 		}),
 	}, extra...)...)
+}
+
+// streamWorkersPerCPU sizes the gRPC listener's worker pool: calls wait
+// on their upstream most of their life, so many more workers than CPUs
+// are busy at once; an idle worker costs one parked goroutine.
+const streamWorkersPerCPU = 16
+
+// streamWorkers follows GOMAXPROCS, which the Go runtime sets from the
+// CPU quota of the container (cgroup) as well as the machine's CPUs.
+func streamWorkers() uint32 {
+	return uint32(streamWorkersPerCPU * runtime.GOMAXPROCS(0))
 }
 
 // mdHeader adapts gRPC metadata to routes.Header and to OpenTelemetry's

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"sync"
 
-	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc/codes"
 
 	"github.com/hopwatch/hopwatch/routes"
@@ -58,7 +57,7 @@ func (h httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		method = r.URL.Path // the gRPC method, bounded per route by telemetry
 	}
 	clientCtx := r.Context()
-	ctx, hop := rt.tel.Start(clientCtx, propagation.HeaderCarrier(r.Header), gen.listeners[h.listener].callerOf(r.Header, r.TLS), method)
+	ctx, hop := rt.tel.Start(clientCtx, headerCarrier(r.Header), gen.listeners[h.listener].callerOf(r.Header, r.TLS), method)
 	if hop != nil {
 		ctx = context.WithValue(ctx, hopKey{}, hop)
 	}

@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
@@ -349,7 +348,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		_, att := hop.Attempt(req.Context(), ep.addr)
 		// out.Header is ReverseProxy's own copy of the inbound headers for
 		// this request, so the attempt may write its trace context there.
-		att.Inject(propagation.HeaderCarrier(out.Header), out.Header.Del)
+		att.Inject(headerCarrier(out.Header), headerCarrier(out.Header).del)
 		ep.inflight.Add(1)
 		resp, err := u.transport.RoundTrip(&out)
 		canceled := errors.Is(req.Context().Err(), context.Canceled)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -40,6 +41,7 @@ func run(args []string, stdout, stderr io.Writer, sig <-chan os.Signal) int {
 		grace     = fs.Duration("grace", 20*time.Second, "on SIGTERM/SIGINT, how long in-flight calls may take to finish; also bounds the drain of listeners removed by a reload")
 		logFormat = fs.String("log-format", "text", "log format: text or json")
 		logLevel  = fs.String("log-level", "info", "log level: debug, info, warn, error")
+		cpuProf   = fs.String("cpuprofile", "", "write a CPU profile (pprof) of the whole run to this file; for benchmarks (bench/peers)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -60,6 +62,14 @@ func run(args []string, stdout, stderr io.Writer, sig <-chan os.Signal) int {
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 2
+	}
+	if *cpuProf != "" {
+		stopProf, err := startCPUProfile(*cpuProf)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		defer stopProf()
 	}
 	a, err := start(*path, *grace, log, stdout)
 	if err != nil {
@@ -98,6 +108,21 @@ func run(args []string, stdout, stderr io.Writer, sig <-chan os.Signal) int {
 			watching = nil
 		}
 	}
+}
+
+// startCPUProfile profiles the process until the returned function runs
+// (at exit, after the drain), so a profile covers exactly one benchmark
+// target's life.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {

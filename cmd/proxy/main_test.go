@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -450,4 +451,53 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestCPUProfile: -cpuprofile writes a profile that pprof can read once
+// the process has stopped; a path that cannot be created is an error
+// before anything starts.
+func TestCPUProfile(t *testing.T) {
+	s := startStack(t)
+	p := newPorts(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "hopwatch.yaml")
+	writeFile(t, path, configText(s, p, "a"))
+
+	var errOut bytes.Buffer
+	if code := run([]string{"-config", path, "-cpuprofile", filepath.Join(dir, "no", "such", "dir", "cpu.pprof")}, io.Discard, &errOut, nil); code != 1 || !strings.Contains(errOut.String(), "-cpuprofile") {
+		t.Fatalf("unwritable profile: exit %d, stderr %q", code, errOut.String())
+	}
+
+	prof := filepath.Join(dir, "cpu.pprof")
+	sig := make(chan os.Signal, 1)
+	exit := make(chan int, 1)
+	go func() {
+		exit <- run([]string{"-config", path, "-cpuprofile", prof, "-grace", "1s"}, io.Discard, io.Discard, sig)
+	}()
+	testkit.WaitFor(t, "ready", func() bool {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", p.admin))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	sig <- syscall.SIGTERM
+	if code := <-exit; code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	f, err := os.Open(prof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// A pprof profile is a gzipped protobuf; StopCPUProfile at exit is
+	// what completes the stream.
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatalf("profile is not gzip: %v", err)
+	}
+	if b, err := io.ReadAll(zr); err != nil || len(b) == 0 {
+		t.Fatalf("profile: %d bytes, %v", len(b), err)
+	}
 }
