@@ -76,10 +76,24 @@ FUZZ_TARGETS ?= config:FuzzParse \
 FUZZTIME ?= 15s
 
 ## fuzz: run every fuzz target for FUZZTIME each (FUZZTIME=10m FUZZ_TARGETS=routes:FuzzMatch for one, longer)
+#
+# Go 1.26's fuzz coordinator can fail a target with a bare "context deadline
+# exceeded" when -fuzztime ends while a worker is mid-call (golang/go#75804,
+# fixed in Go 1.27): no input failed and none is written. A run that fails
+# that way and writes no new input under testdata/fuzz is reported as that
+# race and not counted; any other failure, or a written input, fails.
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; echo "== $$name (./$$pkg)"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg/; \
+		corpus=$$pkg/testdata/fuzz/$$name; before=$$(ls $$corpus 2>/dev/null | wc -l); \
+		log=$$(mktemp); rc=0; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg/ >$$log 2>&1 || rc=$$?; cat $$log; \
+		after=$$(ls $$corpus 2>/dev/null | wc -l); \
+		if [ $$rc -ne 0 ]; then \
+			if [ "$$before" = "$$after" ] && grep -q '^    context deadline exceeded$$' $$log && [ $$(grep -c -- '--- FAIL' $$log) -eq 1 ]; then \
+				echo "== $$name: the coordinator's end-of-fuzztime race (golang/go#75804), no failing input: not counted"; \
+			else rm -f $$log; exit 1; fi; \
+		fi; rm -f $$log; \
 	done
 
 ## bench: proxy benchmarks (ns/op, allocs/op)
