@@ -131,6 +131,21 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		},
 	})
 	a.admin.Handle("GET /metrics", tel.MetricsHandler())
+	// abort undoes a start that failed once the admin server is bound:
+	// listeners, admin, access log, telemetry and conversation, in that
+	// order, so nothing is left running.
+	abort := func(err error) (*app, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		a.proxy.Shutdown(ctx)
+		a.admin.Shutdown(ctx)
+		tel.SetAccessLog(nil).Close()
+		tel.Shutdown(ctx)
+		if conv != nil {
+			conv.Close()
+		}
+		return nil, err
+	}
 	if err := a.admin.Start(cfg.Admin.Address); err != nil {
 		tel.SetAccessLog(nil).Close()
 		tel.Shutdown(context.Background())
@@ -140,29 +155,11 @@ func start(path string, grace time.Duration, log *slog.Logger, stdout io.Writer)
 		return nil, err
 	}
 	if err := a.proxy.Apply(&cfg.Spec); err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		a.proxy.Shutdown(ctx)
-		a.admin.Shutdown(ctx)
-		tel.SetAccessLog(nil).Close()
-		tel.Shutdown(ctx)
-		if conv != nil {
-			conv.Close()
-		}
-		return nil, err
+		return abort(err)
 	}
 	tel.ConfigReloaded(true)
 	if err := a.startXDS(cfg, reg); err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		a.proxy.Shutdown(ctx)
-		a.admin.Shutdown(ctx)
-		tel.SetAccessLog(nil).Close()
-		tel.Shutdown(ctx)
-		if conv != nil {
-			conv.Close()
-		}
-		return nil, err
+		return abort(err)
 	}
 	if conv != nil {
 		ctx, stop := context.WithCancel(context.Background())
