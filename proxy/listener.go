@@ -166,6 +166,19 @@ func (p *Proxy) serve(l *listener) {
 // same address (new limits, say) binds it right after, and would otherwise
 // race the drain for it ("address already in use"). Connections already
 // accepted are untouched; the drain ends them.
+// discard releases a listener that was built but will never serve: its
+// socket if bound, and the gRPC server, whose stream workers
+// (NumStreamWorkers) run from NewServer until Stop, so a dropped plan
+// would otherwise leak them on every failed apply.
+func (l *listener) discard() {
+	if l.ln != nil {
+		l.ln.Close()
+	}
+	if l.grpc != nil {
+		l.grpc.Stop()
+	}
+}
+
 func (l *listener) stopAccepting() {
 	l.closed.Store(true)
 	l.ln.Close()

@@ -301,7 +301,10 @@ type applyPlan struct {
 // abort undoes a plan that will not be applied.
 func (pl *applyPlan) abort() {
 	for _, l := range pl.fresh {
-		l.ln.Close()
+		l.discard()
+	}
+	for _, l := range pl.deferred {
+		l.discard()
 	}
 	for _, u := range pl.built {
 		u.close()
@@ -361,6 +364,7 @@ func (p *Proxy) planListeners(pl *applyPlan) error {
 			continue
 		}
 		if err := l.bind(); err != nil {
+			l.discard()
 			return err
 		}
 		pl.fresh = append(pl.fresh, l)
@@ -466,6 +470,7 @@ func (p *Proxy) startListeners(pl *applyPlan) error {
 	var errs []error
 	for _, l := range pl.deferred {
 		if err := l.bind(); err != nil {
+			l.discard()
 			errs = append(errs, err)
 			continue
 		}
