@@ -116,6 +116,20 @@ func (r *Receiver) Close() { r.grpc.Stop() }
 // ServeHTTP serves an OTLP/HTTP or an OTLP/gRPC export.
 func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if req.ProtoMajor == 2 && strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
+		// The slot is taken before grpc-go reads and decodes the message
+		// (up to ReceiveMaxBytes): taken in Export it would bound only
+		// the storing, not the decoding, and grpc-go's stream limit does
+		// not apply under ServeHTTP (each request is a transport of its
+		// own), so exports on many connections would decode at once.
+		if !r.acquire() {
+			h := w.Header()
+			h.Set("Content-Type", "application/grpc")
+			h.Set("Grpc-Status", strconv.Itoa(int(codes.Unavailable)))
+			h.Set("Grpc-Message", "hopwatch OTLP receiver: busy, retry later")
+			w.WriteHeader(http.StatusOK) // trailers-only gRPC response
+			return
+		}
+		defer r.release()
 		r.grpc.ServeHTTP(w, req)
 		return
 	}
@@ -240,11 +254,8 @@ type grpcReceiver struct {
 	r *Receiver
 }
 
+// Export runs under the decoding slot ServeHTTP took for its request.
 func (g grpcReceiver) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
-	if !g.r.acquire() {
-		return nil, status.Error(codes.Unavailable, "hopwatch OTLP receiver: busy, retry later")
-	}
-	defer g.r.release()
 	res, err := g.r.export(req)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, "hopwatch OTLP receiver: "+err.Error())

@@ -281,15 +281,30 @@ func TestReceiverGRPC(t *testing.T) {
 		req      *coltracepb.ExportTraceServiceRequest
 		wantCode codes.Code
 		wantMsg  string
+		busy     bool // every decoding slot taken
 	}{
-		{"valid", exportOf("gateway", gatewaySpans()...), codes.OK, ""},
-		{"no span id", bad, codes.InvalidArgument, "span_id is 0 bytes, want 8"},
-		{"over the message limit", exportOf("gateway", &tracepb.Span{Name: strings.Repeat("x", ReceiveMaxBytes)}), codes.ResourceExhausted, "larger than max"},
+		{"valid", exportOf("gateway", gatewaySpans()...), codes.OK, "", false},
+		{"no span id", bad, codes.InvalidArgument, "span_id is 0 bytes, want 8", false},
+		{"over the message limit", exportOf("gateway", &tracepb.Span{Name: strings.Repeat("x", ReceiveMaxBytes)}), codes.ResourceExhausted, "larger than max", false},
+		// Refused before grpc-go reads the message: had it been decoded
+		// first, the size error would show instead.
+		{"busy, refused before decoding", exportOf("gateway", &tracepb.Span{Name: strings.Repeat("x", ReceiveMaxBytes)}), codes.Unavailable, "busy", true},
+		{"busy, valid", exportOf("gateway", gatewaySpans()...), codes.Unavailable, "busy", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
+			if tc.busy {
+				for range cap(r.sem) {
+					r.sem <- struct{}{}
+				}
+				defer func() {
+					for range cap(r.sem) {
+						<-r.sem
+					}
+				}()
+			}
 			_, err := client.Export(ctx, tc.req)
 			if st := status.Convert(err); st.Code() != tc.wantCode || !strings.Contains(st.Message(), tc.wantMsg) {
 				t.Fatalf("got %v %q, want %v %q", st.Code(), st.Message(), tc.wantCode, tc.wantMsg)
