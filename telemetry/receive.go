@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net/http"
 	"strconv"
@@ -337,8 +338,9 @@ func fromOTLP(s *tracepb.Span, service string) (Span, error) {
 		return sp, errors.New("all-zero trace_id or span_id")
 	}
 	start, end := s.GetStartTimeUnixNano(), s.GetEndTimeUnixNano()
-	if start == 0 || end < start {
-		return sp, fmt.Errorf("start_time_unix_nano %d, end_time_unix_nano %d: want a start, and an end not before it", start, end)
+	if start == 0 || end < start || end > math.MaxInt64 || end-start > uint64(maxReceivedDuration) {
+		return sp, fmt.Errorf("start_time_unix_nano %d, end_time_unix_nano %d: want a start, an end not before it, both before 2262 and at most %v apart",
+			start, end, maxReceivedDuration)
 	}
 	sp.Kind = KindService
 	sp.Service = service
@@ -351,6 +353,10 @@ func fromOTLP(s *tracepb.Span, service string) (Span, error) {
 	}
 	return sp, nil
 }
+
+// maxReceivedDuration bounds a received span's duration: larger ones are
+// a broken or hostile exporter's, and would overflow time arithmetic.
+const maxReceivedDuration = 24 * time.Hour
 
 // clip cuts s to at most n bytes of valid UTF-8, copied so that the
 // stored span does not pin the decoded request.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -97,6 +98,9 @@ func TestReceiverHTTP(t *testing.T) {
 	badID.ResourceSpans[0].ScopeSpans[0].Spans[0].TraceId = []byte{1, 2, 3}
 	backwards := exportOf("gateway", otlpSpan(1, 99, 2, "x", ms(5), ms(1)))
 	backwards.ResourceSpans[0].ScopeSpans[0].Spans[0].EndTimeUnixNano = 1
+	farEnd := exportOf("gateway", otlpSpan(1, 99, 2, "x", ms(5), ms(1)))
+	farEnd.ResourceSpans[0].ScopeSpans[0].Spans[0].EndTimeUnixNano = math.MaxUint64
+	dayLong := exportOf("gateway", otlpSpan(1, 99, 2, "x", ms(5), 25*time.Hour))
 	tr1, s99, s2 := tid(1), sid(99), sid(2)
 	jsonBody := fmt.Sprintf(`{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"gateway"}}]},
 		"scopeSpans":[{"spans":[{"traceId":%q,"spanId":%q,"parentSpanId":%q,"name":"POST /v1/chat",
@@ -120,7 +124,11 @@ func TestReceiverHTTP(t *testing.T) {
 			marshal(t, exportOf("gateway", otlpSpan(42, 1, 0, "health", 0, ms(1)))), 200, "", 0, 1},
 		{"not protobuf", "application/x-protobuf", "", []byte("\xff\xff\xff not a protobuf"), 400, "malformed OTLP export", 0, 0},
 		{"a 3-byte trace id", "application/x-protobuf", "", marshal(t, badID), 400, "spans[0]: trace_id is 3 bytes, want 16", 0, 0},
-		{"ends before it starts", "application/x-protobuf", "", marshal(t, backwards), 400, "want a start, and an end not before it", 0, 0},
+		{"ends before it starts", "application/x-protobuf", "", marshal(t, backwards), 400, "want a start, an end not before it", 0, 0},
+		{"ends past 2262 (wraps int64)", "application/x-protobuf", "", marshal(t, farEnd), 400, "before 2262", 0, 0},
+		{"longer than a day", "application/x-protobuf", "", marshal(t, dayLong), 400, "at most 24h0m0s apart", 0, 0},
+		{"the span id of a hop of the trace: partial success", "application/x-protobuf", "",
+			marshal(t, exportOf("gateway", otlpSpan(1, 2, 0, "takeover", 0, ms(1)))), 200, "", 0, 1},
 		{"json with base64 ids", "application/json", "", []byte(`{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"S/kvNXezTaajzpKdDg5HNg=="}]}]}]}`), 400, "IDs are hex", 0, 0},
 		{"broken gzip", "application/x-protobuf", "gzip", []byte("not gzip"), 400, "gzip", 0, 0},
 		{"unknown encoding", "application/x-protobuf", "br", valid, 415, "Content-Encoding", 0, 0},
@@ -182,7 +190,8 @@ func TestReceiverHTTP(t *testing.T) {
 				t.Errorf("%d service spans stored, want %d", stored, tc.wantStored)
 			}
 			wantRejected := 0.0
-			if strings.Contains(tc.wantMsg, "spans[0]") || strings.Contains(tc.wantMsg, "want a start") {
+			if strings.Contains(tc.wantMsg, "spans[0]") || strings.Contains(tc.wantMsg, "want a start") ||
+				strings.Contains(tc.wantMsg, "2262") || strings.Contains(tc.wantMsg, "24h0m0s") {
 				wantRejected = 1 // a decodable export with a bad span: all its spans count
 			}
 			if n := testutil.ToFloat64(counterOf(t, reg, "rejected")); n != wantRejected {

@@ -319,6 +319,14 @@ func (s *Store) AddService(sp Span) bool {
 		return false
 	}
 	e := &s.ring[i]
+	// A span id the trace already holds (a hop's, or a service span sent
+	// twice) would take that span's place in the tree: refused.
+	for j := range e.spans {
+		if e.spans[j].SpanID == sp.SpanID {
+			s.svcRefused++
+			return false
+		}
+	}
 	// Grown before the check, so that the check counts the slice's real
 	// growth; a refused span leaves the new array to the collector.
 	spans := slices.Grow(e.spans, 1)
