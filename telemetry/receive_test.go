@@ -516,3 +516,35 @@ func TestReceivedSpanStitched(t *testing.T) {
 		t.Errorf("%d roots, want 1", roots)
 	}
 }
+
+// TestMarkTurnLeavesServiceSpans: a turn's marks go on hop spans only, so
+// the services' byte share stays what AddService counted.
+func TestMarkTurnLeavesServiceSpans(t *testing.T) {
+	s := NewStoreLimits(StoreLimits{})
+	for _, sp := range (sdkTurn{gwSDK: true}).spans(1) {
+		s.Add(sp)
+	}
+	if !s.AddService(Span{TraceID: tid(1), SpanID: sid(99), ParentID: sid(2), Service: "gateway", Name: "x", Start: t0.Add(ms(10)), Duration: ms(5)}) {
+		t.Fatal("service span refused")
+	}
+	svcBefore, _ := s.ServiceSpans()
+	s.markTurn(tid(1), t0.Add(-time.Hour), t0.Add(time.Hour), &SpanTurn{SessionID: "s", Index: 1, Outcome: "good"})
+	d, _ := s.Trace(tid(1))
+	hops := 0
+	for _, n := range d.Spans {
+		switch {
+		case n.Kind == KindService && n.Turn != nil:
+			t.Errorf("service span marked with the turn: %+v", n.Span)
+		case n.Kind != KindService && n.Turn == nil:
+			t.Errorf("hop span not marked: %+v", n.Span)
+		case n.Kind != KindService:
+			hops++
+		}
+	}
+	if hops == 0 {
+		t.Fatal("no hop span in the trace")
+	}
+	if svcAfter, _ := s.ServiceSpans(); svcAfter != svcBefore {
+		t.Errorf("services' bytes %d after marking, %d before", svcAfter, svcBefore)
+	}
+}

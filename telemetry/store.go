@@ -624,15 +624,20 @@ func (s *Store) markTurn(id trace.TraceID, from, to time.Time, turn *SpanTurn) {
 	e := &s.ring[i]
 	var grown int64
 	for k := range e.spans {
-		if sp := &e.spans[k]; sp.Turn == nil && within(sp, from, to) {
+		// Hop spans only: the turn's attributes are hopwatch's, and a
+		// service span's bytes are counted in the services' share.
+		if sp := &e.spans[k]; sp.Kind != KindService && sp.Turn == nil && within(sp, from, to) {
 			sp.Turn = turn
 			grown += turnBytes(turn)
 		}
 	}
 	e.bytes += grown
 	s.bytes += grown
+	// As in Add: services' spans give way before any hop trace does.
 	for s.bytes+s.ringBytesLocked() > s.maxBytes && s.oldest < e.seq {
-		s.evictOldestLocked(evictBytes)
+		if !s.dropServiceSpansLocked() {
+			s.evictOldestLocked(evictBytes)
+		}
 	}
 }
 
