@@ -80,6 +80,14 @@ func TestUpstreamSuccessor(t *testing.T) {
 	if !tlsUp.sameButEndpoints(tlsSpec) || tlsUp.sameButEndpoints(renamed) {
 		t.Error("a TLS upstream whose DNS name changed would keep verifying the old name")
 	}
+	// Nor from DNS to static endpoints, of the same host or another.
+	for _, ep := range []string{"svc.test:7000", "10.0.0.5:7000", "other.test:7000"} {
+		static := tlsSpec
+		static.Endpoints = []string{ep}
+		if tlsUp.sameButEndpoints(static) {
+			t.Errorf("a TLS upstream moved from DNS to %s would keep verifying the DNS name", ep)
+		}
+	}
 
 	// Any other change builds a new upstream that shares nothing.
 	other := spec

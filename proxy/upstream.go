@@ -271,8 +271,13 @@ func (u *upstream) sameSpec(spec routes.Upstream, eps []resolvedEndpoint) bool {
 // sameButEndpoints reports whether spec differs from u's in its endpoints
 // at most, so that a successor can share u's state.
 func (u *upstream) sameButEndpoints(spec routes.Upstream) bool {
-	if spec.UsesTLS() && spec.UsesDNS() && u.spec.DNSServerName() != spec.DNSServerName() {
-		return false // the name the TLS config verifies changed with the endpoints
+	// With TLS and DNS on either side, the pool's TLS config verifies the
+	// DNS name as written: a successor may keep it only if the new spec
+	// resolves the same name (DNS to static endpoints must verify each
+	// endpoint's own host again, not the old name).
+	if spec.UsesTLS() && (spec.UsesDNS() || u.spec.UsesDNS()) &&
+		(spec.UsesDNS() != u.spec.UsesDNS() || u.spec.DNSServerName() != spec.DNSServerName()) {
+		return false
 	}
 	a, b := u.spec, spec
 	a.Endpoints, b.Endpoints = nil, nil
