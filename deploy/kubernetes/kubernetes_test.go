@@ -35,7 +35,7 @@ var overlays = []struct {
 }{
 	{"base", []string{"ServiceAccount", "Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"}},
 	{"overlays/production", []string{"Namespace", "ServiceAccount", "Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"}},
-	{"overlays/sidecar", []string{"Deployment", "ConfigMap", "PodMonitor"}},
+	{"overlays/sidecar", []string{"Deployment", "ConfigMap", "PodMonitor", "NetworkPolicy"}},
 }
 
 // drainMargin is what terminationGracePeriodSeconds must leave beyond the
@@ -210,6 +210,7 @@ func checkObjects(t *testing.T, objs []object) {
 		}
 		return false
 	}
+	adminGuarded := false
 	for _, o := range objs {
 		switch v := o.value.(type) {
 		case *corev1.Service:
@@ -236,6 +237,15 @@ func checkObjects(t *testing.T, objs []object) {
 				for _, p := range rule.Ports {
 					if p.Port == nil || !podsHavePort(hopwatchPods, *p.Port) {
 						t.Errorf("NetworkPolicy %s: port %v is no container port", v.Name, p.Port)
+						continue
+					}
+					// The admin port shows configuration, traces and
+					// sessions: never open to every peer.
+					if strings.HasSuffix(p.Port.String(), "admin") {
+						adminGuarded = true
+						if len(rule.From) == 0 {
+							t.Errorf("NetworkPolicy %s opens the admin port %s to every peer", v.Name, p.Port.String())
+						}
 					}
 				}
 			}
@@ -288,6 +298,9 @@ func checkObjects(t *testing.T, objs []object) {
 			}
 			checkScrapeProtocols(t, "PodMonitor "+v.Name, v.Spec.ScrapeProtocols)
 		}
+	}
+	if !adminGuarded {
+		t.Error("no NetworkPolicy limits who reaches the admin port (it listens on the pod IP with allow_remote)")
 	}
 }
 
