@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httputil"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,8 +93,14 @@ type Proxy struct {
 	written   *routes.Spec
 	table     *routes.Table
 	listeners map[string]*listener
-	ups       map[string]*upstream
-	res       map[string]*resilience
+	// unbound are listeners of the applied configuration whose deferred
+	// bind failed (the Apply that swapped them in returned a
+	// PartialError): later applies with the same spec retry them as
+	// deferred, best effort, rather than fail on them, so that a busy
+	// port does not freeze DNS rediscovery and xDS updates.
+	unbound map[string]routes.Listener
+	ups     map[string]*upstream
+	res     map[string]*resilience
 	// replay is the process-wide budget of request bytes kept for
 	// retries and fallbacks (replay.max_bytes); shared by every route.
 	replay  *fallback.Memory
@@ -359,7 +366,7 @@ func (p *Proxy) planListeners(pl *applyPlan) error {
 		if err != nil {
 			return err
 		}
-		if held[ls.Address] {
+		if u, ok := p.unbound[ls.Name]; held[ls.Address] || ok && reflect.DeepEqual(u, ls) {
 			pl.deferred = append(pl.deferred, l)
 			continue
 		}
@@ -467,11 +474,16 @@ func (p *Proxy) startListeners(pl *applyPlan) error {
 		p.drainInBackground(l)
 	}
 	p.listeners = pl.keep
+	p.unbound = nil
 	var errs []error
 	for _, l := range pl.deferred {
 		if err := l.bind(); err != nil {
 			l.discard()
 			errs = append(errs, err)
+			if p.unbound == nil {
+				p.unbound = map[string]routes.Listener{}
+			}
+			p.unbound[l.spec.Name] = l.spec
 			continue
 		}
 		pl.fresh = append(pl.fresh, l)
