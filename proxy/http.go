@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -272,6 +273,7 @@ func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.
 					}
 				}
 				pr.SetXForwarded()
+				unmapForwardedFor(pr.Out.Header, pr.In.RemoteAddr)
 				for _, k := range []string{"X-Forwarded-Host", "X-Forwarded-Proto"} {
 					if v, ok := pr.In.Header[k]; ok {
 						pr.Out.Header[k] = v
@@ -280,6 +282,7 @@ func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.
 				return
 			}
 			pr.SetXForwarded()
+			unmapForwardedFor(pr.Out.Header, pr.In.RemoteAddr)
 		},
 		Transport:  transport,
 		BufferPool: bufs,
@@ -328,6 +331,26 @@ func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.
 			writeError(w, r, upstreamError(err))
 		},
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+// unmapForwardedFor writes an IPv4 peer that reached a dual-stack
+// listener as an IPv4-mapped IPv6 address (::ffff:a.b.c.d) in its IPv4
+// form in the X-Forwarded-For entry SetXForwarded appended, the form the
+// trust check (isTrusted) and upstreams' allow lists compare; found by
+// FuzzForwardedHeaders.
+func unmapForwardedFor(h http.Header, remoteAddr string) {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.Is4In6() {
+		return
+	}
+	v := h["X-Forwarded-For"]
+	if n := len(v); n > 0 && strings.HasSuffix(v[n-1], host) {
+		v[n-1] = strings.TrimSuffix(v[n-1], host) + ip.Unmap().String()
 	}
 }
 
