@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,8 +125,24 @@ func TestInterop(t *testing.T) {
 				// the regression test for the deadline is in proxy/,
 				// TestGRPCDeadlineOnHTTPListener, where the upstream
 				// resets before the client's own timer can fire.)
+				raced := 0
 				for range interopRepeat[tc] + 1 {
-					if err = runInterop(client, portStr, tc, tlsArgs...); err != nil {
+					err = runInterop(client, portStr, tc, tlsArgs...)
+					if err != nil && tc == "cancel_after_begin" && raced < 1 && strings.Contains(err.Error(), "got error code 0, want 1") {
+						// The client's own race, not the proxy's: it
+						// cancels, then CloseAndRecv sends END_STREAM and
+						// reads, and grpc-go's reader picks at random
+						// between the canceled context and an answer that
+						// already arrived (the upstream, told the stream
+						// ended, answers OK). Seen once in CI on a loaded
+						// machine (HTTP listener, h2c upstream). Once per
+						// path is let through; a second time, or any other
+						// failure, fails.
+						raced++
+						t.Logf("%s: %s: the client's cancel-vs-answer race, run again", pa.name, tc)
+						continue
+					}
+					if err != nil {
 						break
 					}
 				}
