@@ -66,9 +66,37 @@ func checkOneTreePerTurn(t *testing.T, receive bool) {
 		} `json:"traces"`
 	}
 	if receive {
-		// The services export every second: wait for their spans of the
-		// last turns.
-		time.Sleep(1500 * time.Millisecond)
+		// The services export in batches, every second, later on a
+		// loaded machine: wait until every service's spans are in (the
+		// assertions below still fail if one never arrives).
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			got := map[string]bool{}
+			var l struct {
+				Traces []struct {
+					TraceID string `json:"trace_id"`
+				} `json:"traces"`
+			}
+			fetch("/api/traces?limit=1000", &l)
+			for _, tr := range l.Traces {
+				var d struct {
+					Spans []struct {
+						Kind    string `json:"kind"`
+						Service string `json:"service"`
+					} `json:"spans"`
+				}
+				fetch("/api/traces/"+tr.TraceID, &d)
+				for _, sp := range d.Spans {
+					if sp.Kind == "service" {
+						got[sp.Service] = true
+					}
+				}
+			}
+			if len(got) >= len(demo.Services) {
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
 	}
 	fetch("/api/traces?limit=1000", &list)
 	turns, stitched, service := 0, 0, map[string]int{}
