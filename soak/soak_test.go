@@ -85,10 +85,12 @@ func TestSoak(t *testing.T) {
 	// (taken 3 s after the load pauses) counts no idle pool, whose size
 	// is only that of the last burst.
 	upLimits := routes.UpstreamLimits{IdleTimeout: upstreamIdle}
-	// Breakers that the faults trip: a quarter of the HTTP calls fail
-	// while faults are on, and a tenth of the gRPC ones (stalls, and the
+	// Breakers that the faults trip: while faults are on, 7–10 % of the
+	// HTTP calls fail (reset, garbage; a 60 s CI run measured 7 %, under
+	// the 15 % this breaker first had, so it tripped only in bursts and
+	// once not at all) and a tenth of the gRPC ones (stalls, and the
 	// calls an endpoint took with it when it vanished).
-	webBreaker := &routes.Breaker{Window: 5 * time.Second, MinRequests: 20, FailureRatio: 0.15, OpenFor: time.Second, HalfOpenRequests: 3}
+	webBreaker := &routes.Breaker{Window: 5 * time.Second, MinRequests: 20, FailureRatio: 0.05, OpenFor: time.Second, HalfOpenRequests: 3}
 	grpcBreaker := &routes.Breaker{Window: 5 * time.Second, MinRequests: 20, FailureRatio: 0.05, OpenFor: time.Second, HalfOpenRequests: 3}
 	p := proxy.New(proxy.Options{Logger: testkit.Discard()})
 	spec := &routes.Spec{
