@@ -1,6 +1,7 @@
 package conversation
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -13,14 +14,18 @@ import (
 // rebuild whole sessions. They carry ids, times, outcomes and trace ids,
 // never text.
 //
-// Encoding happens on the caller's goroutine; writing happens in Run,
-// from a bounded queue. A full queue drops the event and counts it
-// (hopwatch_conversation_events_dropped_total): a slow disk must never slow
-// a request.
+// The caller only fills in the event and queues it; JSON encoding and
+// writing happen in Run, from a bounded queue, so a turn's end costs the
+// request goroutine one small struct and a channel send. A full queue drops
+// the event and counts it (hopwatch_conversation_events_dropped_total): a
+// slow disk must never slow a request.
 type Events struct {
 	w  io.Writer
-	ch chan []byte
+	ch chan any // *TurnEvent or *SessionEvent
 	m  *Metrics
+
+	buf bytes.Buffer  // Run's encoding buffer
+	enc *json.Encoder // writes into buf, one line per event
 }
 
 // DefaultEventQueue bounds events waiting to be written.
@@ -32,7 +37,9 @@ func NewEvents(w io.Writer, queue int, m *Metrics) *Events {
 	if queue <= 0 {
 		queue = DefaultEventQueue
 	}
-	return &Events{w: w, ch: make(chan []byte, queue), m: m}
+	e := &Events{w: w, ch: make(chan any, queue), m: m}
+	e.enc = json.NewEncoder(&e.buf)
+	return e
 }
 
 // TurnEvent is the schema of a turn line.
@@ -107,14 +114,8 @@ func (e *Events) Session(r SessionResult) {
 }
 
 func (e *Events) queue(v any) {
-	b, err := json.Marshal(v)
-	if err != nil { // not reachable with these types; never fail a turn for it
-		e.m.eventDropped("encode")
-		return
-	}
-	b = append(b, '\n')
 	select {
-	case e.ch <- b:
+	case e.ch <- v:
 	default:
 		e.m.eventDropped("queue_full")
 	}
@@ -125,13 +126,13 @@ func (e *Events) queue(v any) {
 func (e *Events) Run(ctx context.Context) {
 	for {
 		select {
-		case b := <-e.ch:
-			e.write(b)
+		case v := <-e.ch:
+			e.write(v)
 		case <-ctx.Done():
 			for {
 				select {
-				case b := <-e.ch:
-					e.write(b)
+				case v := <-e.ch:
+					e.write(v)
 				default:
 					return
 				}
@@ -140,8 +141,15 @@ func (e *Events) Run(ctx context.Context) {
 	}
 }
 
-func (e *Events) write(b []byte) {
-	if _, err := e.w.Write(b); err != nil {
+// write encodes one event into buf (reused across events: Run is the only
+// writer) and writes it as one line.
+func (e *Events) write(v any) {
+	e.buf.Reset()
+	if err := e.enc.Encode(v); err != nil { // not reachable with these types
+		e.m.eventDropped("encode")
+		return
+	}
+	if _, err := e.w.Write(e.buf.Bytes()); err != nil {
 		e.m.eventDropped("write_error")
 	}
 }
