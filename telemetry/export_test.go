@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,10 +21,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.opentelemetry.io/otel/propagation"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -346,7 +351,250 @@ func lineDiff(want, got string) string {
 	return b.String()
 }
 
+// otlpAttrs are OTLP attributes as text (strings as they are, integers
+// in decimal, arrays of strings in JSON), by key.
+func otlpAttrs(kvs []*commonpb.KeyValue) map[string]string {
+	out := map[string]string{}
+	for _, kv := range kvs {
+		switch v := kv.Value.Value.(type) {
+		case *commonpb.AnyValue_StringValue:
+			out[kv.Key] = v.StringValue
+		case *commonpb.AnyValue_IntValue:
+			out[kv.Key] = strconv.FormatInt(v.IntValue, 10)
+		case *commonpb.AnyValue_ArrayValue:
+			var ss []string
+			for _, e := range v.ArrayValue.Values {
+				ss = append(ss, e.GetStringValue())
+			}
+			b, _ := json.Marshal(ss)
+			out[kv.Key] = string(b)
+		default:
+			out[kv.Key] = kv.Value.String()
+		}
+	}
+	return out
+}
+
 // exportOptions builds telemetry whose hop spans go to client.
 func exportOptions(cfg Config, reg *prometheus.Registry, now func() time.Time, client *fakeClient) Options {
-	return Options{Config: cfg, Registry: reg, Now: now, SpanExporter: otlptrace.NewUnstarted(client)}
+	return Options{Config: cfg, Registry: reg, Now: now, SpanClient: client}
+}
+
+// exportRun is a telemetry with an exporter whose client is client, on
+// a fake clock, logging into log.
+func exportRun(t *testing.T, o OTLP, client *fakeClient, log *bytes.Buffer) (*goldenEnv, *Telemetry) {
+	t.Helper()
+	clk := &fakeClock{t0}
+	opts := exportOptions(Config{Tracing: Tracing{OTLP: &o}}, prometheus.NewRegistry(), clk.now, client)
+	if log != nil {
+		opts.Logger = slog.New(slog.NewTextHandler(log, nil))
+	}
+	tel, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &goldenEnv{t: t, tel: tel, clk: clk}, tel
+}
+
+// grpcCall is one hop with one attempt: two spans.
+func (e *goldenEnv) grpcCall() {
+	e.hop(e.tel.Route(grpcRoute, []string{"gateway"}), propagation.MapCarrier{}, "/bot.v1.NLU/Parse", []string{"OK"}, "OK", OutcomeOK)
+}
+
+// TestExportQueueBound: at most queue_size spans are queued or in an
+// export call at once; past that spans are dropped and counted, and the
+// request never waits. What was within the bound is exported.
+func TestExportQueueBound(t *testing.T) {
+	cases := []struct {
+		name      string
+		queue     int
+		calls     int // made while the first upload is held up
+		exported  float64
+		dropped   float64
+		spansSent int
+	}{
+		// The first 2 calls fill a batch of 4 (the queue's size), whose
+		// upload blocks; every later span finds the bound taken.
+		{"full: drops counted", 4, 3, 4, 6, 4},
+		// A batch is at most 512 spans: with 600 places, 6 more spans fit
+		// beside the blocked one.
+		{"within the bound: nothing dropped", 600, 3, 518, 0, 518},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			client := &fakeClient{block: make(chan struct{}), started: make(chan struct{})}
+			e, tel := exportRun(t, OTLP{QueueSize: tc.queue}, client, nil)
+			for range min(tc.queue, maxExportBatch) / 2 {
+				e.grpcCall()
+			}
+			select {
+			case <-client.started:
+			case <-time.After(10 * time.Second):
+				t.Fatal("a full batch was not uploaded")
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for range tc.calls {
+					e.grpcCall()
+				}
+			}()
+			select {
+			case <-done: // the calls did not wait for the blocked upload
+			case <-time.After(10 * time.Second):
+				t.Fatal("calls waited for the exporter")
+			}
+			close(client.block)
+			if err := tel.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			spans, _ := client.spans(t)
+			exported, dropped := testutil.ToFloat64(tel.m.spansExported), testutil.ToFloat64(tel.m.spansDropped)
+			if len(spans) != tc.spansSent || exported != tc.exported || dropped != tc.dropped {
+				t.Errorf("%d spans sent, %v counted exported, %v dropped; want %d, %v, %v",
+					len(spans), exported, dropped, tc.spansSent, tc.exported, tc.dropped)
+			}
+		})
+	}
+}
+
+// TestExportFailure: a failed upload is counted per call and logged once
+// per exportLogEvery, with the spans it lost; nothing counts as exported;
+// the calls are unaffected.
+func TestExportFailure(t *testing.T) {
+	var log bytes.Buffer
+	client := &fakeClient{err: errors.New("collector down")}
+	e, tel := exportRun(t, OTLP{}, client, &log)
+	for range 3 {
+		e.grpcCall()
+		if err := tel.exp.flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(tel.m.exportFailures); got != 3 {
+		t.Errorf("hopwatch_span_export_failures_total = %v, want 3 (one per upload)", got)
+	}
+	if got := testutil.ToFloat64(tel.m.spansExported); got != 0 {
+		t.Errorf("hopwatch_spans_exported_total = %v, want 0", got)
+	}
+	if n := strings.Count(log.String(), "span export failed"); n != 1 || !strings.Contains(log.String(), "collector down") ||
+		!strings.Contains(log.String(), "spans=2") {
+		t.Errorf("%d failure lines, want 1 naming the error and the 2 spans lost:\n%s", n, log.String())
+	}
+}
+
+// TestExportShutdown: spans wait for a full batch or the export interval
+// (neither comes here), and Shutdown sends them; spans that end after it
+// are not exported, and nothing fails.
+func TestExportShutdown(t *testing.T) {
+	client := &fakeClient{}
+	e, tel := exportRun(t, OTLP{}, client, nil)
+	for range 3 {
+		e.grpcCall()
+	}
+	if spans, _ := client.spans(t); len(spans) != 0 {
+		t.Fatalf("%d spans sent before a batch was full or due", len(spans))
+	}
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if spans, _ := client.spans(t); len(spans) != 6 || testutil.ToFloat64(tel.m.spansExported) != 6 {
+		t.Errorf("%d spans sent at shutdown (%v counted), want 6", len(spans), testutil.ToFloat64(tel.m.spansExported))
+	}
+	e.grpcCall() // after shutdown: served, not exported
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if spans, _ := client.spans(t); len(spans) != 6 || client.uploads != 1 {
+		t.Errorf("%d spans in %d uploads after a second shutdown, want 6 in 1", len(spans), client.uploads)
+	}
+}
+
+// captureServer is an OTLP/gRPC trace receiver that hands what it gets
+// to a fakeClient's list.
+type captureServer struct {
+	coltracepb.UnimplementedTraceServiceServer
+	into *fakeClient
+}
+
+func (c captureServer) Export(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	return &coltracepb.ExportTraceServiceResponse{}, c.into.UploadTraces(ctx, req.ResourceSpans)
+}
+
+// TestExportOverTheWire: the OTLP exporters' own clients, over gRPC and
+// over HTTP (protobuf) to receivers on loopback, deliver the golden
+// spans: what the converter builds and reuses marshals as it should.
+func TestExportOverTheWire(t *testing.T) {
+	for _, protocol := range []string{"grpc", "http"} {
+		t.Run(protocol, func(t *testing.T) {
+			got := &fakeClient{}
+			var endpoint string
+			if protocol == "grpc" {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				srv := grpc.NewServer()
+				coltracepb.RegisterTraceServiceServer(srv, captureServer{into: got})
+				go srv.Serve(ln)
+				t.Cleanup(srv.Stop)
+				endpoint = ln.Addr().String()
+			} else {
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					var req coltracepb.ExportTraceServiceRequest
+					b, err := io.ReadAll(r.Body)
+					if err == nil {
+						err = proto.Unmarshal(b, &req)
+					}
+					if err != nil || r.URL.Path != "/v1/traces" || r.Header.Get("Content-Type") != "application/x-protobuf" {
+						t.Errorf("%s %s (%s): %v", r.Method, r.URL.Path, r.Header.Get("Content-Type"), err)
+						http.Error(w, "bad export", http.StatusBadRequest)
+						return
+					}
+					got.UploadTraces(r.Context(), req.ResourceSpans)
+					w.Header().Set("Content-Type", "application/x-protobuf")
+					w.Write(marshal(t, &coltracepb.ExportTraceServiceResponse{}))
+				}))
+				t.Cleanup(srv.Close)
+				endpoint = srv.Listener.Addr().String()
+			}
+			clk := &fakeClock{t0}
+			reg := prometheus.NewRegistry()
+			tel, err := New(Options{Config: Config{Tracing: Tracing{OTLP: &OTLP{Endpoint: endpoint, Protocol: protocol}}},
+				Registry: reg, Now: clk.now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := &goldenEnv{t: t, tel: tel, clk: clk}
+			for range 2 { // twice: the second batch reuses the first one's messages
+				clk.t = t0
+				e.grpcCall()
+				if err := tel.exp.flush(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := tel.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if n := testutil.ToFloat64(tel.m.spansExported); n != 4 {
+				t.Fatalf("%v spans exported, want 4 (failures: %v)", n, testutil.ToFloat64(tel.m.exportFailures))
+			}
+			// Each batch is the golden grpc call (ids are renumbered).
+			want, err := os.ReadFile(filepath.Join("testdata", "otlp", "grpc_call.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got.rs) != 2 {
+				t.Fatalf("%d batches received, want 2", len(got.rs))
+			}
+			for i, rs := range got.rs {
+				if g := goldenJSON(t, &fakeClient{rs: []*tracepb.ResourceSpans{rs}}); !bytes.Equal(g, want) {
+					t.Errorf("batch %d differs from the golden grpc call:\n%s", i+1, lineDiff(string(want), string(g)))
+				}
+			}
+		})
+	}
 }
