@@ -119,10 +119,16 @@ func (s *hopSpan) addEvent(name string, at time.Time, attrs []attribute.KeyValue
 // At most limit spans are queued or in an export call at once; past that
 // a span is dropped and counted in hopwatch_spans_dropped_total, so a dead
 // collector is visible rather than quietly losing traces, and a request
-// never waits for it.
+// never waits for it. The goroutine is woken once per full batch (or by
+// its timer), not once per span: a wake-up per span would cost every
+// request a scheduler round trip.
 type spanExporter struct {
-	client   otlptrace.Client
-	queue    chan *hopSpan
+	client otlptrace.Client
+
+	mu      sync.Mutex // guards pending
+	pending []*hopSpan
+	full    chan struct{} // a batch is pending (capacity 1)
+
 	inflight atomic.Int64
 	limit    int64
 	batch    int
@@ -138,6 +144,9 @@ type spanExporter struct {
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
+	// stopClient stops the client once (a second Shutdown must not).
+	stopClient sync.Once
+	stopErr    error
 
 	conv converter // the exporter goroutine's
 }
@@ -152,7 +161,7 @@ func newSpanExporter(client otlptrace.Client, o *OTLP, serviceName string, m *me
 		timeout = DefaultOTLPTimeout
 	}
 	e := &spanExporter{
-		client: client, queue: make(chan *hopSpan, limit), limit: int64(limit), batch: min(maxExportBatch, limit),
+		client: client, full: make(chan struct{}, 1), limit: int64(limit), batch: min(maxExportBatch, limit),
 		timeout: timeout, m: m, log: log,
 		resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{{
 			Key: "service.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: serviceName}},
@@ -180,46 +189,61 @@ func (e *spanExporter) add(s *hopSpan) {
 		putHopSpan(s)
 		return
 	}
-	// inflight bounds what the channel holds: this never blocks.
-	e.queue <- s
+	e.mu.Lock()
+	e.pending = append(e.pending, s)
+	n := len(e.pending)
+	e.mu.Unlock()
+	if n == e.batch {
+		select {
+		case e.full <- struct{}{}:
+		default: // the goroutine is told already
+		}
+	}
 }
 
 func (e *spanExporter) run() {
 	defer close(e.done)
-	batch := make([]*hopSpan, 0, e.batch)
+	var spare []*hopSpan // the pending slice of the previous round, reused
 	timer := time.NewTimer(exportEvery)
 	defer timer.Stop()
 	for {
+		var flushed chan struct{}
+		stop := false
 		select {
-		case s := <-e.queue:
-			if batch = append(batch, s); len(batch) >= e.batch {
-				batch = e.export(batch)
-				timer.Reset(exportEvery)
-			}
+		case <-e.full:
 		case <-timer.C:
-			batch = e.export(batch)
-			timer.Reset(exportEvery)
-		case done := <-e.flushReq:
-			batch = e.drain(batch)
-			close(done)
+		case flushed = <-e.flushReq:
 		case <-e.stop:
-			e.drain(batch)
+			stop = true
+		}
+		spare = e.drain(spare)
+		timer.Reset(exportEvery)
+		if flushed != nil {
+			close(flushed)
+		}
+		if stop {
 			return
 		}
 	}
 }
 
-// drain exports batch and everything queued now.
-func (e *spanExporter) drain(batch []*hopSpan) []*hopSpan {
+// drain exports what is pending, in batches, until nothing is; it
+// returns the emptied slice for reuse.
+func (e *spanExporter) drain(spare []*hopSpan) []*hopSpan {
 	for {
-		select {
-		case s := <-e.queue:
-			if batch = append(batch, s); len(batch) >= e.batch {
-				batch = e.export(batch)
-			}
-		default:
-			return e.export(batch)
+		e.mu.Lock()
+		batch := e.pending
+		e.pending = spare[:0]
+		e.mu.Unlock()
+		if len(batch) == 0 {
+			return batch
 		}
+		for rest := batch; len(rest) > 0; {
+			k := min(len(rest), e.batch)
+			e.export(rest[:k])
+			rest = rest[k:]
+		}
+		spare = batch[:0]
 	}
 }
 
@@ -227,9 +251,9 @@ func (e *spanExporter) drain(batch []*hopSpan) []*hopSpan {
 // pool and their places in the queue's bound. Failures are counted and
 // logged at most once per exportLogEvery, so a dead collector cannot
 // flood the log.
-func (e *spanExporter) export(batch []*hopSpan) []*hopSpan {
+func (e *spanExporter) export(batch []*hopSpan) {
 	if len(batch) == 0 {
-		return batch
+		return
 	}
 	rs := e.conv.resourceSpans(e.resource, e.scope, batch)
 	ctx, cancel := context.WithTimeout(context.Background(), exportCallTimeout)
@@ -249,10 +273,9 @@ func (e *spanExporter) export(batch []*hopSpan) []*hopSpan {
 			e.log.Warn("span export failed; spans are lost until the collector is back (see hopwatch_span_export_failures_total)",
 				"spans", n, "err", err)
 		}
-		return batch[:0]
+		return
 	}
 	e.m.spansExported.Add(float64(n))
-	return batch[:0]
 }
 
 // flush exports what is queued now, until ctx ends.
@@ -285,7 +308,8 @@ func (e *spanExporter) shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return e.client.Stop(ctx)
+	e.stopClient.Do(func() { e.stopErr = e.client.Stop(ctx) })
+	return e.stopErr
 }
 
 // exportLogEvery rate-limits export failure logs.

@@ -598,3 +598,52 @@ func TestExportOverTheWire(t *testing.T) {
 		})
 	}
 }
+
+// TestExportEvents: an exported span keeps the latest maxExportedEvents
+// events and counts the older ones it let go, as the SDK's span limits
+// did; an event that comes after the hop ended (resilience code on
+// another goroutine) is not on its exported span, and is no race.
+func TestExportEvents(t *testing.T) {
+	cases := []struct {
+		name           string
+		events, late   int
+		kept, dropped  int
+		firstAttemptNo int64
+	}{
+		{"a few", 3, 0, 3, 0, 1},
+		{"over the limit", maxExportedEvents + 2, 0, maxExportedEvents, 2, 3},
+		{"after the end", 1, 5, 1, 0, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			client := &fakeClient{}
+			e, tel := exportRun(t, OTLP{}, client, nil)
+			_, h := tel.Route(grpcRoute, nil).Start(context.Background(), propagation.MapCarrier{}, "gateway", "/bot.v1.NLU/Parse")
+			for i := range tc.events {
+				e.tick()
+				h.Retried(i+1, "unavailable")
+			}
+			e.tick()
+			h.End("OK", OutcomeOK)
+			var wg sync.WaitGroup
+			for i := range tc.late {
+				wg.Go(func() { h.Retried(100+i, "late") })
+			}
+			wg.Wait()
+			if err := tel.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			spans, _ := client.spans(t)
+			if len(spans) != 1 {
+				t.Fatalf("%d spans", len(spans))
+			}
+			s := spans[0]
+			if len(s.Events) != tc.kept || int(s.DroppedEventsCount) != tc.dropped {
+				t.Fatalf("%d events, %d dropped; want %d, %d", len(s.Events), s.DroppedEventsCount, tc.kept, tc.dropped)
+			}
+			if got := otlpAttrs(s.Events[0].Attributes)["hopwatch.attempt"]; got != strconv.FormatInt(tc.firstAttemptNo, 10) {
+				t.Errorf("first event kept is attempt %s, want %d", got, tc.firstAttemptNo)
+			}
+		})
+	}
+}
