@@ -226,6 +226,14 @@ var exportCases = []struct {
 		e.tick()
 		h.End("200", OutcomeOK)
 	}},
+	{"grpc over an http listener", Config{}, func(e *goldenEnv) {
+		e.hop(e.tel.Route(httpRoute, []string{"gateway"}), propagation.MapCarrier{}, "/bot.v1.NLU/Parse",
+			[]string{"Unavailable", "OK"}, "OK", OutcomeOK)
+	}},
+	{"trusted sampled parent honoured at ratio 0", Config{Tracing: Tracing{SampleRatio: new(0.0)}}, func(e *goldenEnv) {
+		in := propagation.MapCarrier{"traceparent": inTraceparent}
+		e.hop(e.tel.Route(grpcRoute, nil), in, "/bot.v1.NLU/Parse", []string{"OK"}, "OK", OutcomeOK)
+	}},
 	{"sampled out", Config{Tracing: Tracing{SampleRatio: new(0.0)}}, func(e *goldenEnv) {
 		e.hop(e.tel.Route(grpcRoute, nil), propagation.MapCarrier{}, "/bot.v1.NLU/Parse", []string{"OK"}, "OK", OutcomeOK)
 	}},
