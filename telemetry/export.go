@@ -484,7 +484,7 @@ func (c *converter) value(v attribute.Value) *commonpb.AnyValue {
 		}
 		av.Value = &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{Values: vals}}
 	default:
-		av.Value = &commonpb.AnyValue_StringValue{StringValue: v.Emit()}
+		av.Value = &commonpb.AnyValue_StringValue{StringValue: v.String()}
 	}
 	return av
 }

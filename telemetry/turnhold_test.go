@@ -193,7 +193,7 @@ func TestTurnHolder(t *testing.T) {
 			for _, attrs := range e.next.last {
 				for _, m := range mark {
 					if !slices.Contains(attrs, m) {
-						t.Errorf("marked span lacks %s=%s: %v", m.Key, m.Value.Emit(), attrs)
+						t.Errorf("marked span lacks %s=%s: %v", m.Key, m.Value.String(), attrs)
 					}
 				}
 			}
