@@ -7,10 +7,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -143,10 +145,16 @@ func BenchmarkUnaryGRPC(b *testing.B) {
 		addr, _ := startProxy(b, be, true)
 		benchGRPC(b, addr)
 	})
-	// With an OTLP exporter the spans are real SDK spans; the collector
-	// here is a closed port, so exports fail in the background (counted).
+	// With an OTLP exporter: the collector here is a closed port, so
+	// exports fail in the background (counted).
 	b.Run("proxy+telemetry+otlp", func(b *testing.B) {
 		addr, _ := startProxy(b, be, true, otlpConfig)
+		benchGRPC(b, addr)
+	})
+	// The same with a collector that takes the spans (a loopback OTLP/gRPC
+	// sink that counts and drops them): the exporter does all its work.
+	b.Run("proxy+telemetry+otlp-sink", func(b *testing.B) {
+		addr, _ := startProxy(b, be, true, sinkConfig(b))
 		benchGRPC(b, addr)
 	})
 }
@@ -165,4 +173,44 @@ func BenchmarkHTTP(b *testing.B) {
 		_, addr := startProxy(b, be, true)
 		benchHTTP(b, "http://"+addr+"/nlu/parse")
 	})
+	b.Run("proxy+telemetry+otlp-sink", func(b *testing.B) {
+		_, addr := startProxy(b, be, true, sinkConfig(b))
+		benchHTTP(b, "http://"+addr+"/nlu/parse")
+	})
+}
+
+// otlpSink is a minimal OTLP/gRPC trace receiver that counts the spans it
+// is sent and drops them.
+type otlpSink struct {
+	collectortrace.UnimplementedTraceServiceServer
+	spans atomic.Int64
+}
+
+func (s *otlpSink) Export(_ context.Context, req *collectortrace.ExportTraceServiceRequest) (*collectortrace.ExportTraceServiceResponse, error) {
+	for _, rs := range req.GetResourceSpans() {
+		for _, ss := range rs.GetScopeSpans() {
+			s.spans.Add(int64(len(ss.GetSpans())))
+		}
+	}
+	return &collectortrace.ExportTraceServiceResponse{}, nil
+}
+
+// sinkConfig starts an otlpSink on loopback for b and returns a telemetry
+// configuration that exports to it; b fails at cleanup if no span arrived.
+func sinkConfig(b *testing.B) telemetry.Config {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	sink := &otlpSink{}
+	srv := grpc.NewServer()
+	collectortrace.RegisterTraceServiceServer(srv, sink)
+	go srv.Serve(ln)
+	b.Cleanup(func() {
+		srv.Stop()
+		if sink.spans.Load() == 0 {
+			b.Error("the OTLP sink received no span")
+		}
+	})
+	return telemetry.Config{Tracing: telemetry.Tracing{OTLP: &telemetry.OTLP{Endpoint: ln.Addr().String()}}}
 }

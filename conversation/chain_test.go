@@ -17,15 +17,15 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.opentelemetry.io/otel/attribute"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/hopwatch/hopwatch/admin"
 	"github.com/hopwatch/hopwatch/conversation"
@@ -49,7 +49,7 @@ import (
 type botChain struct {
 	tel     *telemetry.Telemetry
 	reg     *prometheus.Registry
-	exp     *tracetest.InMemoryExporter
+	exp     *keptSpans
 	admin   string // http://host:port of the admin API
 	chatURL string
 
@@ -57,11 +57,27 @@ type botChain struct {
 	turns map[trace.TraceID]conversation.TurnResult
 }
 
-// keptSpans is an in-memory exporter whose spans outlive the provider's
-// shutdown (tracetest's own clears them then).
-type keptSpans struct{ *tracetest.InMemoryExporter }
+// keptSpans is an OTLP client that keeps the spans it is sent.
+type keptSpans struct {
+	mu    sync.Mutex
+	spans []*tracepb.Span
+}
 
-func (keptSpans) Shutdown(context.Context) error { return nil }
+func (*keptSpans) Start(context.Context) error { return nil }
+func (*keptSpans) Stop(context.Context) error  { return nil }
+func (k *keptSpans) UploadTraces(_ context.Context, rs []*tracepb.ResourceSpans) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, r := range rs {
+		for _, ss := range r.ScopeSpans {
+			for _, s := range ss.Spans {
+				// The exporter reuses its messages once the upload returns.
+				k.spans = append(k.spans, proto.Clone(s).(*tracepb.Span))
+			}
+		}
+	}
+	return nil
+}
 
 // modelServer answers chat completions as an OpenAI-compatible server:
 // JSON, or SSE with a final usage chunk.
@@ -151,8 +167,8 @@ func startBotChain(t *testing.T) *botChain {
 	go func() { defer close(served); nlu.Serve(nluLn) }()
 	t.Cleanup(func() { nlu.Stop(); <-served })
 
-	c := &botChain{reg: prometheus.NewRegistry(), exp: tracetest.NewInMemoryExporter(), turns: map[trace.TraceID]conversation.TurnResult{}}
-	tel, err := telemetry.New(telemetry.Options{Registry: c.reg, Logger: testkit.Logger(t), SpanExporter: keptSpans{c.exp}})
+	c := &botChain{reg: prometheus.NewRegistry(), exp: &keptSpans{}, turns: map[trace.TraceID]conversation.TurnResult{}}
+	tel, err := telemetry.New(telemetry.Options{Registry: c.reg, Logger: testkit.Logger(t), SpanClient: c.exp})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,9 +383,10 @@ func TestTurnMarksEveryHopSpan(t *testing.T) {
 	if err := c.tel.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	byTrace := map[trace.TraceID][]sdktrace.ReadOnlySpan{}
-	for _, s := range c.exp.GetSpans().Snapshots() {
-		byTrace[s.SpanContext().TraceID()] = append(byTrace[s.SpanContext().TraceID()], s)
+	byTrace := map[trace.TraceID][]*tracepb.Span{}
+	for _, s := range c.exp.spans {
+		id := trace.TraceID(s.TraceId)
+		byTrace[id] = append(byTrace[id], s)
 	}
 	for _, s := range all {
 		name := fmt.Sprintf("%s turn %d", s.session, s.index)
@@ -380,19 +397,20 @@ func TestTurnMarksEveryHopSpan(t *testing.T) {
 		spans := byTrace[s.tid]
 		var kinds []string
 		for _, sp := range spans {
-			attrs := map[attribute.Key]attribute.Value{}
-			for _, a := range sp.Attributes() {
+			attrs := map[string]*commonpb.AnyValue{}
+			for _, a := range sp.Attributes {
 				if _, dup := attrs[a.Key]; dup {
-					t.Errorf("%s: span %s has %s twice", name, sp.Name(), a.Key)
+					t.Errorf("%s: span %s has %s twice", name, sp.Name, a.Key)
 				}
 				attrs[a.Key] = a.Value
 			}
-			route := attrs["hopwatch.route"].AsString()
-			kinds = append(kinds, route+"/"+sp.SpanKind().String())
-			got := fmt.Sprintf("%s|%s|%d|%s", attrs["session.id"].AsString(), attrs["gen_ai.conversation.id"].AsString(),
-				attrs["hopwatch.turn.index"].AsInt64(), attrs["hopwatch.turn.outcome"].AsString())
+			route := attrs["hopwatch.route"].GetStringValue()
+			kind := strings.ToLower(strings.TrimPrefix(sp.Kind.String(), "SPAN_KIND_"))
+			kinds = append(kinds, route+"/"+kind)
+			got := fmt.Sprintf("%s|%s|%d|%s", attrs["session.id"].GetStringValue(), attrs["gen_ai.conversation.id"].GetStringValue(),
+				attrs["hopwatch.turn.index"].GetIntValue(), attrs["hopwatch.turn.outcome"].GetStringValue())
 			if want := fmt.Sprintf("%s|%s|%d|%s", s.session, s.session, s.index, s.outcome); got != want {
-				t.Errorf("%s: exported %s span of %s: %s, want %s", name, sp.SpanKind(), route, got, want)
+				t.Errorf("%s: exported %s span of %s: %s, want %s", name, kind, route, got, want)
 			}
 		}
 		slices.Sort(kinds)

@@ -211,8 +211,8 @@ func (s *jaegerSpan) parent() string {
 	return ""
 }
 
-// waitTrace polls Jaeger until the trace has want spans. The SDK's batch
-// processor sends every 5 s, so this takes a few seconds.
+// waitTrace polls Jaeger until the trace has want spans. hopwatch's span
+// exporter sends every 5 s (or per 512 spans), so this takes a few seconds.
 func (j *jaeger) waitTrace(t *testing.T, id trace.TraceID, want int) []*jaegerSpan {
 	t.Helper()
 	var spans []*jaegerSpan

@@ -17,6 +17,14 @@
 // Both record exactly the semantic-convention attributes those libraries
 // would, plus the hopwatch.* ones.
 //
+// Hop spans are never OpenTelemetry SDK spans. Span contexts are made
+// here with the SDK's sampling rule, and with an OTLP exporter a sampled
+// hop and its attempts record what their exported spans need in compact
+// form (hopSpan, export.go); the attributes, and the OTLP protobuf, are
+// built by the export goroutine from batches, off the request path. A
+// request never waits for the exporter: past queue_size spans in flight
+// a span is dropped and counted.
+//
 // On genai routes it reads token usage from the bodies as they pass
 // (Exchange, GenAICall): each slice is scanned after it was handed on,
 // with O(1) memory, so a body is never held back, copied or altered. The
@@ -26,7 +34,7 @@
 //
 // On conversation entry routes (a TurnObserver is set), the spans of a
 // turn's other hops end before the turn is classified; the turn holder
-// (turnhold.go) keeps their exported spans, bounded in count and time and
+// (turnhold.go) keeps their spans for export, bounded in count and time and
 // without a goroutine of its own, until the turn's attributes can be added,
 // and never holds a span of a trace without a turn in flight.
 //

@@ -138,9 +138,5 @@ func (h *Hop) endGenAI(end time.Time) *GenAIUsage {
 		}
 	}
 	h.mu.Unlock()
-	u := h.ext.x.gen.finish(end, fallback == "cache" || fallback == "static")
-	if h.span != nil {
-		h.span.SetAttributes(u.attrs()...)
-	}
-	return u
+	return h.ext.x.gen.finish(end, fallback == "cache" || fallback == "static")
 }

@@ -555,8 +555,7 @@ func (u *GenAIUsage) finishReason() string {
 }
 
 // attrs are the gen_ai.* span attributes of a finished call.
-func (u *GenAIUsage) attrs() []attribute.KeyValue {
-	a := make([]attribute.KeyValue, 0, 7)
+func (u *GenAIUsage) appendAttrs(a []attribute.KeyValue) []attribute.KeyValue {
 	a = append(a, attribute.String("gen_ai.operation.name", u.Operation))
 	if u.RequestModel != "" {
 		a = append(a, attribute.String("gen_ai.request.model", u.RequestModel))

@@ -14,10 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
 // Recorded OpenAI-style bodies (shapes as OpenAI, vLLM and Ollama send them).
@@ -304,11 +301,11 @@ func TestGenAIConfigValidate(t *testing.T) {
 // TestGenAISpanAttributes: the hop's server span carries the gen_ai.*
 // attributes of the OpenTelemetry GenAI conventions.
 func TestGenAISpanAttributes(t *testing.T) {
-	tel := newTestTelemetry(t, Config{})
-	rec := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	t.Cleanup(func() { tp.Shutdown(context.Background()) })
-	tel.tracer, tel.export = tp.Tracer("test"), true
+	client := &fakeClient{}
+	tel, err := New(exportOptions(Config{Tracing: Tracing{OTLP: &OTLP{Endpoint: "collector:4317"}}}, prometheus.NewRegistry(), time.Now, client))
+	if err != nil {
+		t.Fatal(err)
+	}
 	rt := tel.Route(RouteInfo{Name: "llm", Upstream: "up", GenAI: GenAIAPIOpenAI}, nil)
 	r := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(chatStreamReq))
 	_, h := rt.Start(context.Background(), propagation.HeaderCarrier(r.Header), "", "POST")
@@ -317,15 +314,15 @@ func TestGenAISpanAttributes(t *testing.T) {
 	x.WriteHeader(200, http.Header{"Content-Type": {"text/event-stream"}})
 	x.Write([]byte(streamWithUsage))
 	h.End("200", OutcomeOK)
+	if err := tel.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 
-	spans := rec.Ended()
+	spans, _ := client.spans(t)
 	if len(spans) != 1 {
 		t.Fatalf("%d spans", len(spans))
 	}
-	got := map[attribute.Key]attribute.Value{}
-	for _, a := range spans[0].Attributes() {
-		got[a.Key] = a.Value
-	}
+	got := otlpAttrs(spans[0].Attributes)
 	want := map[string]string{
 		"gen_ai.operation.name":          "chat",
 		"gen_ai.request.model":           "gpt-4o-mini",
@@ -335,7 +332,7 @@ func TestGenAISpanAttributes(t *testing.T) {
 		"gen_ai.response.finish_reasons": `["length"]`,
 	}
 	for k, v := range want {
-		if g := got[attribute.Key(k)].String(); g != v {
+		if g := got[k]; g != v {
 			t.Errorf("%s = %q, want %q", k, g, v)
 		}
 	}

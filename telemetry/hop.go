@@ -5,14 +5,12 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"reflect"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/baggage"
-	otelcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -88,7 +86,6 @@ type Hop struct {
 	caller   string
 	method   string
 	start    time.Time
-	span     trace.Span // nil without an exporter: see Start
 	sc       trace.SpanContext
 	parent   trace.SpanID
 	firstB   bool
@@ -102,9 +99,12 @@ type Hop struct {
 	spanTurn *SpanTurn
 	ext      hopExt // genai.go, exchange.go, accesslog.go
 
-	mu       sync.Mutex // guards events, override, attempts, ext.endpoint: resilience code may set them from elsewhere
+	mu       sync.Mutex // guards events, override, attempts, ext.endpoint, xs: resilience code may set them from elsewhere
 	events   []SpanEvent
 	override Outcome
+	// xs is the hop's span for the exporter (export.go), until End hands
+	// it on; nil without an exporter or when the trace is not sampled.
+	xs *hopSpan
 }
 
 // Start begins a hop for a request that matched r. carrier holds the
@@ -136,28 +136,23 @@ func (r *Route) Start(ctx context.Context, carrier propagation.TextMapCarrier, c
 		h.parent = incoming.SpanID()
 	}
 	r.series.inflight.Inc()
-	if !t.export {
-		// Nothing leaves the process but the built-in store and the
-		// propagated context, so skip the SDK: span contexts are made here
-		// at a fraction of the cost, with the same sampling rule.
-		h.sc = t.spanContext(incoming, trusted)
-		return trace.ContextWithSpanContext(pctx, h.sc), h
+	// No SDK span, exporter or not: the span context is made here, with
+	// the SDK's sampling rule, and what the exported span needs is
+	// recorded in compact form (export.go).
+	h.sc = t.spanContext(incoming, trusted)
+	if t.exp != nil && h.sc.IsSampled() {
+		xs := getHopSpan()
+		xs.r, xs.traceID, xs.spanID, xs.parent = r, h.sc.TraceID(), h.sc.SpanID(), h.parent
+		xs.flags, xs.state, xs.remoteParent = h.sc.TraceFlags(), h.sc.TraceState(), trusted && incoming.IsRemote()
+		if !trusted && incoming.IsValid() {
+			// Untrusted: our own trace, with the caller's context as a link.
+			xs.link = incoming
+		}
+		xs.caller, xs.method, xs.start = h.caller, method, h.start
+		h.xs = xs
+		h.markSpan()
 	}
-	opts := []trace.SpanStartOption{
-		trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithTimestamp(h.start),
-		trace.WithAttributes(r.static...),
-		trace.WithAttributes(attribute.String("hopwatch.caller", h.caller)),
-	}
-	if !trusted && incoming.IsValid() {
-		// Untrusted: our own trace, with the caller's context as a link.
-		opts = append(opts, trace.WithNewRoot(), trace.WithLinks(trace.Link{SpanContext: incoming}))
-	}
-	opts = append(opts, trace.WithAttributes(r.methodAttrs(method)...))
-	ctx, h.span = t.tracer.Start(pctx, spanName(r, method), opts...)
-	h.sc = h.span.SpanContext()
-	h.markSpan()
-	return ctx, h
+	return trace.ContextWithSpanContext(pctx, h.sc), h
 }
 
 // spanContext makes a span context without the SDK: a child of a trusted
@@ -193,14 +188,14 @@ func newTraceID() trace.TraceID {
 	return id
 }
 
-// methodAttrs are the semantic-convention attributes of the method (a
-// methodLabel), shared by server and client spans.
-func (r *Route) methodAttrs(method string) []attribute.KeyValue {
+// appendMethodAttrs appends the semantic-convention attributes of the
+// method (a methodLabel), shared by server and client spans.
+func (r *Route) appendMethodAttrs(a []attribute.KeyValue, method string) []attribute.KeyValue {
 	if r.info.GRPC || strings.HasPrefix(method, "/") {
 		svc, m := splitMethod(method)
-		return []attribute.KeyValue{attribute.String("rpc.service", svc), attribute.String("rpc.method", m)}
+		return append(a, attribute.String("rpc.service", svc), attribute.String("rpc.method", m))
 	}
-	return []attribute.KeyValue{attribute.String("http.request.method", method)}
+	return append(a, attribute.String("http.request.method", method))
 }
 
 // spanName is bounded because method is a methodLabel: a gRPC method of at
@@ -247,9 +242,6 @@ func (h *Hop) Event(name string, attrs ...attribute.KeyValue) {
 		return
 	}
 	now := h.r.t.now()
-	if h.span != nil {
-		h.span.AddEvent(name, trace.WithTimestamp(now), trace.WithAttributes(attrs...))
-	}
 	ev := SpanEvent{Name: name, Time: now}
 	if len(attrs) > 0 {
 		ev.Attrs = make(map[string]string, len(attrs))
@@ -261,13 +253,16 @@ func (h *Hop) Event(name string, attrs ...attribute.KeyValue) {
 	if len(h.events) < MaxEventsPerSpan {
 		h.events = append(h.events, ev)
 	}
+	if h.xs != nil {
+		h.xs.addEvent(name, now, attrs)
+	}
 	h.mu.Unlock()
 }
 
 // MaxEventsPerSpan bounds the events the trace store keeps for one hop (a
 // route configured with very many retries must not grow its spans without
-// bound); the exported span still gets them all, within the SDK's own
-// limit.
+// bound); the exported span still gets them all, within the limit the
+// SDK's spans had (maxExportedEvents: the latest are kept).
 const MaxEventsPerSpan = 32
 
 // End closes the hop: span status and end, RED metrics with a trace
@@ -285,6 +280,10 @@ func (h *Hop) End(code string, outcome Outcome) {
 	if h.override != "" && outcome != OutcomeCanceled {
 		outcome = h.override
 	}
+	// Events that come later (resilience code elsewhere) no longer reach
+	// the exported span, as they did not reach an ended SDK span.
+	xs := h.xs
+	h.xs = nil
 	h.mu.Unlock()
 	r.series.inflight.Dec()
 
@@ -292,10 +291,13 @@ func (h *Hop) End(code string, outcome Outcome) {
 	s.requests.Inc()
 	s.observe(d, h.sc.TraceID(), h.sc.IsSampled(), end)
 
-	usage := h.endGenAI(end) // sets gen_ai.* on the span, so before it ends
+	usage := h.endGenAI(end)
 	finish := usage.finishReason()
-	h.endTurn(code, outcome, d, finish)
-	endSpan(h.span, code, outcome, end)
+	h.endTurn(code, outcome, d, finish, xs)
+	if xs != nil {
+		xs.genai, xs.end, xs.code, xs.outcome = usage, end, code, outcome
+		t.endSpan(xs)
+	}
 
 	key := HopKey{Caller: h.caller, Route: r.info.Name, Upstream: r.info.Upstream}
 	t.Stats.Observe(key, d, outcome, end)
@@ -317,9 +319,9 @@ type Attempt struct {
 	n        int
 	endpoint string
 	start    time.Time
-	span     trace.Span // nil without an exporter
 	sc       trace.SpanContext
 	ctx      context.Context
+	xs       *hopSpan // the client span for the exporter: see Hop.xs
 }
 
 // Attempt starts the client span of the next attempt at endpoint. Inject
@@ -336,34 +338,20 @@ func (h *Hop) Attempt(ctx context.Context, endpoint string) (context.Context, *A
 	h.ext.endpoint = endpoint
 	h.mu.Unlock()
 	a := &Attempt{h: h, n: n, endpoint: endpoint, start: h.r.t.now()}
-	if !h.r.t.export {
-		a.sc = trace.NewSpanContext(trace.SpanContextConfig{
-			TraceID: h.sc.TraceID(), SpanID: newSpanID(), TraceFlags: h.sc.TraceFlags(), TraceState: h.sc.TraceState(),
-		})
-		a.ctx = trace.ContextWithSpanContext(ctx, a.sc)
-		return a.ctx, a
+	// A child of the hop's span: same trace, its sampling decision.
+	a.sc = trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: h.sc.TraceID(), SpanID: newSpanID(), TraceFlags: h.sc.TraceFlags(), TraceState: h.sc.TraceState(),
+	})
+	a.ctx = trace.ContextWithSpanContext(ctx, a.sc)
+	if h.r.t.exp != nil && a.sc.IsSampled() {
+		xs := getHopSpan()
+		xs.r, xs.client, xs.traceID, xs.spanID, xs.parent = h.r, true, a.sc.TraceID(), a.sc.SpanID(), h.sc.SpanID()
+		xs.flags, xs.state = a.sc.TraceFlags(), a.sc.TraceState()
+		xs.caller, xs.method, xs.endpoint, xs.attempt = h.caller, h.method, endpoint, n
+		xs.session, xs.start = h.session, a.start
+		a.xs = xs
 	}
-	host, port := splitHostPort(endpoint)
-	attrs := []attribute.KeyValue{
-		attribute.String("hopwatch.caller", h.caller),
-		attribute.Int("hopwatch.attempt", a.n),
-		attribute.String("server.address", host),
-	}
-	if n, err := strconv.Atoi(port); err == nil {
-		attrs = append(attrs, attribute.Int("server.port", n))
-	}
-	attrs = append(attrs, h.r.methodAttrs(h.method)...)
-	if h.session != "" {
-		attrs = append(attrs, sessionAttrs(h.session)...)
-	}
-	ctx, a.span = h.r.t.tracer.Start(ctx, spanName(h.r, h.method),
-		trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithTimestamp(a.start),
-		trace.WithAttributes(h.r.static...),
-		trace.WithAttributes(attrs...))
-	a.sc = a.span.SpanContext()
-	a.ctx = ctx
-	return ctx, a
+	return a.ctx, a
 }
 
 // Inject replaces the trace headers in carrier (the outgoing request's
@@ -392,7 +380,11 @@ func (a *Attempt) End(code string, outcome Outcome) {
 	code = codeLabel(code)
 	h := a.h
 	end := h.r.t.now()
-	endSpan(a.span, code, outcome, end)
+	if xs := a.xs; xs != nil {
+		a.xs = nil
+		xs.end, xs.code, xs.outcome = end, code, outcome
+		h.r.t.endSpan(xs)
+	}
 	sc := a.sc
 	h.r.t.Store.Add(Span{
 		TraceID: sc.TraceID(), SpanID: sc.SpanID(), ParentID: h.sc.SpanID(),
@@ -402,29 +394,14 @@ func (a *Attempt) End(code string, outcome Outcome) {
 	})
 }
 
-// endSpan finishes an SDK span with its outcome; nil (no exporter) is a no-op.
-func endSpan(s trace.Span, code string, outcome Outcome, end time.Time) {
-	if s == nil {
+// endSpan hands an ended span on for export: through the turn holder,
+// which keeps it while its trace's turn is open.
+func (t *Telemetry) endSpan(s *hopSpan) {
+	if t.holder != nil {
+		t.holder.onEnd(s)
 		return
 	}
-	s.SetAttributes(attribute.String("hopwatch.outcome", string(outcome)))
-	setStatusAttrs(s, code)
-	if outcome.IsError() {
-		s.SetStatus(otelcodes.Error, string(outcome)+" "+code)
-	}
-	s.End(trace.WithTimestamp(end))
-}
-
-// setStatusAttrs records code as the attribute its form says it is: a gRPC
-// code name (also for gRPC carried by an HTTP listener) or an HTTP status.
-func setStatusAttrs(s trace.Span, code string) {
-	if c, ok := grpcCodeNumber[code]; ok {
-		s.SetAttributes(attribute.Int("rpc.grpc.status_code", c))
-		return
-	}
-	if n, ok := httpStatusNumber(code); ok {
-		s.SetAttributes(attribute.Int("http.response.status_code", n))
-	}
+	t.exp.add(s)
 }
 
 func splitHostPort(addr string) (string, string) {

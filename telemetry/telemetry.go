@@ -12,9 +12,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // Options are the injected dependencies of New.
@@ -25,22 +25,20 @@ type Options struct {
 	Logger   *slog.Logger
 	// Now is the clock of the trace store and hop statistics.
 	Now func() time.Time
-	// SpanExporter, if set, receives the spans instead of the OTLP
-	// exporter of Config (which it replaces): for tests, and programs
-	// that embed hopwatch with an exporter of their own. Spans pass
-	// through the same bound and turn holder as OTLP's.
-	SpanExporter sdktrace.SpanExporter
+	// SpanClient, if set, receives the hop spans in OTLP instead of the
+	// client of Config's OTLP exporter (which it replaces): for tests, and
+	// programs that embed hopwatch with a collector client of their own.
+	// Spans pass through the same bound, batching and turn holder.
+	SpanClient otlptrace.Client
 }
 
-// Telemetry is the long-lived part: metrics, tracer provider, propagation,
+// Telemetry is the long-lived part: metrics, span export, propagation,
 // trace store and hop statistics. It outlives configuration reloads; the
 // per-route parts are rebuilt with each generation by Route.
 type Telemetry struct {
 	cfg    Config
 	reg    *prometheus.Registry
 	m      *metrics
-	tp     *sdktrace.TracerProvider
-	tracer trace.Tracer
 	prop   propagation.TextMapPropagator
 	fields []string // headers the propagator reads and writes
 	// dropFields are removed from every upstream request before injection:
@@ -48,12 +46,14 @@ type Telemetry struct {
 	// every propagator the proxy knows.
 	dropFields []string
 	trust      bool
-	// export is true when an OTLP exporter is configured; only then are
-	// spans made with the SDK (see Route.Start).
-	export bool
+	// exp exports hop spans (export.go); nil without an OTLP exporter,
+	// when spans are made for the built-in store only.
+	exp *spanExporter
 	// holder keeps the exported spans of turns in flight until the turn
 	// is classified (turnhold.go); nil without an exporter.
-	holder  *turnHolder
+	holder *turnHolder
+	// sampler decides for traces the proxy starts, as the SDK's
+	// ParentBased(TraceIDRatioBased) would (see spanContext).
 	sampler sdktrace.Sampler
 	now     func() time.Time
 	log     *slog.Logger
@@ -90,7 +90,7 @@ func New(opts Options) (*Telemetry, error) {
 		opts.Logger = slog.Default()
 	}
 	m := newMetrics(opts.Registry)
-	tp, holder, err := newTracerProvider(opts.Config, opts.SpanExporter, m, opts.Logger, opts.Now)
+	exp, holder, err := newExportPipeline(opts.Config, opts.SpanClient, m, opts.Logger, opts.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -119,13 +119,11 @@ func New(opts Options) (*Telemetry, error) {
 		cfg:        opts.Config,
 		reg:        opts.Registry,
 		m:          m,
-		tp:         tp,
-		tracer:     tp.Tracer("github.com/hopwatch/hopwatch"),
 		prop:       prop,
 		fields:     prop.Fields(),
 		dropFields: dropFields(prop, opts.Config.trustIncoming()),
 		trust:      opts.Config.trustIncoming(),
-		export:     holder != nil,
+		exp:        exp,
 		holder:     holder,
 		sampler:    sdktrace.TraceIDRatioBased(opts.Config.sampleRatio()),
 		now:        opts.Now,
@@ -150,12 +148,17 @@ func (t *Telemetry) SetTurnSLOs(slos map[string]time.Duration) {
 	t.Store.SetTurnSLOs(slos)
 }
 
-// Shutdown flushes spans still queued for export, until ctx ends.
+// Shutdown flushes spans still queued for export, until ctx ends: the
+// spans held for turns still in flight go unmarked (counted).
 func (t *Telemetry) Shutdown(ctx context.Context) error {
 	if t.Receiver != nil {
 		t.Receiver.Close()
 	}
-	return t.tp.Shutdown(ctx)
+	if t.exp == nil {
+		return nil
+	}
+	t.holder.shutdown()
+	return t.exp.shutdown(ctx)
 }
 
 // MetricsHandler serves /metrics: OpenMetrics (with exemplars) or the
@@ -191,7 +194,7 @@ func (t *Telemetry) Unrouted(listener string) {
 }
 
 // SameConfig reports whether c can replace the running configuration
-// without a restart (the tracer provider and exporter are built once).
+// without a restart (the span exporter is built once).
 func (t *Telemetry) SameConfig(c Config) bool {
 	return equalConfig(t.cfg, c)
 }

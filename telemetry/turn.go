@@ -184,13 +184,11 @@ func (ts *turnState) header(key string) string { return ts.headers[key] }
 // from its headers, or, for the other hops, that of the turn in flight in
 // the same trace, as registered with the turn holder by its entry hop
 // (which also starts holding the trace's spans there, see turnhold.go).
-// The id is kept on the hop for its client spans. Only SDK spans (with an
-// exporter) carry attributes; the built-in store's spans get their turn
-// when it is classified (Store.markTurn).
+// The id is kept on the hop for its client spans. Only exported spans
+// carry attributes; the built-in store's spans get their turn when it is
+// classified (Store.markTurn). Called by Start for a sampled hop with an
+// exporter.
 func (h *Hop) markSpan() {
-	if h.span == nil || !h.sc.IsSampled() {
-		return
-	}
 	hold := h.r.t.holder
 	if ts := h.turn; ts != nil {
 		h.session = ts.o.SessionID(ts.header)
@@ -200,9 +198,7 @@ func (h *Hop) markSpan() {
 	} else if hold != nil {
 		h.session = hold.session(h.sc.TraceID())
 	}
-	if h.session != "" {
-		h.span.SetAttributes(sessionAttrs(h.session)...)
-	}
+	h.xs.session = h.session
 }
 
 // RequestBody returns what the proxy should forward as the request body:
@@ -369,7 +365,7 @@ func (h *Hop) verdictFrom(hdr http.Header, name, trailer string) {
 // those the turn holder kept for it) and the stored ones. It runs before
 // the hop's own span is stored, so the entry span is added to the trace's
 // stored spans here (and its turn kept for End).
-func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration, finish string) {
+func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration, finish string, xs *hopSpan) {
 	ts := h.turn
 	if ts == nil {
 		return
@@ -400,8 +396,8 @@ func (h *Hop) endTurn(code string, outcome Outcome, d time.Duration, finish stri
 	if t.holder != nil {
 		t.holder.closeTurn(ts.held, attrs)
 	}
-	if h.span != nil && len(attrs) > 0 {
-		h.span.SetAttributes(attrs...)
+	if xs != nil && len(attrs) > 0 {
+		xs.turn, xs.turnMerge = attrs, true
 	}
 }
 

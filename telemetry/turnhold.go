@@ -1,13 +1,11 @@
 package telemetry
 
 import (
-	"context"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -18,10 +16,10 @@ import (
 // the tracker assigns it when the turn ends (predicting it at the start
 // would be wrong whenever the session expires, is evicted or takes another
 // turn meanwhile). So instead of guessing at span start, the spans wait:
-// turnHolder sits in front of the export processor and holds the ended
-// spans of every trace whose entry turn is in flight; when the turn is
-// classified it passes them on with the turn's attributes added
-// (markedSpan). Spans of other traces pass straight through.
+// turnHolder sits in front of the export queue and holds the ended spans
+// (hopSpan, export.go) of every trace whose entry turn is in flight; when
+// the turn is classified it passes them on with the turn's attributes
+// added (hopSpan.turn). Spans of other traces pass straight through.
 //
 // It is bounded three ways, without a goroutine of its own: turns held at
 // once (MaxHeldTurns: the oldest is let go when a new one comes), spans
@@ -36,9 +34,9 @@ const (
 	// about 200 bytes each: far more turns than a proxy has in flight.
 	MaxHeldTurns = 16384
 	// MaxHeldSpans bounds the ended spans held for turns in flight: the
-	// export queue's default size. A hop span as the SDK hands it on, with
-	// its attributes, holds about 1.2 KiB (TestTurnHolderBounded measures
-	// it, turns included), so at most about 10 MiB are held.
+	// export queue's default size. A hop span in its compact form holds
+	// about 0.3 KiB (TestTurnHolderBounded measures it, turns included),
+	// so at most about 3 MiB are held.
 	MaxHeldSpans = DefaultQueueSize
 	// MaxTurnHold is the longest a span waits for its turn's outcome.
 	MaxTurnHold = 30 * time.Second
@@ -50,15 +48,15 @@ const (
 	unmarkedSpansFull = iota // MaxHeldSpans were held
 	unmarkedTurnsFull        // MaxHeldTurns were open: the oldest was let go
 	unmarkedTimeout          // the turn ran past MaxTurnHold
-	unmarkedShutdown         // the provider shut down first
+	unmarkedShutdown         // telemetry shut down first
 	numUnmarkedReasons
 )
 
 var unmarkedReasonName = [numUnmarkedReasons]string{"spans_full", "turns_full", "timeout", "shutdown"}
 
-// turnHolder is an sdktrace.SpanProcessor in front of next.
+// turnHolder is in front of next, the export queue.
 type turnHolder struct {
-	next     sdktrace.SpanProcessor
+	next     func(*hopSpan)
 	now      func() time.Time
 	maxTurns int
 	maxSpans int
@@ -83,10 +81,10 @@ type heldTurn struct {
 	// the turn's trace.
 	session string
 	opened  time.Time
-	spans   []sdktrace.ReadOnlySpan
+	spans   []*hopSpan
 }
 
-func newTurnHolder(next sdktrace.SpanProcessor, now func() time.Time, unmarked *prometheus.CounterVec) *turnHolder {
+func newTurnHolder(next func(*hopSpan), now func() time.Time, unmarked *prometheus.CounterVec) *turnHolder {
 	h := &turnHolder{
 		next: next, now: now, maxTurns: MaxHeldTurns, maxSpans: MaxHeldSpans, hold: MaxTurnHold,
 		open: map[trace.TraceID]*heldTurn{},
@@ -147,9 +145,9 @@ func (h *turnHolder) closeTurn(t *heldTurn, attrs []attribute.KeyValue) {
 	h.mu.Unlock()
 	for _, s := range spans {
 		if len(attrs) > 0 {
-			s = markedSpan{ReadOnlySpan: s, turn: attrs}
+			s.turn, s.turnMerge = attrs, false
 		}
-		h.next.OnEnd(s)
+		h.next(s)
 	}
 }
 
@@ -162,7 +160,7 @@ func (h *turnHolder) removeLocked(t *heldTurn) {
 
 // releaseLocked lets t go: its spans are appended to let, to pass on
 // unmarked once the lock is released, and counted.
-func (h *turnHolder) releaseLocked(t *heldTurn, reason int, let []sdktrace.ReadOnlySpan) []sdktrace.ReadOnlySpan {
+func (h *turnHolder) releaseLocked(t *heldTurn, reason int, let []*hopSpan) []*hopSpan {
 	h.removeLocked(t)
 	if n := len(t.spans); n > 0 {
 		h.unmarked[reason].Add(float64(n))
@@ -172,35 +170,26 @@ func (h *turnHolder) releaseLocked(t *heldTurn, reason int, let []sdktrace.ReadO
 
 // expireLocked lets go the turns open for MaxTurnHold. The list is in
 // deadline order, so the cost is the number let go.
-func (h *turnHolder) expireLocked(now time.Time, let []sdktrace.ReadOnlySpan) []sdktrace.ReadOnlySpan {
+func (h *turnHolder) expireLocked(now time.Time, let []*hopSpan) []*hopSpan {
 	for t := h.lru.next; t != &h.lru && now.Sub(t.opened) >= h.hold; t = h.lru.next {
 		let = h.releaseLocked(t, unmarkedTimeout, let)
 	}
 	return let
 }
 
-func (h *turnHolder) pass(spans []sdktrace.ReadOnlySpan) {
+func (h *turnHolder) pass(spans []*hopSpan) {
 	for _, s := range spans {
-		h.next.OnEnd(s)
+		h.next(s)
 	}
 }
 
-func (h *turnHolder) OnStart(parent context.Context, s sdktrace.ReadWriteSpan) {
-	h.next.OnStart(parent, s)
-}
-
-// OnEnd holds s if its trace has a turn open, else passes it on.
-// Unsampled spans are never exported: they are not held either.
-func (h *turnHolder) OnEnd(s sdktrace.ReadOnlySpan) {
-	sc := s.SpanContext()
-	if !sc.IsSampled() {
-		h.next.OnEnd(s)
-		return
-	}
+// onEnd holds s if its trace has a turn open, else passes it on. (Only
+// sampled spans are made for export: see Route.Start.)
+func (h *turnHolder) onEnd(s *hopSpan) {
 	now := h.now()
 	h.mu.Lock()
 	let := h.expireLocked(now, nil)
-	if t := h.open[sc.TraceID()]; t == nil {
+	if t := h.open[s.traceID]; t == nil {
 		let = append(let, s)
 	} else if h.held >= h.maxSpans {
 		h.unmarked[unmarkedSpansFull].Inc()
@@ -213,46 +202,23 @@ func (h *turnHolder) OnEnd(s sdktrace.ReadOnlySpan) {
 	h.pass(let)
 }
 
-// Shutdown passes every held span on, unmarked, before the export
-// processor flushes and stops.
-func (h *turnHolder) Shutdown(ctx context.Context) error {
+// shutdown passes every held span on, unmarked, before the export queue
+// flushes and stops.
+func (h *turnHolder) shutdown() {
 	h.mu.Lock()
-	var let []sdktrace.ReadOnlySpan
+	var let []*hopSpan
 	for h.lru.next != &h.lru {
 		let = h.releaseLocked(h.lru.next, unmarkedShutdown, let)
 	}
 	h.mu.Unlock()
 	h.pass(let)
-	return h.next.Shutdown(ctx)
 }
-
-// ForceFlush flushes what was passed on; held spans wait for their turn.
-func (h *turnHolder) ForceFlush(ctx context.Context) error { return h.next.ForceFlush(ctx) }
 
 // heldCounts reports the turns and spans held, for tests.
 func (h *turnHolder) heldCounts() (turns, spans int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.open), h.held
-}
-
-// markedSpan is an ended span with its turn's attributes: they replace any
-// of the same keys the span had (a child hop's session.id set at its
-// start), so that no key appears twice in the export.
-type markedSpan struct {
-	sdktrace.ReadOnlySpan
-	turn []attribute.KeyValue
-}
-
-func (m markedSpan) Attributes() []attribute.KeyValue {
-	orig := m.ReadOnlySpan.Attributes()
-	out := make([]attribute.KeyValue, 0, len(orig)+len(m.turn))
-	for _, a := range orig {
-		if !isTurnKey(a.Key) {
-			out = append(out, a)
-		}
-	}
-	return append(out, m.turn...)
 }
 
 // Turn attribute keys (design section 5).
@@ -263,15 +229,12 @@ const (
 	attrTurnOutcome    = attribute.Key("hopwatch.turn.outcome")
 )
 
-func isTurnKey(k attribute.Key) bool {
-	return k == attrSessionID || k == attrConversationID || k == attrTurnIndex || k == attrTurnOutcome
-}
-
-// sessionAttrs are the session attributes of a span: the same id under
-// both conventions (OpenTelemetry GenAI and general session attributes,
-// both in development; Phoenix and Langfuse key on session.id).
-func sessionAttrs(id string) []attribute.KeyValue {
-	return []attribute.KeyValue{attrSessionID.String(id), attrConversationID.String(id)}
+// appendSessionAttrs appends the session attributes of a span: the same
+// id under both conventions (OpenTelemetry GenAI and general session
+// attributes, both in development; Phoenix and Langfuse key on
+// session.id).
+func appendSessionAttrs(a []attribute.KeyValue, id string) []attribute.KeyValue {
+	return append(a, attrSessionID.String(id), attrConversationID.String(id))
 }
 
 // turnAttrs are the attributes a turn's mark puts on every hop span of
@@ -279,7 +242,7 @@ func sessionAttrs(id string) []attribute.KeyValue {
 func turnAttrs(m TurnMark) []attribute.KeyValue {
 	var attrs []attribute.KeyValue
 	if m.SessionID != "" {
-		attrs = append(sessionAttrs(m.SessionID), attrTurnIndex.Int(m.Index))
+		attrs = append(appendSessionAttrs(attrs, m.SessionID), attrTurnIndex.Int(m.Index))
 	}
 	if m.Outcome != "" {
 		attrs = append(attrs, attrTurnOutcome.String(m.Outcome))
