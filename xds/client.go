@@ -75,7 +75,9 @@ type Client struct {
 	mu     sync.Mutex // guards the fields below
 	base   *routes.Spec
 	status Status
-	last   *routes.Spec // last spec applied
+	// files holds the inline certificates of TLS contexts, as files.
+	files *inlineFiles
+	last  *routes.Spec // last spec applied
 }
 
 // Status is the client's state, for /config.
@@ -131,7 +133,7 @@ func New(opts Options) (*Client, error) {
 	if err := opts.Registerer.Register(m.updates); err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
-	c := &Client{opts: opts, log: opts.Logger, m: m, base: opts.Base,
+	c := &Client{opts: opts, log: opts.Logger, m: m, base: opts.Base, files: &inlineFiles{},
 		node:   &corev3.Node{Id: opts.Config.NodeID, Cluster: opts.Config.Cluster, UserAgentName: "hopwatch"},
 		status: Status{Source: "xds", Server: opts.Config.Server, NodeID: opts.Config.NodeID, Versions: map[string]string{}}}
 	return c, nil
@@ -211,6 +213,7 @@ func (c *Client) Run(ctx context.Context) error {
 		return fmt.Errorf("xds: %w", err)
 	}
 	defer cc.Close()
+	defer c.files.Close()
 	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(cc)
 	mode := cmp.Or(c.opts.Config.Protocol, config.XDSProtocolAuto)
 	ds := newDeltaState()
@@ -453,7 +456,7 @@ func (c *Client) maybeApply(rs *resources) error {
 		c.mu.Unlock()
 		return nil
 	}
-	spec, _, err := translate(rs, base)
+	spec, _, err := translate(rs, base, c.files)
 	if err != nil {
 		return err
 	}
