@@ -72,12 +72,14 @@ type Client struct {
 	// neither can put back an older configuration over a newer one.
 	applying sync.Mutex
 
+	// files holds the inline certificates of TLS contexts, as files
+	// (safe for concurrent use).
+	files *inlineFiles
+
 	mu     sync.Mutex // guards the fields below
 	base   *routes.Spec
 	status Status
-	// files holds the inline certificates of TLS contexts, as files.
-	files *inlineFiles
-	last  *routes.Spec // last spec applied
+	last   *routes.Spec // last spec applied
 }
 
 // Status is the client's state, for /config.
