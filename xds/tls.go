@@ -141,6 +141,9 @@ type commonTLS struct {
 
 func translateCommonTLS(c *tlsv3.CommonTlsContext, path string, files *inlineFiles, errs *fieldErrs) commonTLS {
 	var out commonTLS
+	if c == nil {
+		return out // a context without common settings: the system roots
+	}
 	c = proto.Clone(c).(*tlsv3.CommonTlsContext)
 	// ALPN: hopwatch offers what the listener's or upstream's protocol
 	// speaks (h2, http/1.1).

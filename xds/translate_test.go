@@ -171,6 +171,16 @@ func TestTranslateInlineTLS(t *testing.T) {
 	if u.ServerName != "nlu.bot.svc" {
 		t.Errorf("server name %q", u.ServerName)
 	}
+	// Envoy's smallest TLS cluster: no common context at all. The
+	// upstream is verified against the system roots.
+	res.Clusters[1].TransportSocket = mustSocket(t, &tlsv3.UpstreamTlsContext{})
+	bare, _, err := translate(resourcesOf(res), &routes.Spec{}, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := bare.Upstreams[1].TLS; got == nil || *got != (routes.UpstreamTLS{}) {
+		t.Errorf("an empty UpstreamTlsContext gives tls %+v, want TLS on the system roots", got)
+	}
 	dir := filepath.Dir(u.CAFile)
 	if err := files.Close(); err != nil {
 		t.Fatal(err)
