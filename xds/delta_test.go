@@ -178,9 +178,14 @@ func upstreamNames(s *routes.Spec) []string {
 
 // runClient runs a client of server until the test ends.
 func runClient(t *testing.T, x config.XDS, apply func(*routes.Spec) error) (*Client, *prometheus.Registry) {
+	return runClientLog(t, x, apply, io.Discard)
+}
+
+// runClientLog is runClient logging to w.
+func runClientLog(t *testing.T, x config.XDS, apply func(*routes.Spec) error, w io.Writer) (*Client, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	c, err := New(Options{Config: x, Apply: apply, Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	c, err := New(Options{Config: x, Apply: apply, Registerer: reg, Logger: slog.New(slog.NewTextHandler(w, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -71,7 +73,8 @@ func TestClientOverTLS(t *testing.T) {
 			ts.set(t, "n", "1", fleetSpec(), nil)
 			rec := &recorder{}
 			x := tc.tls
-			c, reg := runClient(t, config.XDS{Server: ts.addr, NodeID: "n", TLS: &x}, rec.apply)
+			var log syncBuffer
+			c, reg := runClientLog(t, config.XDS{Server: ts.addr, NodeID: "n", TLS: &x}, rec.apply, &log)
 			if tc.refused == "" {
 				waitFor(t, "the configuration over TLS", func() bool { return rec.count() == 1 })
 				if g := testkit.Metric(t, reg, "hopwatch_xds_connected", nil); g != 1 {
@@ -88,8 +91,29 @@ func TestClientOverTLS(t *testing.T) {
 			if g := testkit.Metric(t, reg, "hopwatch_xds_connected", nil); g != 0 {
 				t.Errorf("hopwatch_xds_connected = %v", g)
 			}
+			if l := log.String(); !strings.Contains(l, "level=WARN") || !strings.Contains(l, "xDS stream ended") || !strings.Contains(l, tc.refused) {
+				t.Errorf("log does not say why:\n%s", l)
+			}
 		})
 	}
+}
+
+// syncBuffer is a bytes.Buffer for a logger and a test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestTLSOverXDS: a TLS listener and an mTLS upstream arrive over xDS
