@@ -141,17 +141,13 @@ func (d *discovery) prepare(spec *routes.Spec) []*dnsWatch {
 	}
 	lookups, cancel := context.WithTimeout(d.ctx, dnsLookupTimeout)
 	defer cancel()
-	type first struct {
-		next  time.Duration
-		total int
-	}
-	firsts := make([]first, len(fresh))
+	nexts := make([]time.Duration, len(fresh))
 	var wg sync.WaitGroup
 	for i, w := range fresh {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, firsts[i].next, firsts[i].total = d.resolve(w.ctx, lookups, w)
+			_, nexts[i], _ = d.resolve(w.ctx, lookups, w)
 		}()
 	}
 	wg.Wait()
@@ -163,16 +159,18 @@ func (d *discovery) prepare(spec *routes.Spec) []*dnsWatch {
 			w.cancel()
 			continue
 		}
+		// Its hopwatch_dns_endpoints is written on commit: until then
+		// the series is the running configuration's.
 		d.watches[w.key] = w
-		d.tel.DNSEndpoints(w.upstream, firsts[i].total)
 		d.wg.Add(1)
-		go d.run(w, firsts[i].next)
+		go d.run(w, nexts[i])
 		added = append(added, w)
 	}
 	return added
 }
 
-// commit stops the watches spec no longer needs.
+// commit stops the watches spec no longer needs, and exports the address
+// counts of those it keeps.
 func (d *discovery) commit(spec *routes.Spec) {
 	keep := map[string]bool{}
 	for i := range spec.Upstreams {
@@ -196,6 +194,20 @@ func (d *discovery) commit(spec *routes.Spec) {
 			d.tel.DNSForget(name)
 		}
 	}
+	for _, w := range d.watches {
+		d.tel.DNSEndpoints(w.upstream, w.total())
+	}
+}
+
+// total is how many addresses w's hosts have now (last good answers).
+func (w *dnsWatch) total() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, h := range w.hosts {
+		n += len(w.addrs[h])
+	}
+	return n
 }
 
 // watchingLocked reports whether a watch resolves the upstream's names.

@@ -793,7 +793,7 @@ func dnsSpec(tlsCA string, upstreams map[string][]string) *routes.Spec {
 	for name, eps := range upstreams {
 		u := routes.Upstream{Name: name, Protocol: routes.UpstreamHTTP, Endpoints: eps}
 		if tlsCA != "" {
-			u.TLS = &routes.UpstreamTLS{CAFile: tlsCA}
+			u.TLS = &routes.UpstreamTLS{CAFile: tlsCA, ServerName: "svc.test"}
 		}
 		s.Upstreams = append(s.Upstreams, u)
 		s.Routes = append(s.Routes, routes.Route{Name: name, Listener: "in", Upstream: name, Match: routes.Match{PathPrefix: "/" + name + "/"}})
@@ -877,8 +877,9 @@ func TestDNSFirstLookupsShutdown(t *testing.T) {
 
 // TestDNSRefusedApplyForgets: an apply refused after its first lookups
 // (here: an upstream's CA file does not load) leaves no
-// hopwatch_dns_endpoints series for the names it alone resolved, and
-// keeps those of the running configuration.
+// hopwatch_dns_endpoints series for the upstreams it alone resolved, and
+// leaves those of the running configuration as they were (not counting
+// the names the refused apply added to a running upstream).
 func TestDNSRefusedApplyForgets(t *testing.T) {
 	d := startDNS(t)
 	d.set("a.test", 0, "127.0.0.1")
@@ -894,9 +895,11 @@ func TestDNSRefusedApplyForgets(t *testing.T) {
 	if err := p.Apply(dnsSpec("", map[string][]string{"a": {"dns:///a.test:80"}})); err != nil {
 		t.Fatal(err)
 	}
-	bad := dnsSpec("/nonexistent/ca.pem", map[string][]string{"a": {"dns:///a.test:80"}, "b": {"dns:///b.test:80"}})
+	bad := dnsSpec("/nonexistent/ca.pem", map[string][]string{"a": {"dns:///a.test:80", "dns:///b.test:80"}, "b": {"dns:///b.test:80"}})
 	if err := p.Apply(bad); err == nil {
 		t.Fatal("an upstream without its CA file was applied")
+	} else if !strings.Contains(err.Error(), "ca.pem") {
+		t.Fatalf("refused for another reason than the CA file: %v", err)
 	}
 	if got := dnsEndpointsSeries(t, reg); len(got) != 1 || got["a"] != 1 {
 		t.Errorf("hopwatch_dns_endpoints = %v, want only the running a: 1", got)
