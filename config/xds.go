@@ -8,7 +8,8 @@ import (
 )
 
 // XDS makes an xDS management server the source of the listeners, routes
-// and upstreams (over ADS, state of the world). The file then keeps
+// and upstreams (over ADS, incremental or state of the world, see
+// Protocol). The file then keeps
 // admin, telemetry, callers, replay, conversation, access_log and genai;
 // it must not also list listeners, routes or upstreams.
 type XDS struct {
@@ -22,7 +23,22 @@ type XDS struct {
 	// TLS connects to the server over TLS (nil: cleartext, for a server
 	// on the same host or inside a mesh).
 	TLS *routes.UpstreamTLS `yaml:"tls"`
+	// Protocol is the ADS variant: "delta" (incremental: only changed
+	// resources travel, removals by name), "sotw" (state of the world:
+	// every resource of a type in each response) or "auto" (empty:
+	// XDSProtocolAuto).
+	Protocol string `yaml:"protocol"`
 }
+
+// ADS variants (xds.protocol).
+const (
+	XDSProtocolSotW  = "sotw"
+	XDSProtocolDelta = "delta"
+	// XDSProtocolAuto tries delta on every (re)connect and falls back to
+	// state of the world for that stream when the server answers
+	// UNIMPLEMENTED (a server without DeltaAggregatedResources).
+	XDSProtocolAuto = "auto"
+)
 
 // checkXDS checks the xds section.
 func checkXDS(c *Config) []routes.FieldError {
@@ -41,6 +57,11 @@ func checkXDS(c *Config) []routes.FieldError {
 	}
 	if x.NodeID == "" {
 		add("xds.node_id", "node_id is required: the name this replica has for the management server")
+	}
+	switch x.Protocol {
+	case "", XDSProtocolAuto, XDSProtocolSotW, XDSProtocolDelta:
+	default:
+		add("xds.protocol", "%q: protocol is auto, delta or sotw", x.Protocol)
 	}
 	if x.TLS != nil {
 		if (x.TLS.CertFile == "") != (x.TLS.KeyFile == "") {

@@ -21,6 +21,8 @@ func TestXDSSection(t *testing.T) {
 			"listeners", "with xds, listeners come from the management server"},
 		{"tls key pair", "xds: {server: 127.0.0.1:18000, node_id: r, tls: {cert_file: c.pem}}\n", "xds.tls.cert_file", "go together"},
 		{"tls files are read", "xds: {server: 127.0.0.1:18000, node_id: r, tls: {ca_file: /nonexistent/ca.pem}}\n", "xds.tls.ca_file", "no such file"},
+		{"protocols", "callers: [client]\nxds: {server: 127.0.0.1:18000, node_id: replica-1, protocol: delta}\n", "", ""},
+		{"unknown protocol", "xds: {server: 127.0.0.1:18000, node_id: r, protocol: incremental}\n", "xds.protocol", "protocol is auto, delta or sotw"},
 		{"unknown field", "xds: {server: 127.0.0.1:18000, node_id: r, nodeid: x}\n", "xds.nodeid", "unknown field"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

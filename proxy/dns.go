@@ -60,6 +60,10 @@ type discovery struct {
 	log     *slog.Logger
 	changed func() // called, without locks held, when an answer changed
 
+	// ctx ends with close: every watch and first resolution derives from it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	mu      sync.Mutex // guards the fields below
 	watches map[string]*dnsWatch
 	closed  bool
@@ -72,6 +76,7 @@ type dnsWatch struct {
 	upstream string
 	hosts    []string
 	refresh  time.Duration
+	ctx      context.Context // ends when the watch stops
 	cancel   context.CancelFunc
 
 	mu    sync.Mutex // guards addrs
@@ -82,7 +87,8 @@ func newDiscovery(res Resolver, tel *telemetry.Telemetry, log *slog.Logger, chan
 	if res == nil {
 		res = SystemResolver{}
 	}
-	return &discovery{res: res, tel: tel, log: log, changed: changed, watches: map[string]*dnsWatch{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &discovery{res: res, tel: tel, log: log, changed: changed, ctx: ctx, cancel: cancel, watches: map[string]*dnsWatch{}}
 }
 
 // dnsHosts lists the distinct hosts of u's DNS endpoints, in file order.
@@ -107,9 +113,13 @@ func watchKey(u *routes.Upstream, hosts []string) string {
 
 // prepare starts the watches spec needs that are not running yet, each
 // after its first resolution (so that the generation about to be built has
-// addresses), and returns them for abort.
+// addresses), and returns them for abort. The first resolutions of all
+// new names run at once under one deadline (dnsLookupTimeout), and close
+// (Shutdown) cuts them short: a black-holed resolver holds an apply (a
+// reload, the xDS stream) for one lookup timeout at most, not one per name.
 func (d *discovery) prepare(spec *routes.Spec) []*dnsWatch {
-	var added []*dnsWatch
+	var fresh []*dnsWatch
+	d.mu.Lock()
 	for i := range spec.Upstreams {
 		u := &spec.Upstreams[i]
 		hosts := dnsHosts(u)
@@ -117,34 +127,50 @@ func (d *discovery) prepare(spec *routes.Spec) []*dnsWatch {
 			continue
 		}
 		key := watchKey(u, hosts)
-		d.mu.Lock()
-		_, running := d.watches[key]
-		closed := d.closed
-		d.mu.Unlock()
-		if running || closed {
+		if _, running := d.watches[key]; running || d.closed {
 			continue
 		}
 		w := &dnsWatch{key: key, upstream: u.Name, hosts: hosts,
 			refresh: cmp.Or(u.DNSRefresh, routes.DefaultDNSRefresh), addrs: map[string][]netip.Addr{}}
-		ctx, cancel := context.WithCancel(context.Background())
-		w.cancel = cancel
-		_, next := d.resolve(ctx, w)
-		d.mu.Lock()
+		w.ctx, w.cancel = context.WithCancel(d.ctx)
+		fresh = append(fresh, w)
+	}
+	d.mu.Unlock()
+	if len(fresh) == 0 {
+		return nil
+	}
+	lookups, cancel := context.WithTimeout(d.ctx, dnsLookupTimeout)
+	defer cancel()
+	nexts := make([]time.Duration, len(fresh))
+	var wg sync.WaitGroup
+	for i, w := range fresh {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, nexts[i], _ = d.resolve(w.ctx, lookups, w)
+		}()
+	}
+	wg.Wait()
+	var added []*dnsWatch
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, w := range fresh {
 		if d.closed {
-			d.mu.Unlock()
-			cancel()
+			w.cancel()
 			continue
 		}
-		d.watches[key] = w
+		// Its hopwatch_dns_endpoints is written on commit: until then
+		// the series is the running configuration's.
+		d.watches[w.key] = w
 		d.wg.Add(1)
-		d.mu.Unlock()
-		go d.run(ctx, w, next)
+		go d.run(w, nexts[i])
 		added = append(added, w)
 	}
 	return added
 }
 
-// commit stops the watches spec no longer needs.
+// commit stops the watches spec no longer needs, and exports the address
+// counts of those it keeps.
 func (d *discovery) commit(spec *routes.Spec) {
 	keep := map[string]bool{}
 	for i := range spec.Upstreams {
@@ -168,6 +194,20 @@ func (d *discovery) commit(spec *routes.Spec) {
 			d.tel.DNSForget(name)
 		}
 	}
+	for _, w := range d.watches {
+		d.tel.DNSEndpoints(w.upstream, w.total())
+	}
+}
+
+// total is how many addresses w's hosts have now (last good answers).
+func (w *dnsWatch) total() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, h := range w.hosts {
+		n += len(w.addrs[h])
+	}
+	return n
 }
 
 // watchingLocked reports whether a watch resolves the upstream's names.
@@ -180,7 +220,9 @@ func (d *discovery) watchingLocked(upstream string) bool {
 	return false
 }
 
-// abort stops the watches a configuration that was not applied started.
+// abort stops the watches a configuration that was not applied started,
+// and drops the series of their upstreams unless a running watch still
+// resolves them (it sets them again on its next answer).
 func (d *discovery) abort(added []*dnsWatch) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -190,12 +232,18 @@ func (d *discovery) abort(added []*dnsWatch) {
 			delete(d.watches, w.key)
 		}
 	}
+	for _, w := range added {
+		if !d.watchingLocked(w.upstream) {
+			d.tel.DNSForget(w.upstream)
+		}
+	}
 }
 
 // close stops every watch; wait waits for their loops to end. They are
 // apart so that close can run under the proxy's lock, which a loop may be
 // waiting for.
 func (d *discovery) close() {
+	d.cancel() // first resolutions in progress too
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.closed = true
@@ -253,19 +301,19 @@ func (d *discovery) endpoints(spec *routes.Spec) map[string][]resolvedEndpoint {
 	return out
 }
 
-// run re-resolves w's hosts until ctx ends.
-func (d *discovery) run(ctx context.Context, w *dnsWatch, next time.Duration) {
+// run re-resolves w's hosts until the watch stops.
+func (d *discovery) run(w *dnsWatch, next time.Duration) {
 	defer d.wg.Done()
 	t := time.NewTimer(next)
 	defer t.Stop()
 	for {
 		select {
-		case <-ctx.Done():
+		case <-w.ctx.Done():
 			return
 		case <-t.C:
 		}
-		changed, after := d.resolve(ctx, w)
-		if ctx.Err() != nil {
+		changed, after, total := d.resolve(w.ctx, w.ctx, w)
+		if !d.publish(w, total) {
 			return
 		}
 		if changed {
@@ -275,22 +323,51 @@ func (d *discovery) run(ctx context.Context, w *dnsWatch, next time.Duration) {
 	}
 }
 
-// resolve looks up every host of w once, keeps the answers that succeeded
-// (a failure, or an empty answer, keeps the host's last good addresses),
-// and returns whether any host's addresses changed and when to resolve
-// next: dns_refresh, or sooner when an answer's TTL ends sooner (not below
-// MinDNSRefresh), or after a failure.
-func (d *discovery) resolve(ctx context.Context, w *dnsWatch) (changed bool, next time.Duration) {
+// publish exports the address count of a running watch; false when the
+// watch has stopped, which leaves no series behind (commit and abort
+// drop it under the same lock).
+func (d *discovery) publish(w *dnsWatch, total int) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.watches[w.key] != w || w.ctx.Err() != nil {
+		return false
+	}
+	d.tel.DNSEndpoints(w.upstream, total)
+	return true
+}
+
+// resolve looks up every host of w once, all at once, each lookup bounded
+// by dnsLookupTimeout within lookups; keeps the answers that succeeded (a
+// failure, or an empty answer, keeps the host's last good addresses); and
+// returns whether any host's addresses changed, when to resolve next
+// (dns_refresh, or sooner when an answer's TTL ends sooner (not below
+// MinDNSRefresh), or after a failure), and how many addresses w has now.
+// Nothing is counted once stop has ended (the watch was stopped).
+func (d *discovery) resolve(stop, lookups context.Context, w *dnsWatch) (changed bool, next time.Duration, total int) {
 	next = w.refresh
-	total := 0
-	for _, h := range w.hosts {
-		lctx, cancel := context.WithTimeout(ctx, dnsLookupTimeout)
-		addrs, ttl, err := d.res.Resolve(lctx, h)
-		cancel()
-		if ctx.Err() != nil {
-			return false, next
-		}
-		addrs = normalizeAddrs(addrs)
+	type answer struct {
+		addrs []netip.Addr
+		ttl   time.Duration
+		err   error
+	}
+	answers := make([]answer, len(w.hosts))
+	var wg sync.WaitGroup
+	for i, h := range w.hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lctx, cancel := context.WithTimeout(lookups, dnsLookupTimeout)
+			defer cancel()
+			a := &answers[i]
+			a.addrs, a.ttl, a.err = d.res.Resolve(lctx, h)
+		}()
+	}
+	wg.Wait()
+	if stop.Err() != nil {
+		return false, next, 0
+	}
+	for i, h := range w.hosts {
+		addrs, ttl, err := normalizeAddrs(answers[i].addrs), answers[i].ttl, answers[i].err
 		if err == nil && len(addrs) == 0 {
 			err = fmt.Errorf("no A or AAAA records")
 		}
@@ -314,10 +391,7 @@ func (d *discovery) resolve(ctx context.Context, w *dnsWatch) (changed bool, nex
 			next = min(next, max(ttl, routes.MinDNSRefresh))
 		}
 	}
-	if ctx.Err() == nil { // a stopped watch leaves no series behind
-		d.tel.DNSEndpoints(w.upstream, total)
-	}
-	return changed, next
+	return changed, next, total
 }
 
 // normalizeAddrs sorts and de-duplicates addresses, IPv4-mapped IPv6

@@ -3,10 +3,12 @@ package proxy_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -748,5 +750,158 @@ func TestDNSDiscoveryTLS(t *testing.T) {
 				t.Fatalf("request through a TLS DNS endpoint: %v", err)
 			}
 		})
+	}
+}
+
+// barrierResolver answers a name only once every one of want lookups has
+// started (or its context ends first, which it records): lookups made one
+// after another never all start, and fail on their deadline.
+type barrierResolver struct {
+	want    int
+	started chan string
+	mu      sync.Mutex
+	n       int
+	all     chan struct{}
+	errs    []error // how lookups that did not get an answer ended
+}
+
+func newBarrierResolver(want int) *barrierResolver {
+	return &barrierResolver{want: want, started: make(chan string, 64), all: make(chan struct{})}
+}
+
+func (b *barrierResolver) Resolve(ctx context.Context, host string) ([]netip.Addr, time.Duration, error) {
+	b.mu.Lock()
+	b.n++
+	if b.n == b.want {
+		close(b.all)
+	}
+	b.mu.Unlock()
+	b.started <- host
+	select {
+	case <-b.all:
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, 0, nil
+	case <-ctx.Done():
+		b.mu.Lock()
+		b.errs = append(b.errs, ctx.Err())
+		b.mu.Unlock()
+		return nil, 0, ctx.Err()
+	}
+}
+
+func dnsSpec(tlsCA string, upstreams map[string][]string) *routes.Spec {
+	s := &routes.Spec{Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP}}}
+	for name, eps := range upstreams {
+		u := routes.Upstream{Name: name, Protocol: routes.UpstreamHTTP, Endpoints: eps}
+		if tlsCA != "" {
+			u.TLS = &routes.UpstreamTLS{CAFile: tlsCA, ServerName: "svc.test"}
+		}
+		s.Upstreams = append(s.Upstreams, u)
+		s.Routes = append(s.Routes, routes.Route{Name: name, Listener: "in", Upstream: name, Match: routes.Match{PathPrefix: "/" + name + "/"}})
+	}
+	return s
+}
+
+func dnsEndpointsSeries(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "hopwatch_dns_endpoints" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			out[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+		}
+	}
+	return out
+}
+
+// TestDNSFirstLookupsConcurrent: the first lookups of the names an apply
+// adds (of several upstreams, and several names of one) run at once, so
+// that a slow or black-holed resolver holds the apply (a reload, the xDS
+// stream) for one lookup timeout, not one per name: every lookup has
+// started before any is answered.
+func TestDNSFirstLookupsConcurrent(t *testing.T) {
+	res := newBarrierResolver(3)
+	reg := prometheus.NewRegistry()
+	tel, err := telemetry.New(telemetry.Options{Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	p := proxy.New(proxy.Options{Telemetry: tel, Resolver: res})
+	defer shutdown(t, p)
+	if err := p.Apply(dnsSpec("", map[string][]string{
+		"a": {"dns:///a1.test:80", "dns:///a2.test:80"},
+		"b": {"dns:///b.test:80"},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if got := dnsEndpointsSeries(t, reg); got["a"] != 2 || got["b"] != 1 {
+		t.Errorf("hopwatch_dns_endpoints = %v, want a: 2, b: 1 (lookups that timed out: %v)", got, res.errs)
+	}
+}
+
+// TestDNSFirstLookupsShutdown: Shutdown cuts short the first lookups of
+// an apply in progress (it does not wait for their deadline); the apply
+// fails with ErrClosed and leaves no hopwatch_dns_endpoints series.
+func TestDNSFirstLookupsShutdown(t *testing.T) {
+	res := newBarrierResolver(1000) // never answers
+	reg := prometheus.NewRegistry()
+	tel, err := telemetry.New(telemetry.Options{Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	p := proxy.New(proxy.Options{Telemetry: tel, Resolver: res})
+	applied := make(chan error, 1)
+	go func() { applied <- p.Apply(dnsSpec("", map[string][]string{"a": {"dns:///a.test:80"}})) }()
+	<-res.started
+	shutdown(t, p)
+	if err := <-applied; !errors.Is(err, proxy.ErrClosed) {
+		t.Errorf("apply = %v, want ErrClosed", err)
+	}
+	res.mu.Lock()
+	errs := slices.Clone(res.errs)
+	res.mu.Unlock()
+	if len(errs) != 1 || !errors.Is(errs[0], context.Canceled) {
+		t.Errorf("the lookup ended with %v, want context.Canceled (cut short by Shutdown)", errs)
+	}
+	if got := dnsEndpointsSeries(t, reg); len(got) != 0 {
+		t.Errorf("hopwatch_dns_endpoints = %v after a refused apply", got)
+	}
+}
+
+// TestDNSRefusedApplyForgets: an apply refused after its first lookups
+// (here: an upstream's CA file does not load) leaves no
+// hopwatch_dns_endpoints series for the upstreams it alone resolved, and
+// leaves those of the running configuration as they were (not counting
+// the names the refused apply added to a running upstream).
+func TestDNSRefusedApplyForgets(t *testing.T) {
+	d := startDNS(t)
+	d.set("a.test", 0, "127.0.0.1")
+	d.set("b.test", 0, "127.0.0.1", "127.0.0.2")
+	reg := prometheus.NewRegistry()
+	tel, err := telemetry.New(telemetry.Options{Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background())
+	p := proxy.New(proxy.Options{Telemetry: tel, Resolver: goResolver(d)})
+	defer shutdown(t, p)
+	if err := p.Apply(dnsSpec("", map[string][]string{"a": {"dns:///a.test:80"}})); err != nil {
+		t.Fatal(err)
+	}
+	bad := dnsSpec("/nonexistent/ca.pem", map[string][]string{"a": {"dns:///a.test:80", "dns:///b.test:80"}, "b": {"dns:///b.test:80"}})
+	if err := p.Apply(bad); err == nil {
+		t.Fatal("an upstream without its CA file was applied")
+	} else if !strings.Contains(err.Error(), "ca.pem") {
+		t.Fatalf("refused for another reason than the CA file: %v", err)
+	}
+	if got := dnsEndpointsSeries(t, reg); len(got) != 1 || got["a"] != 1 {
+		t.Errorf("hopwatch_dns_endpoints = %v, want only the running a: 1", got)
 	}
 }

@@ -395,10 +395,14 @@ func (p *Proxy) planResilience(pl *applyPlan) {
 		if !needsResilience(rs) {
 			continue
 		}
-		if old, ok := p.res[rs.Name]; ok && old.same(rs, upSpecs[rs.Upstream]) && old.maxRequest == maxRequest {
+		up := upSpecs[rs.Upstream]
+		switch old, ok := p.res[rs.Name]; {
+		case ok && old.same(rs, up) && old.maxRequest == maxRequest && old.sameEndpoints(up):
 			pl.res[rs.Name] = old
-		} else {
-			pl.res[rs.Name] = newResilience(rs, upSpecs[rs.Upstream], p.now, p.replay, maxRequest)
+		case ok && old.same(rs, up) && old.maxRequest == maxRequest:
+			pl.res[rs.Name] = old.successor(up) // other endpoints: a fresh cache only
+		default:
+			pl.res[rs.Name] = newResilience(rs, up, p.now, p.replay, maxRequest)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"reflect"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -27,7 +28,11 @@ const (
 
 // resilience is one route's retry and fallback state. It survives reloads
 // that leave the route's policy unchanged, so the fallback cache stays warm
-// and the retry budget keeps its history.
+// and the retry budget keeps its history. A change of the upstream's
+// endpoints alone (an xDS endpoint push, a DNS or file edit) gives a
+// successor with a fresh cache (answers from other endpoints are other
+// answers) and the same budget and background queue (the route's retry
+// history and work in progress are not the endpoints').
 type resilience struct {
 	name     string
 	retry    *routes.Retry
@@ -37,11 +42,17 @@ type resilience struct {
 	budget   *fallback.Budget
 	cache    *fallback.Cache
 	bg       *fallback.Background
+	// bgUsers counts the states sharing bg (a state and its successors);
+	// the last one to close closes it.
+	bgUsers *atomic.Int32
 	// keyNames are the route's cache-key headers, canonical.
 	keyNames []string
-	// ident is what the cached answers depend on besides the policy: a
-	// reload that changes it starts a fresh cache (and budget).
-	ident resilienceIdent
+	// ident is what the whole state depends on besides the policy: a
+	// reload that changes it starts afresh. endpoints is what only the
+	// cache depends on besides: a reload that changes them alone starts a
+	// fresh cache (successor).
+	ident     resilienceIdent
+	endpoints []string
 	// mem is the proxy-wide replay budget; maxRequest the most one
 	// request may keep for replay.
 	mem        *fallback.Memory
@@ -59,24 +70,25 @@ func (res *resilience) telemetry() *telemetry.Route { return res.tel.Load() }
 // needsResilience reports whether a route uses the buffered path.
 func needsResilience(r routes.Route) bool { return r.Retry != nil || r.Fallback != nil }
 
-// resilienceIdent is where a route's answers come from: its listener, its
-// match and its upstream (by name and by what the name stands for). A
-// cached answer is only good for the same question to the same service.
+// resilienceIdent is which service a route's state is about: its
+// listener, its match and its upstream (by name and protocol). The
+// upstream's endpoints are apart (resilience.endpoints): a cached answer
+// is only good for the same question to the same endpoints, but a retry
+// budget is the route's whatever endpoints serve it.
 type resilienceIdent struct {
-	listener  string
-	match     routes.Match
-	upstream  string
-	protocol  string
-	endpoints []string
+	listener string
+	match    routes.Match
+	upstream string
+	protocol string
 }
 
 func identOf(r routes.Route, up routes.Upstream) resilienceIdent {
-	return resilienceIdent{listener: r.Listener, match: r.Match, upstream: r.Upstream, protocol: up.Protocol, endpoints: up.Endpoints}
+	return resilienceIdent{listener: r.Listener, match: r.Match, upstream: r.Upstream, protocol: up.Protocol}
 }
 
 func newResilience(r routes.Route, up routes.Upstream, now func() time.Time, mem *fallback.Memory, maxRequest int64) *resilience {
 	res := &resilience{name: r.Name, retry: r.Retry, fb: r.Fallback, attempts: 1, now: now,
-		ident: identOf(r, up), mem: mem, maxRequest: maxRequest}
+		ident: identOf(r, up), endpoints: slices.Clone(up.Endpoints), mem: mem, maxRequest: maxRequest}
 	if r.Retry != nil {
 		res.attempts = max(1, r.Retry.Attempts)
 		res.on, _ = routes.ParseRetryOn(r.Retry.On) // validated
@@ -92,8 +104,26 @@ func newResilience(r routes.Route, up routes.Upstream, now func() time.Time, mem
 			}
 		}
 		res.bg = fallback.NewBackground(fb.Background.Settings(), func(n int) { res.telemetry().BackgroundInflight(n) })
+		res.bgUsers = new(atomic.Int32)
+		res.bgUsers.Store(1)
 	}
 	return res
+}
+
+// successor is the state of the same route over other endpoints (same
+// reports true, sameEndpoints false): a fresh cache, the same budget and
+// background queue.
+func (res *resilience) successor(up routes.Upstream) *resilience {
+	next := &resilience{name: res.name, retry: res.retry, fb: res.fb, attempts: res.attempts, on: res.on,
+		budget: res.budget, bg: res.bg, bgUsers: res.bgUsers, keyNames: res.keyNames,
+		ident: res.ident, endpoints: slices.Clone(up.Endpoints), mem: res.mem, maxRequest: res.maxRequest, now: res.now}
+	if res.cache != nil {
+		next.cache = fallback.NewCache(res.fb.Cache.Settings())
+	}
+	if next.bgUsers != nil {
+		next.bgUsers.Add(1)
+	}
+	return next
 }
 
 func uses(fb *routes.Fallback, source string) bool {
@@ -105,16 +135,21 @@ func uses(fb *routes.Fallback, source string) bool {
 	return false
 }
 
-// same reports whether this state can serve r's policy unchanged, for the
-// same listener, match and upstream: a cache warmed by another upstream or
-// other requests must not answer for this one.
+// same reports whether this state (or a successor) can serve r's policy
+// unchanged, for the same listener, match and upstream.
 func (res *resilience) same(r routes.Route, up routes.Upstream) bool {
 	return reflect.DeepEqual(res.retry, r.Retry) && reflect.DeepEqual(res.fb, r.Fallback) &&
 		reflect.DeepEqual(res.ident, identOf(r, up))
 }
 
+// sameEndpoints reports whether the cache may keep answering for up: a
+// cache warmed by other endpoints must not answer for these (issue 8).
+func (res *resilience) sameEndpoints(up routes.Upstream) bool {
+	return slices.Equal(res.endpoints, up.Endpoints)
+}
+
 func (res *resilience) close() {
-	if res.bg != nil {
+	if res.bg != nil && res.bgUsers.Add(-1) == 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		res.bg.Close(ctx)

@@ -86,21 +86,24 @@ func Build(spec *routes.Spec) (*Resources, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listeners[%d].address: %w", i, err)
 		}
-		md, err := MetaStruct(ListenerMeta{Protocol: l.Protocol, Caller: l.Caller, CallerHeader: l.CallerHeader,
+		md, err := MetaStruct(ListenerMeta{Protocol: l.Protocol, Caller: l.Caller, CallerHeader: l.CallerHeader, CallerFrom: l.CallerFrom,
 			TrustedProxies: l.TrustedProxies, MaxMessageBytes: l.MaxMessageBytes, Limits: l.Limits})
 		if err != nil {
 			return nil, err
 		}
-		if l.TLS != nil || l.CallerFrom != "" {
-			return nil, fmt.Errorf("listeners[%d]: TLS listeners are not served over xDS yet", i)
+		chain := &listenerv3.FilterChain{Filters: []*listenerv3.Filter{{
+			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcmAny}}}}
+		if l.TLS != nil {
+			if chain.TransportSocket, err = buildListenerTLS(l.TLS); err != nil {
+				return nil, fmt.Errorf("listeners[%d].tls: %w", i, err)
+			}
 		}
 		out.Listeners = append(out.Listeners,
 			&listenerv3.Listener{
-				Name:     l.Name,
-				Address:  socketAddress(host, port),
-				Metadata: md,
-				FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
-					Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcmAny}}}}},
+				Name:         l.Name,
+				Address:      socketAddress(host, port),
+				Metadata:     md,
+				FilterChains: []*listenerv3.FilterChain{chain},
 			},
 			&listenerv3.Listener{
 				Name:        APIListenerPrefix + l.Name,
@@ -256,9 +259,6 @@ func containsStr(s []string, v string) bool {
 }
 
 func buildCluster(u routes.Upstream, ads *corev3.ConfigSource) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment, error) {
-	if u.UsesTLS() {
-		return nil, nil, errors.New("TLS upstreams are not served over xDS yet")
-	}
 	md, err := MetaStruct(ClusterMeta{Protocol: u.Protocol, Breaker: u.Breaker, MaxMessageBytes: u.MaxMessageBytes, Limits: u.Limits})
 	if err != nil {
 		return nil, nil, err
@@ -267,6 +267,11 @@ func buildCluster(u routes.Upstream, ads *corev3.ConfigSource) (*clusterv3.Clust
 		ConnectTimeout: durationpb.New(routes.DefaultDialTimeout), LbPolicy: clusterv3.Cluster_LEAST_REQUEST}
 	if u.DialTimeout > 0 {
 		c.ConnectTimeout = durationpb.New(u.DialTimeout)
+	}
+	if u.UsesTLS() {
+		if c.TransportSocket, err = buildUpstreamTLS(u); err != nil {
+			return nil, nil, err
+		}
 	}
 	if u.Balance == routes.BalanceRoundRobin {
 		c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -70,6 +72,10 @@ type Client struct {
 	// neither can put back an older configuration over a newer one.
 	applying sync.Mutex
 
+	// files holds the inline certificates of TLS contexts, as files
+	// (safe for concurrent use).
+	files *inlineFiles
+
 	mu     sync.Mutex // guards the fields below
 	base   *routes.Spec
 	status Status
@@ -82,7 +88,8 @@ type Status struct {
 	Server    string            `json:"server"`
 	NodeID    string            `json:"node_id"`
 	Connected bool              `json:"connected"`
-	Versions  map[string]string `json:"versions"` // accepted version by type URL
+	Protocol  string            `json:"protocol,omitempty"` // of the last stream up: delta or sotw
+	Versions  map[string]string `json:"versions"`           // accepted version by type URL
 	Applied   time.Time         `json:"applied,omitzero"`
 	LastNACK  *NACK             `json:"last_nack,omitempty"`
 	LastError string            `json:"last_error,omitempty"` // stream errors
@@ -128,7 +135,7 @@ func New(opts Options) (*Client, error) {
 	if err := opts.Registerer.Register(m.updates); err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}
-	c := &Client{opts: opts, log: opts.Logger, m: m, base: opts.Base,
+	c := &Client{opts: opts, log: opts.Logger, m: m, base: opts.Base, files: &inlineFiles{},
 		node:   &corev3.Node{Id: opts.Config.NodeID, Cluster: opts.Config.Cluster, UserAgentName: "hopwatch"},
 		status: Status{Source: "xds", Server: opts.Config.Server, NodeID: opts.Config.NodeID, Versions: map[string]string{}}}
 	return c, nil
@@ -208,14 +215,31 @@ func (c *Client) Run(ctx context.Context) error {
 		return fmt.Errorf("xds: %w", err)
 	}
 	defer cc.Close()
+	defer c.files.Close()
 	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(cc)
+	mode := cmp.Or(c.opts.Config.Protocol, config.XDSProtocolAuto)
+	ds := newDeltaState()
+	fallback := false // auto, this attempt: the server has no delta
 	wait := retryBase
 	for {
 		start := time.Now()
-		err := c.session(ctx, ads)
-		c.m.connected.Set(0)
+		var err error
+		if mode != config.XDSProtocolSotW && !fallback {
+			var connected bool
+			connected, err = c.deltaSession(ctx, ads, ds)
+			if mode == config.XDSProtocolAuto && !connected && ctx.Err() == nil && grpcstatus.Code(err) == codes.Unimplemented {
+				c.log.Info("the xDS server does not speak delta xDS; using state of the world", "server", c.opts.Config.Server)
+				fallback = true
+				continue
+			}
+		} else {
+			// The next delta stream starts over: what a state-of-the-world
+			// stream accepted has no per-resource versions.
+			fallback, ds = false, newDeltaState()
+			err = c.session(ctx, ads)
+		}
+		c.setConnected(false, "")
 		c.mu.Lock()
-		c.status.Connected = false
 		if err != nil && ctx.Err() == nil {
 			c.status.LastError = err.Error()
 		}
@@ -235,6 +259,19 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		wait = min(2*wait, retryMax)
+	}
+}
+
+// setConnected records the stream's state (and the protocol it speaks).
+func (c *Client) setConnected(up bool, protocol string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.status.Connected = up
+	if up {
+		c.m.connected.Set(1)
+		c.status.LastError, c.status.Protocol = "", protocol
+	} else {
+		c.m.connected.Set(0)
 	}
 }
 
@@ -282,7 +319,7 @@ func (c *Client) session(ctx context.Context, ads discoveryv3.AggregatedDiscover
 	// configurations and assignments follow what they name.
 	for _, typ := range []string{resourcev3.ListenerType, resourcev3.ClusterType} {
 		if err := st.send(typ, "", "", nil); err != nil {
-			return err
+			return streamErr(err, func() error { _, err := s.Recv(); return err })
 		}
 	}
 	connected := false
@@ -293,20 +330,17 @@ func (c *Client) session(ctx context.Context, ads discoveryv3.AggregatedDiscover
 		}
 		if !connected {
 			connected = true
-			c.m.connected.Set(1)
-			c.mu.Lock()
-			c.status.Connected, c.status.LastError = true, ""
-			c.mu.Unlock()
+			c.setConnected(true, config.XDSProtocolSotW)
 		}
 		if err := c.handle(ctx, st, resp); err != nil {
-			return err
+			return streamErr(err, func() error { _, err := s.Recv(); return err })
 		}
 	}
 }
 
-// handle takes one response: decodes it, and either ACKs it (applying the
-// configuration when it is complete) or NACKs it, keeping the last good
-// resources of its type.
+// handle takes one state-of-the-world response: decodes it, and either
+// ACKs it (applying the configuration when it is complete) or NACKs it,
+// keeping the last good resources of its type.
 func (c *Client) handle(ctx context.Context, st *stream, resp *discoveryv3.DiscoveryResponse) error {
 	typ := resp.GetTypeUrl()
 	if !slices.Contains(typeOrder, typ) {
@@ -315,14 +349,7 @@ func (c *Client) handle(ctx context.Context, st *stream, resp *discoveryv3.Disco
 	}
 	st.nonce[typ] = resp.GetNonce()
 	next, err := decode(st.accepted, typ, resp.GetResources())
-	if err == nil {
-		err = c.maybeApply(&next)
-	}
-	if err != nil {
-		c.m.updates.WithLabelValues(shortType(typ), "rejected").Inc()
-		c.mu.Lock()
-		c.status.LastNACK = &NACK{Time: time.Now(), TypeURL: typ, Version: resp.GetVersionInfo(), Error: err.Error()}
-		c.mu.Unlock()
+	if err = c.judge(typ, resp.GetVersionInfo(), &next, err); err != nil {
 		if st.nacked[typ] == resp.GetVersionInfo() {
 			st.nackWait[typ] = min(max(2*st.nackWait[typ], nackWaitFirst), nackWaitMax)
 			t := time.NewTimer(st.nackWait[typ])
@@ -333,26 +360,18 @@ func (c *Client) handle(ctx context.Context, st *stream, resp *discoveryv3.Disco
 			case <-t.C:
 			}
 		} else {
-			c.log.Error("xDS update rejected; the last good configuration keeps serving", "type", shortType(typ), "version", resp.GetVersionInfo(), "error", err)
 			st.nacked[typ], st.nackWait[typ] = resp.GetVersionInfo(), 0
 		}
-		return st.send(typ, st.version[typ], resp.GetNonce(), &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()})
+		return st.send(typ, st.version[typ], resp.GetNonce(), nackDetail(err))
 	}
 	st.accepted = next
 	st.version[typ] = resp.GetVersionInfo()
 	delete(st.nacked, typ)
-	c.m.updates.WithLabelValues(shortType(typ), "applied").Inc()
-	c.mu.Lock()
-	c.status.Versions[typ] = resp.GetVersionInfo()
-	c.mu.Unlock()
 	if err := st.send(typ, resp.GetVersionInfo(), resp.GetNonce(), nil); err != nil {
 		return err
 	}
 	// Follow what the accepted listeners and clusters name.
-	for _, dep := range []struct {
-		typ   string
-		names []string
-	}{{resourcev3.RouteType, routeNames(&st.accepted)}, {resourcev3.EndpointType, endpointNames(&st.accepted)}} {
+	for _, dep := range dependencies(&st.accepted) {
 		cur, subscribed := st.names[dep.typ]
 		if !subscribed && len(dep.names) == 0 || subscribed && slices.Equal(cur, dep.names) {
 			continue
@@ -365,6 +384,52 @@ func (c *Client) handle(ctx context.Context, st *stream, resp *discoveryv3.Disco
 		}
 	}
 	return nil
+}
+
+// judge decides on one update of typ (either protocol): next is the
+// resources with the update in, decodeErr what decoding it found. It
+// applies next when complete and valid, counts and records the outcome,
+// and returns the error to NACK with (nil: ACK).
+func (c *Client) judge(typ, version string, next *resources, decodeErr error) error {
+	err := decodeErr
+	if err == nil {
+		err = c.maybeApply(next)
+	}
+	if err != nil {
+		c.m.updates.WithLabelValues(shortType(typ), "rejected").Inc()
+		c.mu.Lock()
+		repeat := c.status.LastNACK != nil && c.status.LastNACK.TypeURL == typ && c.status.LastNACK.Version == version &&
+			c.status.LastNACK.Error == err.Error()
+		c.status.LastNACK = &NACK{Time: time.Now(), TypeURL: typ, Version: version, Error: err.Error()}
+		c.mu.Unlock()
+		if !repeat {
+			c.log.Error("xDS update rejected; the last good configuration keeps serving", "type", shortType(typ), "version", version, "error", err)
+		}
+		return err
+	}
+	c.m.updates.WithLabelValues(shortType(typ), "applied").Inc()
+	c.mu.Lock()
+	c.status.Versions[typ] = version
+	c.mu.Unlock()
+	return nil
+}
+
+// nackDetail is the error_detail of a NACK.
+func nackDetail(err error) *status.Status {
+	return &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+}
+
+// dependency is the names of one type that accepted resources name.
+type dependency struct {
+	typ   string
+	names []string
+}
+
+// dependencies are the route configurations the accepted listeners name
+// and the assignments the accepted clusters name, which hopwatch
+// subscribes to by name.
+func dependencies(rs *resources) []dependency {
+	return []dependency{{resourcev3.RouteType, routeNames(rs)}, {resourcev3.EndpointType, endpointNames(rs)}}
 }
 
 // maybeApply translates and applies rs when every route configuration and
@@ -393,7 +458,7 @@ func (c *Client) maybeApply(rs *resources) error {
 		c.mu.Unlock()
 		return nil
 	}
-	spec, _, err := translate(rs, base)
+	spec, _, err := translate(rs, base, c.files)
 	if err != nil {
 		return err
 	}
@@ -486,14 +551,18 @@ func decode(rs resources, typ string, anys []*anypb.Any) (resources, error) {
 type validator interface{ ValidateAll() error }
 
 func unmarshal(a *anypb.Any, m proto.Message, i int, errs *fieldErrs) bool {
+	return unmarshalPath(a, m, fmt.Sprintf("resources[%d]", i), errs)
+}
+
+func unmarshalPath(a *anypb.Any, m proto.Message, path string, errs *fieldErrs) bool {
 	if err := a.UnmarshalTo(m); err != nil {
-		errs.add(fmt.Sprintf("resources[%d]", i), "%v", err)
+		errs.add(path, "%v", err)
 		return false
 	}
 	// The protoc-gen-validate rules Envoy itself enforces.
 	if v, ok := m.(validator); ok {
 		if err := v.ValidateAll(); err != nil {
-			errs.add(fmt.Sprintf("resources[%d]", i), "%v", err)
+			errs.add(path, "%v", err)
 			return false
 		}
 	}

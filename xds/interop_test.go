@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"log/slog"
@@ -40,8 +41,19 @@ func freePort(t *testing.T) uint32 {
 // TestInteropGoControlPlaneServer: hopwatch, as an xDS client of
 // go-control-plane's own server and snapshot cache (in ADS mode, as its
 // example control plane runs), serving resources built by go-control-plane's
-// test resource builders, proxies traffic as they say.
+// test resource builders, proxies traffic as they say, over each ADS
+// variant (auto picks delta, which that server speaks).
 func TestInteropGoControlPlaneServer(t *testing.T) {
+	for _, tc := range []struct{ protocol, speaks string }{
+		{config.XDSProtocolSotW, config.XDSProtocolSotW},
+		{config.XDSProtocolDelta, config.XDSProtocolDelta},
+		{"", config.XDSProtocolDelta},
+	} {
+		t.Run(cmp.Or(tc.protocol, "auto"), func(t *testing.T) { testInterop(t, tc.protocol, tc.speaks) })
+	}
+}
+
+func testInterop(t *testing.T, protocol, speaks string) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "from the backend")
 	}))
@@ -84,7 +96,7 @@ func TestInteropGoControlPlaneServer(t *testing.T) {
 		defer scancel()
 		p.Shutdown(sctx)
 	}()
-	c, err := New(Options{Config: config.XDS{Server: ln.Addr().String(), NodeID: "hopwatch-1"}, Apply: p.Apply,
+	c, err := New(Options{Config: config.XDS{Server: ln.Addr().String(), NodeID: "hopwatch-1", Protocol: protocol}, Apply: p.Apply,
 		Registerer: prometheus.NewRegistry(), Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +127,18 @@ func TestInteropGoControlPlaneServer(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || string(b) != "from the backend" {
 		t.Errorf("through hopwatch: %d %q", resp.StatusCode, b)
 	}
+	// The version is recorded just after the apply that the request saw.
+	all := func() bool {
+		v := c.Status().Versions
+		return v["listener"] == "1" && v["route"] == "1" && v["cluster"] == "1" && v["endpoint"] == "1"
+	}
+	for deadline := time.Now().Add(2 * time.Second); !all() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	st := c.Status()
+	if st.Protocol != speaks {
+		t.Errorf("the stream speaks %q, want %q", st.Protocol, speaks)
+	}
 	for _, typ := range []string{"listener", "route", "cluster", "endpoint"} {
 		if st.Versions[typ] != "1" {
 			t.Errorf("accepted %s version = %q, want 1 (status %+v, last NACK %+v)", typ, st.Versions[typ], st, st.LastNACK)

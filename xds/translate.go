@@ -36,9 +36,12 @@ const HTTPProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolO
 // ListenerMeta is a listener's hopwatch metadata.
 type ListenerMeta struct {
 	// Protocol is grpc or http (empty: http, which also carries gRPC).
-	Protocol        string                `yaml:"protocol"`
-	Caller          string                `yaml:"caller"`
-	CallerHeader    string                `yaml:"caller_header"`
+	Protocol     string `yaml:"protocol"`
+	Caller       string `yaml:"caller"`
+	CallerHeader string `yaml:"caller_header"`
+	// CallerFrom is the listener's caller_from (client_cert: the caller
+	// is the verified client certificate's identity).
+	CallerFrom      string                `yaml:"caller_from"`
 	TrustedProxies  []string              `yaml:"trusted_proxies"`
 	MaxMessageBytes int                   `yaml:"max_message_bytes"`
 	Limits          routes.ListenerLimits `yaml:"limits"`
@@ -178,8 +181,9 @@ type origin struct {
 }
 
 // translate builds the routing spec of rs on top of base (callers and
-// replay from the file). It returns every problem found.
-func translate(rs *resources, base *routes.Spec) (*routes.Spec, *origin, error) {
+// replay from the file). It returns every problem found. Inline
+// certificates are written to files (nil: they are an error).
+func translate(rs *resources, base *routes.Spec, files *inlineFiles) (*routes.Spec, *origin, error) {
 	spec := &routes.Spec{Callers: base.Callers, Replay: base.Replay}
 	or := &origin{}
 	var errs fieldErrs
@@ -194,14 +198,17 @@ func translate(rs *resources, base *routes.Spec) (*routes.Spec, *origin, error) 
 		var meta ListenerMeta
 		decodeMeta(path, l.GetMetadata(), &meta, &errs)
 		hl := routes.Listener{Name: name, Address: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))),
-			Protocol: meta.Protocol, Caller: meta.Caller, CallerHeader: meta.CallerHeader, TrustedProxies: meta.TrustedProxies,
+			Protocol: meta.Protocol, Caller: meta.Caller, CallerHeader: meta.CallerHeader, CallerFrom: meta.CallerFrom, TrustedProxies: meta.TrustedProxies,
 			MaxMessageBytes: meta.MaxMessageBytes, Limits: meta.Limits}
 		if hl.Protocol == "" {
 			hl.Protocol = routes.ListenerHTTP
 		}
+		hcm, chain, err := listenerChain(l)
+		if err == nil && chain.GetTransportSocket() != nil {
+			hl.TLS = translateListenerTLS(chain.GetTransportSocket(), path+".filter_chain.transport_socket", files, &errs)
+		}
 		spec.Listeners = append(spec.Listeners, hl)
 		or.listeners = append(or.listeners, path)
-		hcm, err := listenerHCM(l)
 		if err != nil {
 			errs.add(path, "%v", err)
 			continue
@@ -221,7 +228,7 @@ func translate(rs *resources, base *routes.Spec) (*routes.Spec, *origin, error) 
 	for _, name := range sortedKeys(rs.clusters) {
 		c := rs.clusters[name]
 		path := fmt.Sprintf("cluster %q", name)
-		u, ok := translateCluster(c, rs, path, &errs)
+		u, ok := translateCluster(c, rs, path, files, &errs)
 		if ok {
 			spec.Upstreams = append(spec.Upstreams, u)
 			or.upstreams = append(or.upstreams, path)
@@ -264,6 +271,13 @@ func (o *origin) locate(e routes.FieldError) string {
 // listenerHCM finds the HTTP connection manager of a listener's filter
 // chain (the first chain that has one, then the default chain).
 func listenerHCM(l *listenerv3.Listener) (*hcmv3.HttpConnectionManager, error) {
+	hcm, _, err := listenerChain(l)
+	return hcm, err
+}
+
+// listenerChain is listenerHCM with the filter chain it is in, whose
+// transport socket is the listener's TLS.
+func listenerChain(l *listenerv3.Listener) (*hcmv3.HttpConnectionManager, *listenerv3.FilterChain, error) {
 	chains := append(append([]*listenerv3.FilterChain{}, l.GetFilterChains()...), l.GetDefaultFilterChain())
 	for _, fc := range chains {
 		for _, f := range fc.GetFilters() {
@@ -274,13 +288,13 @@ func listenerHCM(l *listenerv3.Listener) (*hcmv3.HttpConnectionManager, error) {
 			var hcm hcmv3.HttpConnectionManager
 			if tc.MessageIs(&hcm) {
 				if err := tc.UnmarshalTo(&hcm); err != nil {
-					return nil, fmt.Errorf("filter %q: %w", f.GetName(), err)
+					return nil, nil, fmt.Errorf("filter %q: %w", f.GetName(), err)
 				}
-				return &hcm, nil
+				return &hcm, fc, nil
 			}
 		}
 	}
-	return nil, errors.New("no HTTP connection manager filter: hopwatch serves HTTP and gRPC listeners only")
+	return nil, nil, errors.New("no HTTP connection manager filter: hopwatch serves HTTP and gRPC listeners only")
 }
 
 func translateRoutes(spec *routes.Spec, or *origin, errs *fieldErrs, l routes.Listener, rc *routev3.RouteConfiguration, rcPath string, names map[string]bool) {
@@ -481,20 +495,29 @@ func translateRetry(rp *routev3.RetryPolicy, path string, errs *fieldErrs) *rout
 	return r
 }
 
-func translateCluster(c *clusterv3.Cluster, rs *resources, path string, errs *fieldErrs) (routes.Upstream, bool) {
+func translateCluster(c *clusterv3.Cluster, rs *resources, path string, files *inlineFiles, errs *fieldErrs) (routes.Upstream, bool) {
 	n := len(*errs)
 	var meta ClusterMeta
 	decodeMeta(path, c.GetMetadata(), &meta, errs)
 	u := routes.Upstream{Name: c.GetName(), Protocol: meta.Protocol, Breaker: meta.Breaker,
 		MaxMessageBytes: meta.MaxMessageBytes, Limits: meta.Limits}
+	if ts := c.GetTransportSocket(); ts != nil {
+		u.TLS = translateUpstreamTLS(ts, path+".transport_socket", files, errs)
+	}
+	if len(c.GetTransportSocketMatches()) > 0 {
+		errs.add(path+".transport_socket_matches", "per-endpoint transport sockets are not supported: one transport_socket per cluster")
+	}
 	if u.Protocol == "" {
 		u.Protocol = routes.UpstreamHTTP
-		if clusterHTTP2(c) {
+		switch {
+		case clusterHTTP2(c) && u.TLS != nil:
+			u.Protocol = routes.UpstreamH2
+		case clusterHTTP2(c):
 			u.Protocol = routes.UpstreamH2C
 		}
 	}
-	if c.GetTransportSocket() != nil || len(c.GetTransportSocketMatches()) > 0 {
-		errs.add(path+".transport_socket", "TLS to upstreams is not supported over xDS yet: use a file upstream with tls")
+	if u.Protocol == routes.UpstreamH2 && u.TLS != nil && *u.TLS == (routes.UpstreamTLS{}) {
+		u.TLS = nil // h2 is TLS with the system roots already
 	}
 	switch c.GetLbPolicy() {
 	case clusterv3.Cluster_ROUND_ROBIN:

@@ -1,14 +1,18 @@
 package xds
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	testresource "github.com/envoyproxy/go-control-plane/pkg/test/resource/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -65,24 +69,124 @@ func resourcesOf(r *Resources) *resources {
 // file is valid for Envoy's own rules (protoc-gen-validate) and translates
 // back into the same routing.
 func TestBuildTranslateRoundTrip(t *testing.T) {
-	spec := fleetSpec()
-	res, err := Build(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range res.all() {
-		if v, ok := m.(validator); ok {
-			if err := v.ValidateAll(); err != nil {
-				t.Errorf("%T %v: %v", m, m, err)
+	for _, tc := range []struct {
+		name string
+		spec *routes.Spec
+	}{
+		{"cleartext fleet", fleetSpec()},
+		{"TLS listeners and upstreams", tlsFleetSpec()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := tc.spec
+			res, err := Build(spec)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
+			for _, m := range res.all() {
+				if v, ok := m.(validator); ok {
+					if err := v.ValidateAll(); err != nil {
+						t.Errorf("%T %v: %v", m, m, err)
+					}
+				}
+			}
+			got, _, err := translate(resourcesOf(res), &routes.Spec{Callers: spec.Callers}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a, b := yamlOf(t, got), yamlOf(t, spec); a != b {
+				t.Errorf("round trip differs:\n--- got\n%s\n--- want\n%s", a, b)
+			}
+		})
 	}
-	got, _, err := translate(resourcesOf(res), &routes.Spec{Callers: spec.Callers})
+}
+
+// tlsFleetSpec is fleetSpec with TLS everywhere it goes: an mTLS listener
+// naming callers by their certificates, a TLS 1.3 listener, an upstream
+// with its CA, client certificate and name, and an h2 upstream on the
+// system roots.
+func tlsFleetSpec() *routes.Spec {
+	s := fleetSpec()
+	s.Listeners[0].TLS = &routes.ListenerTLS{CertFile: "/etc/hopwatch/tls.crt", KeyFile: "/etc/hopwatch/tls.key", ClientCAFile: "/etc/hopwatch/clients.pem"}
+	s.Listeners[0].CallerFrom, s.Listeners[0].CallerHeader = routes.CallerFromClientCert, ""
+	s.Listeners[1].TLS = &routes.ListenerTLS{CertFile: "/etc/hopwatch/tls.crt", KeyFile: "/etc/hopwatch/tls.key", MinVersion: routes.TLSVersion13}
+	s.Upstreams[1].TLS = &routes.UpstreamTLS{CAFile: "/etc/hopwatch/nlu-ca.pem", CertFile: "/etc/hopwatch/client.crt",
+		KeyFile: "/etc/hopwatch/client.key", ServerName: "nlu.bot.svc"}
+	s.Upstreams[0].Protocol = routes.UpstreamH2
+	return s
+}
+
+func mustSocket(t *testing.T, m proto.Message) *corev3.TransportSocket {
+	t.Helper()
+	ts, err := tlsSocket(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a, b := yamlOf(t, got), yamlOf(t, spec); a != b {
-		t.Errorf("round trip differs:\n--- got\n%s\n--- want\n%s", a, b)
+	return ts
+}
+
+// TestTranslateInlineTLS: inline PEM (bytes or string) becomes private
+// files named by content: the same certificate, the same path, so an
+// unchanged configuration translates the same; keys are not readable by
+// others.
+func TestTranslateInlineTLS(t *testing.T) {
+	files := &inlineFiles{base: t.TempDir()}
+	defer files.Close()
+	res, err := Build(fleetSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Clusters[1].TransportSocket = mustSocket(t, &tlsv3.UpstreamTlsContext{Sni: "nlu.bot.svc", CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificates: []*tlsv3.TlsCertificate{{
+			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "CHAIN"}},
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: []byte("KEY")}}}},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: []byte("CA")}}}}}})
+	first, _, err := translate(resourcesOf(res), &routes.Spec{}, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _, err := translate(resourcesOf(res), &routes.Spec{}, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !specEqual(first, again) {
+		t.Errorf("the same inline certificates translate differently")
+	}
+	u := first.Upstreams[1].TLS
+	for _, tc := range []struct{ name, path, content string }{
+		{"trusted_ca", u.CAFile, "CA"}, {"certificate_chain", u.CertFile, "CHAIN"}, {"private_key", u.KeyFile, "KEY"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := os.ReadFile(tc.path)
+			if err != nil || string(b) != tc.content {
+				t.Fatalf("%s: %q, %v", tc.path, b, err)
+			}
+			fi, _ := os.Stat(tc.path)
+			di, _ := os.Stat(filepath.Dir(tc.path))
+			if fi.Mode().Perm() != 0o600 || di.Mode().Perm() != 0o700 {
+				t.Errorf("modes %v %v", fi.Mode(), di.Mode())
+			}
+		})
+	}
+	if u.ServerName != "nlu.bot.svc" {
+		t.Errorf("server name %q", u.ServerName)
+	}
+	// Envoy's smallest TLS cluster: no common context at all. The
+	// upstream is verified against the system roots.
+	res.Clusters[1].TransportSocket = mustSocket(t, &tlsv3.UpstreamTlsContext{})
+	bare, _, err := translate(resourcesOf(res), &routes.Spec{}, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := bare.Upstreams[1].TLS; got == nil || *got != (routes.UpstreamTLS{}) {
+		t.Errorf("an empty UpstreamTlsContext gives tls %+v, want TLS on the system roots", got)
+	}
+	dir := filepath.Dir(u.CAFile)
+	if err := files.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("%s left behind: %v", dir, err)
 	}
 }
 
@@ -106,7 +210,7 @@ func TestTranslateGoControlPlaneResources(t *testing.T) {
 		Clusters:  []*clusterv3.Cluster{testresource.MakeCluster(testresource.Ads, "example_cluster")},
 		Endpoints: []*endpointv3.ClusterLoadAssignment{testresource.MakeEndpoint("example_cluster", 8080)},
 	}
-	spec, _, err := translate(resourcesOf(res), &routes.Spec{})
+	spec, _, err := translate(resourcesOf(res), &routes.Spec{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,6 +254,46 @@ func TestTranslateRejects(t *testing.T) {
 		}, `route_configuration "bot-grpc".virtual_hosts[0].routes[0] (routes[0].match.grpc_method)`},
 		{"no endpoints", func(r *Resources) { r.Endpoints[0].Endpoints = nil },
 			`cluster "kb" (upstreams[0].endpoints): at least one endpoint`},
+		{"SDS certificate", func(r *Resources) {
+			r.Clusters[1].TransportSocket = mustSocket(t, &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+				TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "client"}}}})
+		}, `cluster "nlu".transport_socket.common_tls_context: tls_certificate_sds_secret_configs not supported: hopwatch takes certificates as files or inline PEM`},
+		{"SDS validation context", func(r *Resources) {
+			r.Clusters[1].TransportSocket = mustSocket(t, &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: "ca"}}}})
+		}, `validation_context_sds_secret_config not supported`},
+		{"untrusted chains are never accepted", func(r *Resources) {
+			r.Clusters[1].TransportSocket = mustSocket(t, &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+					TrustChainVerification: tlsv3.CertificateValidationContext_ACCEPT_UNTRUSTED}}}})
+		}, `cluster "nlu".transport_socket.common_tls_context.validation_context: trust_chain_verification not supported`},
+		{"CA from an environment variable", func(r *Resources) {
+			r.Clusters[1].TransportSocket = mustSocket(t, &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+					TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_EnvironmentVariable{EnvironmentVariable: "CA"}}}}}})
+		}, `validation_context.trusted_ca: *corev3.DataSource_EnvironmentVariable is not supported`},
+		{"another transport socket", func(r *Resources) {
+			r.Clusters[1].TransportSocket = mustSocket(t, &tlsv3.DownstreamTlsContext{})
+		}, `cluster "nlu".transport_socket: transport socket "envoy.transport_sockets.tls": only envoy.transport_sockets.tls with a UpstreamTlsContext`},
+		{"client CAs without requiring client certificates", func(r *Resources) {
+			r.Listeners[0].FilterChains[0].TransportSocket = mustSocket(t, &tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+				TlsCertificates: []*tlsv3.TlsCertificate{{CertificateChain: fileSource("c.pem"), PrivateKey: fileSource("k.pem")}},
+				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+					TrustedCa: fileSource("ca.pem")}}}})
+		}, `listener "bot-grpc".filter_chain.transport_socket.common_tls_context.validation_context: hopwatch verifies client certificates only when it requires them`},
+		{"TLS listener without a certificate", func(r *Resources) {
+			r.Listeners[0].FilterChains[0].TransportSocket = mustSocket(t, &tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{}})
+		}, `a TLS listener needs its certificate`},
+		{"TLS 1.0", func(r *Resources) {
+			r.Listeners[0].FilterChains[0].TransportSocket = mustSocket(t, &tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+				TlsCertificates: []*tlsv3.TlsCertificate{{CertificateChain: fileSource("c.pem"), PrivateKey: fileSource("k.pem")}},
+				TlsParams:       &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_0}}})
+		}, `tls_minimum_protocol_version: TLSv1_0: hopwatch speaks TLS 1.2 and 1.3 only`},
+		{"inline certificates without a directory", func(r *Resources) {
+			r.Clusters[1].TransportSocket = mustSocket(t, &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+				ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+					TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "PEM"}}}}}})
+		}, `inline certificates need a directory`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res, err := Build(fleetSpec())
@@ -160,7 +304,7 @@ func TestTranslateRejects(t *testing.T) {
 				res.Routes[i] = proto.Clone(x).(*routev3.RouteConfiguration)
 			}
 			tc.mutate(res)
-			_, _, err = translate(resourcesOf(res), &routes.Spec{})
+			_, _, err = translate(resourcesOf(res), &routes.Spec{}, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error = %v\nwant it to contain %q", err, tc.want)
 			}

@@ -83,10 +83,10 @@ type replica struct {
 	reg *prometheus.Registry
 }
 
-func startReplica(t *testing.T, server, id string) *replica {
+func startReplica(t *testing.T, server, id, protocol string) *replica {
 	t.Helper()
 	r := &replica{p: proxy.New(proxy.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}), reg: prometheus.NewRegistry()}
-	c, err := xds.New(xds.Options{Config: config.XDS{Server: server, NodeID: id}, Apply: r.p.Apply, Registerer: r.reg,
+	c, err := xds.New(xds.Options{Config: config.XDS{Server: server, NodeID: id, Protocol: protocol}, Apply: r.p.Apply, Registerer: r.reg,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -171,8 +171,15 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() boo
 // slack, measured and logged) without a failed call; an invalid file is
 // not published; a resource hopwatch cannot honour is NACKed by both
 // replicas, with the field path, while they keep serving the last good
-// configuration.
+// configuration. The replicas speak each ADS variant in turn (the gRPC
+// client speaks state of the world).
 func TestFleetFollowsControlPlane(t *testing.T) {
+	for _, protocol := range []string{config.XDSProtocolSotW, config.XDSProtocolDelta} {
+		t.Run(protocol, func(t *testing.T) { testFleetFollowsControlPlane(t, protocol) })
+	}
+}
+
+func testFleetFollowsControlPlane(t *testing.T, protocol string) {
 	addrA, addrB := startBackend(t, "A"), startBackend(t, "B")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "fleet.yaml")
@@ -206,7 +213,7 @@ func TestFleetFollowsControlPlane(t *testing.T) {
 	}()
 	server := ln.Addr().String()
 
-	replicas := []*replica{startReplica(t, server, "replica-1"), startReplica(t, server, "replica-2")}
+	replicas := []*replica{startReplica(t, server, "replica-1", protocol), startReplica(t, server, "replica-2", protocol)}
 	var conns []*grpc.ClientConn
 	for i, r := range replicas {
 		waitUntil(t, fmt.Sprintf("replica %d's listener", i+1), 10*time.Second, func() bool { return r.p.Addr("bot") != nil })
@@ -363,6 +370,9 @@ func TestFleetFollowsControlPlane(t *testing.T) {
 			t.Errorf("replica %d moved to %s on a NACKed update", i+1, got)
 		}
 		st := r.c.Status()
+		if st.Protocol != protocol {
+			t.Errorf("replica %d speaks %q, want %q", i+1, st.Protocol, protocol)
+		}
 		if st.LastNACK == nil || !strings.Contains(st.LastNACK.Error, `metadata.filter_metadata.hopwatch: fallbak: unknown field`) {
 			t.Errorf("replica %d /config last NACK = %+v", i+1, st.LastNACK)
 		}

@@ -185,15 +185,44 @@ func (cp *controlPlane) load() error {
 
 // serve runs the ADS server on ln and watches the file until ctx ends.
 func (cp *controlPlane) serve(ctx context.Context, ln net.Listener) error {
+	var deltaNodes struct {
+		sync.Mutex
+		m map[int64]string
+	}
+	deltaNodes.m = map[int64]string{}
+	nacked := func(node, typ, msg string) {
+		cp.log.Warn("update NACKed", "node", node, "type", typ, "error", msg)
+		if cp.onNACK != nil {
+			cp.onNACK(node, typ, msg)
+		}
+	}
+	// go-control-plane's server speaks both ADS variants from the same
+	// snapshot cache: state of the world and delta (incremental).
 	cb := serverv3.CallbackFuncs{
 		StreamRequestFunc: func(_ int64, req *discoveryv3.DiscoveryRequest) error {
 			if d := req.GetErrorDetail(); d != nil {
-				cp.log.Warn("update NACKed", "node", req.GetNode().GetId(), "type", req.GetTypeUrl(), "error", d.GetMessage())
-				if cp.onNACK != nil {
-					cp.onNACK(req.GetNode().GetId(), req.GetTypeUrl(), d.GetMessage())
-				}
+				nacked(req.GetNode().GetId(), req.GetTypeUrl(), d.GetMessage())
 			}
 			return nil
+		},
+		// A delta client may send its node in the stream's first request
+		// only (Envoy does): remember it by stream.
+		StreamDeltaRequestFunc: func(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+			deltaNodes.Lock()
+			if n := req.GetNode().GetId(); n != "" {
+				deltaNodes.m[id] = n
+			}
+			node := deltaNodes.m[id]
+			deltaNodes.Unlock()
+			if d := req.GetErrorDetail(); d != nil {
+				nacked(node, req.GetTypeUrl(), d.GetMessage())
+			}
+			return nil
+		},
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) {
+			deltaNodes.Lock()
+			delete(deltaNodes.m, id)
+			deltaNodes.Unlock()
 		},
 	}
 	srv := serverv3.NewServer(ctx, cp.cache, cb)
