@@ -33,6 +33,26 @@ const kubeDataLink = "..data"
 // once if the directory cannot be watched. The file itself need not exist
 // yet.
 func Watch(ctx context.Context, path string, debounce time.Duration, onChange func()) error {
+	w, err := NewWatcher(path, debounce)
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx, onChange)
+}
+
+// Watcher is a Watch split in two: NewWatcher starts watching at once, Run
+// delivers the changes. A caller that loads the file between the two (the
+// proxy at start-up) misses no change written after NewWatch returned: the
+// events wait in the watcher until Run reads them.
+type Watcher struct {
+	w        *fsnotify.Watcher
+	name     string
+	debounce time.Duration
+}
+
+// NewWatcher starts watching path's directory; Run must follow (it closes
+// the watcher), or Close when it will not.
+func NewWatcher(path string, debounce time.Duration) (*Watcher, error) {
 	if debounce <= 0 {
 		debounce = DefaultDebounce
 	}
@@ -42,15 +62,25 @@ func Watch(ctx context.Context, path string, debounce time.Duration, onChange fu
 	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		return fmt.Errorf("config: watch %s: %w", path, err)
+		return nil, fmt.Errorf("config: watch %s: %w", path, err)
 	}
+	if err := w.Add(dir); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("config: watch directory of %s: %w", path, err)
+	}
+	return &Watcher{w: w, name: name, debounce: debounce}, nil
+}
+
+// Close stops a watcher that Run will not be called on.
+func (x *Watcher) Close() error { return x.w.Close() }
+
+// Run calls onChange as Watch does, until ctx is done, then closes the
+// watcher and returns nil.
+func (x *Watcher) Run(ctx context.Context, onChange func()) error {
+	w := x.w
 	// Close stops fsnotify's reader goroutine and waits for it.
 	defer w.Close()
-	if err := w.Add(dir); err != nil {
-		return fmt.Errorf("config: watch directory of %s: %w", path, err)
-	}
-
-	quiet := time.NewTimer(debounce)
+	quiet := time.NewTimer(x.debounce)
 	quiet.Stop()
 	defer quiet.Stop()
 	for {
@@ -61,15 +91,15 @@ func Watch(ctx context.Context, path string, debounce time.Duration, onChange fu
 			if !ok {
 				return nil
 			}
-			if affects(ev, name) {
-				quiet.Reset(debounce)
+			if affects(ev, x.name) {
+				quiet.Reset(x.debounce)
 			}
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
 			if err != nil {
-				quiet.Reset(debounce)
+				quiet.Reset(x.debounce)
 			}
 		case <-quiet.C:
 			onChange()

@@ -155,3 +155,61 @@ func kubeVersion(t *testing.T, dir string, i int) {
 		t.Fatal(err)
 	}
 }
+
+// TestWatcherMissesNothing: a change written after NewWatcher returns and
+// before Run starts (the proxy loads its file in between) is delivered by
+// Run, without a second change to poke it. The proxy was ready before its
+// watch was added, so a change written right after start-up was lost.
+func TestWatcherMissesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T, dir, path string)
+	}{
+		{"write in place", func(t *testing.T, _, path string) { mustWrite(t, path, 1) }},
+		{"write temp then rename", func(t *testing.T, dir, path string) {
+			tmp := filepath.Join(dir, ".hopwatch.yaml.tmp")
+			mustWrite(t, tmp, 1)
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := writeInitial(t, dir)
+			w, err := config.NewWatcher(path, 10*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.change(t, dir, path)
+			ctx, cancel := context.WithCancel(context.Background())
+			changed := make(chan struct{}, 1)
+			done := make(chan error, 1)
+			go func() {
+				done <- w.Run(ctx, func() {
+					select {
+					case changed <- struct{}{}:
+					default:
+					}
+				})
+			}()
+			select {
+			case <-changed:
+			case <-time.After(waitLimit):
+				t.Errorf("the change written before Run was not delivered within %v", waitLimit)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run = %v after cancel, want nil", err)
+			}
+		})
+	}
+}
+
+func TestNewWatcherMissingDirectory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "missing", "hopwatch.yaml")
+	if w, err := config.NewWatcher(path, 0); err == nil {
+		w.Close()
+		t.Fatal("NewWatcher of a missing directory returned nil")
+	}
+}

@@ -231,7 +231,16 @@ func (cp *controlPlane) serve(ctx context.Context, ln net.Listener) error {
 	watchDone := make(chan error, 1)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() { watchDone <- config.Watch(wctx, cp.path, 0, cp.reload) }()
+	// The watch starts here, after the first load: reading the file once
+	// more once it runs publishes whatever was written in between (an
+	// unchanged file is no new version).
+	if w, err := config.NewWatcher(cp.path, 0); err != nil {
+		cp.log.Error("fleet file not watched; publish changes with SIGHUP", "file", cp.path, "error", err)
+		watchDone <- err
+	} else {
+		cp.reload()
+		go func() { watchDone <- w.Run(wctx, cp.reload) }()
+	}
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- gs.Serve(ln) }()
 	cp.log.Info("xDS server listening", "address", ln.Addr().String())

@@ -71,15 +71,26 @@ func run(args []string, stdout, stderr io.Writer, sig <-chan os.Signal) int {
 		}
 		defer stopProf()
 	}
+	// Watch before the first load, so that a change written once the
+	// proxy is up (ready, even) is never missed; one written between the
+	// two costs a reload that finds nothing new.
+	watcher, werr := config.NewWatcher(*path, 0)
 	a, err := start(*path, *grace, log, stdout)
 	if err != nil {
+		if watcher != nil {
+			watcher.Close()
+		}
 		log.Error("cannot start", "err", err)
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	watchDone := make(chan error, 1)
-	go func() { watchDone <- config.Watch(ctx, *path, 0, func() { a.reload("file") }) }()
+	if werr != nil {
+		watchDone <- werr
+	} else {
+		go func() { watchDone <- watcher.Run(ctx, func() { a.reload("file") }) }()
+	}
 	watching := watchDone // nil once the watcher has ended
 	defer func() {
 		cancel()
