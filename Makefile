@@ -72,7 +72,8 @@ FUZZ_TARGETS ?= config:FuzzParse \
 	routes:FuzzMatch routes:FuzzCheckPath routes:FuzzCheckGRPCMethod routes:FuzzParseRetryOn \
 	telemetry:FuzzPropagation telemetry:FuzzJSONScanner telemetry:FuzzSSE telemetry:FuzzReceiver \
 	proxy:FuzzForwardedHeaders proxy:FuzzParseGRPCTimeout \
-	conversation:FuzzIdentify conversation:FuzzFingerprint conversation:FuzzBodyExtraction conversation:FuzzExtractProto
+	conversation:FuzzIdentify conversation:FuzzFingerprint conversation:FuzzBodyExtraction conversation:FuzzExtractProto \
+	xds:FuzzTLSContext xds:FuzzTranslate
 FUZZTIME ?= 15s
 
 ## fuzz: run every fuzz target for FUZZTIME each (FUZZTIME=10m FUZZ_TARGETS=routes:FuzzMatch for one, longer)
