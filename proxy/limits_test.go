@@ -76,12 +76,15 @@ func limitsProxy(t testing.TB, lim routes.ListenerLimits, hold, echo string) *pr
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Limits: lim},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, Limits: lim},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Limits: lim, Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{
 			{Name: "hold-grpc", Listener: "grpc", Match: routes.Match{GRPCService: holdService}, Upstream: "hold"},
 			{Name: "hold-http", Listener: "http", Match: routes.Match{GRPCService: holdService}, Upstream: "hold"},
+			{Name: "hold-relay", Listener: "relay", Match: routes.Match{GRPCService: holdService}, Upstream: "hold"},
 			{Name: "echo-grpc", Listener: "grpc", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
 			{Name: "echo-http", Listener: "http", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
+			{Name: "echo-relay", Listener: "relay", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
 		},
 		Upstreams: []routes.Upstream{
 			{Name: "hold", Protocol: routes.UpstreamGRPC, Endpoints: []string{hold}},
@@ -90,7 +93,9 @@ func limitsProxy(t testing.TB, lim routes.ListenerLimits, hold, echo string) *pr
 	})
 }
 
-var listenerKinds = []string{"grpc", "http"}
+// listenerKinds are the listeners of limitsProxy: grpc-go's server, the
+// HTTP listener, and the frame relay.
+var listenerKinds = []string{"grpc", "http", "relay"}
 
 // h2raw is an HTTP/2 client on a raw TCP connection that does what a
 // hostile client does: it ignores the server's SETTINGS, resets streams at
@@ -278,10 +283,10 @@ func TestHeaderListBomb(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			// Refused streams get RST_STREAM (grpc-go) or 431 (net/http);
+			// Refused streams get RST_STREAM (grpc-go, the relay) or 431 (net/http);
 			// forwarded ones would get the upstream's headers.
 			answered := func() bool {
-				return raw.status("431") >= streams || kind == "grpc" && raw.rst.Load() >= streams || raw.status("200") > 0
+				return raw.status("431") >= streams || kind != "http" && raw.rst.Load() >= streams || raw.status("200") > 0
 			}
 			if !eventually(5*time.Second, answered) {
 				t.Fatalf("only %d of %d streams answered", raw.rst.Load()+raw.headers.Load(), streams)
@@ -654,7 +659,7 @@ func TestRapidReset(t *testing.T) {
 			if n := hold.total.Load() - 1; n > 6000 {
 				t.Errorf("%d of %d reset streams were forwarded upstream", n, pairs)
 			}
-			if kind == "grpc" && after.ResetFloods-before.ResetFloods != 1 {
+			if kind != "http" && after.ResetFloods-before.ResetFloods != 1 {
 				t.Errorf("reset floods counted: %d, want 1", after.ResetFloods-before.ResetFloods)
 			}
 			var now int
