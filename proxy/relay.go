@@ -1007,4 +1007,3 @@ func (l *leg) ended() bool {
 	defer l.c.mu.Unlock()
 	return l.endSent
 }
-

@@ -104,7 +104,7 @@ type h2conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idle   time.Duration // close after this long without streams (0: never)
-	client bool // the relay is the client (an upstream connection)
+	client bool          // the relay is the client (an upstream connection)
 
 	enc    *hpack.Encoder // writer goroutine only
 	encBuf bytes.Buffer
