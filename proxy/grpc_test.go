@@ -259,7 +259,8 @@ func TestGRPCTransparency(t *testing.T) {
 
 func TestGRPCRouting(t *testing.T) {
 	backend := startEcho(t)
-	_, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
+	p, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
+	relayAddr := p.Addr("relay").String()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cases := []struct {
@@ -274,6 +275,9 @@ func TestGRPCRouting(t *testing.T) {
 		{"no route on http listener", httpAddr, "/other.v1.Svc/Do", nil, codes.Unimplemented, "hopwatch: no route for /other.v1.Svc/Do"},
 		{"header-matched route reaches upstream's unknown service", grpcAddr, "/other.v1.Svc/Do", metadata.Pairs("x-catchall", "1"), codes.Unimplemented, "unknown service other.v1.Svc"},
 		{"routed", grpcAddr, "/" + echoService + "/Unary", nil, codes.OK, ""},
+		{"no route on relay listener", relayAddr, "/other.v1.Svc/Do", nil, codes.Unimplemented, "hopwatch: no route for /other.v1.Svc/Do"},
+		{"header-matched route reaches upstream's unknown service on relay", relayAddr, "/other.v1.Svc/Do", metadata.Pairs("x-catchall", "1"), codes.Unimplemented, "unknown service other.v1.Svc"},
+		{"routed on relay", relayAddr, "/" + echoService + "/Unary", nil, codes.OK, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

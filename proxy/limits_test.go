@@ -672,17 +672,20 @@ func TestRapidReset(t *testing.T) {
 }
 
 // TestGRPCMessageLimitOnHTTPListener: max_message_bytes holds for gRPC
-// calls on the http listener as it does on the grpc listener.
+// calls on the http listener and on the frame relay as it does on the grpc
+// listener.
 func TestGRPCMessageLimitOnHTTPListener(t *testing.T) {
 	echo := startEcho(t)
 	p := startProxy(t, &routes.Spec{
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, MaxMessageBytes: 1 << 20},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, MaxMessageBytes: 1 << 20},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, MaxMessageBytes: 1 << 20, Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{
 			{Name: "echo-grpc", Listener: "grpc", Upstream: "echo"},
 			{Name: "echo-http", Listener: "http", Upstream: "echo"},
+			{Name: "echo-relay", Listener: "relay", Upstream: "echo"},
 		},
 		Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{echo.addr}}},
 	})

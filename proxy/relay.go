@@ -119,13 +119,12 @@ func (s *relayServer) stop() {
 	s.mu.Unlock()
 }
 
-// closeAfterFlush closes the connection once its queued frames (a GOAWAY)
-// are written.
+// closeAfterFlush closes the connection once the frames queued so far (a
+// GOAWAY) are written, or after a second if the peer does not read them.
 func (c *h2conn) closeAfterFlush() {
-	go func() {
-		time.Sleep(50 * time.Millisecond)
-		c.close(errRelayConnClosed)
-	}()
+	if c.queue(wItem{kind: wClose}) {
+		time.AfterFunc(time.Second, func() { c.close(errRelayConnClosed) })
+	}
 }
 
 // serveConn reads one client connection until it ends.
@@ -144,7 +143,7 @@ func (s *relayServer) serveConn(nc net.Conn) {
 		s.mu.Unlock()
 	}()
 	go c.writeLoop()
-	defer c.close(errRelayConnClosed)
+	defer c.closeAfterFlush()
 
 	// The preface and the client's first SETTINGS must arrive within
 	// read_header_timeout (slowloris, RFC 9113 §3.4).
@@ -185,6 +184,10 @@ func (s *relayServer) serveConn(nc net.Conn) {
 			var ce http2.ConnectionError
 			if errors.As(err, &ce) {
 				c.goAwayAndClose(http2.ErrCode(ce))
+				return
+			}
+			if errors.Is(err, http2.ErrFrameTooLarge) {
+				c.goAwayAndClose(http2.ErrCodeFrameSize)
 				return
 			}
 			var ne net.Error
@@ -302,7 +305,7 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeRefusedStream)})
 		return nil
 	}
-	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), start: s.p.now()}
+	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), start: s.p.now()}
 	st.down = &leg{st: st}
 	st.up = &leg{st: st}
 	st.down.recvWin.Store(relayStreamWindow)
@@ -339,9 +342,9 @@ func (c *h2conn) goAwayAndClose(code http2.ErrCode) {
 	c.closeAfterFlush()
 }
 
-// teardown ends the streams of a connection that closed.
+// teardown ends the streams of a connection whose reader ended.
 func (c *h2conn) teardown() {
-	c.close(errRelayConnClosed)
+	c.closeAfterFlush()
 	c.mu.Lock()
 	legs := make([]*leg, 0, len(c.legs))
 	for _, l := range c.legs {
@@ -375,6 +378,7 @@ type relayStream struct {
 
 	done     chan struct{} // closed once the call has ended
 	answered chan struct{} // closed at the upstream's first HEADERS
+	progress chan struct{} // the client sent DATA (capacity 1)
 
 	mu          sync.Mutex
 	opened      bool // the upstream stream exists; before, request bytes wait here
@@ -443,6 +447,10 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 			return
 		}
 		data = append([]byte(nil), data...)
+	}
+	select {
+	case st.progress <- struct{}{}:
+	default:
 	}
 	st.mu.Lock()
 	if st.respDone && st.finished {
@@ -777,16 +785,23 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 	}
 	defer gate.release()
 
-	// The first response (headers or a status) must come within the
-	// route's timeout, or without one within FirstResponseTimeout.
-	var timer *time.Timer
-	timeoutErr := errTimeout
+	// The call ends at its deadline (the client's grpc-timeout, shortened
+	// by the route's timeout). Without a route timeout, the first
+	// response (headers or a status) must also come within
+	// FirstResponseTimeout of the client's last progress, as on the
+	// grpc-go path (firstResponse).
+	var deadline, first <-chan time.Time
 	if !dl.IsZero() {
-		timer = time.NewTimer(time.Until(dl))
-	} else {
-		timer = time.NewTimer(p.firstResp)
+		t := time.NewTimer(time.Until(dl))
+		defer t.Stop()
+		deadline = t.C
 	}
-	defer timer.Stop()
+	var frTimer *time.Timer
+	if rt.spec.Timeout == 0 {
+		frTimer = time.NewTimer(p.firstResp)
+		defer frTimer.Stop()
+		first = frTimer.C
+	}
 
 	u := rt.up
 	var tried uint64
@@ -826,25 +841,36 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 		return code
 	}
 	callStart := p.now()
-	answered := st.answered
+	answered, progress := st.answered, st.progress
 	for {
 		select {
 		case <-answered:
-			answered = nil
+			answered, progress = nil, nil
 			gate.firstResponse()
-			if dl.IsZero() {
-				timer.Stop()
+			if frTimer != nil {
+				frTimer.Stop()
+				first = nil
+			}
+			continue
+		case <-progress:
+			// The client sent more: the upstream owes an answer only
+			// once it has the request.
+			if frTimer != nil {
+				frTimer.Reset(p.firstResp)
 			}
 			continue
 		case <-st.done:
-		case <-timer.C:
-			// Reset upstream, DEADLINE_EXCEEDED to the client; the
-			// call ends here even if the client does not read.
-			code, msg := classify(timeoutErr)
-			st.fail(code, msg, true)
+		case <-deadline:
+		case <-first:
 		}
 		break
 	}
+	// Ended by a timer: reset upstream, DEADLINE_EXCEEDED to the client,
+	// worded as on the grpc-go path; the call ends here even if the
+	// client does not read (cleanup resets what is still open). A no-op
+	// when the call has ended already.
+	code, msg := classify(errTimeout)
+	st.fail(code, msg, true)
 	code, canceled := st.result()
 	ep.inflight.Add(-1)
 	if code != codes.Unavailable {

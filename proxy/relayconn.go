@@ -60,6 +60,7 @@ const (
 	wPing
 	wGoAway
 	wTableSize
+	wClose // flush, then close the connection
 )
 
 // wItem is one frame for the writer.
@@ -157,6 +158,10 @@ func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = maxHeaderList
 	c.fr.SetReuseFrames()
+	// The relay never advertises SETTINGS_MAX_FRAME_SIZE: its peers'
+	// frames are held to the initial 16 KiB (RFC 9113 §4.2; a larger one
+	// is a connection error, FRAME_SIZE_ERROR).
+	c.fr.SetMaxReadFrameSize(http2MaxFrameSize)
 	c.enc = hpack.NewEncoder(&c.encBuf)
 	return c
 }
@@ -262,6 +267,11 @@ func (c *h2conn) write(it *wItem) error {
 		return c.fr.WriteGoAway(it.id, http2.ErrCode(it.n), nil)
 	case wTableSize:
 		c.enc.SetMaxDynamicTableSize(it.n)
+	case wClose:
+		if err := c.bw.Flush(); err != nil {
+			return err
+		}
+		return errRelayConnClosed
 	}
 	return nil
 }
@@ -456,6 +466,10 @@ func (c *h2conn) remove(l *leg) {
 		l.pending = nil
 		if len(c.legs) == 0 {
 			c.setIdleDeadline()
+			if c.goAway {
+				// Draining (GOAWAY either way) and now idle: done.
+				c.closeAfterFlush()
+			}
 		}
 	}
 	c.mu.Unlock()

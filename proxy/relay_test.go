@@ -1,0 +1,130 @@
+package proxy_test
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
+
+	"github.com/hopwatch/hopwatch/routes"
+)
+
+// grpcListenerKinds are the ways a gRPC listener can serve calls: grpc-go's
+// server ("grpc"), the frame relay ("relay"), and gRPC over an HTTP
+// listener ("http"). Tests of gRPC behaviour run on each.
+var grpcListenerKinds = []string{"grpc", "relay", "http"}
+
+// inListener is a listener on a free loopback port of the given kind.
+func inListener(name, kind string) routes.Listener {
+	l := routes.Listener{Name: name, Address: "127.0.0.1:0", Protocol: kind}
+	if kind == "relay" {
+		l.Protocol, l.Relay = routes.ListenerGRPC, routes.ListenerRelayFrames
+	}
+	return l
+}
+
+// startDeaf starts a gRPC server whose calls never read a message, with
+// fixed 64 KiB windows (no BDP growth): it takes 64 KiB of a stream and
+// then stalls its sender.
+func startDeaf(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(
+		grpc.InitialWindowSize(64<<10),
+		grpc.InitialConnWindowSize(64<<10),
+		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			<-ss.Context().Done()
+			return ss.Context().Err()
+		}))
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String()
+}
+
+// TestRelayMemoryBoundedByWindows: clients push large messages at an
+// upstream that reads nothing. The frame relay holds at most a window of
+// each stream (flow control passed through: the client is stalled with
+// the upstream), so what it adds to the heap does not grow with message
+// sizes; grpc-go's path assembles each message first (its figure is
+// logged for comparison). The direct path, client to upstream, is the
+// baseline: the clients' own encoded messages are in the same heap.
+func TestRelayMemoryBoundedByWindows(t *testing.T) {
+	deaf := startDeaf(t)
+	p := startProxy(t, &routes.Spec{
+		Listeners: []routes.Listener{inListener("grpc", "grpc"), inListener("relay", "relay")},
+		Routes: []routes.Route{
+			{Name: "deaf-grpc", Listener: "grpc", Upstream: "deaf"},
+			{Name: "deaf-relay", Listener: "relay", Upstream: "deaf"},
+		},
+		Upstreams: []routes.Upstream{{Name: "deaf", Protocol: routes.UpstreamGRPC, Endpoints: []string{deaf}}},
+	})
+	const (
+		streams = 8
+		msgSize = 4 << 20 // 16× the relay's stream window
+	)
+	// Every message is the same bytes, marshalled without a copy: the
+	// clients hold nothing of their own, so the heap shows the paths'.
+	payload := bigPayload(msgSize)
+	push := func(t *testing.T, addr string) int64 {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodecV2(sharedCodec{})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		before := heapInUse()
+		for range streams {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cs, err := cc.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/deaf.v1.Deaf/Push")
+				if err != nil {
+					return
+				}
+				for cs.SendMsg(payload) == nil {
+				}
+			}()
+		}
+		// Let every stream fill what the path will take, then measure.
+		time.Sleep(1500 * time.Millisecond)
+		growth := int64(heapInUse()) - int64(before)
+		cancel()
+		wg.Wait()
+		cc.Close()
+		// Let the proxy and the upstream end their streams before the
+		// next path's baseline.
+		time.Sleep(500 * time.Millisecond)
+		return growth
+	}
+	// The grpc-go path last: it takes long to give back what it held.
+	direct := push(t, deaf)
+	viaRelay := push(t, p.Addr("relay").String())
+	viaGRPC := push(t, p.Addr("grpc").String())
+	const mib = 1 << 20
+	t.Logf("%d streams of %d MiB messages into an upstream that reads nothing: heap growth direct %.1f MiB, grpc-go path %.1f MiB (+%.1f), relay %.1f MiB (+%.1f)",
+		streams, msgSize/mib, float64(direct)/mib, float64(viaGRPC)/mib, float64(viaGRPC-direct)/mib, float64(viaRelay)/mib, float64(viaRelay-direct)/mib)
+	// Per stream the relay may hold its window towards the upstream and
+	// the upstream's towards it, plus frame copies in flight.
+	if limit := int64(streams*2*256<<10 + 4*mib); viaRelay-direct > limit {
+		t.Errorf("relay added %.1f MiB for %d stalled streams, want at most %.1f MiB (windows, not messages)",
+			float64(viaRelay-direct)/mib, streams, float64(limit)/mib)
+	}
+}
+
+// sharedCodec sends a []byte as the message as is, without copying it.
+type sharedCodec struct{}
+
+func (sharedCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(v.([]byte))}, nil
+}
+func (sharedCodec) Unmarshal(mem.BufferSlice, any) error { return nil }
+func (sharedCodec) Name() string                         { return "proto" }
