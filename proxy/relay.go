@@ -305,7 +305,7 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeRefusedStream)})
 		return nil
 	}
-	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), start: s.p.now()}
+	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), upEnded: make(chan struct{}), start: s.p.now()}
 	st.down = &leg{st: st}
 	st.up = &leg{st: st}
 	st.down.recvWin.Store(relayStreamWindow)
@@ -379,6 +379,7 @@ type relayStream struct {
 	done     chan struct{} // closed once the call has ended
 	answered chan struct{} // closed at the upstream's first HEADERS
 	progress chan struct{} // the client sent DATA (capacity 1)
+	upEnded  chan struct{} // closed when the upstream's trailers arrived
 
 	mu          sync.Mutex
 	opened      bool // the upstream stream exists; before, request bytes wait here
@@ -393,7 +394,8 @@ type relayStream struct {
 	canceled    bool // the client reset the stream
 	upReset     bool // RST_STREAM already sent or received upstream
 	answeredSet bool
-	dl          time.Time // the call's deadline (zero: none), set before the upstream stream opens
+	dl          time.Time           // the call's deadline (zero: none), set before the upstream stream opens
+	trailers    []hpack.HeaderField // the upstream's, until the handler sends them
 }
 
 // msgScan follows the gRPC length-prefixed messages in a DATA stream
@@ -758,6 +760,29 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 	}
 	code := st.call(ctx, rt, hop, md, method, dl)
 	hop.End(code.String(), telemetry.GRPCOutcome(code, st.isCanceled()))
+	// The upstream's trailers go to the client once the hop is recorded,
+	// as on the grpc-go path: whoever sees the call end sees its
+	// telemetry.
+	st.mu.Lock()
+	trailers := st.trailers
+	st.trailers = nil
+	st.mu.Unlock()
+	if trailers != nil {
+		st.down.c.send(st.down, nil, true, trailers)
+		// The response may still wait for the client's window: the call
+		// is over once all of it went out (or the client reset it, or
+		// its connection closed), as a grpc-go server stream is.
+		if dl.IsZero() {
+			<-st.done
+		} else {
+			t := time.NewTimer(time.Until(dl))
+			select {
+			case <-st.done:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
 }
 
 func (st *relayStream) isCanceled() bool {
@@ -860,6 +885,7 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 			}
 			continue
 		case <-st.done:
+		case <-st.upEnded:
 		case <-deadline:
 		case <-first:
 		}
@@ -974,8 +1000,10 @@ func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, trunca
 	st.respDone = true
 	st.respHeaders = true
 	st.setResultLocked(code, grpcMsg, false)
+	// The handler sends them after recording the hop.
+	st.trailers = out
+	close(st.upEnded)
 	st.mu.Unlock()
-	st.down.c.send(st.down, nil, true, out)
 }
 
 // httpStatusCode is the status grpc-go's client gives a response with a

@@ -2,14 +2,19 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/hopwatch/hopwatch/routes"
 )
@@ -128,3 +133,72 @@ func (sharedCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 func (sharedCodec) Unmarshal(mem.BufferSlice, any) error { return nil }
 func (sharedCodec) Name() string                         { return "proto" }
+
+// TestUpstreamGoAway: an upstream that ends its connections by age
+// (GOAWAY, RFC 9113 §6.8) lets the streams it has finish, and new calls go
+// to a new connection, on both gRPC paths.
+func TestUpstreamGoAway(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: 200 * time.Millisecond, MaxConnectionAgeGrace: 20 * time.Second}),
+		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			// Echo every message until the client half-closes.
+			for {
+				m := new(wrapperspb.BytesValue)
+				if err := ss.RecvMsg(m); err != nil {
+					if errors.Is(err, io.EOF) {
+						return nil
+					}
+					return err
+				}
+				if err := ss.SendMsg(m); err != nil {
+					return err
+				}
+			}
+		}))
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run(kind+" listener", func(t *testing.T) {
+			p := startProxy(t, &routes.Spec{
+				Listeners: []routes.Listener{inListener("in", kind)},
+				Routes:    []routes.Route{{Name: "aging", Listener: "in", Upstream: "aging"}},
+				Upstreams: []routes.Upstream{{Name: "aging", Protocol: routes.UpstreamGRPC, Endpoints: []string{ln.Addr().String()}}},
+			})
+			cc := dial(t, p.Addr("in").String())
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cs, err := cc.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/aging.v1.S/Echo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := new(wrapperspb.BytesValue)
+			if err := cs.SendMsg(wrapperspb.Bytes([]byte("one"))); err != nil {
+				t.Fatal(err)
+			}
+			if err := cs.RecvMsg(out); err != nil {
+				t.Fatal(err)
+			}
+			// The upstream's connection is past its age now: GOAWAY.
+			time.Sleep(600 * time.Millisecond)
+			for i := range 5 {
+				if o := stream(ctx, cc, "/aging.v1.S/Echo", nil, [][]byte{[]byte("new")}); o.Code != codes.OK {
+					t.Fatalf("call %d after the upstream's GOAWAY: %v", i, o)
+				}
+			}
+			if err := cs.SendMsg(wrapperspb.Bytes([]byte("two"))); err != nil {
+				t.Fatalf("stream begun before the GOAWAY: send: %v", err)
+			}
+			if err := cs.RecvMsg(out); err != nil || string(out.Value) != "two" {
+				t.Fatalf("stream begun before the GOAWAY: got %q, %v", out.Value, err)
+			}
+			cs.CloseSend()
+			if err := cs.RecvMsg(out); err != io.EOF {
+				t.Fatalf("stream begun before the GOAWAY ended with %v", err)
+			}
+		})
+	}
+}
