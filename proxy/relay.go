@@ -274,6 +274,12 @@ func (s *relayServer) frame(c *h2conn, gc *guardedConn, f http2.Frame) error {
 func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFrame) error {
 	id := f.StreamID
 	if l := c.leg(id); l != nil {
+		if l.remoteEnded.Load() {
+			// Half-closed (remote): RFC 9113 §5.1, STREAM_CLOSED.
+			c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeStreamClosed)})
+			l.st.peerReset(l, http2.ErrCodeStreamClosed)
+			return nil
+		}
 		if !f.StreamEnded() {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
@@ -281,14 +287,27 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		return nil
 	}
 	c.mu.Lock()
-	if id%2 == 0 || id <= c.lastPeer {
+	if id%2 == 0 {
 		c.mu.Unlock()
 		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	if id <= c.lastPeer {
+		// A stream that was used and is closed now (RFC 9113 §5.1).
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeStreamClosed)
 	}
 	c.lastPeer = id
 	if c.goAway {
 		c.mu.Unlock()
 		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeRefusedStream)})
+		return nil
+	}
+	if malformedRequest(f.Fields) {
+		// RFC 9113 §8.2.2: connection-specific fields make a request
+		// malformed, a stream error of type PROTOCOL_ERROR (grpc-go's
+		// server refuses "connection" too).
+		c.mu.Unlock()
+		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeProtocol)})
 		return nil
 	}
 	if f.Truncated {
@@ -665,6 +684,22 @@ func (h *relayHeader) del(key string) {
 		}
 	}
 	*h = out
+}
+
+// malformedRequest reports connection-specific fields in a request
+// (RFC 9113 §8.2.2): any of them, or te other than "trailers".
+func malformedRequest(fields []hpack.HeaderField) bool {
+	for _, f := range fields {
+		switch f.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			return true
+		case "te":
+			if f.Value != "trailers" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // hopByHop reports a header that belongs to one connection, never
