@@ -50,6 +50,16 @@ func startBackends(b *testing.B) backends {
 // spans, metrics, the trace store and hop statistics on.
 func startProxy(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.Config) (grpcAddr, httpAddr string) {
 	b.Helper()
+	a := startProxyAddrs(b, be, withTelemetry, cfg...)
+	return a.grpc, a.http
+}
+
+// proxyAddrs are the listeners of startProxyAddrs: gRPC through grpc-go,
+// HTTP, and gRPC through the frame relay (relay: frames).
+type proxyAddrs struct{ grpc, http, relay string }
+
+func startProxyAddrs(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.Config) proxyAddrs {
+	b.Helper()
 	opts := proxy.Options{}
 	if withTelemetry {
 		var c telemetry.Config
@@ -70,9 +80,11 @@ func startProxy(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Caller: "bench"},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: "http", Caller: "bench"},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", Caller: "bench", Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{
 			{Name: "health", Listener: "grpc", Match: routes.Match{GRPCService: "grpc.health.v1.Health"}, Upstream: "health"},
+			{Name: "health-relay", Listener: "relay", Match: routes.Match{GRPCService: "grpc.health.v1.Health"}, Upstream: "health"},
 			{Name: "nlu", Listener: "http", Match: routes.Match{PathPrefix: "/nlu/"}, Upstream: "nlu"},
 		},
 		Upstreams: []routes.Upstream{
@@ -84,7 +96,7 @@ func startProxy(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { p.Shutdown(context.Background()) })
-	return p.Addr("grpc").String(), p.Addr("http").String()
+	return proxyAddrs{grpc: p.Addr("grpc").String(), http: p.Addr("http").String(), relay: p.Addr("relay").String()}
 }
 
 func benchGRPC(b *testing.B, addr string) {
@@ -148,6 +160,16 @@ func BenchmarkUnaryGRPC(b *testing.B) {
 	b.Run("proxy+telemetry+otlp", func(b *testing.B) {
 		addr, _ := startProxy(b, be, true, otlpConfig)
 		benchGRPC(b, addr)
+	})
+	// The same through the frame relay (listeners[].relay: frames).
+	b.Run("relay", func(b *testing.B) {
+		benchGRPC(b, startProxyAddrs(b, be, false).relay)
+	})
+	b.Run("relay+telemetry", func(b *testing.B) {
+		benchGRPC(b, startProxyAddrs(b, be, true).relay)
+	})
+	b.Run("relay+telemetry+otlp", func(b *testing.B) {
+		benchGRPC(b, startProxyAddrs(b, be, true, otlpConfig).relay)
 	})
 }
 
