@@ -168,10 +168,12 @@ func (s *relayServer) serveConn(nc net.Conn) {
 		return
 	}
 	c.setIdleDeadline()
+	c.keepalive(s.p.relayPing[0], s.p.relayPing[1])
 
 	defer c.teardown()
 	for {
 		f, err := c.fr.ReadFrame()
+		c.reads.Add(1)
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {

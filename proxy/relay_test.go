@@ -1,6 +1,8 @@
 package proxy_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -16,6 +20,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/hopwatch/hopwatch/proxy"
 	"github.com/hopwatch/hopwatch/routes"
 )
 
@@ -199,6 +204,75 @@ func TestUpstreamGoAway(t *testing.T) {
 			if err := cs.RecvMsg(out); err != io.EOF {
 				t.Fatalf("stream begun before the GOAWAY ended with %v", err)
 			}
+		})
+	}
+}
+
+// TestRelayKeepalive: a client that goes silent with a call open (gone
+// without a FIN: it neither reads nor writes) is pinged, and its
+// connection is closed when the ping goes unanswered, which ends the
+// upstream call; one that answers keeps its connection.
+func TestRelayKeepalive(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		answer    bool // the client answers PINGs
+		wantClose bool
+	}{
+		{"silent client", false, true},
+		{"client answers pings", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hold := startHold(t)
+			p := proxy.New(proxy.Options{})
+			proxy.SetRelayKeepalive(p, 150*time.Millisecond, 150*time.Millisecond)
+			if err := p.Apply(&routes.Spec{
+				Listeners: []routes.Listener{inListener("relay", "relay")},
+				Routes:    []routes.Route{{Name: "hold", Listener: "relay", Upstream: "hold"}},
+				Upstreams: []routes.Upstream{{Name: "hold", Protocol: routes.UpstreamGRPC, Endpoints: []string{hold.addr}}},
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer shutdown(t, p)
+			addr := p.Addr("relay").String()
+			var c net.Conn
+			if tc.answer {
+				raw := dialRaw(t, addr) // its reader answers PINGs
+				if err := raw.open(1, addr, "/"+holdService+"/Call", nil, false); err != nil {
+					t.Fatal(err)
+				}
+				c = raw.c
+			} else {
+				var err error
+				if c, err = net.Dial("tcp", addr); err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				var b bytes.Buffer
+				enc := hpack.NewEncoder(&b)
+				for _, f := range []hpack.HeaderField{
+					{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+					{Name: ":path", Value: "/" + holdService + "/Call"}, {Name: ":authority", Value: "x"},
+					{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
+				} {
+					enc.WriteField(f)
+				}
+				bw := bufio.NewWriter(c)
+				fr := http2.NewFramer(bw, nil)
+				bw.WriteString(http2.ClientPreface)
+				fr.WriteSettings()
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b.Bytes(), EndHeaders: true})
+				if err := bw.Flush(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !eventually(5*time.Second, func() bool { return hold.inflight.Load() == 1 }) {
+				t.Fatal("the call did not reach the upstream")
+			}
+			ended := eventually(2*time.Second, func() bool { return hold.inflight.Load() == 0 })
+			if ended != tc.wantClose {
+				t.Fatalf("upstream call ended: %v, want %v", ended, tc.wantClose)
+			}
+			c.Close() // the call ends with its connection, before the drain
 		})
 	}
 }

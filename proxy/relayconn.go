@@ -72,6 +72,7 @@ type wItem struct {
 	data   []byte
 	fields []hpack.HeaderField
 	ping   [8]byte
+	probe  bool // a PING of our own, not an ack
 	set    []http2.Setting
 }
 
@@ -122,6 +123,8 @@ type h2conn struct {
 	peerMaxFrame atomic.Uint32
 	// peerMaxStreams is the peer's SETTINGS_MAX_CONCURRENT_STREAMS.
 	peerMaxStreams atomic.Uint32
+	// reads counts the frames read, for keepalive.
+	reads atomic.Uint64
 	// connUnacked is DATA read on the connection not yet given back.
 	connUnacked int32 // reader goroutine only
 
@@ -164,6 +167,34 @@ func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
 	c.fr.SetMaxReadFrameSize(http2MaxFrameSize)
 	c.enc = hpack.NewEncoder(&c.encBuf)
 	return c
+}
+
+// keepalive pings a connection that has been silent for keepaliveTime and
+// closes it when nothing (the ack or any other frame) arrives within
+// keepaliveTimeout, as grpc-go's keepalive does on the other path: the
+// streams of a peer that vanished without a FIN end. It runs on a timer,
+// not a goroutine; the reader counts frames in c.reads.
+func (c *h2conn) keepalive(every, timeout time.Duration) {
+	var seen uint64
+	var pinged bool
+	var t *time.Timer
+	t = time.AfterFunc(every, func() {
+		if c.isClosed() {
+			return
+		}
+		n := c.reads.Load()
+		switch {
+		case n != seen:
+			seen, pinged = n, false
+			t.Reset(every)
+		case !pinged:
+			pinged = true
+			c.queue(wItem{kind: wPing, probe: true})
+			t.Reset(timeout)
+		default:
+			c.close(errors.New("relay: keepalive ping not answered"))
+		}
+	})
 }
 
 // queue hands frames to the writer. It reports false when the connection
@@ -262,7 +293,7 @@ func (c *h2conn) write(it *wItem) error {
 	case wSettingsAck:
 		return c.fr.WriteSettingsAck()
 	case wPing:
-		return c.fr.WritePing(true, it.ping)
+		return c.fr.WritePing(!it.probe, it.ping)
 	case wGoAway:
 		return c.fr.WriteGoAway(it.id, http2.ErrCode(it.n), nil)
 	case wTableSize:

@@ -135,8 +135,10 @@ func (rc *relayClient) close() {
 func (rc *relayClient) read(c *h2conn) {
 	defer rc.wg.Done()
 	defer c.teardown()
+	c.keepalive(keepaliveTime, keepaliveTimeout)
 	for {
 		f, err := c.fr.ReadFrame()
+		c.reads.Add(1)
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
