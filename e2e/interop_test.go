@@ -78,6 +78,7 @@ func TestInterop(t *testing.T) {
 		{"http listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC, false, false, ""},
 		{"http listener, h2c upstream", routes.ListenerHTTP, routes.UpstreamH2C, false, false, ""},
 		{"grpc tls listener, grpc tls upstream", routes.ListenerGRPC, routes.UpstreamGRPC, true, true, ""},
+		{"grpc relay tls listener, grpc tls upstream", routes.ListenerGRPC, routes.UpstreamGRPC, true, true, routes.ListenerRelayFrames},
 		{"http tls listener, h2 upstream", routes.ListenerHTTP, routes.UpstreamH2, true, true, ""},
 		{"http tls listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC, true, false, ""},
 	}

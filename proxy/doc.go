@@ -24,8 +24,8 @@
 // trace context) and forwards DATA frames as they arrive, with flow control
 // passed through end to end, so that a stream holds at most a window of
 // bytes in each direction. It keeps the grpc-go path's statuses, limits and
-// telemetry; routes that need whole messages (retry, fallback) and TLS stay
-// on the grpc-go path, and validation says so.
+// telemetry, TLS included; routes that need whole messages (retry,
+// fallback) stay on the grpc-go path, and validation says so.
 //
 // Routes with a retry or fallback policy take the resilient path: one
 // policy, a per-call state machine (call, in call.go) that both listeners

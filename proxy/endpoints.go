@@ -69,7 +69,7 @@ func (p *upstreamPool) acquire(re resolvedEndpoint) (*grpc.ClientConn, *relayCli
 	if err != nil {
 		return nil, nil, err
 	}
-	pc := &pooledConn{cc: cc, relay: newRelayClient(re.addr, p.conf), refs: 1}
+	pc := &pooledConn{cc: cc, relay: newRelayClient(re.addr, re.authority, p.conf), refs: 1}
 	p.conns[re] = pc
 	return cc, pc.relay, nil
 }

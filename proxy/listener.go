@@ -29,8 +29,8 @@ type listener struct {
 	relay *relayServer // relay: frames, instead of grpc
 	http  *http.Server
 	guard *connGuard // connection cap and rapid-reset policy
-	// tls is the HTTP listener's server TLS config (nil: cleartext); the
-	// gRPC listener's is in its server's credentials.
+	// tls is the HTTP or relay listener's server TLS config (nil:
+	// cleartext); the grpc-go listener's is in its server's credentials.
 	tls *tls.Config
 	// closed is set when the socket was closed ahead of the drain, so that
 	// its Serve loop ending is not reported as a failure.
@@ -54,7 +54,17 @@ func (p *Proxy) newListener(spec routes.Listener) (*listener, error) {
 	switch spec.Protocol {
 	case routes.ListenerGRPC:
 		if spec.Relay == routes.ListenerRelayFrames {
-			// Validation refused TLS and resilient routes here.
+			// Validation refused resilient routes here.
+			if spec.TLS != nil {
+				// HTTP/2 by ALPN only (RFC 9113 §3.2), as grpc-go
+				// requires; the relay refuses a connection that
+				// negotiated anything else.
+				conf, err := p.listenerTLSConfig(spec, []string{"h2"}, counters)
+				if err != nil {
+					return nil, fmt.Errorf("listener %q: %w", spec.Name, err)
+				}
+				l.tls = conf
+			}
 			l.relay = p.newRelayServer(spec.Name, maxMsg, lim)
 			break
 		}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -131,9 +132,32 @@ func (c *h2conn) closeAfterFlush() {
 func (s *relayServer) serveConn(nc net.Conn) {
 	defer s.wg.Done()
 	lim := s.lim
+	// The TLS handshake, the preface and the client's first SETTINGS
+	// must all arrive within read_header_timeout (slowloris, RFC 9113
+	// §3.4).
+	nc.SetReadDeadline(time.Now().Add(lim.readHeaderTimeout))
+	gc, _ := nc.(*guardedConn)
+	var state *tls.ConnectionState
+	if tc, ok := nc.(*tls.Conn); ok {
+		gc, _ = tc.NetConn().(*guardedConn)
+		nc.SetWriteDeadline(time.Now().Add(lim.readHeaderTimeout))
+		err := tc.Handshake()
+		nc.SetWriteDeadline(time.Time{})
+		if err != nil {
+			nc.Close()
+			return
+		}
+		cs := tc.ConnectionState()
+		if cs.NegotiatedProtocol != "h2" {
+			// gRPC over TLS is HTTP/2 by ALPN (RFC 9113 §3.2).
+			nc.Close()
+			return
+		}
+		state = &cs
+	}
 	c := newH2Conn(nc, false, uint32(lim.maxHeaderBytes))
 	c.idle = lim.idleTimeout
-	gc, _ := nc.(*guardedConn)
+	c.tlsState = state
 	s.mu.Lock()
 	s.conns[c] = struct{}{}
 	s.mu.Unlock()
@@ -145,9 +169,6 @@ func (s *relayServer) serveConn(nc net.Conn) {
 	go c.writeLoop()
 	defer c.closeAfterFlush()
 
-	// The preface and the client's first SETTINGS must arrive within
-	// read_header_timeout (slowloris, RFC 9113 §3.4).
-	nc.SetReadDeadline(time.Now().Add(lim.readHeaderTimeout))
 	pre := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(c.br, pre); err != nil || string(pre) != http2.ClientPreface {
 		return
@@ -784,7 +805,7 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 		}
 	}
 	st.dl = dl
-	ctx, hop := rt.tel.Start(p.ctx, &md, gen.listeners[s.listener].callerOf(&md, nil), method)
+	ctx, hop := rt.tel.Start(p.ctx, &md, gen.listeners[s.listener].callerOf(&md, st.down.c.tlsState), method)
 	st.hop = hop
 	st.verdict = hop.VerdictKey()
 	if w := hop.MessageCapture(); w != nil {
@@ -878,7 +899,7 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 		tried |= 1 << min(i, 63)
 		e := u.eps[i]
 		_, a := hop.Attempt(ctx, e.addr)
-		out := st.upstreamHeaders(md, method, e, dl)
+		out := st.upstreamHeaders(md, method, e, dl, u.tls)
 		a.Inject(&out, out.del)
 		e.inflight.Add(1)
 		err := u.relays[i].open(st, out)
@@ -949,7 +970,11 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 // upstreamHeaders is the request's header block for the upstream: the
 // pseudo-headers grpc-go's client would send to ep, then the metadata as
 // received, and the deadline the proxy holds the call to as grpc-timeout.
-func (st *relayStream) upstreamHeaders(md relayHeader, method string, ep *endpoint, dl time.Time) relayHeader {
+func (st *relayStream) upstreamHeaders(md relayHeader, method string, ep *endpoint, dl time.Time, https bool) relayHeader {
+	scheme := "http"
+	if https {
+		scheme = "https"
+	}
 	authority := ep.authority
 	if authority == "" {
 		authority = ep.addr
@@ -957,7 +982,7 @@ func (st *relayStream) upstreamHeaders(md relayHeader, method string, ep *endpoi
 	out := make(relayHeader, 0, len(md)+6)
 	out = append(out,
 		hpack.HeaderField{Name: ":method", Value: "POST"},
-		hpack.HeaderField{Name: ":scheme", Value: "http"},
+		hpack.HeaderField{Name: ":scheme", Value: scheme},
 		hpack.HeaderField{Name: ":path", Value: method},
 		hpack.HeaderField{Name: ":authority", Value: authority},
 		hpack.HeaderField{Name: "te", Value: "trailers"},

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"net"
 	"sync"
@@ -106,6 +107,9 @@ type h2conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idle   time.Duration // close after this long without streams (0: never)
+	// tlsState is a TLS client connection's state (nil: cleartext), for
+	// caller_from: client_cert.
+	tlsState *tls.ConnectionState
 	client bool          // the relay is the client (an upstream connection)
 
 	enc    *hpack.Encoder // writer goroutine only

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +22,11 @@ import (
 // (RFC 9113 §6.8).
 type relayClient struct {
 	addr string
-	conf upstreamConnConf
+	// authority is the endpoint as written when addr is one of its
+	// resolved addresses: with TLS, the name to verify (unless
+	// tls.server_name says otherwise).
+	authority string
+	conf      upstreamConnConf
 
 	mu     sync.Mutex
 	conns  []*h2conn
@@ -29,8 +34,8 @@ type relayClient struct {
 	wg     sync.WaitGroup // readers
 }
 
-func newRelayClient(addr string, conf upstreamConnConf) *relayClient {
-	return &relayClient{addr: addr, conf: conf}
+func newRelayClient(addr, authority string, conf upstreamConnConf) *relayClient {
+	return &relayClient{addr: addr, authority: authority, conf: conf}
 }
 
 // errRelayClosed: the endpoint was released while a call wanted it.
@@ -103,6 +108,11 @@ func (rc *relayClient) conn() (*h2conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if rc.conf.tls != nil {
+		if nc, err = rc.handshake(ctx, nc); err != nil {
+			return nil, err
+		}
+	}
 	c := newH2Conn(nc, true, uint32(rc.conf.maxHeader))
 	c.idle = rc.conf.idle
 	if _, err := io.WriteString(c.bw, http2.ClientPreface); err != nil {
@@ -116,6 +126,34 @@ func (rc *relayClient) conn() (*h2conn, error) {
 	go c.writeLoop()
 	go rc.read(c)
 	return c, nil
+}
+
+// handshake runs TLS on a new upstream connection: HTTP/2 by ALPN only
+// (RFC 9113 §3.2), the endpoint's host (or tls.server_name) verified
+// against its certificate, as grpc-go's client does.
+func (rc *relayClient) handshake(ctx context.Context, nc net.Conn) (net.Conn, error) {
+	conf := rc.conf.tls.Clone()
+	conf.NextProtos = []string{"h2"}
+	if conf.ServerName == "" {
+		name := rc.addr
+		if rc.authority != "" {
+			name = rc.authority
+		}
+		if host, _, err := net.SplitHostPort(name); err == nil {
+			name = host
+		}
+		conf.ServerName = name
+	}
+	tc := tls.Client(nc, conf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		nc.Close()
+		return nil, fmt.Errorf("%w: the endpoint negotiated %q, not h2", errUpstreamTLS, p)
+	}
+	return tc, nil
 }
 
 // close closes every connection of the endpoint (its pool released it).

@@ -116,8 +116,8 @@ type Listener struct {
 }
 
 // ListenerRelayFrames is the frame relay (Listener.Relay). It serves
-// cleartext listeners with routes that have neither retry nor fallback,
-// towards cleartext upstreams (grpc or h2c); validation refuses the rest.
+// routes that have neither retry nor fallback (validation refuses them),
+// in cleartext or TLS on either side (HTTP/2 by ALPN).
 const ListenerRelayFrames = "frames"
 
 // CallerFromClientCert names the caller by the client certificate that

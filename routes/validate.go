@@ -178,16 +178,13 @@ func (v *validator) relay(p string, l *Listener) {
 	if l.Protocol != ListenerGRPC {
 		v.errorf(p+".relay", "relay applies to grpc listeners only (listener %q is %s)", l.Name, l.Protocol)
 	}
-	if l.TLS != nil {
-		v.errorf(p+".relay", "relay: %s serves cleartext (h2c) listeners only; listener %q has tls: leave relay out to serve it with grpc-go", ListenerRelayFrames, l.Name)
-	}
 }
 
 // relayRoute refuses what the frame relay cannot carry: it forwards
 // frames as they arrive and never holds whole messages, so a route that
 // must replay or answer for the upstream (retry, fallback) needs
-// grpc-go's path; and it dials upstreams in cleartext only.
-func (v *validator) relayRoute(p string, r *Route, l *Listener, u *Upstream) {
+// grpc-go's path.
+func (v *validator) relayRoute(p string, r *Route, l *Listener) {
 	if l == nil || l.Relay != ListenerRelayFrames {
 		return
 	}
@@ -196,9 +193,6 @@ func (v *validator) relayRoute(p string, r *Route, l *Listener, u *Upstream) {
 	}
 	if r.Fallback != nil {
 		v.errorf(p+".fallback", "route %q is on listener %q (relay: %s), which forwards frames without holding whole messages: fallback needs them; leave relay out of the listener or move the route", r.Name, l.Name, ListenerRelayFrames)
-	}
-	if u != nil && u.UsesTLS() {
-		v.errorf(p+".upstream", "route %q is on listener %q (relay: %s), which reaches upstreams in cleartext (h2c) only, but upstream %q uses TLS", r.Name, l.Name, ListenerRelayFrames, u.Name)
 	}
 }
 
@@ -480,7 +474,7 @@ func (v *validator) routes() {
 		}
 
 		v.match(p+".match", &r.Match, l)
-		v.relayRoute(p, r, l, u)
+		v.relayRoute(p, r, l)
 
 		if r.Retry != nil {
 			v.retry(p+".retry", r.Retry, l)
