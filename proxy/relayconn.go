@@ -102,15 +102,15 @@ type leg struct {
 
 // h2conn is one HTTP/2 connection of the relay.
 type h2conn struct {
-	nc     net.Conn
-	fr     *http2.Framer
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	idle   time.Duration // close after this long without streams (0: never)
+	nc   net.Conn
+	fr   *http2.Framer
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	idle time.Duration // close after this long without streams (0: never)
 	// tlsState is a TLS client connection's state (nil: cleartext), for
 	// caller_from: client_cert.
 	tlsState *tls.ConnectionState
-	client bool          // the relay is the client (an upstream connection)
+	client   bool // the relay is the client (an upstream connection)
 
 	enc    *hpack.Encoder // writer goroutine only
 	encBuf bytes.Buffer
