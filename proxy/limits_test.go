@@ -742,24 +742,26 @@ func TestUpstreamLimits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	t.Run("grpc upstream: response headers over max_header_bytes", func(t *testing.T) {
-		echo := startEcho(t)
-		p := startProxy(t, &routes.Spec{
-			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC}},
-			Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
-			Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{echo.addr}, Limits: lim}},
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run("grpc upstream: response headers over max_header_bytes, "+kind+" listener", func(t *testing.T) {
+			echo := startEcho(t)
+			p := startProxy(t, &routes.Spec{
+				Listeners: []routes.Listener{inListener("grpc", kind)},
+				Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
+				Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{echo.addr}, Limits: lim}},
+			})
+			cc := dial(t, p.Addr("grpc").String())
+			if o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("h-small", "ok"), []byte("q")); o.Code != codes.OK {
+				t.Fatalf("small response header: %v %q", o.Code, o.Message)
+			}
+			// The echo backend sends h-* request metadata back as headers.
+			o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("h-big", big), []byte("q"))
+			if o.Code == codes.OK {
+				t.Fatalf("32 KiB response header with a 16 KiB limit: OK, want an error")
+			}
+			t.Logf("32 KiB response header: %v %q", o.Code, o.Message)
 		})
-		cc := dial(t, p.Addr("grpc").String())
-		if o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("h-small", "ok"), []byte("q")); o.Code != codes.OK {
-			t.Fatalf("small response header: %v %q", o.Code, o.Message)
-		}
-		// The echo backend sends h-* request metadata back as headers.
-		o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("h-big", big), []byte("q"))
-		if o.Code == codes.OK {
-			t.Fatalf("32 KiB response header with a 16 KiB limit: OK, want an error")
-		}
-		t.Logf("32 KiB response header: %v %q", o.Code, o.Message)
-	})
+	}
 
 	t.Run("http upstream: response headers over max_header_bytes", func(t *testing.T) {
 		for _, proto := range []string{protoHTTP1, protoH2C} {
@@ -811,29 +813,31 @@ func TestUpstreamLimits(t *testing.T) {
 		}
 	})
 
-	t.Run("grpc upstream: idle connection closed after idle_timeout", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ends := new(connEnds)
-		srv := grpc.NewServer(grpc.StatsHandler(ends), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
-			return ss.SendMsg(wrapperspb.Bytes(nil))
-		}))
-		go srv.Serve(ln)
-		defer srv.Stop()
-		p := startProxy(t, &routes.Spec{
-			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC}},
-			Routes:    []routes.Route{{Name: "all", Listener: "grpc", Upstream: "up"}},
-			Upstreams: []routes.Upstream{{Name: "up", Protocol: routes.UpstreamGRPC, Endpoints: []string{ln.Addr().String()}, Limits: lim}},
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run("grpc upstream: idle connection closed after idle_timeout, "+kind+" listener", func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ends := new(connEnds)
+			srv := grpc.NewServer(grpc.StatsHandler(ends), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+				return ss.SendMsg(wrapperspb.Bytes(nil))
+			}))
+			go srv.Serve(ln)
+			defer srv.Stop()
+			p := startProxy(t, &routes.Spec{
+				Listeners: []routes.Listener{inListener("grpc", kind)},
+				Routes:    []routes.Route{{Name: "all", Listener: "grpc", Upstream: "up"}},
+				Upstreams: []routes.Upstream{{Name: "up", Protocol: routes.UpstreamGRPC, Endpoints: []string{ln.Addr().String()}, Limits: lim}},
+			})
+			if o := unary(ctx, dial(t, p.Addr("grpc").String()), "/any.v1.S/M", nil, nil); o.Code != codes.OK {
+				t.Fatalf("call: %v %q", o.Code, o.Message)
+			}
+			if !eventually(5*time.Second, func() bool { return ends.n.Load() > 0 }) {
+				t.Fatalf("the upstream connection is still open 5s after its call; idle_timeout is 200ms")
+			}
 		})
-		if o := unary(ctx, dial(t, p.Addr("grpc").String()), "/any.v1.S/M", nil, nil); o.Code != codes.OK {
-			t.Fatalf("call: %v %q", o.Code, o.Message)
-		}
-		if !eventually(5*time.Second, func() bool { return ends.n.Load() > 0 }) {
-			t.Fatalf("the upstream connection is still open 5s after its call; idle_timeout is 200ms")
-		}
-	})
+	}
 }
 
 // TestListenerLimitsReload: a reload that changes a listener's limits
