@@ -626,7 +626,11 @@ func (st *relayStream) peerReset(l *leg, code http2.ErrCode) {
 		st.mu.Lock()
 		st.canceled = true
 		up := st.opened && !st.upReset
-		st.upReset = true
+		if up {
+			// Not before the upstream stream exists: cleanup resets
+			// one opened after this.
+			st.upReset = true
+		}
 		if !st.respDone {
 			st.respDone = true
 			st.setResultLocked(codes.Canceled, "client canceled", true)

@@ -276,3 +276,45 @@ func TestRelayKeepalive(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayResetRacesUpstreamOpen: clients that reset their streams at
+// every moment of a call's setup (before routing, while the upstream
+// stream is being opened, just after) leave no stream open upstream: one
+// opened after the client's reset is reset as soon as it exists.
+func TestRelayResetRacesUpstreamOpen(t *testing.T) {
+	hold := startHold(t)
+	p := startProxy(t, &routes.Spec{
+		Listeners: []routes.Listener{inListener("relay", "relay")},
+		Routes:    []routes.Route{{Name: "hold", Listener: "relay", Upstream: "hold"}},
+		Upstreams: []routes.Upstream{{Name: "hold", Protocol: routes.UpstreamGRPC, Endpoints: []string{hold.addr}}},
+	})
+	addr := p.Addr("relay").String()
+	for _, tc := range []struct {
+		name string
+		gap  time.Duration // between HEADERS and RST_STREAM
+	}{
+		{"reset at once", 0},
+		{"reset after 50µs", 50 * time.Microsecond},
+		{"reset after 200µs", 200 * time.Microsecond},
+		{"reset after 1ms", time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := dialRaw(t, addr)
+			for i := range 100 {
+				id := uint32(2*i + 1)
+				if err := raw.open(id, addr, "/"+holdService+"/Call", nil, true); err != nil {
+					t.Fatal(err)
+				}
+				if tc.gap > 0 {
+					time.Sleep(tc.gap)
+				}
+				if err := raw.write(func() error { return raw.fr.WriteRSTStream(id, http2.ErrCodeCancel) }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !eventually(5*time.Second, func() bool { return hold.inflight.Load() == 0 }) {
+				t.Fatalf("%d calls still open upstream after their clients reset them", hold.inflight.Load())
+			}
+		})
+	}
+}
