@@ -847,6 +847,13 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 	}
 }
 
+// endedEarly reports a call whose end is decided already, and its status.
+func (st *relayStream) endedEarly() (codes.Code, bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.code, st.respDone
+}
+
 func (st *relayStream) isCanceled() bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -890,6 +897,11 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 		first = frTimer.C
 	}
 
+	if code, ended := st.endedEarly(); ended {
+		// The client reset the call, or it failed (a message over the
+		// limit), before anything went upstream: nothing to open.
+		return code
+	}
 	u := rt.up
 	var tried uint64
 	var ep *endpoint

@@ -224,7 +224,9 @@ func TestRelayKeepalive(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			hold := startHold(t)
 			p := proxy.New(proxy.Options{})
-			proxy.SetRelayKeepalive(p, 150*time.Millisecond, 150*time.Millisecond)
+			// The answering client has 600ms to answer each ping: a
+			// loaded machine must not make it look silent.
+			proxy.SetRelayKeepalive(p, 150*time.Millisecond, 600*time.Millisecond)
 			if err := p.Apply(&routes.Spec{
 				Listeners: []routes.Listener{inListener("relay", "relay")},
 				Routes:    []routes.Route{{Name: "hold", Listener: "relay", Upstream: "hold"}},
@@ -268,7 +270,7 @@ func TestRelayKeepalive(t *testing.T) {
 			if !eventually(5*time.Second, func() bool { return hold.inflight.Load() == 1 }) {
 				t.Fatal("the call did not reach the upstream")
 			}
-			ended := eventually(2*time.Second, func() bool { return hold.inflight.Load() == 0 })
+			ended := eventually(3*time.Second, func() bool { return hold.inflight.Load() == 0 })
 			if ended != tc.wantClose {
 				t.Fatalf("upstream call ended: %v, want %v", ended, tc.wantClose)
 			}
