@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -318,5 +319,46 @@ func TestRelayResetRacesUpstreamOpen(t *testing.T) {
 				t.Fatalf("%d calls still open upstream after their clients reset them", hold.inflight.Load())
 			}
 		})
+	}
+}
+
+// TestRelayRejectionsAsGRPCPath: a call the upstream's bulkhead turns away
+// (max_concurrent) gets the same trailers-only status on the relay as on
+// grpc-go's path, before anything goes upstream.
+func TestRelayRejectionsAsGRPCPath(t *testing.T) {
+	hold := startHold(t)
+	got := map[string]observed{}
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run(kind+" listener", func(t *testing.T) {
+			p := startProxy(t, &routes.Spec{
+				Listeners: []routes.Listener{inListener("in", kind)},
+				Routes:    []routes.Route{{Name: "hold", Listener: "in", Upstream: "hold"}},
+				Upstreams: []routes.Upstream{{Name: "hold", Protocol: routes.UpstreamGRPC, Endpoints: []string{hold.addr}, MaxConcurrent: 1}},
+			})
+			cc := dial(t, p.Addr("in").String())
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			held, stop := context.WithCancel(ctx)
+			defer stop()
+			cs, err := cc.NewStream(held, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/"+holdService+"/Call")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cs.Header(); err != nil { // the hold upstream has the call
+				t.Fatal(err)
+			}
+			before := hold.total.Load()
+			o := unary(ctx, cc, "/"+holdService+"/Call", nil, []byte("q"))
+			if o.Code != codes.ResourceExhausted {
+				t.Fatalf("second call: %v, want RESOURCE_EXHAUSTED from the bulkhead", o)
+			}
+			if hold.total.Load() != before {
+				t.Fatal("the rejected call reached the upstream")
+			}
+			got[kind] = o
+		})
+	}
+	if g, r := got["grpc"], got["relay"]; !reflect.DeepEqual(g, r) {
+		t.Errorf("the relay answers a bulkhead rejection with\n%s\ngrpc-go's path with\n%s", r, g)
 	}
 }
