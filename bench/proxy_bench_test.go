@@ -173,6 +173,43 @@ func BenchmarkUnaryGRPC(b *testing.B) {
 	})
 }
 
+// BenchmarkUnaryGRPCConcurrent: 16 unary calls at a time over one
+// connection, as bench/peers loads the proxy: frames of concurrent calls
+// share the connections' writes.
+func BenchmarkUnaryGRPCConcurrent(b *testing.B) {
+	be := startBackends(b)
+	b.Run("proxy+telemetry", func(b *testing.B) {
+		benchGRPCParallel(b, startProxyAddrs(b, be, true).grpc)
+	})
+	b.Run("relay+telemetry", func(b *testing.B) {
+		benchGRPCParallel(b, startProxyAddrs(b, be, true).relay)
+	})
+}
+
+func benchGRPCParallel(b *testing.B, addr string) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	req := &healthpb.HealthCheckRequest{}
+	if _, err := hc.Check(context.Background(), req); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetParallelism(8) // × GOMAXPROCS (2 here): 16 calls at a time
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := hc.Check(context.Background(), req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
 var otlpConfig = telemetry.Config{Tracing: telemetry.Tracing{OTLP: &telemetry.OTLP{Endpoint: "127.0.0.1:1", Timeout: 100 * time.Millisecond}}}
 
 // BenchmarkHTTP: one HTTP/1.1 POST with keep-alive.
