@@ -173,7 +173,10 @@ func (rc *relayClient) close() {
 func (rc *relayClient) read(c *h2conn) {
 	defer rc.wg.Done()
 	defer c.teardown()
-	c.keepalive(keepaliveTime, keepaliveTimeout)
+	// No keepalive pings upstream, as on grpc-go's path (its ClientConn
+	// sets none): grpc-go servers allow a ping every 5 minutes at most
+	// by default and end connections that ping more often
+	// (ENHANCE_YOUR_CALM, "too_many_pings").
 	for {
 		f, err := c.fr.ReadFrame()
 		c.reads.Add(1)
