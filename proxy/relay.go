@@ -342,9 +342,14 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		return nil
 	}
 	if len(c.legs) >= s.lim.maxConcurrentStreams {
-		// RFC 9113 §5.1.2: beyond the advertised limit.
+		// RFC 9113 §5.1.2: beyond the advertised limit. A client that
+		// ignores the limit is flooding (its resets keep the streams of a
+		// rapid-reset flood counted until their handlers ran): the
+		// refusal counts as a premature reset, so such a flood closes
+		// the connection even when the handlers fall behind.
 		c.mu.Unlock()
 		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeRefusedStream)})
+		gc.callEnded(true)
 		return nil
 	}
 	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), upEnded: make(chan struct{}), start: s.p.now()}
