@@ -14,9 +14,9 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
-// relayClient is the relay's side of one upstream endpoint: cleartext
-// HTTP/2 connections with prior knowledge (h2c, RFC 9113 §3.3), dialed on
-// first use. A connection the upstream sent GOAWAY on, or that is at the
+// relayClient is the relay's side of one upstream endpoint: HTTP/2
+// connections with prior knowledge in cleartext (h2c, RFC 9113 §3.3) or
+// by ALPN over TLS (§3.2), dialed on first use. A connection the upstream sent GOAWAY on, or that is at the
 // upstream's SETTINGS_MAX_CONCURRENT_STREAMS, takes no new streams: the
 // next one goes to a new connection, while its streams finish
 // (RFC 9113 §6.8).
