@@ -71,7 +71,7 @@ soak:
 FUZZ_TARGETS ?= config:FuzzParse \
 	routes:FuzzMatch routes:FuzzCheckPath routes:FuzzCheckGRPCMethod routes:FuzzParseRetryOn \
 	telemetry:FuzzPropagation telemetry:FuzzJSONScanner telemetry:FuzzSSE telemetry:FuzzReceiver \
-	proxy:FuzzForwardedHeaders proxy:FuzzParseGRPCTimeout \
+	proxy:FuzzForwardedHeaders proxy:FuzzParseGRPCTimeout proxy:FuzzRelayHeaders \
 	conversation:FuzzIdentify conversation:FuzzFingerprint conversation:FuzzBodyExtraction conversation:FuzzExtractProto \
 	xds:FuzzTLSContext xds:FuzzTranslate
 FUZZTIME ?= 15s

@@ -52,6 +52,16 @@ func startBackends(b *testing.B) backends {
 // spans, metrics, the trace store and hop statistics on.
 func startProxy(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.Config) (grpcAddr, httpAddr string) {
 	b.Helper()
+	a := startProxyAddrs(b, be, withTelemetry, cfg...)
+	return a.grpc, a.http
+}
+
+// proxyAddrs are the listeners of startProxyAddrs: gRPC through grpc-go,
+// HTTP, and gRPC through the frame relay (relay: frames).
+type proxyAddrs struct{ grpc, http, relay string }
+
+func startProxyAddrs(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.Config) proxyAddrs {
+	b.Helper()
 	opts := proxy.Options{}
 	if withTelemetry {
 		var c telemetry.Config
@@ -72,9 +82,11 @@ func startProxy(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Caller: "bench"},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: "http", Caller: "bench"},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", Caller: "bench", Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{
 			{Name: "health", Listener: "grpc", Match: routes.Match{GRPCService: "grpc.health.v1.Health"}, Upstream: "health"},
+			{Name: "health-relay", Listener: "relay", Match: routes.Match{GRPCService: "grpc.health.v1.Health"}, Upstream: "health"},
 			{Name: "nlu", Listener: "http", Match: routes.Match{PathPrefix: "/nlu/"}, Upstream: "nlu"},
 		},
 		Upstreams: []routes.Upstream{
@@ -86,7 +98,7 @@ func startProxy(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { p.Shutdown(context.Background()) })
-	return p.Addr("grpc").String(), p.Addr("http").String()
+	return proxyAddrs{grpc: p.Addr("grpc").String(), http: p.Addr("http").String(), relay: p.Addr("relay").String()}
 }
 
 func benchGRPC(b *testing.B, addr string) {
@@ -156,6 +168,56 @@ func BenchmarkUnaryGRPC(b *testing.B) {
 	b.Run("proxy+telemetry+otlp-sink", func(b *testing.B) {
 		addr, _ := startProxy(b, be, true, sinkConfig(b))
 		benchGRPC(b, addr)
+	})
+	// The same through the frame relay (listeners[].relay: frames).
+	b.Run("relay", func(b *testing.B) {
+		benchGRPC(b, startProxyAddrs(b, be, false).relay)
+	})
+	b.Run("relay+telemetry", func(b *testing.B) {
+		benchGRPC(b, startProxyAddrs(b, be, true).relay)
+	})
+	b.Run("relay+telemetry+otlp", func(b *testing.B) {
+		benchGRPC(b, startProxyAddrs(b, be, true, otlpConfig).relay)
+	})
+	b.Run("relay+telemetry+otlp-sink", func(b *testing.B) {
+		benchGRPC(b, startProxyAddrs(b, be, true, sinkConfig(b)).relay)
+	})
+}
+
+// BenchmarkUnaryGRPCConcurrent: 16 unary calls at a time over one
+// connection, as bench/peers loads the proxy: frames of concurrent calls
+// share the connections' writes.
+func BenchmarkUnaryGRPCConcurrent(b *testing.B) {
+	be := startBackends(b)
+	b.Run("proxy+telemetry", func(b *testing.B) {
+		benchGRPCParallel(b, startProxyAddrs(b, be, true).grpc)
+	})
+	b.Run("relay+telemetry", func(b *testing.B) {
+		benchGRPCParallel(b, startProxyAddrs(b, be, true).relay)
+	})
+}
+
+func benchGRPCParallel(b *testing.B, addr string) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	req := &healthpb.HealthCheckRequest{}
+	if _, err := hc.Check(context.Background(), req); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetParallelism(8) // × GOMAXPROCS (2 here): 16 calls at a time
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := hc.Check(context.Background(), req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
 	})
 }
 

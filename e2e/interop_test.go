@@ -38,7 +38,8 @@ var interopRepeat = map[string]int{
 
 // TestInterop runs grpc-go's interop client against its interop server
 // through every listener × upstream protocol that can carry gRPC: the
-// gRPC listener to a grpc and to an h2c upstream, and the HTTP listener
+// gRPC listener (grpc-go's server and the frame relay) to a grpc and to an
+// h2c upstream, and the HTTP listener
 // (which proxies gRPC that arrives there) to a grpc and to an h2c
 // upstream, in cleartext; and over TLS, the gRPC listener to a TLS grpc
 // upstream and the HTTP listener to an h2 upstream and to a cleartext one. Every case must pass on every path: the proxy is transparent
@@ -68,19 +69,23 @@ func TestInterop(t *testing.T) {
 	paths := []struct {
 		name, listener, upstream string
 		tlsIn, tlsOut            bool
+		relay                    string // listeners[].relay
 	}{
-		{"grpc listener, grpc upstream", routes.ListenerGRPC, routes.UpstreamGRPC, false, false},
-		{"grpc listener, h2c upstream", routes.ListenerGRPC, routes.UpstreamH2C, false, false},
-		{"http listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC, false, false},
-		{"http listener, h2c upstream", routes.ListenerHTTP, routes.UpstreamH2C, false, false},
-		{"grpc tls listener, grpc tls upstream", routes.ListenerGRPC, routes.UpstreamGRPC, true, true},
-		{"http tls listener, h2 upstream", routes.ListenerHTTP, routes.UpstreamH2, true, true},
-		{"http tls listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC, true, false},
+		{"grpc listener, grpc upstream", routes.ListenerGRPC, routes.UpstreamGRPC, false, false, ""},
+		{"grpc listener, h2c upstream", routes.ListenerGRPC, routes.UpstreamH2C, false, false, ""},
+		{"grpc relay listener, grpc upstream", routes.ListenerGRPC, routes.UpstreamGRPC, false, false, routes.ListenerRelayFrames},
+		{"grpc relay listener, h2c upstream", routes.ListenerGRPC, routes.UpstreamH2C, false, false, routes.ListenerRelayFrames},
+		{"http listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC, false, false, ""},
+		{"http listener, h2c upstream", routes.ListenerHTTP, routes.UpstreamH2C, false, false, ""},
+		{"grpc tls listener, grpc tls upstream", routes.ListenerGRPC, routes.UpstreamGRPC, true, true, ""},
+		{"grpc relay tls listener, grpc tls upstream", routes.ListenerGRPC, routes.UpstreamGRPC, true, true, routes.ListenerRelayFrames},
+		{"http tls listener, h2 upstream", routes.ListenerHTTP, routes.UpstreamH2, true, true, ""},
+		{"http tls listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC, true, false, ""},
 	}
 	spec := &routes.Spec{}
 	for i, pa := range paths {
 		n := strconv.Itoa(i)
-		l := routes.Listener{Name: "l" + n, Address: "127.0.0.1:0", Protocol: pa.listener}
+		l := routes.Listener{Name: "l" + n, Address: "127.0.0.1:0", Protocol: pa.listener, Relay: pa.relay}
 		if pa.tlsIn {
 			l.TLS = &routes.ListenerTLS{CertFile: certFile, KeyFile: keyFile}
 		}

@@ -18,6 +18,15 @@
 // grpc-go would show, and a stream broken after its headers ends with a
 // status rather than a reset.
 //
+// A gRPC listener with relay: frames (relay.go, relayconn.go, relayup.go)
+// does not use grpc-go at all: it speaks HTTP/2 itself on both sides,
+// decodes and re-encodes only the header blocks (to route, time and carry
+// trace context) and forwards DATA frames as they arrive, with flow control
+// passed through end to end, so that a stream holds at most a window of
+// bytes in each direction. It keeps the grpc-go path's statuses, limits and
+// telemetry, TLS included; routes that need whole messages (retry,
+// fallback) stay on the grpc-go path, and validation says so.
+//
 // Routes with a retry or fallback policy take the resilient path: one
 // policy, a per-call state machine (call, in call.go) that both listeners
 // drive through a small adapter: grpcCall replays a recorded gRPC stream,

@@ -41,8 +41,9 @@ type upstreamPool struct {
 }
 
 type pooledConn struct {
-	cc   *grpc.ClientConn
-	refs int
+	cc    *grpc.ClientConn
+	relay *relayClient // for relay listeners; dials on first use
+	refs  int
 }
 
 func newUpstreamPool(c upstreamConnConf, t *http.Transport) *upstreamPool {
@@ -57,39 +58,41 @@ func (p *upstreamPool) addUser() {
 
 // acquire returns the ClientConn of re, shared with the other upstream
 // objects that have re, or a new one.
-func (p *upstreamPool) acquire(re resolvedEndpoint) (*grpc.ClientConn, error) {
+func (p *upstreamPool) acquire(re resolvedEndpoint) (*grpc.ClientConn, *relayClient, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if pc, ok := p.conns[re]; ok {
 		pc.refs++
-		return pc.cc, nil
+		return pc.cc, pc.relay, nil
 	}
 	cc, err := p.conf.grpcClient(re.addr, re.authority)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	p.conns[re] = &pooledConn{cc: cc, refs: 1}
-	return cc, nil
+	pc := &pooledConn{cc: cc, relay: newRelayClient(re.addr, re.authority, p.conf), refs: 1}
+	p.conns[re] = pc
+	return cc, pc.relay, nil
 }
 
 // release gives back one user's connections (those it acquired) and the
 // user itself.
 func (p *upstreamPool) release(eps []resolvedEndpoint) {
 	p.mu.Lock()
-	var closing []*grpc.ClientConn
+	var closing []*pooledConn
 	for _, re := range eps {
 		if pc, ok := p.conns[re]; ok {
 			if pc.refs--; pc.refs == 0 {
 				delete(p.conns, re)
-				closing = append(closing, pc.cc)
+				closing = append(closing, pc)
 			}
 		}
 	}
 	p.users--
 	last := p.users == 0
 	p.mu.Unlock()
-	for _, cc := range closing {
-		cc.Close()
+	for _, pc := range closing {
+		pc.cc.Close()
+		pc.relay.close()
 	}
 	if last {
 		p.transport.CloseIdleConnections()

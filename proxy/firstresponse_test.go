@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -206,10 +207,10 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 func TestGRPCFirstResponseTimeout(t *testing.T) {
 	backend := startEcho(t)
 	hole := startBlackHole(t)
-	for _, lproto := range []string{routes.ListenerGRPC, routes.ListenerHTTP} {
+	for _, lproto := range grpcListenerKinds {
 		t.Run(lproto+" listener", func(t *testing.T) {
 			spec := &routes.Spec{
-				Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: lproto}},
+				Listeners: []routes.Listener{inListener("in", lproto)},
 				Routes: []routes.Route{
 					{Name: "hole", Listener: "in", Match: routes.Match{GRPCMethod: "/hole.v1.Hole/Call"}, Upstream: "hole"},
 					{Name: "echo-retry", Listener: "in", Match: routes.Match{Headers: map[string]string{"x-route": "retry"}}, Upstream: "echo",
@@ -220,6 +221,10 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 					{Name: "hole", Protocol: routes.UpstreamGRPC, Endpoints: []string{hole}},
 					{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{backend.addr}},
 				},
+			}
+			if lproto == "relay" {
+				// Validation refuses retries on the relay.
+				spec.Routes = slices.DeleteFunc(spec.Routes, func(r routes.Route) bool { return r.Retry != nil })
 			}
 			p := startFirstResponseProxy(t, spec, firstResponse)
 			cc := dial(t, p.Addr("in").String())
@@ -246,6 +251,9 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 				}
 			})
 			t.Run("stuck upstream, route with retries", func(t *testing.T) {
+				if lproto == "relay" {
+					t.Skip("no retries on the relay")
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 				defer cancel()
 				o := stream(ctx, cc, "/"+echoService+"/ClientStream", metadata.Pairs("x-block", "1", "x-route", "retry"), [][]byte{[]byte("q")})
@@ -270,6 +278,9 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 			})
 			for _, route := range []string{"plain", "retry"} {
 				t.Run("slow client stream outlives the timeout, "+route+" route", func(t *testing.T) {
+					if lproto == "relay" && route == "retry" {
+						t.Skip("no retries on the relay")
+					}
 					// The upstream answers a client stream once it has ended;
 					// the client takes two timeouts to send it.
 					ctx, cancel := context.WithTimeout(context.Background(), waitLong)
@@ -319,8 +330,11 @@ func TestUnreachableMessage(t *testing.T) {
 			t.Fatalf("got %d %q", st, body)
 		}
 	})
-	for _, lproto := range []string{routes.ListenerGRPC, routes.ListenerHTTP} {
+	for _, lproto := range grpcListenerKinds {
 		for _, resilient := range []bool{false, true} {
+			if resilient && lproto == "relay" {
+				continue // validation refuses retries on the relay
+			}
 			name := lproto + " listener"
 			if resilient {
 				name += ", route with retries"
@@ -331,7 +345,7 @@ func TestUnreachableMessage(t *testing.T) {
 					rt.Retry = &routes.Retry{Attempts: 2, On: []string{"unavailable"}}
 				}
 				spec := &routes.Spec{
-					Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: lproto}},
+					Listeners: []routes.Listener{inListener("in", lproto)},
 					Routes:    []routes.Route{rt},
 					Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{deadAddr(t)}}},
 				}

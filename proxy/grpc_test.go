@@ -108,7 +108,9 @@ func stream(ctx context.Context, cc *grpc.ClientConn, method string, md metadata
 
 // grpcProxy starts a proxy with a gRPC and an HTTP listener in front of
 // backend: on both, test.v1.Echo is routed, and on the gRPC listener a
-// second route sends every other service of "catchall" there too.
+// second route sends every other service of "catchall" there too. A third
+// listener, "relay", is a gRPC listener with relay: frames and the same
+// routes as "grpc" (p.Addr("relay")).
 func grpcProxy(t testing.TB, backend string) (*proxy.Proxy, string, string) {
 	t.Helper()
 	p := proxy.New(proxy.Options{})
@@ -116,11 +118,14 @@ func grpcProxy(t testing.TB, backend string) (*proxy.Proxy, string, string) {
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: "http"},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{
 			{Name: "echo", Listener: "grpc", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
 			{Name: "catchall", Listener: "grpc", Match: routes.Match{Headers: map[string]string{"x-catchall": "1"}}, Upstream: "echo"},
 			{Name: "echo-http", Listener: "http", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
+			{Name: "echo-relay", Listener: "relay", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
+			{Name: "catchall-relay", Listener: "relay", Match: routes.Match{Headers: map[string]string{"x-catchall": "1"}}, Upstream: "echo"},
 		},
 		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend}}},
 	}
@@ -144,15 +149,17 @@ func bigPayload(n int) []byte {
 }
 
 // TestGRPCTransparency runs each call directly against the backend, through
-// the proxy's gRPC listener and through its HTTP (h2c) listener, and requires
-// the client to observe exactly the same thing all three ways.
+// the proxy's gRPC listener (grpc-go and frame relay) and through its HTTP
+// (h2c) listener, and requires the client to observe exactly the same
+// thing all four ways.
 func TestGRPCTransparency(t *testing.T) {
 	backend := startEcho(t)
-	_, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
+	p, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
 	paths := map[string]*grpc.ClientConn{
-		"direct":        dial(t, backend.addr),
-		"grpc-listener": dial(t, grpcAddr),
-		"http-listener": dial(t, httpAddr),
+		"direct":         dial(t, backend.addr),
+		"grpc-listener":  dial(t, grpcAddr),
+		"http-listener":  dial(t, httpAddr),
+		"relay-listener": dial(t, p.Addr("relay").String()),
 	}
 	const m = "/" + echoService + "/"
 	unicodeMsg := "  kb lookup failed: 知识库 \U0001F916 timeout\n\tline two  %41 "
@@ -252,7 +259,8 @@ func TestGRPCTransparency(t *testing.T) {
 
 func TestGRPCRouting(t *testing.T) {
 	backend := startEcho(t)
-	_, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
+	p, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
+	relayAddr := p.Addr("relay").String()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cases := []struct {
@@ -267,6 +275,9 @@ func TestGRPCRouting(t *testing.T) {
 		{"no route on http listener", httpAddr, "/other.v1.Svc/Do", nil, codes.Unimplemented, "hopwatch: no route for /other.v1.Svc/Do"},
 		{"header-matched route reaches upstream's unknown service", grpcAddr, "/other.v1.Svc/Do", metadata.Pairs("x-catchall", "1"), codes.Unimplemented, "unknown service other.v1.Svc"},
 		{"routed", grpcAddr, "/" + echoService + "/Unary", nil, codes.OK, ""},
+		{"no route on relay listener", relayAddr, "/other.v1.Svc/Do", nil, codes.Unimplemented, "hopwatch: no route for /other.v1.Svc/Do"},
+		{"header-matched route reaches upstream's unknown service on relay", relayAddr, "/other.v1.Svc/Do", metadata.Pairs("x-catchall", "1"), codes.Unimplemented, "unknown service other.v1.Svc"},
+		{"routed on relay", relayAddr, "/" + echoService + "/Unary", nil, codes.OK, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -21,10 +21,16 @@ import (
 )
 
 func TestGRPCDeadlines(t *testing.T) {
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run(kind+" listener", func(t *testing.T) { testGRPCDeadlines(t, kind) })
+	}
+}
+
+func testGRPCDeadlines(t *testing.T, kind string) {
 	backend := startEcho(t)
 	p := proxy.New(proxy.Options{})
 	spec := &routes.Spec{
-		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
+		Listeners: []routes.Listener{inListener("grpc", kind)},
 		Routes: []routes.Route{
 			{Name: "short", Listener: "grpc", Match: routes.Match{Headers: map[string]string{"x-short": "1"}}, Upstream: "echo", Timeout: 500 * time.Millisecond},
 			{Name: "echo", Listener: "grpc", Upstream: "echo"},
@@ -82,8 +88,8 @@ func TestGRPCDeadlines(t *testing.T) {
 func TestGRPCCancellation(t *testing.T) {
 	t.Run("client cancels: upstream call is canceled", func(t *testing.T) {
 		backend := startEcho(t)
-		_, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
-		for _, addr := range []string{grpcAddr, httpAddr} {
+		p, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
+		for _, addr := range []string{grpcAddr, httpAddr, p.Addr("relay").String()} {
 			ctx, cancel := context.WithCancel(context.Background())
 			cs, err := dial(t, addr).NewStream(metadata.AppendToOutgoingContext(ctx, "x-block-after-header", "1"),
 				&grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/"+echoService+"/Bidi")
@@ -106,24 +112,26 @@ func TestGRPCCancellation(t *testing.T) {
 	})
 	t.Run("client deadline expires: upstream call is canceled", func(t *testing.T) {
 		backend := startEcho(t)
-		_, grpcAddr, _ := grpcProxy(t, backend.addr)
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		defer cancel()
-		o := unary(ctx, dial(t, grpcAddr), "/"+echoService+"/Unary", metadata.Pairs("x-block", "1"), nil)
-		if o.Code != codes.DeadlineExceeded {
-			t.Fatalf("got %v, want DeadlineExceeded", o.Code)
-		}
-		select {
-		case <-backend.canceled:
-		case <-time.After(10 * time.Second):
-			t.Fatal("upstream call still running after the deadline")
+		p, grpcAddr, _ := grpcProxy(t, backend.addr)
+		for _, addr := range []string{grpcAddr, p.Addr("relay").String()} {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			o := unary(ctx, dial(t, addr), "/"+echoService+"/Unary", metadata.Pairs("x-block", "1"), nil)
+			cancel()
+			if o.Code != codes.DeadlineExceeded {
+				t.Fatalf("%s: got %v, want DeadlineExceeded", addr, o.Code)
+			}
+			select {
+			case <-backend.canceled:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: upstream call still running after the deadline", addr)
+			}
 		}
 	})
 	t.Run("upstream goes away: client sees the call end", func(t *testing.T) {
 		backend := startEcho(t)
-		_, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
+		p, grpcAddr, httpAddr := grpcProxy(t, backend.addr)
 		var streams []grpc.ClientStream
-		for _, addr := range []string{grpcAddr, httpAddr} {
+		for _, addr := range []string{grpcAddr, httpAddr, p.Addr("relay").String()} {
 			cs, err := dial(t, addr).NewStream(metadata.AppendToOutgoingContext(context.Background(), "x-block-after-header", "1"),
 				&grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/"+echoService+"/Bidi")
 			if err != nil {
@@ -151,10 +159,18 @@ func TestGRPCCancellation(t *testing.T) {
 }
 
 func TestGRPCMessageLimit(t *testing.T) {
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run(kind+" listener", func(t *testing.T) { testGRPCMessageLimit(t, kind) })
+	}
+}
+
+func testGRPCMessageLimit(t *testing.T, kind string) {
 	backend := startEcho(t)
 	p := proxy.New(proxy.Options{})
+	l := inListener("grpc", kind)
+	l.MaxMessageBytes = 1 << 20
 	spec := &routes.Spec{
-		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", MaxMessageBytes: 1 << 20}},
+		Listeners: []routes.Listener{l},
 		Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
 		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
 	}
@@ -186,12 +202,20 @@ func shutdown(t testing.TB, p *proxy.Proxy) {
 // address serves there at once, stops accepting on the old address, and
 // lets the call in flight on the old one finish.
 func TestApplyMovesListener(t *testing.T) {
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run(kind+" listener", func(t *testing.T) { testApplyMovesListener(t, kind) })
+	}
+}
+
+func testApplyMovesListener(t *testing.T, kind string) {
 	backend := startEcho(t)
 	p := proxy.New(proxy.Options{DrainTimeout: 10 * time.Second})
 	defer shutdown(t, p)
 	spec := func(addr string) *routes.Spec {
+		l := inListener("grpc", kind)
+		l.Address = addr
 		return &routes.Spec{
-			Listeners: []routes.Listener{{Name: "grpc", Address: addr, Protocol: "grpc"}},
+			Listeners: []routes.Listener{l},
 			Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
 			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
 		}

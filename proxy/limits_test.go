@@ -76,12 +76,15 @@ func limitsProxy(t testing.TB, lim routes.ListenerLimits, hold, echo string) *pr
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Limits: lim},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, Limits: lim},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Limits: lim, Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{
 			{Name: "hold-grpc", Listener: "grpc", Match: routes.Match{GRPCService: holdService}, Upstream: "hold"},
 			{Name: "hold-http", Listener: "http", Match: routes.Match{GRPCService: holdService}, Upstream: "hold"},
+			{Name: "hold-relay", Listener: "relay", Match: routes.Match{GRPCService: holdService}, Upstream: "hold"},
 			{Name: "echo-grpc", Listener: "grpc", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
 			{Name: "echo-http", Listener: "http", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
+			{Name: "echo-relay", Listener: "relay", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
 		},
 		Upstreams: []routes.Upstream{
 			{Name: "hold", Protocol: routes.UpstreamGRPC, Endpoints: []string{hold}},
@@ -90,7 +93,9 @@ func limitsProxy(t testing.TB, lim routes.ListenerLimits, hold, echo string) *pr
 	})
 }
 
-var listenerKinds = []string{"grpc", "http"}
+// listenerKinds are the listeners of limitsProxy: grpc-go's server, the
+// HTTP listener, and the frame relay.
+var listenerKinds = []string{"grpc", "http", "relay"}
 
 // h2raw is an HTTP/2 client on a raw TCP connection that does what a
 // hostile client does: it ignores the server's SETTINGS, resets streams at
@@ -278,10 +283,10 @@ func TestHeaderListBomb(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			// Refused streams get RST_STREAM (grpc-go) or 431 (net/http);
+			// Refused streams get RST_STREAM (grpc-go, the relay) or 431 (net/http);
 			// forwarded ones would get the upstream's headers.
 			answered := func() bool {
-				return raw.status("431") >= streams || kind == "grpc" && raw.rst.Load() >= streams || raw.status("200") > 0
+				return raw.status("431") >= streams || kind != "http" && raw.rst.Load() >= streams || raw.status("200") > 0
 			}
 			if !eventually(5*time.Second, answered) {
 				t.Fatalf("only %d of %d streams answered", raw.rst.Load()+raw.headers.Load(), streams)
@@ -574,8 +579,24 @@ func TestRapidReset(t *testing.T) {
 	echo := startEcho(t)
 	p := limitsProxy(t, routes.ListenerLimits{}, hold.addr, echo.addr)
 	const pairs = 20000
+	type floodCase struct {
+		name, kind string
+		procs      int // GOMAXPROCS for the case (0: as is)
+	}
+	var cases []floodCase
 	for _, kind := range listenerKinds {
-		t.Run(kind+" listener", func(t *testing.T) {
+		cases = append(cases, floodCase{kind + " listener", kind, 0})
+	}
+	// On one CPU the relay's reader outruns the streams' handlers, so
+	// the flood meets the stream limit rather than finished streams: its
+	// refusals must count too.
+	cases = append(cases, floodCase{"relay listener, handlers behind the flood (GOMAXPROCS 1)", "relay", 1})
+	for _, tc := range cases {
+		kind := tc.kind
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.procs > 0 {
+				defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(tc.procs))
+			}
 			addr := p.Addr(kind).String()
 			hold.total.Store(0)
 			cc := dial(t, addr)
@@ -654,7 +675,7 @@ func TestRapidReset(t *testing.T) {
 			if n := hold.total.Load() - 1; n > 6000 {
 				t.Errorf("%d of %d reset streams were forwarded upstream", n, pairs)
 			}
-			if kind == "grpc" && after.ResetFloods-before.ResetFloods != 1 {
+			if kind != "http" && after.ResetFloods-before.ResetFloods != 1 {
 				t.Errorf("reset floods counted: %d, want 1", after.ResetFloods-before.ResetFloods)
 			}
 			var now int
@@ -667,17 +688,20 @@ func TestRapidReset(t *testing.T) {
 }
 
 // TestGRPCMessageLimitOnHTTPListener: max_message_bytes holds for gRPC
-// calls on the http listener as it does on the grpc listener.
+// calls on the http listener and on the frame relay as it does on the grpc
+// listener.
 func TestGRPCMessageLimitOnHTTPListener(t *testing.T) {
 	echo := startEcho(t)
 	p := startProxy(t, &routes.Spec{
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, MaxMessageBytes: 1 << 20},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, MaxMessageBytes: 1 << 20},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, MaxMessageBytes: 1 << 20, Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{
 			{Name: "echo-grpc", Listener: "grpc", Upstream: "echo"},
 			{Name: "echo-http", Listener: "http", Upstream: "echo"},
+			{Name: "echo-relay", Listener: "relay", Upstream: "echo"},
 		},
 		Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{echo.addr}}},
 	})
@@ -734,24 +758,26 @@ func TestUpstreamLimits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	t.Run("grpc upstream: response headers over max_header_bytes", func(t *testing.T) {
-		echo := startEcho(t)
-		p := startProxy(t, &routes.Spec{
-			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC}},
-			Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
-			Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{echo.addr}, Limits: lim}},
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run("grpc upstream: response headers over max_header_bytes, "+kind+" listener", func(t *testing.T) {
+			echo := startEcho(t)
+			p := startProxy(t, &routes.Spec{
+				Listeners: []routes.Listener{inListener("grpc", kind)},
+				Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
+				Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{echo.addr}, Limits: lim}},
+			})
+			cc := dial(t, p.Addr("grpc").String())
+			if o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("h-small", "ok"), []byte("q")); o.Code != codes.OK {
+				t.Fatalf("small response header: %v %q", o.Code, o.Message)
+			}
+			// The echo backend sends h-* request metadata back as headers.
+			o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("h-big", big), []byte("q"))
+			if o.Code == codes.OK {
+				t.Fatalf("32 KiB response header with a 16 KiB limit: OK, want an error")
+			}
+			t.Logf("32 KiB response header: %v %q", o.Code, o.Message)
 		})
-		cc := dial(t, p.Addr("grpc").String())
-		if o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("h-small", "ok"), []byte("q")); o.Code != codes.OK {
-			t.Fatalf("small response header: %v %q", o.Code, o.Message)
-		}
-		// The echo backend sends h-* request metadata back as headers.
-		o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("h-big", big), []byte("q"))
-		if o.Code == codes.OK {
-			t.Fatalf("32 KiB response header with a 16 KiB limit: OK, want an error")
-		}
-		t.Logf("32 KiB response header: %v %q", o.Code, o.Message)
-	})
+	}
 
 	t.Run("http upstream: response headers over max_header_bytes", func(t *testing.T) {
 		for _, proto := range []string{protoHTTP1, protoH2C} {
@@ -803,29 +829,31 @@ func TestUpstreamLimits(t *testing.T) {
 		}
 	})
 
-	t.Run("grpc upstream: idle connection closed after idle_timeout", func(t *testing.T) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ends := new(connEnds)
-		srv := grpc.NewServer(grpc.StatsHandler(ends), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
-			return ss.SendMsg(wrapperspb.Bytes(nil))
-		}))
-		go srv.Serve(ln)
-		defer srv.Stop()
-		p := startProxy(t, &routes.Spec{
-			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC}},
-			Routes:    []routes.Route{{Name: "all", Listener: "grpc", Upstream: "up"}},
-			Upstreams: []routes.Upstream{{Name: "up", Protocol: routes.UpstreamGRPC, Endpoints: []string{ln.Addr().String()}, Limits: lim}},
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run("grpc upstream: idle connection closed after idle_timeout, "+kind+" listener", func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ends := new(connEnds)
+			srv := grpc.NewServer(grpc.StatsHandler(ends), grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+				return ss.SendMsg(wrapperspb.Bytes(nil))
+			}))
+			go srv.Serve(ln)
+			defer srv.Stop()
+			p := startProxy(t, &routes.Spec{
+				Listeners: []routes.Listener{inListener("grpc", kind)},
+				Routes:    []routes.Route{{Name: "all", Listener: "grpc", Upstream: "up"}},
+				Upstreams: []routes.Upstream{{Name: "up", Protocol: routes.UpstreamGRPC, Endpoints: []string{ln.Addr().String()}, Limits: lim}},
+			})
+			if o := unary(ctx, dial(t, p.Addr("grpc").String()), "/any.v1.S/M", nil, nil); o.Code != codes.OK {
+				t.Fatalf("call: %v %q", o.Code, o.Message)
+			}
+			if !eventually(5*time.Second, func() bool { return ends.n.Load() > 0 }) {
+				t.Fatalf("the upstream connection is still open 5s after its call; idle_timeout is 200ms")
+			}
 		})
-		if o := unary(ctx, dial(t, p.Addr("grpc").String()), "/any.v1.S/M", nil, nil); o.Code != codes.OK {
-			t.Fatalf("call: %v %q", o.Code, o.Message)
-		}
-		if !eventually(5*time.Second, func() bool { return ends.n.Load() > 0 }) {
-			t.Fatalf("the upstream connection is still open 5s after its call; idle_timeout is 200ms")
-		}
-	})
+	}
 }
 
 // TestListenerLimitsReload: a reload that changes a listener's limits

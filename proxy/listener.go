@@ -26,10 +26,11 @@ type listener struct {
 	spec  routes.Listener
 	ln    net.Listener
 	grpc  *grpc.Server
+	relay *relayServer // relay: frames, instead of grpc
 	http  *http.Server
 	guard *connGuard // connection cap and rapid-reset policy
-	// tls is the HTTP listener's server TLS config (nil: cleartext); the
-	// gRPC listener's is in its server's credentials.
+	// tls is the HTTP or relay listener's server TLS config (nil:
+	// cleartext); the grpc-go listener's is in its server's credentials.
 	tls *tls.Config
 	// closed is set when the socket was closed ahead of the drain, so that
 	// its Serve loop ending is not reported as a failure.
@@ -52,6 +53,21 @@ func (p *Proxy) newListener(spec routes.Listener) (*listener, error) {
 	}
 	switch spec.Protocol {
 	case routes.ListenerGRPC:
+		if spec.Relay == routes.ListenerRelayFrames {
+			// Validation refused resilient routes here.
+			if spec.TLS != nil {
+				// HTTP/2 by ALPN only (RFC 9113 §3.2), as grpc-go
+				// requires; the relay refuses a connection that
+				// negotiated anything else.
+				conf, err := p.listenerTLSConfig(spec, []string{"h2"}, counters)
+				if err != nil {
+					return nil, fmt.Errorf("listener %q: %w", spec.Name, err)
+				}
+				l.tls = conf
+			}
+			l.relay = p.newRelayServer(spec.Name, maxMsg, lim)
+			break
+		}
 		var opts []grpc.ServerOption
 		if spec.TLS != nil {
 			// grpc-go adds h2 to the offered protocols and refuses
@@ -150,7 +166,9 @@ func (p *Proxy) serve(l *listener) {
 	go func() {
 		defer p.serving.Done()
 		var err error
-		if l.grpc != nil {
+		if l.relay != nil {
+			err = l.relay.serve(l.ln)
+		} else if l.grpc != nil {
 			err = l.grpc.Serve(l.ln)
 		} else {
 			err = l.http.Serve(l.ln)
@@ -187,6 +205,13 @@ func (l *listener) stopAccepting() {
 // drain stops accepting at once and lets calls in flight finish until ctx is
 // done, then closes what remains.
 func (l *listener) drain(ctx context.Context) {
+	if l.relay != nil {
+		if l.ln != nil {
+			l.ln.Close() // grpc.Server and http.Server close theirs too
+		}
+		l.relay.drain(ctx)
+		return
+	}
 	if l.grpc != nil {
 		done := make(chan struct{})
 		go func() {

@@ -227,10 +227,10 @@ func TestHTTPAmbiguousPaths(t *testing.T) {
 // although the catch-all route for test.v1.Echo would match its prefix.
 func TestGRPCAmbiguousMethods(t *testing.T) {
 	backend := startEcho(t)
-	for _, lproto := range []string{routes.ListenerGRPC, routes.ListenerHTTP} {
+	for _, lproto := range grpcListenerKinds {
 		t.Run(lproto+" listener", func(t *testing.T) {
 			spec := &routes.Spec{
-				Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: lproto}},
+				Listeners: []routes.Listener{inListener("in", lproto)},
 				Routes:    []routes.Route{{Name: "echo", Listener: "in", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"}},
 				Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{backend.addr}}},
 			}
@@ -267,10 +267,10 @@ func TestGRPCAmbiguousMethods(t *testing.T) {
 // listeners; another authority finds no route.
 func TestGRPCHostMatch(t *testing.T) {
 	backend := startEcho(t)
-	for _, lproto := range []string{routes.ListenerGRPC, routes.ListenerHTTP} {
+	for _, lproto := range grpcListenerKinds {
 		t.Run(lproto+" listener", func(t *testing.T) {
 			spec := &routes.Spec{
-				Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: lproto}},
+				Listeners: []routes.Listener{inListener("in", lproto)},
 				Routes:    []routes.Route{{Name: "echo", Listener: "in", Match: routes.Match{Host: "kb.internal", GRPCService: echoService}, Upstream: "echo"}},
 				Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{backend.addr}}},
 			}

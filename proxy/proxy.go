@@ -72,6 +72,9 @@ type Proxy struct {
 	drainTimeout time.Duration
 	firstResp    time.Duration // Options.FirstResponseTimeout
 	certRecheck  time.Duration // Options.CertRecheck
+	// relayPing is the keepalive of relay client connections: ping after
+	// [0] of silence, close if nothing arrives within [1] (tests shorten it).
+	relayPing [2]time.Duration
 
 	cur atomic.Pointer[generation]
 
@@ -131,6 +134,7 @@ func New(opts Options) *Proxy {
 	if p.drainTimeout <= 0 {
 		p.drainTimeout = 30 * time.Second
 	}
+	p.relayPing = [2]time.Duration{keepaliveTime, keepaliveTimeout}
 	if p.firstResp = opts.FirstResponseTimeout; p.firstResp <= 0 {
 		p.firstResp = routes.DefaultFirstResponseTimeout
 	}

@@ -45,7 +45,9 @@ type telemetryEnv struct {
 	reg      *prometheus.Registry
 	grpcAddr string
 	httpAddr string
-	web      *seenHeaders
+	// relayAddr is a gRPC listener with relay: frames, route "echo-relay".
+	relayAddr string
+	web       *seenHeaders
 }
 
 func startTelemetryEnv(t *testing.T, cfg telemetry.Config) *telemetryEnv {
@@ -66,9 +68,11 @@ func startTelemetryEnv(t *testing.T, cfg telemetry.Config) *telemetryEnv {
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", CallerHeader: "x-hop-caller"},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: "http", Caller: "gateway"},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", CallerHeader: "x-hop-caller", Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{
 			{Name: "echo", Listener: "grpc", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
+			{Name: "echo-relay", Listener: "relay", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
 			{Name: "web", Listener: "http", Match: routes.Match{PathPrefix: "/"}, Upstream: "web"},
 		},
 		Upstreams: []routes.Upstream{
@@ -80,7 +84,8 @@ func startTelemetryEnv(t *testing.T, cfg telemetry.Config) *telemetryEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { shutdown(t, p) })
-	return &telemetryEnv{tel: tel, reg: reg, grpcAddr: p.Addr("grpc").String(), httpAddr: p.Addr("http").String(), web: web}
+	return &telemetryEnv{tel: tel, reg: reg, grpcAddr: p.Addr("grpc").String(), httpAddr: p.Addr("http").String(),
+		relayAddr: p.Addr("relay").String(), web: web}
 }
 
 const (
@@ -125,12 +130,16 @@ func TestPropagation(t *testing.T) {
 		{"no traceparent starts a new trace", telemetry.Config{}, "", false, true},
 	}
 	for _, tc := range cases {
-		for _, kind := range []string{"grpc", "http"} {
+		for _, kind := range []string{"grpc", "relay", "http"} {
 			t.Run(tc.name+"/"+kind, func(t *testing.T) {
 				env := startTelemetryEnv(t, tc.cfg)
 				var got http.Header
 				switch kind {
-				case "grpc":
+				case "grpc", "relay":
+					addr := env.grpcAddr
+					if kind == "relay" {
+						addr = env.relayAddr
+					}
 					md := metadata.Pairs("x-hop-caller", "gateway", "baggage", "session=s-42", "x-deadline", "1")
 					if tc.traceparent != "" {
 						md.Set("traceparent", tc.traceparent)
@@ -142,7 +151,7 @@ func TestPropagation(t *testing.T) {
 					// The echo backend returns x-* metadata; trace headers
 					// come back via a small trick: ask it to echo them.
 					md.Set("x-traceparent-probe", "1")
-					o := unary(ctx, dial(t, env.grpcAddr), "/"+echoService+"/Unary", md, []byte("q"))
+					o := unary(ctx, dial(t, addr), "/"+echoService+"/Unary", md, []byte("q"))
 					if o.Code != 0 {
 						t.Fatalf("call failed: %v", o)
 					}
@@ -231,14 +240,16 @@ func TestHopMetrics(t *testing.T) {
 	env := startTelemetryEnv(t, telemetry.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cc := dial(t, env.grpcAddr)
-	unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-hop-caller", "gateway"), nil)
-	unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-hop-caller", "intruder-123"), nil)
-	o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-hop-caller", "gateway", "x-status", "14"), nil)
-	if status.Code(nil) != 0 || o.Code != 14 {
-		t.Fatalf("want UNAVAILABLE from upstream, got %v", o.Code)
+	for _, addr := range []string{env.grpcAddr, env.relayAddr} {
+		cc := dial(t, addr)
+		unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-hop-caller", "gateway"), nil)
+		unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-hop-caller", "intruder-123"), nil)
+		o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-hop-caller", "gateway", "x-status", "14"), nil)
+		if status.Code(nil) != 0 || o.Code != 14 {
+			t.Fatalf("want UNAVAILABLE from upstream, got %v", o.Code)
+		}
+		unary(ctx, cc, "/other.Svc/Nope", nil, nil) // unrouted
 	}
-	unary(ctx, cc, "/other.Svc/Nope", nil, nil) // unrouted
 	resp, err := http.Get("http://" + env.httpAddr + "/page")
 	if err != nil {
 		t.Fatal(err)
@@ -257,6 +268,9 @@ func TestHopMetrics(t *testing.T) {
 		{"unknown caller becomes other", "hopwatch_hop_requests_total", []string{"other", "echo", "echo", m, "OK", "ok"}, 1},
 		{"upstream error by code", "hopwatch_hop_requests_total", []string{"gateway", "echo", "echo", m, "Unavailable", "error"}, 1},
 		{"http route", "hopwatch_hop_requests_total", []string{"gateway", "web", "web", "GET", "200", "ok"}, 1},
+		{"relay: known caller ok", "hopwatch_hop_requests_total", []string{"gateway", "echo-relay", "echo", m, "OK", "ok"}, 1},
+		{"relay: unknown caller becomes other", "hopwatch_hop_requests_total", []string{"other", "echo-relay", "echo", m, "OK", "ok"}, 1},
+		{"relay: upstream error by code", "hopwatch_hop_requests_total", []string{"gateway", "echo-relay", "echo", m, "Unavailable", "error"}, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -266,7 +280,7 @@ func TestHopMetrics(t *testing.T) {
 			}
 		})
 	}
-	if n, err := testutil.GatherAndCount(env.reg, "hopwatch_unrouted_requests_total"); err != nil || n != 1 {
+	if n, err := testutil.GatherAndCount(env.reg, "hopwatch_unrouted_requests_total"); err != nil || n != 2 { // one per gRPC listener
 		t.Errorf("unrouted series: %d, %v", n, err)
 	}
 	if n, err := testutil.GatherAndCount(env.reg, "hopwatch_hop_duration_seconds", "hopwatch_hop_first_byte_seconds", "hopwatch_hop_inflight"); err != nil || n == 0 {

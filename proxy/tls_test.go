@@ -149,12 +149,14 @@ func TestTLSListener(t *testing.T) {
 	spec := &routes.Spec{
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt, Relay: routes.ListenerRelayFrames},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, TLS: lt},
 			{Name: "http13", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP,
 				TLS: &routes.ListenerTLS{CertFile: f.cert, KeyFile: f.key, MinVersion: routes.TLSVersion13}},
 		},
 		Routes: []routes.Route{
 			{Name: "echo", Listener: "grpc", Upstream: "echo"},
+			{Name: "echo-relay", Listener: "relay", Upstream: "echo"},
 			{Name: "echo-http", Listener: "http", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
 			{Name: "web", Listener: "http", Upstream: "web"},
 			{Name: "web13", Listener: "http13", Upstream: "web"},
@@ -166,6 +168,7 @@ func TestTLSListener(t *testing.T) {
 	}
 	p, _ := startTLSProxy(t, spec)
 	grpcAddr, httpAddr, http13Addr := p.Addr("grpc").String(), p.Addr("http").String(), p.Addr("http13").String()
+	relayAddr := p.Addr("relay").String()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -180,6 +183,9 @@ func TestTLSListener(t *testing.T) {
 		{"grpc listener refuses cleartext", grpcAddr, nil, codes.Unavailable},
 		{"http listener refuses cleartext h2c", httpAddr, nil, codes.Unavailable},
 		{"grpc listener, server certificate not trusted", grpcAddr, &tls.Config{}, codes.Unavailable},
+		{"relay listener, gRPC over TLS", relayAddr, f.clientTLS(t, nil), codes.OK},
+		{"relay listener refuses cleartext", relayAddr, nil, codes.Unavailable},
+		{"relay listener, server certificate not trusted", relayAddr, &tls.Config{}, codes.Unavailable},
 	}
 	for _, tc := range grpcCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -245,10 +251,13 @@ func TestMutualTLS(t *testing.T) {
 		Callers: []string{"nlu", "dm"},
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt, CallerFrom: routes.CallerFromClientCert},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt, CallerFrom: routes.CallerFromClientCert,
+				Relay: routes.ListenerRelayFrames},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, TLS: lt, CallerFrom: routes.CallerFromClientCert},
 		},
 		Routes: []routes.Route{
 			{Name: "echo", Listener: "grpc", Upstream: "echo"},
+			{Name: "echo-relay", Listener: "relay", Upstream: "echo"},
 			{Name: "web", Listener: "http", Upstream: "web"},
 		},
 		Upstreams: []routes.Upstream{
@@ -277,16 +286,16 @@ func TestMutualTLS(t *testing.T) {
 		{"identity not in callers is other", &stranger, routes.OtherCaller},
 	}
 	for _, tc := range cases {
-		for _, listener := range []string{"grpc", "http"} {
+		for _, listener := range []string{"grpc", "relay", "http"} {
 			t.Run(tc.name+"/"+listener, func(t *testing.T) {
-				route := map[string]string{"grpc": "echo", "http": "web"}[listener]
+				route := map[string]string{"grpc": "echo", "relay": "echo-relay", "http": "web"}[listener]
 				labels := map[string]string{"route": route, "caller": tc.wantCaller}
 				before := testkit.Metric(t, reg, "hopwatch_hop_requests_total", labels)
 				all := testkit.Metric(t, reg, "hopwatch_hop_requests_total", nil)
 				conf := f.clientTLS(t, tc.pair)
 				var err error
-				if listener == "grpc" {
-					if o := unary(ctx, dialTLS(t, p.Addr("grpc").String(), conf), "/"+echoService+"/Unary", nil, []byte("x")); o.Code != codes.OK {
+				if listener != "http" {
+					if o := unary(ctx, dialTLS(t, p.Addr(listener).String(), conf), "/"+echoService+"/Unary", nil, []byte("x")); o.Code != codes.OK {
 						err = fmt.Errorf("%v: %s", o.Code, o.Message)
 					}
 				} else {
@@ -556,43 +565,49 @@ func TestUpstreamTLS(t *testing.T) {
 		{"h2, client certificate", routes.UpstreamH2, h2MTLS, withClient(), "200 upstream saw HTTP/2.0 tls=true cn=hopwatch-client"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			listener := routes.ListenerHTTP
-			if tc.protocol == routes.UpstreamGRPC {
-				listener = routes.ListenerGRPC
-			}
-			spec := &routes.Spec{
-				Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: listener}},
-				Routes:    []routes.Route{{Name: "r", Listener: "in", Upstream: "up"}},
-				Upstreams: []routes.Upstream{{Name: "up", Protocol: tc.protocol, Endpoints: []string{tc.endpoint}, TLS: tc.tls}},
-			}
-			if errs := routes.Validate(spec); errs != nil {
-				t.Fatalf("invalid spec: %v", errs)
-			}
-			p, _ := startTLSProxy(t, spec)
-			addr := p.Addr("in").String()
-			var got string
-			if listener == routes.ListenerGRPC {
-				o := unary(ctx, dial(t, addr), "/"+echoService+"/Unary", nil, []byte("x"))
-				if o.Code != codes.OK {
-					got = o.Message
-					if o.Code != codes.Unavailable {
-						t.Errorf("code %v, want Unavailable", o.Code)
+		kinds := []string{routes.ListenerHTTP}
+		if tc.protocol == routes.UpstreamGRPC {
+			kinds = []string{routes.ListenerGRPC, "relay"} // grpc-go and the frame relay
+		}
+		for _, kind := range kinds {
+			t.Run(tc.name+"/"+kind, func(t *testing.T) {
+				listener := routes.ListenerHTTP
+				if tc.protocol == routes.UpstreamGRPC {
+					listener = routes.ListenerGRPC
+				}
+				spec := &routes.Spec{
+					Listeners: []routes.Listener{inListener("in", kind)},
+					Routes:    []routes.Route{{Name: "r", Listener: "in", Upstream: "up"}},
+					Upstreams: []routes.Upstream{{Name: "up", Protocol: tc.protocol, Endpoints: []string{tc.endpoint}, TLS: tc.tls}},
+				}
+				if errs := routes.Validate(spec); errs != nil {
+					t.Fatalf("invalid spec: %v", errs)
+				}
+				p, _ := startTLSProxy(t, spec)
+				addr := p.Addr("in").String()
+				var got string
+				if listener == routes.ListenerGRPC {
+					o := unary(ctx, dial(t, addr), "/"+echoService+"/Unary", nil, []byte("x"))
+					if o.Code != codes.OK {
+						got = o.Message
+						if o.Code != codes.Unavailable {
+							t.Errorf("code %v, want Unavailable", o.Code)
+						}
+					} else {
+						got = "cn=" + first(o.Header, "client-cn")
 					}
 				} else {
-					got = "cn=" + first(o.Header, "client-cn")
+					var err error
+					if got, err = getText(newHTTPClient(t, protoHTTP1), "http://"+addr+"/"); err != nil {
+						t.Fatal(err)
+					}
+					got = strings.Replace(got, " HTTP/1.1 ", " ", 1) // the client's own protocol
 				}
-			} else {
-				var err error
-				if got, err = getText(newHTTPClient(t, protoHTTP1), "http://"+addr+"/"); err != nil {
-					t.Fatal(err)
+				if got != tc.want {
+					t.Fatalf("got %q, want %q", got, tc.want)
 				}
-				got = strings.Replace(got, " HTTP/1.1 ", " ", 1) // the client's own protocol
-			}
-			if got != tc.want {
-				t.Fatalf("got %q, want %q", got, tc.want)
-			}
-		})
+			})
+		}
 	}
 
 	t.Run("http listener to a grpc upstream over TLS", func(t *testing.T) {

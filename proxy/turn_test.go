@@ -61,9 +61,10 @@ func TestGRPCTurnObservation(t *testing.T) {
 	tel.SetTurnObserver(rec)
 	p := proxy.New(proxy.Options{Telemetry: tel})
 	if err := p.Apply(&routes.Spec{
-		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
+		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}, inListener("relay", "relay")},
 		Routes: []routes.Route{
 			{Name: "plain", Listener: "grpc", Match: routes.Match{Headers: map[string]string{"x-route": "plain"}}, Upstream: "echo"},
+			{Name: "relay", Listener: "relay", Upstream: "echo"},
 			{Name: "resilient", Listener: "grpc", Upstream: "echo", Retry: &routes.Retry{Attempts: 2, On: []string{"unavailable"}},
 				Fallback: &routes.Fallback{After: 5 * time.Second, Use: []string{"cache", "static"}, Static: &routes.FallbackStatic{}}},
 		},
@@ -73,6 +74,7 @@ func TestGRPCTurnObservation(t *testing.T) {
 	}
 	defer shutdown(t, p)
 	cc := dial(t, p.Addr("grpc").String())
+	relay := dial(t, p.Addr("relay").String())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, tc := range []struct {
@@ -88,19 +90,25 @@ func TestGRPCTurnObservation(t *testing.T) {
 		// The resilient case above left its answer in the cache; a failing
 		// call gets it, without the earlier turn's verdict.
 		{"a cached answer carries no earlier verdict", "resilient", []string{"x-status", "14"}, "", "cache"},
+		{"frame relay, verdict in the headers", "relay", []string{"x-answer-x-bot-outcome", "handoff"}, "handoff", ""},
+		{"frame relay, no verdict", "relay", nil, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			md := metadata.Pairs(append([]string{"x-route", tc.route}, tc.md...)...)
 			// The echo service's request is a BytesValue: field 1 holds
 			// the payload, as a session id would be in a bot's request.
-			o := unary(ctx, cc, "/"+echoService+"/Unary", md, []byte("sess-42"))
+			conn := cc
+			if tc.route == "relay" {
+				conn = relay
+			}
+			o := unary(ctx, conn, "/"+echoService+"/Unary", md, []byte("sess-42"))
 			if o.Code != codes.OK {
 				t.Fatalf("call: %v", o)
 			}
 			if got := first(o.Trailer, "x-hopwatch-fallback"); got != tc.fallback {
 				t.Fatalf("answered by fallback %q, want %q: %v", got, tc.fallback, o)
 			}
-			if len(o.Header.Get("x-bot-outcome")) > 0 {
+			if len(o.Header.Get("x-bot-outcome")) > 0 || len(o.Trailer.Get("x-bot-outcome")) > 0 {
 				t.Errorf("the client saw the verdict header: %v", o)
 			}
 			turn := rec.last(t)

@@ -49,6 +49,9 @@ type upstream struct {
 	// listeners (for grpc and h2c upstreams). grpc.NewClient does not
 	// connect until the first call, so unused ones cost nothing.
 	conns []*grpc.ClientConn
+	// relays are the frame relay's connections to the same endpoints
+	// (relay listeners, relay.go); they too dial on first use.
+	relays []*relayClient
 	// transport carries HTTP listener traffic: HTTP/1.1 keep-alive for
 	// "http", prior-knowledge HTTP/2 for "h2c" and "grpc", HTTP/2 by ALPN
 	// for "h2" and TLS "grpc".
@@ -147,13 +150,14 @@ func (u *upstream) setEndpoints(eps []resolvedEndpoint, prev *upstream) error {
 		if from != nil && from[i] >= 0 {
 			ep.carry(prev.eps[from[i]])
 		}
-		cc, err := u.pool.acquire(re)
+		cc, rc, err := u.pool.acquire(re)
 		if err != nil {
 			u.close()
 			return fmt.Errorf("upstream %q endpoint %q: %w", u.spec.Name, re.addr, err)
 		}
 		u.eps = append(u.eps, ep)
 		u.conns = append(u.conns, cc)
+		u.relays = append(u.relays, rc)
 	}
 	u.transport = u.pool.transport
 	return nil

@@ -107,7 +107,18 @@ type Listener struct {
 	// "client_cert" takes the verified client certificate's identity
 	// (see CallerFromClientCert). Empty: Caller or CallerHeader.
 	CallerFrom string `yaml:"caller_from"`
+	// Relay selects how a grpc listener carries calls: "" (the default)
+	// terminates each call in grpc-go's server and opens a grpc-go client
+	// stream upstream; ListenerRelayFrames forwards HTTP/2 frames as they
+	// arrive (headers decoded to route and trace, DATA passed on, flow
+	// control end to end). grpc listeners only.
+	Relay string `yaml:"relay"`
 }
+
+// ListenerRelayFrames is the frame relay (Listener.Relay). It serves
+// routes that have neither retry nor fallback (validation refuses them),
+// in cleartext or TLS on either side (HTTP/2 by ALPN).
+const ListenerRelayFrames = "frames"
 
 // CallerFromClientCert names the caller by the client certificate that
 // tls.client_ca_file verified: the last path segment of its SPIFFE ID (the

@@ -156,10 +156,43 @@ func (v *validator) listeners() {
 			}
 		}
 
+		v.relay(p, l)
+
 		if l.MaxMessageBytes < 0 {
 			v.errorf(p+".max_message_bytes", "must not be negative (0 means the default, %d)", DefaultMaxMessageBytes)
 		}
 		v.listenerLimits(p+".limits", &l.Limits)
+	}
+}
+
+// relay checks a listener's relay mode (Listener.Relay).
+func (v *validator) relay(p string, l *Listener) {
+	switch l.Relay {
+	case "":
+		return
+	case ListenerRelayFrames:
+	default:
+		v.errorf(p+".relay", "unknown relay %q (want %s, or leave it out for grpc-go's server)", l.Relay, ListenerRelayFrames)
+		return
+	}
+	if l.Protocol != ListenerGRPC {
+		v.errorf(p+".relay", "relay applies to grpc listeners only (listener %q is %s)", l.Name, l.Protocol)
+	}
+}
+
+// relayRoute refuses what the frame relay cannot carry: it forwards
+// frames as they arrive and never holds whole messages, so a route that
+// must replay or answer for the upstream (retry, fallback) needs
+// grpc-go's path.
+func (v *validator) relayRoute(p string, r *Route, l *Listener) {
+	if l == nil || l.Relay != ListenerRelayFrames {
+		return
+	}
+	if r.Retry != nil {
+		v.errorf(p+".retry", "route %q is on listener %q (relay: %s), which forwards frames without holding whole messages: retry needs them; leave relay out of the listener or move the route", r.Name, l.Name, ListenerRelayFrames)
+	}
+	if r.Fallback != nil {
+		v.errorf(p+".fallback", "route %q is on listener %q (relay: %s), which forwards frames without holding whole messages: fallback needs them; leave relay out of the listener or move the route", r.Name, l.Name, ListenerRelayFrames)
 	}
 }
 
@@ -441,6 +474,7 @@ func (v *validator) routes() {
 		}
 
 		v.match(p+".match", &r.Match, l)
+		v.relayRoute(p, r, l)
 
 		if r.Retry != nil {
 			v.retry(p+".retry", r.Retry, l)

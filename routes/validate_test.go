@@ -221,6 +221,28 @@ func TestValidate(t *testing.T) {
 			[]want{{"routes[2].genai.api", `unknown api "anthropic"`}}},
 		{"genai on grpc listener", func(s *Spec) { s.Routes[0].GenAI = &GenAI{API: GenAIOpenAI} },
 			[]want{{"routes[0].genai", "genai routes must be on an http listener"}}},
+		// The frame relay (listeners[].relay).
+		{"relay frames", func(s *Spec) { s.Listeners[0].Relay = ListenerRelayFrames }, nil},
+		{"unknown relay", func(s *Spec) { s.Listeners[0].Relay = "bytes" },
+			[]want{{"listeners[0].relay", `unknown relay "bytes" (want frames`}}},
+		{"relay on http listener", func(s *Spec) { s.Listeners[1].Relay = ListenerRelayFrames },
+			[]want{{"listeners[1].relay", `relay applies to grpc listeners only (listener "bot-http" is http)`}}},
+		{"relay on tls listener", func(s *Spec) {
+			s.Listeners[0].Relay = ListenerRelayFrames
+			s.Listeners[0].TLS = &ListenerTLS{CertFile: "c.pem", KeyFile: "k.pem"}
+		}, nil},
+		{"relay route with retry", func(s *Spec) {
+			s.Listeners[0].Relay = ListenerRelayFrames
+			s.Routes[0].Retry = &Retry{Attempts: 2, On: []string{"unavailable"}}
+		}, []want{{"routes[0].retry", `route "nlu" is on listener "bot-grpc" (relay: frames), which forwards frames without holding whole messages: retry needs them`}}},
+		{"relay route with fallback", func(s *Spec) {
+			s.Listeners[0].Relay = ListenerRelayFrames
+			s.Routes[0].Fallback = &Fallback{After: 300 * time.Millisecond, Use: []string{"cache"}}
+		}, []want{{"routes[0].fallback", `route "nlu" is on listener "bot-grpc" (relay: frames), which forwards frames without holding whole messages: fallback needs them`}}},
+		{"relay route to tls upstream", func(s *Spec) {
+			s.Listeners[0].Relay = ListenerRelayFrames
+			s.Upstreams[0].TLS = &UpstreamTLS{}
+		}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := specForValidate()

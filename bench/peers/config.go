@@ -40,6 +40,7 @@ type renderData struct {
 	Variant     string
 	SampleRatio float64
 	Exporter    string // OTLP endpoint; empty: no exporter
+	Relay       string // the gRPC listener's relay; empty: grpc-go's server
 }
 
 func render(name string, d renderData) ([]byte, error) {

@@ -26,7 +26,7 @@ func main() {
 	}
 }
 
-var allTargets = []string{"direct", "nginx", "haproxy", "hopwatch", "hopwatch-otlp", "hopwatch-sample0"}
+var allTargets = []string{"direct", "nginx", "haproxy", "hopwatch", "hopwatch-otlp", "hopwatch-sample0", "hopwatch-relay"}
 
 func targetByName(name string) (target, bool) {
 	switch name {
@@ -37,11 +37,14 @@ func targetByName(name string) (target, bool) {
 	case "haproxy":
 		return haproxyTarget(), true
 	case "hopwatch":
-		return hopwatchTarget(name, 1, false), true
+		return hopwatchTarget(name, 1, false, ""), true
 	case "hopwatch-otlp":
-		return hopwatchTarget(name, 1, true), true
+		return hopwatchTarget(name, 1, true, ""), true
 	case "hopwatch-sample0":
-		return hopwatchTarget(name, 0, false), true
+		return hopwatchTarget(name, 0, false, ""), true
+	case "hopwatch-relay":
+		// As "hopwatch", with the gRPC listener on the frame relay.
+		return hopwatchTarget(name, 1, false, "frames"), true
 	}
 	return target{}, false
 }

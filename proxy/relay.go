@@ -1,0 +1,1146 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+
+	"github.com/hopwatch/hopwatch/routes"
+	"github.com/hopwatch/hopwatch/telemetry"
+)
+
+// The frame relay: a gRPC listener with `relay: frames` serves HTTP/2
+// itself (golang.org/x/net/http2's Framer and HPACK) instead of through
+// grpc-go. A call's HEADERS are decoded (HPACK state is per connection,
+// so they are decoded and encoded again), routed and timed exactly as on
+// the grpc-go path (handleGRPC, callGRPC), and its DATA frames are
+// forwarded as they arrive, never assembled into messages: the 5-byte gRPC
+// length prefixes are read as they pass, to hold messages to
+// max_message_bytes. Flow control is passed through end to end: a
+// stream's bytes are acknowledged to the sender only once the other side
+// has taken them, so a stalled upstream stalls its client and one stream
+// holds at most relayStreamWindow bytes in each direction.
+//
+// It must never forward a frame of a stream it did not route, nor hold a
+// client's bytes beyond the windows it advertised.
+
+// relayServer is a relay listener's server.
+type relayServer struct {
+	p        *Proxy
+	listener string
+	maxMsg   int
+	lim      limits
+
+	mu       sync.Mutex
+	conns    map[*h2conn]struct{}
+	draining bool
+	wg       sync.WaitGroup // connection readers and stream handlers
+}
+
+func (p *Proxy) newRelayServer(listener string, maxMsg int, lim limits) *relayServer {
+	return &relayServer{p: p, listener: listener, maxMsg: maxMsg, lim: lim, conns: map[*h2conn]struct{}{}}
+}
+
+// serve accepts connections until ln is closed.
+func (s *relayServer) serve(ln net.Listener) error {
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		s.mu.Lock()
+		if s.draining {
+			s.mu.Unlock()
+			nc.Close()
+			continue
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(nc)
+	}
+}
+
+// drain sends GOAWAY on every connection and lets their streams finish
+// until ctx is done (RFC 9113 §6.8), then closes what remains.
+func (s *relayServer) drain(ctx context.Context) {
+	s.mu.Lock()
+	s.draining = true
+	for c := range s.conns {
+		c.mu.Lock()
+		if !c.goAway {
+			c.goAway = true
+			c.queue(wItem{kind: wGoAway, id: c.lastPeer, n: uint32(http2.ErrCodeNo)})
+		}
+		idle := len(c.legs) == 0
+		c.mu.Unlock()
+		if idle {
+			c.closeAfterFlush()
+		}
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.stop()
+		<-done
+	}
+}
+
+// stop closes every connection at once.
+func (s *relayServer) stop() {
+	s.mu.Lock()
+	s.draining = true
+	for c := range s.conns {
+		c.close(errRelayConnClosed)
+	}
+	s.mu.Unlock()
+}
+
+// closeAfterFlush closes the connection once the frames queued so far (a
+// GOAWAY) are written, or after a second if the peer does not read them.
+func (c *h2conn) closeAfterFlush() {
+	if c.queue(wItem{kind: wClose}) {
+		time.AfterFunc(time.Second, func() { c.close(errRelayConnClosed) })
+	}
+}
+
+// serveConn reads one client connection until it ends.
+func (s *relayServer) serveConn(nc net.Conn) {
+	defer s.wg.Done()
+	lim := s.lim
+	// The TLS handshake, the preface and the client's first SETTINGS
+	// must all arrive within read_header_timeout (slowloris, RFC 9113
+	// §3.4).
+	nc.SetReadDeadline(time.Now().Add(lim.readHeaderTimeout))
+	gc, _ := nc.(*guardedConn)
+	var state *tls.ConnectionState
+	if tc, ok := nc.(*tls.Conn); ok {
+		gc, _ = tc.NetConn().(*guardedConn)
+		nc.SetWriteDeadline(time.Now().Add(lim.readHeaderTimeout))
+		err := tc.Handshake()
+		nc.SetWriteDeadline(time.Time{})
+		if err != nil {
+			nc.Close()
+			return
+		}
+		cs := tc.ConnectionState()
+		if cs.NegotiatedProtocol != "h2" {
+			// gRPC over TLS is HTTP/2 by ALPN (RFC 9113 §3.2).
+			nc.Close()
+			return
+		}
+		state = &cs
+	}
+	c := newH2Conn(nc, false, uint32(lim.maxHeaderBytes))
+	c.idle = lim.idleTimeout
+	c.tlsState = state
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}()
+	go c.writeLoop()
+	defer c.closeAfterFlush()
+
+	pre := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c.br, pre); err != nil || string(pre) != http2.ClientPreface {
+		return
+	}
+	c.queue(wItem{kind: wSettings, set: relaySettings(uint32(lim.maxConcurrentStreams), uint32(lim.maxHeaderBytes))},
+		wItem{kind: wWindow, id: 0, n: relayConnWindow - 65535})
+	f, err := c.fr.ReadFrame()
+	if err != nil {
+		return
+	}
+	sf, ok := f.(*http2.SettingsFrame)
+	if !ok || sf.IsAck() {
+		c.goAwayAndClose(http2.ErrCodeProtocol)
+		return
+	}
+	if err := c.handleSettings(sf); err != nil {
+		c.goAwayAndClose(http2.ErrCodeProtocol)
+		return
+	}
+	c.setIdleDeadline()
+	c.keepalive(s.p.relayPing[0], s.p.relayPing[1])
+
+	defer c.teardown()
+	for {
+		f, err := c.fr.ReadFrame()
+		c.reads.Add(1)
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.queue(wItem{kind: wRST, id: se.StreamID, n: uint32(se.Code)})
+				if l := c.leg(se.StreamID); l != nil {
+					l.st.peerReset(l, se.Code)
+				}
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				c.goAwayAndClose(http2.ErrCode(ce))
+				return
+			}
+			if errors.Is(err, http2.ErrFrameTooLarge) {
+				c.goAwayAndClose(http2.ErrCodeFrameSize)
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// The idle deadline: close only if still idle.
+				c.mu.Lock()
+				idle := len(c.legs) == 0
+				c.mu.Unlock()
+				if idle {
+					c.goAwayAndClose(http2.ErrCodeNo)
+					return
+				}
+				nc.SetReadDeadline(time.Time{})
+				continue
+			}
+			return
+		}
+		if err := s.frame(c, gc, f); err != nil {
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				c.goAwayAndClose(http2.ErrCode(ce))
+			}
+			return
+		}
+		c.mu.Lock()
+		closing := c.goAway && len(c.legs) == 0 && s.isDraining()
+		c.mu.Unlock()
+		if closing {
+			c.closeAfterFlush()
+		}
+	}
+}
+
+func (s *relayServer) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// frame handles one frame from a client.
+func (s *relayServer) frame(c *h2conn, gc *guardedConn, f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return s.headers(c, gc, f)
+	case *http2.DataFrame:
+		l := c.leg(f.StreamID)
+		if !c.readData(l, int(f.Length)) {
+			c.queue(wItem{kind: wRST, id: f.StreamID, n: uint32(http2.ErrCodeFlowControl)})
+			l.st.peerReset(l, http2.ErrCodeFlowControl)
+			return nil
+		}
+		if l == nil {
+			return nil
+		}
+		if pad := int32(int(f.Length) - len(f.Data())); pad > 0 {
+			c.giveBack(l, pad)
+		}
+		l.st.fromClient(f.Data(), f.StreamEnded())
+	case *http2.RSTStreamFrame:
+		if l := c.leg(f.StreamID); l != nil {
+			l.st.peerReset(l, f.ErrCode)
+		}
+	case *http2.SettingsFrame:
+		if err := c.handleSettings(f); err != nil {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			c.queue(wItem{kind: wPing, ping: f.Data})
+		}
+	case *http2.WindowUpdateFrame:
+		return c.handleWindowUpdate(f)
+	case *http2.GoAwayFrame:
+		c.mu.Lock()
+		c.goAway = true
+		c.mu.Unlock()
+	case *http2.PushPromiseFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	return nil
+}
+
+// headers starts a call, or ends a request that ends with trailers.
+func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if l := c.leg(id); l != nil {
+		if l.remoteEnded.Load() {
+			// Half-closed (remote): RFC 9113 §5.1, STREAM_CLOSED.
+			c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeStreamClosed)})
+			l.st.peerReset(l, http2.ErrCodeStreamClosed)
+			return nil
+		}
+		if !f.StreamEnded() {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		l.st.fromClient(nil, true)
+		return nil
+	}
+	c.mu.Lock()
+	if id%2 == 0 {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	if id <= c.lastPeer {
+		// A stream that was used and is closed now (RFC 9113 §5.1).
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeStreamClosed)
+	}
+	c.lastPeer = id
+	if c.goAway {
+		c.mu.Unlock()
+		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeRefusedStream)})
+		return nil
+	}
+	if malformedRequest(f.Fields) {
+		// RFC 9113 §8.2.2: connection-specific fields make a request
+		// malformed, a stream error of type PROTOCOL_ERROR (grpc-go's
+		// server refuses "connection" too).
+		c.mu.Unlock()
+		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeProtocol)})
+		return nil
+	}
+	if f.Truncated {
+		// Over max_header_bytes (SETTINGS_MAX_HEADER_LIST_SIZE): the
+		// decoder kept nothing beyond it; the stream is refused before it
+		// is a call, as grpc-go's server does (RST_STREAM FRAME_SIZE).
+		c.mu.Unlock()
+		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeFrameSize)})
+		return nil
+	}
+	if len(c.legs) >= s.lim.maxConcurrentStreams {
+		// RFC 9113 §5.1.2: beyond the advertised limit. A client that
+		// ignores the limit is flooding (its resets keep the streams of a
+		// rapid-reset flood counted until their handlers ran): the
+		// refusal counts as a premature reset, so such a flood closes
+		// the connection even when the handlers fall behind.
+		c.mu.Unlock()
+		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeRefusedStream)})
+		gc.callEnded(true)
+		return nil
+	}
+	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), upEnded: make(chan struct{}), start: s.p.now()}
+	st.down = &leg{st: st}
+	st.up = &leg{st: st}
+	st.down.recvWin.Store(relayStreamWindow)
+	st.up.recvWin.Store(relayStreamWindow)
+	c.registerLocked(st.down, id)
+	c.mu.Unlock()
+	if f.StreamEnded() {
+		st.reqEnd = true
+		st.down.remoteEnded.Store(true)
+	}
+	fields := append([]hpack.HeaderField(nil), f.Fields...)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		st.serve(fields)
+	}()
+	return nil
+}
+
+// leg finds the stream id of c.
+func (c *h2conn) leg(id uint32) *leg {
+	c.mu.Lock()
+	l := c.legs[id]
+	c.mu.Unlock()
+	return l
+}
+
+func (c *h2conn) goAwayAndClose(code http2.ErrCode) {
+	c.mu.Lock()
+	last := c.lastPeer
+	c.goAway = true
+	c.mu.Unlock()
+	c.queue(wItem{kind: wGoAway, id: last, n: uint32(code)})
+	c.closeAfterFlush()
+}
+
+// teardown ends the streams of a connection whose reader ended.
+func (c *h2conn) teardown() {
+	c.closeAfterFlush()
+	c.mu.Lock()
+	legs := make([]*leg, 0, len(c.legs))
+	for _, l := range c.legs {
+		legs = append(legs, l)
+	}
+	c.mu.Unlock()
+	for _, l := range legs {
+		l.st.connLost(l)
+	}
+}
+
+// relayStream is one call on the relay: its client stream (down) and its
+// upstream stream (up).
+type relayStream struct {
+	srv   *relayServer
+	gc    *guardedConn
+	down  *leg
+	up    *leg
+	start time.Time
+	hop   *telemetry.Hop
+
+	// Read by the client connection's reader only.
+	reqScan msgScan
+	// capture takes the start of the first request message (guarded by
+	// mu: the handler sets it while the reader may already forward).
+	capture io.Writer
+	capScan msgScan
+	// Read by the upstream connection's reader only.
+	respScan msgScan
+	verdict  string
+
+	done     chan struct{} // closed once the call has ended
+	answered chan struct{} // closed at the upstream's first HEADERS
+	progress chan struct{} // the client sent DATA (capacity 1)
+	upEnded  chan struct{} // closed when the upstream's trailers arrived
+
+	mu          sync.Mutex
+	opened      bool // the upstream stream exists; before, request bytes wait here
+	reqPending  [][]byte
+	reqEnd      bool
+	respHeaders bool // HEADERS went to the client
+	respDone    bool // the response's end is decided
+	finished    bool
+	code        codes.Code
+	msg         string
+	ownStatus   bool // the status is the proxy's, not the upstream's
+	canceled    bool // the client reset the stream
+	upReset     bool // RST_STREAM already sent or received upstream
+	answeredSet bool
+	dl          time.Time           // the call's deadline (zero: none), set before the upstream stream opens
+	trailers    []hpack.HeaderField // the upstream's, until the handler sends them
+}
+
+// msgScan follows the gRPC length-prefixed messages in a DATA stream
+// (gRPC over HTTP/2, "Length-Prefixed-Message"): 1 byte compressed flag,
+// 4 bytes big-endian length, then the message.
+type msgScan struct {
+	hdr  [5]byte
+	nhdr int
+	left uint32 // bytes of the current message still to come
+	seen int    // messages begun
+}
+
+// scan reads b and returns the length of a message over max (0: none),
+// and the part of b that belongs to the first message, for the capture.
+func (m *msgScan) scan(b []byte, max int) (over uint32, first []byte) {
+	for len(b) > 0 {
+		if m.left > 0 {
+			n := min(uint32(len(b)), m.left)
+			if m.seen == 1 {
+				first = b[:n]
+			}
+			m.left -= n
+			b = b[n:]
+			continue
+		}
+		n := copy(m.hdr[m.nhdr:], b)
+		m.nhdr += n
+		b = b[n:]
+		if m.nhdr < 5 {
+			return 0, first
+		}
+		m.nhdr = 0
+		m.seen++
+		m.left = uint32(m.hdr[1])<<24 | uint32(m.hdr[2])<<16 | uint32(m.hdr[3])<<8 | uint32(m.hdr[4])
+		if int64(m.left) > int64(max) {
+			return m.left, first
+		}
+	}
+	return 0, first
+}
+
+// fromClient forwards a client DATA frame's payload (and its end).
+func (st *relayStream) fromClient(data []byte, end bool) {
+	if end {
+		st.down.remoteEnded.Store(true)
+	}
+	if len(data) > 0 {
+		over, _ := st.reqScan.scan(data, st.srv.maxMsg)
+		if over > 0 {
+			st.fail(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", over, st.srv.maxMsg), true)
+			return
+		}
+		data = append([]byte(nil), data...)
+	}
+	select {
+	case st.progress <- struct{}{}:
+	default:
+	}
+	st.mu.Lock()
+	if st.respDone && st.finished {
+		st.mu.Unlock()
+		return
+	}
+	if st.capture != nil && len(data) > 0 {
+		st.captureLocked(data)
+	}
+	if !st.opened {
+		if len(data) > 0 {
+			st.reqPending = append(st.reqPending, data)
+		}
+		st.reqEnd = st.reqEnd || end
+		st.mu.Unlock()
+		return
+	}
+	st.mu.Unlock()
+	st.up.c.send(st.up, data, end, nil)
+}
+
+// fromUpstream forwards an upstream DATA frame's payload.
+func (st *relayStream) fromUpstream(data []byte, end bool) {
+	if len(data) > 0 {
+		if over, _ := st.respScan.scan(data, st.srv.maxMsg); over > 0 {
+			st.fail(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", over, st.srv.maxMsg), true)
+			return
+		}
+		data = append([]byte(nil), data...)
+	}
+	if end {
+		// A response must end with trailers (gRPC over HTTP/2); grpc-go
+		// clients report INTERNAL without them.
+		st.up.remoteEnded.Store(true)
+		st.mu.Lock()
+		if !st.respDone {
+			st.respDone = true
+			st.setResultLocked(codes.Internal, "server closed the stream without sending trailers", false)
+		}
+		st.mu.Unlock()
+	}
+	st.down.c.send(st.down, data, end, nil)
+}
+
+// captureLocked feeds the capture with the first message's part of b.
+func (st *relayStream) captureLocked(b []byte) {
+	if _, first := st.capScan.scan(b, 1<<31-1); len(first) > 0 {
+		st.capture.Write(first)
+	}
+	if st.capScan.seen > 1 || (st.capScan.seen == 1 && st.capScan.left == 0 && st.capScan.nhdr == 0) {
+		st.capture = nil // the first message is complete
+	}
+}
+
+// credit gives n bytes, taken by l's peer, back to the stream's other side.
+func (st *relayStream) credit(l *leg, n int32) {
+	src := st.down
+	if l == st.down {
+		src = st.up
+	}
+	if src.c != nil {
+		src.c.giveBack(src, n)
+	}
+}
+
+// sentEnd is called (under l.c.mu) when l's END_STREAM is queued.
+func (st *relayStream) sentEnd(l *leg) {
+	if l == st.down {
+		st.finish()
+	}
+}
+
+// finish ends the call; the handler then accounts it and frees its legs.
+func (st *relayStream) finish() {
+	st.mu.Lock()
+	if !st.finished {
+		st.finished = true
+		st.respDone = true
+		close(st.done)
+	}
+	st.mu.Unlock()
+}
+
+func (st *relayStream) setResultLocked(code codes.Code, msg string, own bool) {
+	st.code, st.msg, st.ownStatus = code, msg, own
+}
+
+// fail ends the call with the proxy's own status, in trailers (or a
+// trailers-only response if nothing was sent yet), and resets the
+// upstream stream when rstUp.
+func (st *relayStream) fail(code codes.Code, msg string, rstUp bool) {
+	st.mu.Lock()
+	if st.respDone {
+		st.mu.Unlock()
+		return
+	}
+	st.respDone = true
+	hdrs := st.respHeaders
+	st.respHeaders = true
+	st.setResultLocked(code, msg, true)
+	up := rstUp && st.opened && !st.upReset
+	if up {
+		st.upReset = true
+	}
+	st.mu.Unlock()
+	if up {
+		st.up.c.queue(wItem{kind: wRST, id: st.up.id, n: uint32(http2.ErrCodeCancel)})
+	}
+	st.down.c.send(st.down, nil, true, statusFields(code, msg, !hdrs))
+}
+
+// statusFields are the trailers of a status, with the response's
+// pseudo-header and content-type when they form a trailers-only response.
+func statusFields(code codes.Code, msg string, only bool) []hpack.HeaderField {
+	var f []hpack.HeaderField
+	if only {
+		f = append(f, hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+	}
+	f = append(f, hpack.HeaderField{Name: "grpc-status", Value: strconv.Itoa(int(code))})
+	if msg != "" {
+		f = append(f, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(msg)})
+	}
+	return f
+}
+
+// peerReset handles RST_STREAM from either side (or a stream error).
+func (st *relayStream) peerReset(l *leg, code http2.ErrCode) {
+	if l == st.down {
+		st.mu.Lock()
+		st.canceled = true
+		up := st.opened && !st.upReset
+		if up {
+			// Not before the upstream stream exists: cleanup resets
+			// one opened after this.
+			st.upReset = true
+		}
+		if !st.respDone {
+			st.respDone = true
+			st.setResultLocked(codes.Canceled, "client canceled", true)
+		}
+		st.mu.Unlock()
+		st.down.remoteEnded.Store(true)
+		if up {
+			st.up.c.queue(wItem{kind: wRST, id: st.up.id, n: uint32(http2.ErrCodeCancel)})
+		}
+		st.finish()
+		return
+	}
+	st.mu.Lock()
+	st.upReset = true
+	st.mu.Unlock()
+	st.up.remoteEnded.Store(true)
+	// As grpc-go's client maps an upstream's RST_STREAM (grpcreset.go).
+	c := resetCodeAt(st.dl, code)
+	st.fail(c, "hopwatch: "+errUpstreamReset.Error()+" ("+code.String()+")", false)
+}
+
+// resetCodeAt is resetCode for a call whose deadline is dl (zero: none).
+func resetCodeAt(dl time.Time, code http2.ErrCode) codes.Code {
+	ctx := context.Background()
+	if !dl.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl)
+		defer cancel()
+	}
+	return resetCode(ctx, code)
+}
+
+// connLost ends a stream whose connection closed.
+func (st *relayStream) connLost(l *leg) {
+	if l == st.down {
+		st.peerReset(l, http2.ErrCodeCancel)
+		return
+	}
+	st.up.remoteEnded.Store(true)
+	st.mu.Lock()
+	st.upReset = true
+	st.mu.Unlock()
+	code, msg := classify(errBadGateway)
+	st.fail(code, msg, false)
+}
+
+// relayHeader is a header list as routes.Header and as OpenTelemetry's
+// TextMapCarrier (names are lowercase in HTTP/2, as propagators use).
+type relayHeader []hpack.HeaderField
+
+func (h *relayHeader) Get(key string) string {
+	for _, f := range *h {
+		if f.Name == key {
+			return f.Value
+		}
+	}
+	return ""
+}
+
+func (h *relayHeader) Set(key, value string) {
+	h.del(key)
+	*h = append(*h, hpack.HeaderField{Name: key, Value: value})
+}
+
+func (h *relayHeader) Keys() []string {
+	keys := make([]string, 0, len(*h))
+	for _, f := range *h {
+		keys = append(keys, f.Name)
+	}
+	return keys
+}
+
+func (h *relayHeader) del(key string) {
+	out := (*h)[:0]
+	for _, f := range *h {
+		if f.Name != key {
+			out = append(out, f)
+		}
+	}
+	*h = out
+}
+
+// malformedRequest reports connection-specific fields in a request
+// (RFC 9113 §8.2.2): any of them, or te other than "trailers".
+func malformedRequest(fields []hpack.HeaderField) bool {
+	for _, f := range fields {
+		switch f.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			return true
+		case "te":
+			if f.Value != "trailers" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hopByHop reports a header that belongs to one connection, never
+// forwarded (RFC 9113 §8.2.2; grpc-go drops them too).
+func hopByHop(name string) bool {
+	switch name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "host":
+		return true
+	}
+	return false
+}
+
+// serve runs one call: route, time, open upstream, wait for its end.
+func (st *relayStream) serve(in []hpack.HeaderField) {
+	s := st.srv
+	p := s.p
+	gen := p.acquire()
+	defer gen.release()
+	defer st.cleanup()
+
+	var method, authority, ctype string
+	var dl time.Time
+	md := make(relayHeader, 0, len(in))
+	for _, f := range in {
+		switch f.Name {
+		case ":path":
+			method = f.Value
+		case ":authority":
+			authority = f.Value
+			md = append(md, f)
+		case ":method", ":scheme":
+			if f.Name == ":method" && f.Value != "POST" {
+				ctype = "\x00bad"
+			}
+		case "grpc-timeout":
+			if d, ok := parseGRPCTimeout(f.Value); ok {
+				dl = st.start.Add(d)
+			}
+		case "content-type":
+			if ctype != "\x00bad" {
+				ctype = f.Value
+			}
+			md = append(md, f)
+		default:
+			if !hopByHop(f.Name) && !strings.HasPrefix(f.Name, ":") {
+				md = append(md, f)
+			}
+		}
+	}
+	if st.isCanceled() {
+		// Reset before its handler ran: nothing to forward (the reset
+		// counts as premature in cleanup).
+		return
+	}
+	if !strings.HasPrefix(ctype, "application/grpc") {
+		// Not gRPC: grpc-go's server answers 415 too.
+		st.mu.Lock()
+		st.respDone = true
+		st.mu.Unlock()
+		st.down.c.send(st.down, nil, true, []hpack.HeaderField{{Name: ":status", Value: "415"}})
+		return
+	}
+	if err := routes.CheckGRPCMethod(method); err != nil {
+		p.tel.Unrouted(s.listener)
+		code, msg := classify(fmt.Errorf("%w: %w", errBadRequest, err))
+		st.fail(code, msg, false)
+		return
+	}
+	req := routes.Request{Host: authority, Path: method, Method: "POST", Header: &md}
+	idx := gen.table.Match(s.listener, &req)
+	if idx < 0 {
+		p.tel.Unrouted(s.listener)
+		st.fail(codes.Unimplemented, "hopwatch: no route for "+method, false)
+		return
+	}
+	rt := gen.routes[idx]
+	if rt.spec.Timeout > 0 {
+		if d := st.start.Add(rt.spec.Timeout); dl.IsZero() || d.Before(dl) {
+			dl = d
+		}
+	}
+	st.dl = dl
+	ctx, hop := rt.tel.Start(p.ctx, &md, gen.listeners[s.listener].callerOf(&md, st.down.c.tlsState), method)
+	st.hop = hop
+	st.verdict = hop.VerdictKey()
+	if w := hop.MessageCapture(); w != nil {
+		st.mu.Lock()
+		st.capture = w
+		for _, b := range st.reqPending {
+			st.captureLocked(b)
+		}
+		st.mu.Unlock()
+	}
+	code := st.call(ctx, rt, hop, md, method, dl)
+	hop.End(code.String(), telemetry.GRPCOutcome(code, st.isCanceled()))
+	// The upstream's trailers go to the client once the hop is recorded,
+	// as on the grpc-go path: whoever sees the call end sees its
+	// telemetry.
+	st.mu.Lock()
+	trailers := st.trailers
+	st.trailers = nil
+	st.mu.Unlock()
+	if trailers != nil {
+		st.down.c.send(st.down, nil, true, trailers)
+		// The response may still wait for the client's window: the call
+		// is over once all of it went out (or the client reset it, or
+		// its connection closed), as a grpc-go server stream is.
+		if dl.IsZero() {
+			<-st.done
+		} else {
+			t := time.NewTimer(time.Until(dl))
+			select {
+			case <-st.done:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
+}
+
+// endedEarly reports a call whose end is decided already, and its status.
+func (st *relayStream) endedEarly() (codes.Code, bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.code, st.respDone
+}
+
+func (st *relayStream) isCanceled() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.canceled
+}
+
+// result is the call's status once it ended.
+func (st *relayStream) result() (codes.Code, bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.code, st.canceled
+}
+
+// call forwards the routed call, as callGRPC does on the grpc-go path.
+func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, md relayHeader, method string, dl time.Time) codes.Code {
+	p := st.srv.p
+	gate, err := rt.up.admit()
+	if err != nil {
+		hop.Rejected(reasonOf(err))
+		code, msg := classify(err)
+		st.fail(code, msg, false)
+		return code
+	}
+	defer gate.release()
+
+	// The call ends at its deadline (the client's grpc-timeout, shortened
+	// by the route's timeout). Without a route timeout, the first
+	// response (headers or a status) must also come within
+	// FirstResponseTimeout of the client's last progress, as on the
+	// grpc-go path (firstResponse).
+	var deadline, first <-chan time.Time
+	if !dl.IsZero() {
+		t := time.NewTimer(time.Until(dl))
+		defer t.Stop()
+		deadline = t.C
+	}
+	var frTimer *time.Timer
+	if rt.spec.Timeout == 0 {
+		frTimer = time.NewTimer(p.firstResp)
+		defer frTimer.Stop()
+		first = frTimer.C
+	}
+
+	if code, ended := st.endedEarly(); ended {
+		// The client reset the call, or it failed (a message over the
+		// limit), before anything went upstream: nothing to open.
+		return code
+	}
+	u := rt.up
+	var tried uint64
+	var ep *endpoint
+	var att *telemetry.Attempt
+	var lastErr error
+	for attempt := 0; attempt < len(u.eps); attempt++ {
+		i := u.pickRelay(tried)
+		if i < 0 {
+			break
+		}
+		tried |= 1 << min(i, 63)
+		e := u.eps[i]
+		_, a := hop.Attempt(ctx, e.addr)
+		out := st.upstreamHeaders(md, method, e, dl, u.tls)
+		a.Inject(&out, out.del)
+		e.inflight.Add(1)
+		err := u.relays[i].open(st, out)
+		if err == nil {
+			ep, att = e, a
+			break
+		}
+		e.inflight.Add(-1)
+		lastErr = err
+		a.End(codes.Unavailable.String(), telemetry.OutcomeError)
+		e.markDown(u.now())
+		if st.isCanceled() {
+			break
+		}
+	}
+	if ep == nil {
+		if lastErr == nil {
+			lastErr = errNoEndpoint
+		}
+		code, msg := classify(upstreamError(lastErr))
+		st.fail(code, msg, false)
+		return code
+	}
+	callStart := p.now()
+	answered, progress := st.answered, st.progress
+	for {
+		select {
+		case <-answered:
+			answered, progress = nil, nil
+			gate.firstResponse()
+			if frTimer != nil {
+				frTimer.Stop()
+				first = nil
+			}
+			continue
+		case <-progress:
+			// The client sent more: the upstream owes an answer only
+			// once it has the request.
+			if frTimer != nil {
+				frTimer.Reset(p.firstResp)
+			}
+			continue
+		case <-st.done:
+		case <-st.upEnded:
+		case <-deadline:
+		case <-first:
+		}
+		break
+	}
+	// Ended by a timer: reset upstream, DEADLINE_EXCEEDED to the client,
+	// worded as on the grpc-go path; the call ends here even if the
+	// client does not read (cleanup resets what is still open). A no-op
+	// when the call has ended already.
+	code, msg := classify(errTimeout)
+	st.fail(code, msg, true)
+	code, canceled := st.result()
+	ep.inflight.Add(-1)
+	if code != codes.Unavailable {
+		ep.observe(p.now(), p.now().Sub(callStart))
+	}
+	c := classifyGRPC(code, canceled)
+	u.outcome(ep, c)
+	gate.report(c)
+	att.End(code.String(), telemetry.GRPCOutcome(code, canceled))
+	return code
+}
+
+// upstreamHeaders is the request's header block for the upstream: the
+// pseudo-headers grpc-go's client would send to ep, then the metadata as
+// received, and the deadline the proxy holds the call to as grpc-timeout.
+func (st *relayStream) upstreamHeaders(md relayHeader, method string, ep *endpoint, dl time.Time, https bool) relayHeader {
+	scheme := "http"
+	if https {
+		scheme = "https"
+	}
+	authority := ep.authority
+	if authority == "" {
+		authority = ep.addr
+	}
+	out := make(relayHeader, 0, len(md)+6)
+	out = append(out,
+		hpack.HeaderField{Name: ":method", Value: "POST"},
+		hpack.HeaderField{Name: ":scheme", Value: scheme},
+		hpack.HeaderField{Name: ":path", Value: method},
+		hpack.HeaderField{Name: ":authority", Value: authority},
+		hpack.HeaderField{Name: "te", Value: "trailers"},
+	)
+	if !dl.IsZero() {
+		out = append(out, hpack.HeaderField{Name: "grpc-timeout", Value: encodeGRPCTimeout(time.Until(dl))})
+	}
+	for _, f := range md {
+		if f.Name == ":authority" {
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// upstreamHeadersIn handles a HEADERS block from the upstream: response
+// headers, trailers, or a trailers-only response.
+func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, truncated bool) {
+	st.mu.Lock()
+	if !st.answeredSet {
+		st.answeredSet = true
+		close(st.answered)
+		st.hop.FirstByte()
+	}
+	st.mu.Unlock()
+	if truncated {
+		st.fail(codes.Internal, "hopwatch: "+errBadGateway.Error()+" (header list too large)", true)
+		return
+	}
+	out := make([]hpack.HeaderField, 0, len(fields))
+	var grpcStatus, grpcMsg, httpStatus string
+	hasStatus := false
+	for _, f := range fields {
+		switch {
+		case hopByHop(f.Name):
+			continue
+		case st.verdict != "" && f.Name == st.verdict:
+			st.hop.Verdict(f.Value)
+			continue
+		case f.Name == "grpc-status":
+			grpcStatus, hasStatus = f.Value, true
+		case f.Name == "grpc-message":
+			grpcMsg = f.Value
+		case f.Name == ":status":
+			httpStatus = f.Value
+		}
+		out = append(out, f)
+	}
+	if !end {
+		st.mu.Lock()
+		if st.respDone || st.respHeaders {
+			st.mu.Unlock()
+			return
+		}
+		st.respHeaders = true
+		st.down.c.queue(wItem{kind: wHeaders, id: st.down.id, fields: out})
+		st.mu.Unlock()
+		return
+	}
+	st.up.remoteEnded.Store(true)
+	code := codes.Unknown
+	if hasStatus {
+		if n, err := strconv.ParseUint(grpcStatus, 10, 32); err == nil {
+			code = codes.Code(n)
+		}
+	} else if httpStatus != "" && httpStatus != "200" {
+		code = httpStatusCode(httpStatus)
+	} else {
+		code = codes.Internal
+	}
+	st.mu.Lock()
+	if st.respDone {
+		st.mu.Unlock()
+		return
+	}
+	st.respDone = true
+	st.respHeaders = true
+	st.setResultLocked(code, grpcMsg, false)
+	// The handler sends them after recording the hop.
+	st.trailers = out
+	close(st.upEnded)
+	st.mu.Unlock()
+}
+
+// httpStatusCode is the status grpc-go's client gives a response with a
+// non-200 HTTP status and no grpc-status (internal/transport
+// HTTPStatusConvTab).
+func httpStatusCode(s string) codes.Code {
+	switch s {
+	case "400":
+		return codes.Internal
+	case "401":
+		return codes.Unauthenticated
+	case "403":
+		return codes.PermissionDenied
+	case "404":
+		return codes.Unimplemented
+	case "429", "502", "503", "504":
+		return codes.Unavailable
+	}
+	return codes.Unknown
+}
+
+// cleanup runs when the call has ended: the streams that are still open
+// on the wire are reset (NO_ERROR after a complete response, as grpc-go
+// does when the other half is still open; CANCEL otherwise), and both
+// legs are forgotten.
+func (st *relayStream) cleanup() {
+	st.finish()
+	st.mu.Lock()
+	own := st.ownStatus
+	upReset := st.upReset
+	opened := st.opened
+	st.mu.Unlock()
+	code := http2.ErrCodeNo
+	if own {
+		code = http2.ErrCodeCancel
+	}
+	if !st.down.remoteEnded.Load() || !st.down.ended() {
+		st.down.c.queue(wItem{kind: wRST, id: st.down.id, n: uint32(code)})
+	}
+	st.down.c.remove(st.down)
+	if opened {
+		if !upReset && (!st.up.remoteEnded.Load() || !st.up.ended()) {
+			st.up.c.queue(wItem{kind: wRST, id: st.up.id, n: uint32(code)})
+		}
+		st.up.c.remove(st.up)
+	}
+	if st.gc != nil {
+		st.gc.callEnded(st.isCanceled() && st.srv.p.now().Sub(st.start) < prematureResetLifetime)
+	}
+}
+
+// ended reports whether l's END_STREAM went out.
+func (l *leg) ended() bool {
+	l.c.mu.Lock()
+	defer l.c.mu.Unlock()
+	return l.endSent
+}

@@ -1,0 +1,364 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/hopwatch/hopwatch/proxy"
+	"github.com/hopwatch/hopwatch/routes"
+)
+
+// grpcListenerKinds are the ways a gRPC listener can serve calls: grpc-go's
+// server ("grpc"), the frame relay ("relay"), and gRPC over an HTTP
+// listener ("http"). Tests of gRPC behaviour run on each.
+var grpcListenerKinds = []string{"grpc", "relay", "http"}
+
+// inListener is a listener on a free loopback port of the given kind.
+func inListener(name, kind string) routes.Listener {
+	l := routes.Listener{Name: name, Address: "127.0.0.1:0", Protocol: kind}
+	if kind == "relay" {
+		l.Protocol, l.Relay = routes.ListenerGRPC, routes.ListenerRelayFrames
+	}
+	return l
+}
+
+// startDeaf starts a gRPC server whose calls never read a message, with
+// fixed 64 KiB windows (no BDP growth): it takes 64 KiB of a stream and
+// then stalls its sender.
+func startDeaf(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(
+		grpc.InitialWindowSize(64<<10),
+		grpc.InitialConnWindowSize(64<<10),
+		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			<-ss.Context().Done()
+			return ss.Context().Err()
+		}))
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String()
+}
+
+// TestRelayMemoryBoundedByWindows: clients push large messages at an
+// upstream that reads nothing. The frame relay holds at most a window of
+// each stream (flow control passed through: the client is stalled with
+// the upstream), so what it adds to the heap does not grow with message
+// sizes; grpc-go's path assembles each message first (its figure is
+// logged for comparison). The direct path, client to upstream, is the
+// baseline: the clients' own encoded messages are in the same heap.
+func TestRelayMemoryBoundedByWindows(t *testing.T) {
+	deaf := startDeaf(t)
+	p := startProxy(t, &routes.Spec{
+		Listeners: []routes.Listener{inListener("grpc", "grpc"), inListener("relay", "relay")},
+		Routes: []routes.Route{
+			{Name: "deaf-grpc", Listener: "grpc", Upstream: "deaf"},
+			{Name: "deaf-relay", Listener: "relay", Upstream: "deaf"},
+		},
+		Upstreams: []routes.Upstream{{Name: "deaf", Protocol: routes.UpstreamGRPC, Endpoints: []string{deaf}}},
+	})
+	const (
+		streams = 8
+		msgSize = 4 << 20 // 16× the relay's stream window
+	)
+	// Every message is the same bytes, marshalled without a copy: the
+	// clients hold nothing of their own, so the heap shows the paths'.
+	payload := bigPayload(msgSize)
+	push := func(t *testing.T, addr string) int64 {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodecV2(sharedCodec{})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		before := heapInUse()
+		for range streams {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cs, err := cc.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/deaf.v1.Deaf/Push")
+				if err != nil {
+					return
+				}
+				for cs.SendMsg(payload) == nil {
+				}
+			}()
+		}
+		// Let every stream fill what the path will take, then measure.
+		time.Sleep(1500 * time.Millisecond)
+		growth := int64(heapInUse()) - int64(before)
+		cancel()
+		wg.Wait()
+		cc.Close()
+		// Let the proxy and the upstream end their streams before the
+		// next path's baseline.
+		time.Sleep(500 * time.Millisecond)
+		return growth
+	}
+	// The grpc-go path last: it takes long to give back what it held.
+	direct := push(t, deaf)
+	viaRelay := push(t, p.Addr("relay").String())
+	viaGRPC := push(t, p.Addr("grpc").String())
+	const mib = 1 << 20
+	t.Logf("%d streams of %d MiB messages into an upstream that reads nothing: heap growth direct %.1f MiB, grpc-go path %.1f MiB (+%.1f), relay %.1f MiB (+%.1f)",
+		streams, msgSize/mib, float64(direct)/mib, float64(viaGRPC)/mib, float64(viaGRPC-direct)/mib, float64(viaRelay)/mib, float64(viaRelay-direct)/mib)
+	// Per stream the relay may hold its window towards the upstream and
+	// the upstream's towards it, plus frame copies in flight.
+	if limit := int64(streams*2*256<<10 + 4*mib); viaRelay-direct > limit {
+		t.Errorf("relay added %.1f MiB for %d stalled streams, want at most %.1f MiB (windows, not messages)",
+			float64(viaRelay-direct)/mib, streams, float64(limit)/mib)
+	}
+}
+
+// sharedCodec sends a []byte as the message as is, without copying it.
+type sharedCodec struct{}
+
+func (sharedCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(v.([]byte))}, nil
+}
+func (sharedCodec) Unmarshal(mem.BufferSlice, any) error { return nil }
+func (sharedCodec) Name() string                         { return "proto" }
+
+// TestUpstreamGoAway: an upstream that ends its connections by age
+// (GOAWAY, RFC 9113 §6.8) lets the streams it has finish, and new calls go
+// to a new connection, on both gRPC paths.
+func TestUpstreamGoAway(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: 200 * time.Millisecond, MaxConnectionAgeGrace: 20 * time.Second}),
+		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+			// Echo every message until the client half-closes.
+			for {
+				m := new(wrapperspb.BytesValue)
+				if err := ss.RecvMsg(m); err != nil {
+					if errors.Is(err, io.EOF) {
+						return nil
+					}
+					return err
+				}
+				if err := ss.SendMsg(m); err != nil {
+					return err
+				}
+			}
+		}))
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run(kind+" listener", func(t *testing.T) {
+			p := startProxy(t, &routes.Spec{
+				Listeners: []routes.Listener{inListener("in", kind)},
+				Routes:    []routes.Route{{Name: "aging", Listener: "in", Upstream: "aging"}},
+				Upstreams: []routes.Upstream{{Name: "aging", Protocol: routes.UpstreamGRPC, Endpoints: []string{ln.Addr().String()}}},
+			})
+			cc := dial(t, p.Addr("in").String())
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cs, err := cc.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/aging.v1.S/Echo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := new(wrapperspb.BytesValue)
+			if err := cs.SendMsg(wrapperspb.Bytes([]byte("one"))); err != nil {
+				t.Fatal(err)
+			}
+			if err := cs.RecvMsg(out); err != nil {
+				t.Fatal(err)
+			}
+			// The upstream's connection is past its age now: GOAWAY.
+			time.Sleep(600 * time.Millisecond)
+			for i := range 5 {
+				if o := stream(ctx, cc, "/aging.v1.S/Echo", nil, [][]byte{[]byte("new")}); o.Code != codes.OK {
+					t.Fatalf("call %d after the upstream's GOAWAY: %v", i, o)
+				}
+			}
+			if err := cs.SendMsg(wrapperspb.Bytes([]byte("two"))); err != nil {
+				t.Fatalf("stream begun before the GOAWAY: send: %v", err)
+			}
+			if err := cs.RecvMsg(out); err != nil || string(out.Value) != "two" {
+				t.Fatalf("stream begun before the GOAWAY: got %q, %v", out.Value, err)
+			}
+			cs.CloseSend()
+			if err := cs.RecvMsg(out); err != io.EOF {
+				t.Fatalf("stream begun before the GOAWAY ended with %v", err)
+			}
+		})
+	}
+}
+
+// TestRelayKeepalive: a client that goes silent with a call open (gone
+// without a FIN: it neither reads nor writes) is pinged, and its
+// connection is closed when the ping goes unanswered, which ends the
+// upstream call; one that answers keeps its connection.
+func TestRelayKeepalive(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		answer    bool // the client answers PINGs
+		wantClose bool
+	}{
+		{"silent client", false, true},
+		{"client answers pings", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hold := startHold(t)
+			p := proxy.New(proxy.Options{})
+			// The answering client has 600ms to answer each ping: a
+			// loaded machine must not make it look silent.
+			proxy.SetRelayKeepalive(p, 150*time.Millisecond, 600*time.Millisecond)
+			if err := p.Apply(&routes.Spec{
+				Listeners: []routes.Listener{inListener("relay", "relay")},
+				Routes:    []routes.Route{{Name: "hold", Listener: "relay", Upstream: "hold"}},
+				Upstreams: []routes.Upstream{{Name: "hold", Protocol: routes.UpstreamGRPC, Endpoints: []string{hold.addr}}},
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer shutdown(t, p)
+			addr := p.Addr("relay").String()
+			var c net.Conn
+			if tc.answer {
+				raw := dialRaw(t, addr) // its reader answers PINGs
+				if err := raw.open(1, addr, "/"+holdService+"/Call", nil, false); err != nil {
+					t.Fatal(err)
+				}
+				c = raw.c
+			} else {
+				var err error
+				if c, err = net.Dial("tcp", addr); err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				var b bytes.Buffer
+				enc := hpack.NewEncoder(&b)
+				for _, f := range []hpack.HeaderField{
+					{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+					{Name: ":path", Value: "/" + holdService + "/Call"}, {Name: ":authority", Value: "x"},
+					{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
+				} {
+					enc.WriteField(f)
+				}
+				bw := bufio.NewWriter(c)
+				fr := http2.NewFramer(bw, nil)
+				bw.WriteString(http2.ClientPreface)
+				fr.WriteSettings()
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: b.Bytes(), EndHeaders: true})
+				if err := bw.Flush(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !eventually(5*time.Second, func() bool { return hold.inflight.Load() == 1 }) {
+				t.Fatal("the call did not reach the upstream")
+			}
+			ended := eventually(3*time.Second, func() bool { return hold.inflight.Load() == 0 })
+			if ended != tc.wantClose {
+				t.Fatalf("upstream call ended: %v, want %v", ended, tc.wantClose)
+			}
+			c.Close() // the call ends with its connection, before the drain
+		})
+	}
+}
+
+// TestRelayResetRacesUpstreamOpen: clients that reset their streams at
+// every moment of a call's setup (before routing, while the upstream
+// stream is being opened, just after) leave no stream open upstream: one
+// opened after the client's reset is reset as soon as it exists.
+func TestRelayResetRacesUpstreamOpen(t *testing.T) {
+	hold := startHold(t)
+	p := startProxy(t, &routes.Spec{
+		Listeners: []routes.Listener{inListener("relay", "relay")},
+		Routes:    []routes.Route{{Name: "hold", Listener: "relay", Upstream: "hold"}},
+		Upstreams: []routes.Upstream{{Name: "hold", Protocol: routes.UpstreamGRPC, Endpoints: []string{hold.addr}}},
+	})
+	addr := p.Addr("relay").String()
+	for _, tc := range []struct {
+		name string
+		gap  time.Duration // between HEADERS and RST_STREAM
+	}{
+		{"reset at once", 0},
+		{"reset after 50µs", 50 * time.Microsecond},
+		{"reset after 200µs", 200 * time.Microsecond},
+		{"reset after 1ms", time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := dialRaw(t, addr)
+			for i := range 100 {
+				id := uint32(2*i + 1)
+				if err := raw.open(id, addr, "/"+holdService+"/Call", nil, true); err != nil {
+					t.Fatal(err)
+				}
+				if tc.gap > 0 {
+					time.Sleep(tc.gap)
+				}
+				if err := raw.write(func() error { return raw.fr.WriteRSTStream(id, http2.ErrCodeCancel) }); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !eventually(5*time.Second, func() bool { return hold.inflight.Load() == 0 }) {
+				t.Fatalf("%d calls still open upstream after their clients reset them", hold.inflight.Load())
+			}
+		})
+	}
+}
+
+// TestRelayRejectionsAsGRPCPath: a call the upstream's bulkhead turns away
+// (max_concurrent) gets the same trailers-only status on the relay as on
+// grpc-go's path, before anything goes upstream.
+func TestRelayRejectionsAsGRPCPath(t *testing.T) {
+	hold := startHold(t)
+	got := map[string]observed{}
+	for _, kind := range []string{"grpc", "relay"} {
+		t.Run(kind+" listener", func(t *testing.T) {
+			p := startProxy(t, &routes.Spec{
+				Listeners: []routes.Listener{inListener("in", kind)},
+				Routes:    []routes.Route{{Name: "hold", Listener: "in", Upstream: "hold"}},
+				Upstreams: []routes.Upstream{{Name: "hold", Protocol: routes.UpstreamGRPC, Endpoints: []string{hold.addr}, MaxConcurrent: 1}},
+			})
+			cc := dial(t, p.Addr("in").String())
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			held, stop := context.WithCancel(ctx)
+			defer stop()
+			cs, err := cc.NewStream(held, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/"+holdService+"/Call")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cs.Header(); err != nil { // the hold upstream has the call
+				t.Fatal(err)
+			}
+			before := hold.total.Load()
+			o := unary(ctx, cc, "/"+holdService+"/Call", nil, []byte("q"))
+			if o.Code != codes.ResourceExhausted {
+				t.Fatalf("second call: %v, want RESOURCE_EXHAUSTED from the bulkhead", o)
+			}
+			if hold.total.Load() != before {
+				t.Fatal("the rejected call reached the upstream")
+			}
+			got[kind] = o
+		})
+	}
+	if g, r := got["grpc"], got["relay"]; !reflect.DeepEqual(g, r) {
+		t.Errorf("the relay answers a bulkhead rejection with\n%s\ngrpc-go's path with\n%s", r, g)
+	}
+}
