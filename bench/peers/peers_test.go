@@ -304,15 +304,19 @@ func TestCheckGoals(t *testing.T) {
 	res.add("hopwatch", "grpc-unary", sample{CPUPerOp: 45, Throughput: 9500})
 	res.add("hopwatch-otlp", "grpc-unary", sample{CPUPerOp: 70, Throughput: 8000})
 	res.add("hopwatch-sample0", "grpc-unary", sample{CPUPerOp: 40, Throughput: 9000, Failed: 1})
+	res.add("hopwatch-relay", "grpc-unary", sample{CPUPerOp: 55, Throughput: 8900})
 	res.add("nginx", "http1", sample{CPUPerOp: 20})
 	res.add("hopwatch", "http1", sample{CPUPerOp: 31})
 	want := map[string]bool{
-		"gRPC unary, store, 100% sampled: CPU/request ≤ 1.0× nginx": true,
-		"gRPC unary, store: throughput ≥ nginx":                     true,
-		"gRPC unary, store: zero failed calls":                      true,
-		"gRPC unary, OTLP exporter: CPU/request ≤ 1.3× nginx":       false, // 1.4×
-		"HTTP/1.1: CPU/request ≤ 1.5× nginx":                        false, // 1.55×
-		"gRPC unary: sampled at 0 vs 100% (store) ≤ 10% apart":      false, // +12.5%
+		"gRPC unary, relay: frames, store, 100% sampled: CPU/request ≤ 1.0× nginx": false, // 1.1×
+		"gRPC unary, relay: frames: throughput ≥ nginx":                            false,
+		"gRPC unary, relay: frames: zero failed calls":                             true,
+		"gRPC unary, store, 100% sampled: CPU/request ≤ 1.0× nginx":                true,
+		"gRPC unary, store: throughput ≥ nginx":                                    true,
+		"gRPC unary, store: zero failed calls":                                     true,
+		"gRPC unary, OTLP exporter: CPU/request ≤ 1.3× nginx":                      false, // 1.4×
+		"HTTP/1.1: CPU/request ≤ 1.5× nginx":                                       false, // 1.55×
+		"gRPC unary: sampled at 0 vs 100% (store) ≤ 10% apart":                     false, // +12.5%
 	}
 	gs := checkGoals(res, runInfo{IdleConns: 10000})
 	if len(gs) != len(want) {

@@ -148,6 +148,15 @@ func checkGoals(res *results, info runInfo) []goal {
 		gs = append(gs, goal{"gRPC unary, store: throughput ≥ nginx", fmtRatio(t), t >= 1.0, !math.IsNaN(t)})
 		gs = append(gs, goal{"gRPC unary, store: zero failed calls", fmt.Sprint(store.Failed), store.Failed == 0, true})
 	}
+	// The same goals for the frame relay (listeners[].relay: frames), the
+	// gRPC listener's other way of carrying calls.
+	if relay, ok := get("hopwatch-relay", "grpc-unary"); ok && ok2 {
+		r := ratio(relay.CPUPerOp, nginx.CPUPerOp)
+		gs = append(gs, goal{"gRPC unary, relay: frames, store, 100% sampled: CPU/request ≤ 1.0× nginx", fmtRatio(r), r <= 1.0, !math.IsNaN(r)})
+		t := ratio(relay.Throughput, nginx.Throughput)
+		gs = append(gs, goal{"gRPC unary, relay: frames: throughput ≥ nginx", fmtRatio(t), t >= 1.0, !math.IsNaN(t)})
+		gs = append(gs, goal{"gRPC unary, relay: frames: zero failed calls", fmt.Sprint(relay.Failed), relay.Failed == 0, true})
+	}
 	if otlp, ok := get("hopwatch-otlp", "grpc-unary"); ok && ok2 {
 		r := ratio(otlp.CPUPerOp, nginx.CPUPerOp)
 		gs = append(gs, goal{"gRPC unary, OTLP exporter: CPU/request ≤ 1.3× nginx", fmtRatio(r), r <= 1.3, !math.IsNaN(r)})
