@@ -3,6 +3,7 @@ package proxy
 import (
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -40,6 +41,8 @@ func FuzzForwardedHeaders(f *testing.F) {
 	f.Add("192.0.2.1", "127.0.0.1", "for=127.0.0.1;proto=https", "Upgrade", "upgrade", "", "")
 	f.Add("::1", "", "", "X-Forwarded-For", "X-Forwarded-For", "", "")
 	f.Add("10.0.0.1", "1.1.1.1, 2.2.2.2", "", "Te", "te, close", "a", "ws")
+	f.Add("fe80::1%eth0", "", "", "X-Custom", "", "", "")                // zoned peer: no zone upstream
+	f.Add("::ffff:10.1.2.3%eth0", "1.1.1.1", "", "X-Custom", "", "", "") // a trusted peer, mapped and zoned
 	trusted := parseTrusted([]string{"10.0.0.0/8"})
 	var sent *http.Request
 	up := &upstream{spec: routes.Upstream{Name: "up"}}
@@ -88,8 +91,15 @@ func FuzzForwardedHeaders(f *testing.F) {
 				t.Fatalf("hop-by-hop %s: %q forwarded", h, out.Values(h))
 			}
 		}
-		client := addr.Unmap().String()
-		isTrusted := trusted[0].Contains(addr.Unmap())
+		// The peer as upstreams compare it: IPv4 unmapped, no IPv6 zone
+		// (an interface of this host). A peer address net cannot split
+		// (a zone with brackets, which no interface name has) gets no
+		// entry at all.
+		client := addr.WithZone("").Unmap().String()
+		if _, _, err := net.SplitHostPort(in.RemoteAddr); err != nil {
+			client = ""
+		}
+		isTrusted := client != "" && trusted[0].Contains(addr.WithZone("").Unmap())
 		for _, tok := range strings.Split(connection, ",") {
 			tok = http.CanonicalHeaderKey(strings.TrimSpace(tok))
 			if tok == "" || upgrade && tok == "Upgrade" || tok == "X-Forwarded-For" || tok == "X-Forwarded-Host" || tok == "X-Forwarded-Proto" || tok == "Forwarded" && isTrusted {
@@ -126,4 +136,42 @@ func slicesContainsFold(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestPeerAddressForms: the trust check and the X-Forwarded-For entry see
+// a peer the way an allow list names it, whatever form the listener got
+// it in: IPv4-mapped IPv6 is IPv4, an IPv6 zone (this host's interface)
+// is dropped, and an address net cannot split is neither trusted nor
+// written.
+func TestPeerAddressForms(t *testing.T) {
+	trusted := parseTrusted([]string{"10.0.0.0/8", "fe80::/10"})
+	for _, tc := range []struct {
+		name, remote, wantXFF string
+		wantTrusted           bool
+	}{
+		{"IPv4", "10.1.2.3:5555", "10.1.2.3", true},
+		{"IPv4-mapped", "[::ffff:10.1.2.3]:5555", "10.1.2.3", true},
+		{"link-local with zone", "[fe80::1%eth0]:5555", "fe80::1", true},
+		{"mapped with zone", "[::ffff:10.1.2.3%eth0]:5555", "10.1.2.3", true},
+		{"untrusted with zone", "[2001:db8::1%eth0]:5555", "2001:db8::1", false},
+		{"unsplittable", "[::%[]:5555", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := isTrusted(tc.remote, trusted); got != tc.wantTrusted {
+				t.Errorf("isTrusted(%q) = %v, want %v", tc.remote, got, tc.wantTrusted)
+			}
+			h := http.Header{}
+			if host, _, err := net.SplitHostPort(tc.remote); err == nil {
+				h.Set("X-Forwarded-For", "192.0.2.1, "+host) // as SetXForwarded appends it
+			}
+			unmapForwardedFor(h, tc.remote)
+			want := ""
+			if tc.wantXFF != "" {
+				want = "192.0.2.1, " + tc.wantXFF
+			}
+			if got := h.Get("X-Forwarded-For"); got != want {
+				t.Errorf("X-Forwarded-For = %q, want %q", got, want)
+			}
+		})
+	}
 }

@@ -334,39 +334,48 @@ func newReverseProxy(up *upstream, transport http.RoundTripper, trusted []netip.
 	}
 }
 
-// unmapForwardedFor writes an IPv4 peer that reached a dual-stack
+// unmapForwardedFor writes the peer's address in the X-Forwarded-For
+// entry SetXForwarded appended in the form the trust check (isTrusted) and
+// upstreams' allow lists compare: an IPv4 peer that reached a dual-stack
 // listener as an IPv4-mapped IPv6 address (::ffff:a.b.c.d) in its IPv4
-// form in the X-Forwarded-For entry SetXForwarded appended, the form the
-// trust check (isTrusted) and upstreams' allow lists compare; found by
+// form, and an IPv6 peer without its zone (fe80::1%eth0 names one of this
+// host's interfaces, which means nothing upstream and says how this host
+// is built; RFC 7239 §6 has no zones either). Both found by
 // FuzzForwardedHeaders.
 func unmapForwardedFor(h http.Header, remoteAddr string) {
-	host, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
-		return
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil || !ip.Is4In6() {
+	host, ip, ok := peerAddr(remoteAddr)
+	if !ok || !ip.Is4In6() && ip.Zone() == "" {
 		return
 	}
 	v := h["X-Forwarded-For"]
 	if n := len(v); n > 0 && strings.HasSuffix(v[n-1], host) {
-		v[n-1] = strings.TrimSuffix(v[n-1], host) + ip.Unmap().String()
+		v[n-1] = strings.TrimSuffix(v[n-1], host) + ip.WithZone("").Unmap().String()
 	}
 }
 
+// peerAddr is the peer's address in remoteAddr, as written (host) and
+// parsed (ip, zone and mapping kept).
+func peerAddr(remoteAddr string) (host string, ip netip.Addr, ok bool) {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return "", netip.Addr{}, false
+	}
+	ip, err = netip.ParseAddr(host)
+	return host, ip, err == nil
+}
+
+// isTrusted compares the peer's address without zone and mapping:
+// netip.Prefix.Contains is false for any address with a zone, so a
+// trusted link-local peer (fe80::1%eth0 in fe80::/10) would never be.
 func isTrusted(remoteAddr string, trusted []netip.Prefix) bool {
 	if len(trusted) == 0 {
 		return false
 	}
-	host, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
+	_, ip, ok := peerAddr(remoteAddr)
+	if !ok {
 		return false
 	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return false
-	}
-	ip = ip.Unmap()
+	ip = ip.WithZone("").Unmap()
 	for _, p := range trusted {
 		if p.Contains(ip) {
 			return true
