@@ -352,7 +352,7 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		gc.callEnded(true)
 		return nil
 	}
-	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), upEnded: make(chan struct{}), start: s.p.now()}
+	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), reqSig: make(chan struct{}, 1), upEnded: make(chan struct{}), start: s.p.now()}
 	st.down = &leg{st: st}
 	st.up = &leg{st: st}
 	st.down.recvWin.Store(relayStreamWindow)
@@ -426,7 +426,11 @@ type relayStream struct {
 	done     chan struct{} // closed once the call has ended
 	answered chan struct{} // closed at the upstream's first HEADERS
 	progress chan struct{} // the client sent DATA (capacity 1)
-	upEnded  chan struct{} // closed when the upstream's trailers arrived
+	reqSig   chan struct{} // reqPending grew or the request ended (capacity 1)
+	// sendSig (capacity 1; guarded by down.c.mu) hears that bytes queued
+	// on down went out, for a relayMsgStream (nil: none).
+	sendSig chan struct{}
+	upEnded chan struct{} // closed when the upstream's trailers arrived
 
 	mu          sync.Mutex
 	opened      bool // the upstream stream exists; before, request bytes wait here
@@ -515,6 +519,10 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 		}
 		st.reqEnd = st.reqEnd || end
 		st.mu.Unlock()
+		select {
+		case st.reqSig <- struct{}{}:
+		default:
+		}
 		return
 	}
 	st.mu.Unlock()
@@ -559,6 +567,12 @@ func (st *relayStream) credit(l *leg, n int32) {
 	src := st.down
 	if l == st.down {
 		src = st.up
+		if st.sendSig != nil {
+			select {
+			case st.sendSig <- struct{}{}:
+			default:
+			}
+		}
 	}
 	if src.c != nil {
 		src.c.giveBack(src, n)
@@ -808,6 +822,11 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 		return
 	}
 	rt := gen.routes[idx]
+	if rt.res != nil {
+		// Retry or fallback: the call needs whole messages.
+		st.serveMessages(gen, rt, md, method, ctype, dl)
+		return
+	}
 	if rt.spec.Timeout > 0 {
 		if d := st.start.Add(rt.spec.Timeout); dl.IsZero() || d.Before(dl) {
 			dl = d
