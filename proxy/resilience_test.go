@@ -987,3 +987,45 @@ func forGRPCListeners(t *testing.T, f func(t *testing.T, relay string)) {
 		t.Run(k.name, func(t *testing.T) { f(t, k.relay) })
 	}
 }
+
+// TestResilientCallEndsAtRouteTimeout: calls on a retry route whose
+// upstream stalls after its first message end at the route's timeout, all
+// of them. The attempt's reader drops its last event once the call's
+// context is done; the call used to wait for that event only, so under
+// concurrency some calls (found by the fault soak on the relay) held their
+// client until the client's own deadline.
+func TestResilientCallEndsAtRouteTimeout(t *testing.T) {
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		backend := startEcho(t)
+		const routeTimeout, clientTimeout = 300 * time.Millisecond, 10 * time.Second
+		spec := &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+			Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Timeout: routeTimeout,
+				Retry: &routes.Retry{Attempts: 2, On: []string{"unavailable"}}}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+		}
+		env := startResEnv(t, spec)
+		cc := dial(t, env.grpcAddr)
+		const calls = 100
+		var wg sync.WaitGroup
+		var late, wrong atomic.Int64
+		for range calls {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+				defer cancel()
+				md := metadata.Pairs("x-count", "1", "x-size", "3", "x-sleep-ms", "30000")
+				o := stream(ctx, cc, "/"+echoService+"/ServerStream", md, [][]byte{nil})
+				if ctx.Err() != nil {
+					late.Add(1) // ended by the client's deadline, not the route's
+				}
+				if o.Code != codes.DeadlineExceeded || len(o.Msgs) != 1 {
+					wrong.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if late.Load() > 0 || wrong.Load() > 0 {
+			t.Fatalf("of %d stalled calls, %d ended only at the client's deadline, %d not with DEADLINE_EXCEEDED after the first message", calls, late.Load(), wrong.Load())
+		}
+	})
+}
