@@ -137,7 +137,7 @@ func (s *relayMsgStream) SendMsg(m any) error {
 	n := f.data.Len()
 	if n > s.maxMsg {
 		f.release()
-		return status.Errorf(codes.ResourceExhausted, "grpc: trying to send message larger than max (%d vs. %d)", n, s.maxMsg)
+		return status.Errorf(codes.ResourceExhausted, "trying to send message larger than max (%d vs. %d)", n, s.maxMsg)
 	}
 	st := s.st
 	st.mu.Lock()

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,8 +18,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/hopwatch/hopwatch/internal/testkit"
 	"github.com/hopwatch/hopwatch/proxy"
@@ -1028,4 +1032,67 @@ func TestResilientCallEndsAtRouteTimeout(t *testing.T) {
 			t.Fatalf("of %d stalled calls, %d ended only at the client's deadline, %d not with DEADLINE_EXCEEDED after the first message", calls, late.Load(), wrong.Load())
 		}
 	})
+}
+
+// TestResilientRouteMessageEdges: what the relay's message adapter does
+// with the messages themselves (compressed ones, ones over the listener's
+// max_message_bytes, in a request or a response) is what grpc-go's server
+// does on a grpc-go listener: the client observes the same on both.
+func TestResilientRouteMessageEdges(t *testing.T) {
+	backend := startEcho(t)
+	const maxMsg = 64 << 10
+	retry := &routes.Retry{Attempts: 2, On: []string{"unavailable"}}
+	p := startProxy(t, &routes.Spec{
+		Listeners: []routes.Listener{
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", MaxMessageBytes: maxMsg},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayFrames, MaxMessageBytes: maxMsg},
+		},
+		Routes: []routes.Route{
+			{Name: "grpc", Listener: "grpc", Upstream: "echo", Retry: retry},
+			{Name: "relay", Listener: "relay", Upstream: "echo", Retry: retry},
+		},
+		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+	})
+	const m = "/" + echoService + "/"
+	cases := []struct {
+		name string
+		call func(ctx context.Context, cc *grpc.ClientConn) observed
+		code codes.Code
+	}{
+		{"gzip-compressed request", func(ctx context.Context, cc *grpc.ClientConn) observed {
+			var hdr, trl metadata.MD
+			out := new(wrapperspb.BytesValue)
+			err := cc.Invoke(ctx, m+"Unary", wrapperspb.Bytes(bigPayload(10<<10)), out, grpc.Header(&hdr), grpc.Trailer(&trl), grpc.UseCompressor(gzip.Name))
+			var msgs []string
+			if err == nil {
+				msgs = []string{summarize(out.Value)}
+			}
+			return observe(hdr, trl, msgs, err)
+		}, codes.OK},
+		{"request message over max_message_bytes", func(ctx context.Context, cc *grpc.ClientConn) observed {
+			return unary(ctx, cc, m+"Unary", nil, bigPayload(maxMsg))
+		}, codes.ResourceExhausted},
+		{"second request message over max_message_bytes", func(ctx context.Context, cc *grpc.ClientConn) observed {
+			return stream(ctx, cc, m+"ClientStream", nil, [][]byte{[]byte("a"), bigPayload(maxMsg)})
+		}, codes.ResourceExhausted},
+		{"response message over max_message_bytes", func(ctx context.Context, cc *grpc.ClientConn) observed {
+			return stream(ctx, cc, m+"ServerStream", metadata.Pairs("x-count", "2", "x-size", strconv.Itoa(maxMsg)), [][]byte{nil})
+		}, codes.ResourceExhausted},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := map[string]observed{}
+			for _, l := range []string{"grpc", "relay"} {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				got[l] = tc.call(ctx, dial(t, p.Addr(l).String()))
+				cancel()
+			}
+			if got["grpc"].Code != tc.code {
+				t.Fatalf("grpc-go listener: want %v, got %s", tc.code, got["grpc"])
+			}
+			if !reflect.DeepEqual(got["relay"], got["grpc"]) {
+				t.Errorf("relay listener differs from grpc-go's:\n got: %s\nwant: %s", got["relay"], got["grpc"])
+			}
+		})
+	}
 }
