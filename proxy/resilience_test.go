@@ -901,85 +901,87 @@ func TestBackgroundQueueFull(t *testing.T) {
 // the same policy in the background: an attempt that fails there with a
 // retryable outcome is retried (within the budget), on both listeners.
 func TestBackgroundRetry(t *testing.T) {
-	forGRPCListeners(t, func(t *testing.T, relay string) {
-		fallbackOf := func(static *routes.FallbackStatic) *routes.Fallback {
-			return &routes.Fallback{After: 100 * time.Millisecond, Use: []string{"static"}, Static: static}
-		}
-		for _, tc := range []struct {
-			name string
-			run  func(t *testing.T) (env *resEnv, arrived func() int64, fallback string)
-		}{
-			{"http", func(t *testing.T) (*resEnv, func() int64, string) {
-				var n atomic.Int64
-				up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					n.Add(1)
-					time.Sleep(300 * time.Millisecond)
-					w.WriteHeader(http.StatusServiceUnavailable)
-				}))
-				t.Cleanup(up.Close)
-				env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{
-					Retry:    &routes.Retry{Attempts: 2, On: []string{"503"}},
-					Fallback: fallbackOf(&routes.FallbackStatic{Body: "degraded"}),
-				}, routes.Upstream{}))
-				client := &http.Client{}
-				defer client.CloseIdleConnections()
-				resp, err := client.Get("http://" + env.httpAddr + "/kb")
-				if err != nil {
-					t.Fatal(err)
-				}
-				resp.Body.Close()
-				return env, n.Load, resp.Header.Get("X-Hopwatch-Fallback")
-			}},
-			{"grpc", func(t *testing.T) (*resEnv, func() int64, string) {
-				// Late, then UNAVAILABLE without headers (the echo backend
-				// echoes its x-sleep-ms as a header, which rules a retry out).
-				var n atomic.Int64
-				ln, err := net.Listen("tcp", "127.0.0.1:0")
-				if err != nil {
-					t.Fatal(err)
-				}
-				srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
-					n.Add(1)
-					time.Sleep(300 * time.Millisecond)
-					return status.Error(codes.Unavailable, "late and down")
-				}))
-				go srv.Serve(ln)
-				t.Cleanup(srv.Stop)
-				env := startResEnv(t, &routes.Spec{
-					Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
-					Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo",
-						Retry:    &routes.Retry{Attempts: 2, On: []string{"unavailable"}},
-						Fallback: fallbackOf(&routes.FallbackStatic{}),
-					}},
-					Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{ln.Addr().String()}}},
-				})
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				o := unary(ctx, dial(t, env.grpcAddr), "/"+echoService+"/Unary", nil, []byte("q"))
-				src := ""
-				if v := o.Trailer.Get("x-hopwatch-fallback"); len(v) == 1 {
-					src = v[0]
-				}
-				return env, n.Load, src
-			}},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				env, arrived, src := tc.run(t)
-				if src != "static" {
-					t.Fatalf("the late call was answered by %q, want the static fallback", src)
-				}
-				testkit.WaitFor(t, "the background call to end", func() bool {
-					return env.metric(t, "hopwatch_background_total", map[string]string{"result": "error"}) == 1
-				})
-				if got := arrived(); got != 2 {
-					t.Errorf("the upstream saw %d attempts, want 2 (the late one and its retry)", got)
-				}
-				if got := env.metric(t, "hopwatch_retries_total", map[string]string{"result": "attempted"}); got != 1 {
-					t.Errorf("retries attempted = %v, want 1", got)
-				}
+	fallbackOf := func(static *routes.FallbackStatic) *routes.Fallback {
+		return &routes.Fallback{After: 100 * time.Millisecond, Use: []string{"static"}, Static: static}
+	}
+	grpcCase := func(relay string) func(t *testing.T) (*resEnv, func() int64, string) {
+		return func(t *testing.T) (*resEnv, func() int64, string) {
+			// Late, then UNAVAILABLE without headers (the echo backend
+			// echoes its x-sleep-ms as a header, which rules a retry out).
+			var n atomic.Int64
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+				n.Add(1)
+				time.Sleep(300 * time.Millisecond)
+				return status.Error(codes.Unavailable, "late and down")
+			}))
+			go srv.Serve(ln)
+			t.Cleanup(srv.Stop)
+			env := startResEnv(t, &routes.Spec{
+				Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+				Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo",
+					Retry:    &routes.Retry{Attempts: 2, On: []string{"unavailable"}},
+					Fallback: fallbackOf(&routes.FallbackStatic{}),
+				}},
+				Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{ln.Addr().String()}}},
 			})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			o := unary(ctx, dial(t, env.grpcAddr), "/"+echoService+"/Unary", nil, []byte("q"))
+			src := ""
+			if v := o.Trailer.Get("x-hopwatch-fallback"); len(v) == 1 {
+				src = v[0]
+			}
+			return env, n.Load, src
 		}
-	})
+	}
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T) (env *resEnv, arrived func() int64, fallback string)
+	}{
+		{"http", func(t *testing.T) (*resEnv, func() int64, string) {
+			var n atomic.Int64
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n.Add(1)
+				time.Sleep(300 * time.Millisecond)
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}))
+			t.Cleanup(up.Close)
+			env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{
+				Retry:    &routes.Retry{Attempts: 2, On: []string{"503"}},
+				Fallback: fallbackOf(&routes.FallbackStatic{Body: "degraded"}),
+			}, routes.Upstream{}))
+			client := &http.Client{}
+			defer client.CloseIdleConnections()
+			resp, err := client.Get("http://" + env.httpAddr + "/kb")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return env, n.Load, resp.Header.Get("X-Hopwatch-Fallback")
+		}},
+		{"grpc", grpcCase("")},
+		{"grpc on a relay listener", grpcCase(routes.ListenerRelayFrames)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env, arrived, src := tc.run(t)
+			if src != "static" {
+				t.Fatalf("the late call was answered by %q, want the static fallback", src)
+			}
+			testkit.WaitFor(t, "the background call to end", func() bool {
+				return env.metric(t, "hopwatch_background_total", map[string]string{"result": "error"}) == 1
+			})
+			if got := arrived(); got != 2 {
+				t.Errorf("the upstream saw %d attempts, want 2 (the late one and its retry)", got)
+			}
+			if got := env.metric(t, "hopwatch_retries_total", map[string]string{"result": "attempted"}); got != 1 {
+				t.Errorf("retries attempted = %v, want 1", got)
+			}
+		})
+	}
 }
 
 // forGRPCListeners runs f on both kinds of gRPC listener: grpc-go's server
