@@ -352,7 +352,7 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		gc.callEnded(true)
 		return nil
 	}
-	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), reqSig: make(chan struct{}, 1), upEnded: make(chan struct{}), start: s.p.now()}
+	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), upEnded: make(chan struct{}), start: s.p.now()}
 	st.down = &leg{st: st}
 	st.up = &leg{st: st}
 	st.down.recvWin.Store(relayStreamWindow)
@@ -426,7 +426,9 @@ type relayStream struct {
 	done     chan struct{} // closed once the call has ended
 	answered chan struct{} // closed at the upstream's first HEADERS
 	progress chan struct{} // the client sent DATA (capacity 1)
-	reqSig   chan struct{} // reqPending grew or the request ended (capacity 1)
+	// reqSig (capacity 1; set under mu, by a relayMsgStream only) hears
+	// that reqPending grew or the request ended.
+	reqSig chan struct{}
 	// sendSig (capacity 1; guarded by down.c.mu) hears that bytes queued
 	// on down went out, for a relayMsgStream (nil: none).
 	sendSig chan struct{}
@@ -518,10 +520,13 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 			st.reqPending = append(st.reqPending, data)
 		}
 		st.reqEnd = st.reqEnd || end
+		sig := st.reqSig
 		st.mu.Unlock()
-		select {
-		case st.reqSig <- struct{}{}:
-		default:
+		if sig != nil {
+			select {
+			case sig <- struct{}{}:
+			default:
+			}
 		}
 		return
 	}

@@ -54,6 +54,9 @@ type relayMsgStream struct {
 
 // newRelayMsgStream serves st's messages; ctx ends with the call.
 func newRelayMsgStream(ctx context.Context, st *relayStream, ctype, comp string) *relayMsgStream {
+	st.mu.Lock()
+	st.reqSig = make(chan struct{}, 1)
+	st.mu.Unlock()
 	st.down.c.mu.Lock()
 	st.sendSig = make(chan struct{}, 1)
 	st.down.c.mu.Unlock()
