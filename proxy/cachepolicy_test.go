@@ -236,89 +236,91 @@ func TestCacheFreshOnReload(t *testing.T) {
 // TestCacheRulesGRPC: the same rules on a gRPC listener: credentials,
 // message boundaries in the key, and the upstream's headers kept.
 func TestCacheRulesGRPC(t *testing.T) {
-	backend := startEcho(t)
-	unaryM := "/" + echoService + "/Unary"
-	clientM := "/" + echoService + "/ClientStream"
-	type call struct {
-		method string
-		md     []string // key, value, ...
-		msgs   []string
-	}
-	for _, tc := range []struct {
-		name      string
-		headers   []string
-		first     call
-		then      call
-		wantCache bool
-		wantHdr   string // a header the cached answer must carry
-	}{
-		{name: "plain answer is stored, with its headers",
-			first: call{unaryM, []string{"h-lang", "en"}, []string{"q"}}, then: call{unaryM, []string{"h-lang", "en"}, []string{"q"}},
-			wantCache: true, wantHdr: "h-lang"},
-		{name: "an empty answer is stored too",
-			first: call{unaryM, nil, []string{""}}, then: call{unaryM, nil, []string{""}}, wantCache: true},
-		{name: "authorization is not stored",
-			first: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}, then: call{unaryM, nil, []string{"q"}}},
-		{name: "authorization: same caller misses too",
-			first: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}, then: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}},
-		{name: "cookie is not stored",
-			first: call{unaryM, []string{"cookie", "session=alice"}, []string{"q"}}, then: call{unaryM, nil, []string{"q"}}},
-		{name: "named authorization keys on its value", headers: []string{"authorization"},
-			first: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}, then: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}},
-			wantCache: true},
-		{name: "named authorization: another token misses", headers: []string{"authorization"},
-			first: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}, then: call{unaryM, []string{"authorization", "Bearer bob"}, []string{"q"}}},
-		{name: "message boundaries are part of the key",
-			first: call{clientM, nil, []string{"a", "bc"}}, then: call{clientM, nil, []string{"ab", "c"}}},
-		{name: "same messages hit",
-			first: call{clientM, nil, []string{"a", "bc"}}, then: call{clientM, nil, []string{"a", "bc"}}, wantCache: true},
-		{name: "response cache-control no-store",
-			first: call{unaryM, []string{"x-answer-cache-control", "no-store"}, []string{"q"}}, then: call{unaryM, nil, []string{"q"}}},
-		{name: "response set-cookie",
-			first: call{unaryM, []string{"x-answer-set-cookie", "id=1"}, []string{"q"}}, then: call{unaryM, nil, []string{"q"}}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			spec := &routes.Spec{
-				Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
-				Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
-					After: 5 * time.Second, Use: []string{"cache"}, Cache: &routes.FallbackCache{Headers: tc.headers},
-				}}},
-				Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
-			}
-			env := startResEnv(t, spec)
-			cc := dial(t, env.grpcAddr)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			do := func(c call, fail bool) observed {
-				md := metadata.Pairs(c.md...)
-				if fail {
-					md.Set("x-status", fmt.Sprint(int(codes.Unavailable)))
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		backend := startEcho(t)
+		unaryM := "/" + echoService + "/Unary"
+		clientM := "/" + echoService + "/ClientStream"
+		type call struct {
+			method string
+			md     []string // key, value, ...
+			msgs   []string
+		}
+		for _, tc := range []struct {
+			name      string
+			headers   []string
+			first     call
+			then      call
+			wantCache bool
+			wantHdr   string // a header the cached answer must carry
+		}{
+			{name: "plain answer is stored, with its headers",
+				first: call{unaryM, []string{"h-lang", "en"}, []string{"q"}}, then: call{unaryM, []string{"h-lang", "en"}, []string{"q"}},
+				wantCache: true, wantHdr: "h-lang"},
+			{name: "an empty answer is stored too",
+				first: call{unaryM, nil, []string{""}}, then: call{unaryM, nil, []string{""}}, wantCache: true},
+			{name: "authorization is not stored",
+				first: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}, then: call{unaryM, nil, []string{"q"}}},
+			{name: "authorization: same caller misses too",
+				first: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}, then: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}},
+			{name: "cookie is not stored",
+				first: call{unaryM, []string{"cookie", "session=alice"}, []string{"q"}}, then: call{unaryM, nil, []string{"q"}}},
+			{name: "named authorization keys on its value", headers: []string{"authorization"},
+				first: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}, then: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}},
+				wantCache: true},
+			{name: "named authorization: another token misses", headers: []string{"authorization"},
+				first: call{unaryM, []string{"authorization", "Bearer alice"}, []string{"q"}}, then: call{unaryM, []string{"authorization", "Bearer bob"}, []string{"q"}}},
+			{name: "message boundaries are part of the key",
+				first: call{clientM, nil, []string{"a", "bc"}}, then: call{clientM, nil, []string{"ab", "c"}}},
+			{name: "same messages hit",
+				first: call{clientM, nil, []string{"a", "bc"}}, then: call{clientM, nil, []string{"a", "bc"}}, wantCache: true},
+			{name: "response cache-control no-store",
+				first: call{unaryM, []string{"x-answer-cache-control", "no-store"}, []string{"q"}}, then: call{unaryM, nil, []string{"q"}}},
+			{name: "response set-cookie",
+				first: call{unaryM, []string{"x-answer-set-cookie", "id=1"}, []string{"q"}}, then: call{unaryM, nil, []string{"q"}}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				spec := &routes.Spec{
+					Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+					Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
+						After: 5 * time.Second, Use: []string{"cache"}, Cache: &routes.FallbackCache{Headers: tc.headers},
+					}}},
+					Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
 				}
-				if c.method == unaryM {
-					return unary(ctx, cc, c.method, md, []byte(c.msgs[0]))
+				env := startResEnv(t, spec)
+				cc := dial(t, env.grpcAddr)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				do := func(c call, fail bool) observed {
+					md := metadata.Pairs(c.md...)
+					if fail {
+						md.Set("x-status", fmt.Sprint(int(codes.Unavailable)))
+					}
+					if c.method == unaryM {
+						return unary(ctx, cc, c.method, md, []byte(c.msgs[0]))
+					}
+					var sends [][]byte
+					for _, m := range c.msgs {
+						sends = append(sends, []byte(m))
+					}
+					return stream(ctx, cc, c.method, md, sends)
 				}
-				var sends [][]byte
-				for _, m := range c.msgs {
-					sends = append(sends, []byte(m))
+				if o := do(tc.first, false); o.Code != codes.OK {
+					t.Fatalf("first call: %v", o)
 				}
-				return stream(ctx, cc, c.method, md, sends)
-			}
-			if o := do(tc.first, false); o.Code != codes.OK {
-				t.Fatalf("first call: %v", o)
-			}
-			o := do(tc.then, true)
-			cached := len(o.Trailer.Get("x-hopwatch-fallback")) > 0
-			if cached != tc.wantCache {
-				t.Fatalf("answered from the cache = %v, want %v: %v", cached, tc.wantCache, o)
-			}
-			if !cached && o.Code != codes.Unavailable {
-				t.Fatalf("want the upstream's UNAVAILABLE, got %v", o)
-			}
-			if tc.wantHdr != "" && len(o.Header.Get(tc.wantHdr)) == 0 {
-				t.Fatalf("the cached answer lost the upstream's header %q: %v", tc.wantHdr, o)
-			}
-		})
-	}
+				o := do(tc.then, true)
+				cached := len(o.Trailer.Get("x-hopwatch-fallback")) > 0
+				if cached != tc.wantCache {
+					t.Fatalf("answered from the cache = %v, want %v: %v", cached, tc.wantCache, o)
+				}
+				if !cached && o.Code != codes.Unavailable {
+					t.Fatalf("want the upstream's UNAVAILABLE, got %v", o)
+				}
+				if tc.wantHdr != "" && len(o.Header.Get(tc.wantHdr)) == 0 {
+					t.Fatalf("the cached answer lost the upstream's header %q: %v", tc.wantHdr, o)
+				}
+			})
+		}
+	})
 }
 
 // TestCachedGRPCAnswerKeepsMetadata: a gRPC answer served from the cache
@@ -327,54 +329,56 @@ func TestCacheRulesGRPC(t *testing.T) {
 // call did. (The cached-answer header bug: the headers were once cleared
 // when sent to the client, before the cache write read them.)
 func TestCachedGRPCAnswerKeepsMetadata(t *testing.T) {
-	backend := startEcho(t)
-	m := "/" + echoService + "/Unary"
-	for _, tc := range []struct {
-		name  string
-		first []string // metadata of the call that fills the cache
-		bg    bool     // the cache is filled in the background
-	}{
-		{name: "stored by the foreground call", first: []string{"h-lang", "en", "t-src", "first"}},
-		{name: "stored by the background task", first: []string{"h-lang", "en", "t-src", "first", "x-sleep-ms", "600"}, bg: true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			spec := &routes.Spec{
-				Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
-				Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
-					After:  150 * time.Millisecond,
-					Use:    []string{"cache", "static"},
-					Static: &routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "degraded"},
-				}}},
-				Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
-			}
-			env := startResEnv(t, spec)
-			cc := dial(t, env.grpcAddr)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-
-			o := unary(ctx, cc, m, metadata.Pairs(tc.first...), []byte("q"))
-			if tc.bg {
-				if src := o.Trailer.Get("x-hopwatch-fallback"); len(src) != 1 || src[0] != "static" {
-					t.Fatalf("late call: want the static fallback, got %v", o)
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		backend := startEcho(t)
+		m := "/" + echoService + "/Unary"
+		for _, tc := range []struct {
+			name  string
+			first []string // metadata of the call that fills the cache
+			bg    bool     // the cache is filled in the background
+		}{
+			{name: "stored by the foreground call", first: []string{"h-lang", "en", "t-src", "first"}},
+			{name: "stored by the background task", first: []string{"h-lang", "en", "t-src", "first", "x-sleep-ms", "600"}, bg: true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				spec := &routes.Spec{
+					Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+					Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
+						After:  150 * time.Millisecond,
+						Use:    []string{"cache", "static"},
+						Static: &routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "degraded"},
+					}}},
+					Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
 				}
-				testkit.WaitFor(t, "background refresh", func() bool {
-					return env.metric(t, "hopwatch_background_total", map[string]string{"result": "cached"}) == 1
-				})
-			} else if o.Code != codes.OK {
-				t.Fatalf("first call: %v", o)
-			}
-			// The upstream fails now; the answer comes from the cache, with
-			// the first call's metadata, not this one's.
-			o = unary(ctx, cc, m, metadata.Pairs("h-lang", "de", "t-src", "second", "x-status", fmt.Sprint(int(codes.Unavailable))), []byte("q"))
-			if src := o.Trailer.Get("x-hopwatch-fallback"); o.Code != codes.OK || len(src) != 1 || src[0] != "cache" {
-				t.Fatalf("want the cached answer, got %v", o)
-			}
-			if got := o.Header.Get("h-lang"); len(got) != 1 || got[0] != "en" {
-				t.Errorf("cached answer's header h-lang = %q, want the upstream's [en]: %v", got, o)
-			}
-			if got := o.Trailer.Get("t-src"); len(got) != 1 || got[0] != "first" {
-				t.Errorf("cached answer's trailer t-src = %q, want the upstream's [first]: %v", got, o)
-			}
-		})
-	}
+				env := startResEnv(t, spec)
+				cc := dial(t, env.grpcAddr)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+
+				o := unary(ctx, cc, m, metadata.Pairs(tc.first...), []byte("q"))
+				if tc.bg {
+					if src := o.Trailer.Get("x-hopwatch-fallback"); len(src) != 1 || src[0] != "static" {
+						t.Fatalf("late call: want the static fallback, got %v", o)
+					}
+					testkit.WaitFor(t, "background refresh", func() bool {
+						return env.metric(t, "hopwatch_background_total", map[string]string{"result": "cached"}) == 1
+					})
+				} else if o.Code != codes.OK {
+					t.Fatalf("first call: %v", o)
+				}
+				// The upstream fails now; the answer comes from the cache, with
+				// the first call's metadata, not this one's.
+				o = unary(ctx, cc, m, metadata.Pairs("h-lang", "de", "t-src", "second", "x-status", fmt.Sprint(int(codes.Unavailable))), []byte("q"))
+				if src := o.Trailer.Get("x-hopwatch-fallback"); o.Code != codes.OK || len(src) != 1 || src[0] != "cache" {
+					t.Fatalf("want the cached answer, got %v", o)
+				}
+				if got := o.Header.Get("h-lang"); len(got) != 1 || got[0] != "en" {
+					t.Errorf("cached answer's header h-lang = %q, want the upstream's [en]: %v", got, o)
+				}
+				if got := o.Trailer.Get("t-src"); len(got) != 1 || got[0] != "first" {
+					t.Errorf("cached answer's trailer t-src = %q, want the upstream's [first]: %v", got, o)
+				}
+			})
+		}
+	})
 }

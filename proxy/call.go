@@ -252,12 +252,14 @@ func (c *call) begin(gate *pass, admitErr error) error {
 func (c *call) run() error {
 	for {
 		var events <-chan event
-		var expired <-chan struct{}
 		if c.att != nil {
 			events = c.att.events
-		} else {
-			expired = c.ctx.Done() // waiting to retry
 		}
+		// The call's own deadline, also while an attempt runs: a gRPC
+		// attempt's reader drops its last event once the call's context
+		// is done (report), so waiting for that event alone could hold
+		// the client until its own deadline and never end the attempt.
+		expired := c.ctx.Done()
 		var done bool
 		var err error
 		select {
@@ -268,6 +270,10 @@ func (c *call) run() error {
 		case <-c.retryC:
 			done, err = c.retry()
 		case <-expired:
+			if c.att != nil {
+				c.proto.abort(c.att, c.ctx.Err(), c.canceled())
+				c.att = nil
+			}
 			done, err = true, c.outOfTime()
 		case <-c.client.Done():
 			done, err = true, c.clientGone()
@@ -561,12 +567,14 @@ func (c *call) background(ctx context.Context, cancel context.CancelFunc) {
 func (c *call) settleInBackground(ctx context.Context) string {
 	for {
 		var events <-chan event
-		var expired <-chan struct{}
 		if c.att != nil {
 			events = c.att.events
-		} else {
-			expired = c.ctx.Done() // waiting to retry
 		}
+		// The call's own deadline, also while an attempt runs: a gRPC
+		// attempt's reader drops its last event once the call's context
+		// is done (report), so waiting for that event alone could hold
+		// the client until its own deadline and never end the attempt.
+		expired := c.ctx.Done()
 		select {
 		case ev := <-events:
 			if result, done := c.onBackground(ctx, ev); done {

@@ -24,8 +24,11 @@
 // trace context) and forwards DATA frames as they arrive, with flow control
 // passed through end to end, so that a stream holds at most a window of
 // bytes in each direction. It keeps the grpc-go path's statuses, limits and
-// telemetry, TLS included; routes that need whole messages (retry,
-// fallback) stay on the grpc-go path, and validation says so.
+// telemetry, TLS included. A call whose route needs whole messages
+// (retry, fallback) leaves the relay once routed: relaymsg.go serves it
+// as a grpc.ServerStream over the relay's client stream to the resilient
+// path, whose upstream is grpc-go's client, with the client's bytes
+// acknowledged only as the call takes them.
 //
 // Routes with a retry or fallback policy take the resilient path: one
 // policy, a per-call state machine (call, in call.go) that both listeners

@@ -143,6 +143,13 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 		return grpcError(errNoRoute, method)
 	}
 	rt := gen.routes[idx]
+	return p.serveRoutedGRPC(ctx, ss, rt, md, method, gen.listeners[listener].grpcCallerOf(ctx, mdHeader(md)))
+}
+
+// serveRoutedGRPC serves a routed call whose messages come and go through
+// ss: from grpc-go's server, or from a relay listener's client stream
+// (relayMsgStream) for a route that needs whole messages.
+func (p *Proxy) serveRoutedGRPC(ctx context.Context, ss grpc.ServerStream, rt *route, md metadata.MD, method, caller string) error {
 	var fr *firstResponse
 	if rt.spec.Timeout == 0 {
 		// No written timeout: bound the wait for the first response
@@ -153,7 +160,7 @@ func (p *Proxy) handleGRPC(listener string, ss grpc.ServerStream) error {
 		ctx = fr
 	}
 	clientCtx := ctx
-	ctx, hop := rt.tel.Start(ctx, mdHeader(md), gen.listeners[listener].grpcCallerOf(ctx, mdHeader(md)), method)
+	ctx, hop := rt.tel.Start(ctx, mdHeader(md), caller, method)
 	ss = observeTurn(ss, hop)
 
 	var err error

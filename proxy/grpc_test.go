@@ -110,7 +110,9 @@ func stream(ctx context.Context, cc *grpc.ClientConn, method string, md metadata
 // backend: on both, test.v1.Echo is routed, and on the gRPC listener a
 // second route sends every other service of "catchall" there too. A third
 // listener, "relay", is a gRPC listener with relay: frames and the same
-// routes as "grpc" (p.Addr("relay")).
+// routes as "grpc" (p.Addr("relay")). "grpc-res" and "relay-res" route
+// test.v1.Echo with a retry policy, on each kind of gRPC listener: the
+// resilient path, which the relay serves through its message adapter.
 func grpcProxy(t testing.TB, backend string) (*proxy.Proxy, string, string) {
 	t.Helper()
 	p := proxy.New(proxy.Options{})
@@ -119,6 +121,8 @@ func grpcProxy(t testing.TB, backend string) (*proxy.Proxy, string, string) {
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: "http"},
 			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayFrames},
+			{Name: "grpc-res", Address: "127.0.0.1:0", Protocol: "grpc"},
+			{Name: "relay-res", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{
 			{Name: "echo", Listener: "grpc", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
@@ -126,6 +130,8 @@ func grpcProxy(t testing.TB, backend string) (*proxy.Proxy, string, string) {
 			{Name: "echo-http", Listener: "http", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
 			{Name: "echo-relay", Listener: "relay", Match: routes.Match{GRPCService: echoService}, Upstream: "echo"},
 			{Name: "catchall-relay", Listener: "relay", Match: routes.Match{Headers: map[string]string{"x-catchall": "1"}}, Upstream: "echo"},
+			{Name: "echo-grpc-res", Listener: "grpc-res", Match: routes.Match{GRPCService: echoService}, Upstream: "echo", Retry: transparentRetry},
+			{Name: "echo-relay-res", Listener: "relay-res", Match: routes.Match{GRPCService: echoService}, Upstream: "echo", Retry: transparentRetry},
 		},
 		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend}}},
 	}
@@ -139,6 +145,10 @@ func grpcProxy(t testing.TB, backend string) (*proxy.Proxy, string, string) {
 	})
 	return p, p.Addr("grpc").String(), p.Addr("http").String()
 }
+
+// transparentRetry retries what no transparency case returns, so that a
+// resilient route answers as a plain one.
+var transparentRetry = &routes.Retry{Attempts: 2, On: []string{"resource_exhausted"}}
 
 func bigPayload(n int) []byte {
 	b := make([]byte, n)
@@ -160,6 +170,10 @@ func TestGRPCTransparency(t *testing.T) {
 		"grpc-listener":  dial(t, grpcAddr),
 		"http-listener":  dial(t, httpAddr),
 		"relay-listener": dial(t, p.Addr("relay").String()),
+		// Resilient routes: the relay's message adapter must be as
+		// transparent as grpc-go's server stream.
+		"grpc-listener resilient":  dial(t, p.Addr("grpc-res").String()),
+		"relay-listener resilient": dial(t, p.Addr("relay-res").String()),
 	}
 	const m = "/" + echoService + "/"
 	unicodeMsg := "  kb lookup failed: 知识库 \U0001F916 timeout\n\tline two  %41 "

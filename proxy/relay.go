@@ -426,7 +426,13 @@ type relayStream struct {
 	done     chan struct{} // closed once the call has ended
 	answered chan struct{} // closed at the upstream's first HEADERS
 	progress chan struct{} // the client sent DATA (capacity 1)
-	upEnded  chan struct{} // closed when the upstream's trailers arrived
+	// reqSig (capacity 1; set under mu, by a relayMsgStream only) hears
+	// that reqPending grew or the request ended.
+	reqSig chan struct{}
+	// sendSig (capacity 1; guarded by down.c.mu) hears that bytes queued
+	// on down went out, for a relayMsgStream (nil: none).
+	sendSig chan struct{}
+	upEnded chan struct{} // closed when the upstream's trailers arrived
 
 	mu          sync.Mutex
 	opened      bool // the upstream stream exists; before, request bytes wait here
@@ -514,7 +520,14 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 			st.reqPending = append(st.reqPending, data)
 		}
 		st.reqEnd = st.reqEnd || end
+		sig := st.reqSig
 		st.mu.Unlock()
+		if sig != nil {
+			select {
+			case sig <- struct{}{}:
+			default:
+			}
+		}
 		return
 	}
 	st.mu.Unlock()
@@ -559,6 +572,12 @@ func (st *relayStream) credit(l *leg, n int32) {
 	src := st.down
 	if l == st.down {
 		src = st.up
+		if st.sendSig != nil {
+			select {
+			case st.sendSig <- struct{}{}:
+			default:
+			}
+		}
 	}
 	if src.c != nil {
 		src.c.giveBack(src, n)
@@ -808,6 +827,11 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 		return
 	}
 	rt := gen.routes[idx]
+	if rt.res != nil {
+		// Retry or fallback: the call needs whole messages.
+		st.serveMessages(gen, rt, md, method, ctype, dl)
+		return
+	}
 	if rt.spec.Timeout > 0 {
 		if d := st.start.Add(rt.spec.Timeout); dl.IsZero() || d.Before(dl) {
 			dl = d

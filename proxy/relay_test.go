@@ -9,6 +9,7 @@ import (
 	"net"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -360,5 +361,82 @@ func TestRelayRejectionsAsGRPCPath(t *testing.T) {
 	}
 	if g, r := got["grpc"], got["relay"]; !reflect.DeepEqual(g, r) {
 		t.Errorf("the relay answers a bulkhead rejection with\n%s\ngrpc-go's path with\n%s", r, g)
+	}
+}
+
+// TestRelayResilientMemoryBounded: a resilient route (retry: it keeps the
+// request for a replay) on a relay listener, whose upstream reads
+// nothing. Its calls leave the frame relay for the message adapter, which
+// acknowledges the client's bytes only as the call takes them: each
+// client is held to the relay's stream window, the message being
+// assembled and the replay budget, not to what it tries to push.
+func TestRelayResilientMemoryBounded(t *testing.T) {
+	deaf := startDeaf(t)
+	retry := &routes.Retry{Attempts: 2, On: []string{"unavailable"}}
+	p := startProxy(t, &routes.Spec{
+		Listeners: []routes.Listener{inListener("relay", "relay")},
+		Routes:    []routes.Route{{Name: "deaf-relay", Listener: "relay", Upstream: "deaf", Retry: retry}},
+		Upstreams: []routes.Upstream{{Name: "deaf", Protocol: routes.UpstreamGRPC, Endpoints: []string{deaf}}},
+	})
+	const (
+		streams = 4
+		msgSize = 1 << 20 // 4× the relay's stream window, the replay budget
+		mib     = 1 << 20
+	)
+	payload := bigPayload(msgSize)
+	cc, err := grpc.NewClient(p.Addr("relay").String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(sharedCodec{})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	var sent [streams]atomic.Int64
+	// The baseline once the heap has settled: what the tests before this
+	// one still give back would show as negative growth, hiding ours.
+	before := heapInUse()
+	for range 20 {
+		time.Sleep(100 * time.Millisecond)
+		now := heapInUse()
+		if settled := now+1<<20 > before && now < before+1<<20; settled {
+			before = now
+			break
+		}
+		before = now
+	}
+	for i := range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cs, err := cc.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/deaf.v1.Deaf/Push")
+			if err != nil {
+				return
+			}
+			for cs.SendMsg(payload) == nil {
+				sent[i].Add(msgSize)
+			}
+		}()
+	}
+	time.Sleep(1500 * time.Millisecond)
+	growth := int64(heapInUse()) - int64(before)
+	var most int64
+	for i := range sent {
+		most = max(most, sent[i].Load())
+	}
+	cancel()
+	wg.Wait()
+	t.Logf("%d streams of %d MiB messages into an upstream that reads nothing, through a retry route on the relay: heap growth %.1f MiB, at most %.1f MiB sent by one client",
+		streams, msgSize/mib, float64(growth)/mib, float64(most)/mib)
+	// Per stream: the relay's window, the message being assembled, the
+	// replay budget (1 MiB), and grpc-go's upstream stream with a message
+	// in flight; the client's own SendMsg runs a message ahead.
+	perStream := int64(256<<10 + 2*msgSize + routes.DefaultReplayMaxRequestBytes)
+	if limit := perStream + 2*msgSize; most > limit {
+		t.Errorf("a client pushed %.1f MiB into a call whose upstream reads nothing, want at most %.1f MiB", float64(most)/mib, float64(limit)/mib)
+	}
+	if limit := streams*perStream + 4*mib; growth > limit {
+		t.Errorf("heap grew by %.1f MiB for %d stalled streams, want at most %.1f MiB", float64(growth)/mib, streams, float64(limit)/mib)
 	}
 }

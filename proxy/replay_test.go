@@ -31,73 +31,75 @@ import (
 // before). The client tries to send 256 MiB; what it manages and what the
 // heap grows by must stay within a few windows and the replay limit.
 func TestRequestLogBackPressure(t *testing.T) {
-	backend := startEcho(t)
-	spec := &routes.Spec{
-		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
-		Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
-			After: 100 * time.Millisecond, Use: []string{"static"}, Static: &routes.FallbackStatic{},
-		}}},
-		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
-	}
-	env := startResEnv(t, spec)
-	cc := dial(t, env.grpcAddr)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-
-	// The upstream sends its headers and then never reads.
-	md := metadata.Pairs("x-block-after-header", "1")
-	cs, err := cc.NewStream(metadata.NewOutgoingContext(ctx, md), &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/"+echoService+"/Bidi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cs.Header(); err != nil { // the upstream has the call
-		t.Fatal(err)
-	}
-	const msgSize, total = 1 << 20, 256 << 20
-	var sent atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		msg := wrapperspb.Bytes(make([]byte, msgSize))
-		for sent.Load() < total {
-			if err := cs.SendMsg(msg); err != nil {
-				return
-			}
-			sent.Add(msgSize)
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		backend := startEcho(t)
+		spec := &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+			Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
+				After: 100 * time.Millisecond, Use: []string{"static"}, Static: &routes.FallbackStatic{},
+			}}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
 		}
-	}()
-	// Give the sender time to fill whatever will take its data.
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) && sent.Load() < total {
-		time.Sleep(50 * time.Millisecond)
-	}
-	var during runtime.MemStats
-	runtime.ReadMemStats(&during)
-	cancel()
-	<-done
-	<-backend.canceled
+		env := startResEnv(t, spec)
+		cc := dial(t, env.grpcAddr)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
 
-	grew := int64(during.HeapInuse) - int64(before.HeapInuse)
-	t.Logf("client sent %d MiB; heap in use grew by %d MiB", sent.Load()>>20, grew>>20)
-	// HTTP/2 windows (grpc-go grows them up to 16 MiB per connection by
-	// BDP estimation) on the client→proxy and proxy→upstream legs, plus
-	// the 1 MiB replay limit and a message in flight on each side.
-	if sent.Load() > 64<<20 {
-		t.Errorf("the client pushed %d MiB into a stream whose upstream reads nothing: no back-pressure", sent.Load()>>20)
-	}
-	if grew > 128<<20 {
-		t.Errorf("heap grew by %d MiB", grew>>20)
-	}
-	testkit.WaitFor(t, "replay bytes back to 0", func() bool {
-		return env.metric(t, "hopwatch_replay_buffer_bytes", nil) == 0
+		runtime.GC()
+		var before runtime.MemStats
+		runtime.ReadMemStats(&before)
+
+		// The upstream sends its headers and then never reads.
+		md := metadata.Pairs("x-block-after-header", "1")
+		cs, err := cc.NewStream(metadata.NewOutgoingContext(ctx, md), &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/"+echoService+"/Bidi")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cs.Header(); err != nil { // the upstream has the call
+			t.Fatal(err)
+		}
+		const msgSize, total = 1 << 20, 256 << 20
+		var sent atomic.Int64
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			msg := wrapperspb.Bytes(make([]byte, msgSize))
+			for sent.Load() < total {
+				if err := cs.SendMsg(msg); err != nil {
+					return
+				}
+				sent.Add(msgSize)
+			}
+		}()
+		// Give the sender time to fill whatever will take its data.
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) && sent.Load() < total {
+			time.Sleep(50 * time.Millisecond)
+		}
+		var during runtime.MemStats
+		runtime.ReadMemStats(&during)
+		cancel()
+		<-done
+		<-backend.canceled
+
+		grew := int64(during.HeapInuse) - int64(before.HeapInuse)
+		t.Logf("client sent %d MiB; heap in use grew by %d MiB", sent.Load()>>20, grew>>20)
+		// HTTP/2 windows (grpc-go grows them up to 16 MiB per connection by
+		// BDP estimation) on the client→proxy and proxy→upstream legs, plus
+		// the 1 MiB replay limit and a message in flight on each side.
+		if sent.Load() > 64<<20 {
+			t.Errorf("the client pushed %d MiB into a stream whose upstream reads nothing: no back-pressure", sent.Load()>>20)
+		}
+		if grew > 128<<20 {
+			t.Errorf("heap grew by %d MiB", grew>>20)
+		}
+		testkit.WaitFor(t, "replay bytes back to 0", func() bool {
+			return env.metric(t, "hopwatch_replay_buffer_bytes", nil) == 0
+		})
+		if n := env.metric(t, "hopwatch_replay_skipped_total", map[string]string{"reason": "too_large"}); n != 1 {
+			t.Errorf("replay_skipped_total{reason=too_large} = %v, want 1", n)
+		}
 	})
-	if n := env.metric(t, "hopwatch_replay_skipped_total", map[string]string{"reason": "too_large"}); n != 1 {
-		t.Errorf("replay_skipped_total{reason=too_large} = %v, want 1", n)
-	}
 }
 
 // TestReplayHTTP covers what the resilient HTTP path buffers, and how it

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,8 +18,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/hopwatch/hopwatch/internal/testkit"
 	"github.com/hopwatch/hopwatch/proxy"
@@ -149,90 +153,92 @@ func TestBreaker(t *testing.T) {
 // the upstream sees at most half_open_requests calls; and 1,000 client
 // cancellations do not trip the breaker.
 func TestBreakerHalfOpenAdmitsFew(t *testing.T) {
-	backend := startEcho(t)
-	spec := &routes.Spec{
-		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
-		Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
-		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr},
-			Breaker: &routes.Breaker{MinRequests: 10, FailureRatio: 0.5, OpenFor: 500 * time.Millisecond, HalfOpenRequests: 3}}},
-	}
-	env := startResEnv(t, spec)
-	cc := dial(t, env.grpcAddr)
-	m := "/" + echoService + "/Unary"
-	ctx := context.Background()
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		backend := startEcho(t)
+		spec := &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+			Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr},
+				Breaker: &routes.Breaker{MinRequests: 10, FailureRatio: 0.5, OpenFor: 500 * time.Millisecond, HalfOpenRequests: 3}}},
+		}
+		env := startResEnv(t, spec)
+		cc := dial(t, env.grpcAddr)
+		m := "/" + echoService + "/Unary"
+		ctx := context.Background()
 
-	t.Run("cancellations never trip it", func(t *testing.T) {
-		var wg sync.WaitGroup
-		for range 1000 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				// An explicit cancel, as when a user closes the chat: not a
-				// deadline, which would be the upstream's slowness.
-				cctx, cancel := context.WithCancel(ctx)
-				timer := time.AfterFunc(20*time.Millisecond, cancel)
-				defer timer.Stop()
-				if o := unary(cctx, cc, m, metadata.Pairs("x-block", "1"), nil); o.Code != codes.Canceled {
-					t.Errorf("want Canceled, got %v", o)
-				}
-			}()
-		}
-		wg.Wait()
-		for len(backend.canceled) > 0 {
-			<-backend.canceled
-		}
-		if o := unary(ctx, cc, m, nil, []byte("x")); o.Code != codes.OK {
-			t.Fatalf("after 1,000 cancellations the breaker rejects: %v", o)
-		}
-	})
+		t.Run("cancellations never trip it", func(t *testing.T) {
+			var wg sync.WaitGroup
+			for range 1000 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					// An explicit cancel, as when a user closes the chat: not a
+					// deadline, which would be the upstream's slowness.
+					cctx, cancel := context.WithCancel(ctx)
+					timer := time.AfterFunc(20*time.Millisecond, cancel)
+					defer timer.Stop()
+					if o := unary(cctx, cc, m, metadata.Pairs("x-block", "1"), nil); o.Code != codes.Canceled {
+						t.Errorf("want Canceled, got %v", o)
+					}
+				}()
+			}
+			wg.Wait()
+			for len(backend.canceled) > 0 {
+				<-backend.canceled
+			}
+			if o := unary(ctx, cc, m, nil, []byte("x")); o.Code != codes.OK {
+				t.Fatalf("after 1,000 cancellations the breaker rejects: %v", o)
+			}
+		})
 
-	t.Run("half-open admits exactly the configured number", func(t *testing.T) {
-		for range 10 {
-			unary(ctx, cc, m, metadata.Pairs("x-status", "14"), nil) // UNAVAILABLE: failures
-		}
-		if o := unary(ctx, cc, m, nil, nil); o.Code != codes.Unavailable || !strings.Contains(o.Message, "circuit breaker open") {
-			t.Fatalf("want the breaker open, got %v", o)
-		}
-		time.Sleep(600 * time.Millisecond) // open_for passes: half-open
-		// Admitted means reached the upstream: with the listener's stream
-		// cap (100 per connection) most calls wait in the client, and some
-		// of those run out of deadline there without ever reaching the
-		// proxy.
-		arrivedBefore := backend.arrived.Load()
-		var rejected atomic.Int64
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		// Admitted calls block at the upstream and hold their half-open
-		// slot until every other call has either been rejected or reached
-		// the upstream too; only then are they released. A fixed deadline
-		// instead lets admitted calls end while others are still queued in
-		// a loaded client, freeing slots the late ones then take.
-		release, releaseAll := context.WithTimeout(ctx, 30*time.Second)
-		defer releaseAll()
-		const calls = 1000
-		for range calls {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				o := unary(release, cc, m, metadata.Pairs("x-block", "1"), nil)
-				if strings.Contains(o.Message, "circuit breaker open") {
-					rejected.Add(1)
-				}
-			}()
-		}
-		close(start)
-		for rejected.Load()+backend.arrived.Load()-arrivedBefore < calls && release.Err() == nil {
-			time.Sleep(5 * time.Millisecond)
-		}
-		releaseAll()
-		wg.Wait()
-		if admitted := backend.arrived.Load() - arrivedBefore; admitted > 3 || admitted == 0 {
-			t.Fatalf("half-open let %d calls through to the upstream, want 1..3 (rejected %d)", admitted, rejected.Load())
-		}
-		for len(backend.canceled) > 0 {
-			<-backend.canceled
-		}
+		t.Run("half-open admits exactly the configured number", func(t *testing.T) {
+			for range 10 {
+				unary(ctx, cc, m, metadata.Pairs("x-status", "14"), nil) // UNAVAILABLE: failures
+			}
+			if o := unary(ctx, cc, m, nil, nil); o.Code != codes.Unavailable || !strings.Contains(o.Message, "circuit breaker open") {
+				t.Fatalf("want the breaker open, got %v", o)
+			}
+			time.Sleep(600 * time.Millisecond) // open_for passes: half-open
+			// Admitted means reached the upstream: with the listener's stream
+			// cap (100 per connection) most calls wait in the client, and some
+			// of those run out of deadline there without ever reaching the
+			// proxy.
+			arrivedBefore := backend.arrived.Load()
+			var rejected atomic.Int64
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			// Admitted calls block at the upstream and hold their half-open
+			// slot until every other call has either been rejected or reached
+			// the upstream too; only then are they released. A fixed deadline
+			// instead lets admitted calls end while others are still queued in
+			// a loaded client, freeing slots the late ones then take.
+			release, releaseAll := context.WithTimeout(ctx, 30*time.Second)
+			defer releaseAll()
+			const calls = 1000
+			for range calls {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					o := unary(release, cc, m, metadata.Pairs("x-block", "1"), nil)
+					if strings.Contains(o.Message, "circuit breaker open") {
+						rejected.Add(1)
+					}
+				}()
+			}
+			close(start)
+			for rejected.Load()+backend.arrived.Load()-arrivedBefore < calls && release.Err() == nil {
+				time.Sleep(5 * time.Millisecond)
+			}
+			releaseAll()
+			wg.Wait()
+			if admitted := backend.arrived.Load() - arrivedBefore; admitted > 3 || admitted == 0 {
+				t.Fatalf("half-open let %d calls through to the upstream, want 1..3 (rejected %d)", admitted, rejected.Load())
+			}
+			for len(backend.canceled) > 0 {
+				<-backend.canceled
+			}
+		})
 	})
 }
 
@@ -405,48 +411,50 @@ func TestAsyncFallbackHTTP(t *testing.T) {
 // from the static fallback after `after`, marked in a trailer; the slow
 // call finishes in the background and the next one is served from cache.
 func TestAsyncFallbackGRPC(t *testing.T) {
-	backend := startEcho(t)
-	spec := &routes.Spec{
-		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
-		Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
-			After:  150 * time.Millisecond,
-			Use:    []string{"cache", "static"},
-			Cache:  &routes.FallbackCache{Headers: []string{"x-sleep-ms"}},
-			Static: &routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "kb degraded"},
-		}}},
-		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
-	}
-	env := startResEnv(t, spec)
-	cc := dial(t, env.grpcAddr)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	m := "/" + echoService + "/Unary"
-	slow := metadata.Pairs("x-sleep-ms", "1000")
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		backend := startEcho(t)
+		spec := &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+			Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
+				After:  150 * time.Millisecond,
+				Use:    []string{"cache", "static"},
+				Cache:  &routes.FallbackCache{Headers: []string{"x-sleep-ms"}},
+				Static: &routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "kb degraded"},
+			}}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+		}
+		env := startResEnv(t, spec)
+		cc := dial(t, env.grpcAddr)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		m := "/" + echoService + "/Unary"
+		slow := metadata.Pairs("x-sleep-ms", "1000")
 
-	// First call: nothing cached, the upstream is late: static answer.
-	o := unary(ctx, cc, m, slow, []byte("what are your opening hours"))
-	if o.Code != codes.Unavailable || o.Message != "kb degraded" || o.Trailer.Get("x-hopwatch-fallback")[0] != "static" {
-		t.Fatalf("first slow call: want the static fallback, got %v", o)
-	}
-	// The slow call completes in the background and fills the cache.
-	testkit.WaitFor(t, "background refresh", func() bool {
-		return env.metric(t, "hopwatch_background_total", map[string]string{"result": "cached"}) == 1
+		// First call: nothing cached, the upstream is late: static answer.
+		o := unary(ctx, cc, m, slow, []byte("what are your opening hours"))
+		if o.Code != codes.Unavailable || o.Message != "kb degraded" || o.Trailer.Get("x-hopwatch-fallback")[0] != "static" {
+			t.Fatalf("first slow call: want the static fallback, got %v", o)
+		}
+		// The slow call completes in the background and fills the cache.
+		testkit.WaitFor(t, "background refresh", func() bool {
+			return env.metric(t, "hopwatch_background_total", map[string]string{"result": "cached"}) == 1
+		})
+		o = unary(ctx, cc, m, slow, []byte("what are your opening hours"))
+		if o.Code != codes.OK || len(o.Msgs) != 1 || o.Msgs[0] != summarize([]byte("what are your opening hours")) ||
+			o.Trailer.Get("x-hopwatch-fallback")[0] != "cache" {
+			t.Fatalf("second slow call: want the cached answer, got %v", o)
+		}
+		// A fast call is not touched.
+		o = unary(ctx, cc, m, nil, []byte("hi"))
+		if o.Code != codes.OK || len(o.Trailer.Get("x-hopwatch-fallback")) != 0 {
+			t.Fatalf("fast call: %v", o)
+		}
+		// Streams pass through the resilient route unchanged.
+		so := stream(ctx, cc, "/"+echoService+"/Bidi", nil, [][]byte{[]byte("a"), []byte("b")})
+		if so.Code != codes.OK || len(so.Msgs) != 2 {
+			t.Fatalf("bidi on a fallback route: %v", so)
+		}
 	})
-	o = unary(ctx, cc, m, slow, []byte("what are your opening hours"))
-	if o.Code != codes.OK || len(o.Msgs) != 1 || o.Msgs[0] != summarize([]byte("what are your opening hours")) ||
-		o.Trailer.Get("x-hopwatch-fallback")[0] != "cache" {
-		t.Fatalf("second slow call: want the cached answer, got %v", o)
-	}
-	// A fast call is not touched.
-	o = unary(ctx, cc, m, nil, []byte("hi"))
-	if o.Code != codes.OK || len(o.Trailer.Get("x-hopwatch-fallback")) != 0 {
-		t.Fatalf("fast call: %v", o)
-	}
-	// Streams pass through the resilient route unchanged.
-	so := stream(ctx, cc, "/"+echoService+"/Bidi", nil, [][]byte{[]byte("a"), []byte("b")})
-	if so.Code != codes.OK || len(so.Msgs) != 2 {
-		t.Fatalf("bidi on a fallback route: %v", so)
-	}
 }
 
 // TestRetry: a failed attempt is retried on another endpoint, and during a
@@ -527,23 +535,25 @@ func TestRetry(t *testing.T) {
 		t.Logf("%d client calls → %d upstream requests (limit %d)", calls, n.Load(), limit)
 	})
 	t.Run("gRPC unary is retried when no headers came", func(t *testing.T) {
-		backend := startEcho(t)
-		spec := &routes.Spec{
-			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
-			Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo",
-				Retry: &routes.Retry{Attempts: 2, On: []string{"unavailable"}}}},
-			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
-		}
-		env := startResEnv(t, spec)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		o := unary(ctx, dial(t, env.grpcAddr), "/"+echoService+"/Unary", metadata.Pairs("x-fail-first", "1"), []byte("q"))
-		if o.Code != codes.OK {
-			t.Fatalf("want the retry to succeed, got %v", o)
-		}
-		if got := env.metric(t, "hopwatch_retries_total", map[string]string{"result": "attempted"}); got != 1 {
-			t.Fatalf("retries attempted = %v", got)
-		}
+		forGRPCListeners(t, func(t *testing.T, relay string) {
+			backend := startEcho(t)
+			spec := &routes.Spec{
+				Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+				Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo",
+					Retry: &routes.Retry{Attempts: 2, On: []string{"unavailable"}}}},
+				Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+			}
+			env := startResEnv(t, spec)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			o := unary(ctx, dial(t, env.grpcAddr), "/"+echoService+"/Unary", metadata.Pairs("x-fail-first", "1"), []byte("q"))
+			if o.Code != codes.OK {
+				t.Fatalf("want the retry to succeed, got %v", o)
+			}
+			if got := env.metric(t, "hopwatch_retries_total", map[string]string{"result": "attempted"}); got != 1 {
+				t.Fatalf("retries attempted = %v", got)
+			}
+		})
 	})
 }
 
@@ -652,96 +662,100 @@ func TestBreakerFaults(t *testing.T) {
 // TestBulkheadFallbackGRPC: a gRPC call refused by a full bulkhead is
 // answered from the static fallback with reason "overload".
 func TestBulkheadFallbackGRPC(t *testing.T) {
-	backend := startEcho(t)
-	spec := &routes.Spec{
-		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
-		Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
-			After: 5 * time.Second, Use: []string{"static"},
-			Static: &routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "busy, try later"},
-		}}},
-		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}, MaxConcurrent: 1}},
-	}
-	env := startResEnv(t, spec)
-	cc := dial(t, env.grpcAddr)
-	m := "/" + echoService + "/Unary"
-	blocked, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		unary(blocked, cc, m, metadata.Pairs("x-block", "1"), nil)
-	}()
-	testkit.WaitFor(t, "the first call to hold the only slot", func() bool {
-		// At the upstream, not only in the proxy: the test waits below
-		// for the upstream to see it canceled.
-		return env.metric(t, "hopwatch_hop_inflight", nil) == 1 && backend.arrived.Load() == 1
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		backend := startEcho(t)
+		spec := &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+			Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
+				After: 5 * time.Second, Use: []string{"static"},
+				Static: &routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "busy, try later"},
+			}}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}, MaxConcurrent: 1}},
+		}
+		env := startResEnv(t, spec)
+		cc := dial(t, env.grpcAddr)
+		m := "/" + echoService + "/Unary"
+		blocked, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			unary(blocked, cc, m, metadata.Pairs("x-block", "1"), nil)
+		}()
+		testkit.WaitFor(t, "the first call to hold the only slot", func() bool {
+			// At the upstream, not only in the proxy: the test waits below
+			// for the upstream to see it canceled.
+			return env.metric(t, "hopwatch_hop_inflight", nil) == 1 && backend.arrived.Load() == 1
+		})
+		ctx, c2 := context.WithTimeout(context.Background(), 10*time.Second)
+		defer c2()
+		o := unary(ctx, cc, m, nil, []byte("q"))
+		if o.Code != codes.Unavailable || o.Message != "busy, try later" || o.Trailer.Get("x-hopwatch-fallback")[0] != "static" {
+			t.Fatalf("second call: want the static fallback, got %v", o)
+		}
+		if got := env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "overload"}); got != 1 {
+			t.Fatalf("fallback{reason=overload} = %v", got)
+		}
+		cancel()
+		<-done
+		<-backend.canceled
 	})
-	ctx, c2 := context.WithTimeout(context.Background(), 10*time.Second)
-	defer c2()
-	o := unary(ctx, cc, m, nil, []byte("q"))
-	if o.Code != codes.Unavailable || o.Message != "busy, try later" || o.Trailer.Get("x-hopwatch-fallback")[0] != "static" {
-		t.Fatalf("second call: want the static fallback, got %v", o)
-	}
-	if got := env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "overload"}); got != 1 {
-		t.Fatalf("fallback{reason=overload} = %v", got)
-	}
-	cancel()
-	<-done
-	<-backend.canceled
 }
 
 // TestResilientRouteEdges: what the buffered path must not break.
 func TestResilientRouteEdges(t *testing.T) {
-	t.Run("a streamed body over the replay limit still arrives whole", func(t *testing.T) {
-		var got atomic.Int64
-		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			n, _ := io.Copy(io.Discard, r.Body)
-			got.Store(n)
-			fmt.Fprint(w, "ok")
-		}))
-		defer up.Close()
-		env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{Retry: &routes.Retry{Attempts: 2, On: []string{"503"}}}, routes.Upstream{}))
-		const size = 3 << 20
-		pr, pw := io.Pipe()
-		go func() {
-			chunk := make([]byte, 64<<10)
-			for sent := 0; sent < size; sent += len(chunk) {
-				pw.Write(chunk)
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		t.Run("a streamed body over the replay limit still arrives whole", func(t *testing.T) {
+			var got atomic.Int64
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				n, _ := io.Copy(io.Discard, r.Body)
+				got.Store(n)
+				fmt.Fprint(w, "ok")
+			}))
+			defer up.Close()
+			env := startResEnv(t, httpSpec(up.Listener.Addr().String(), routes.Route{Retry: &routes.Retry{Attempts: 2, On: []string{"503"}}}, routes.Upstream{}))
+			const size = 3 << 20
+			pr, pw := io.Pipe()
+			go func() {
+				chunk := make([]byte, 64<<10)
+				for sent := 0; sent < size; sent += len(chunk) {
+					pw.Write(chunk)
+				}
+				pw.Close()
+			}()
+			req, _ := http.NewRequest(http.MethodPost, "http://"+env.httpAddr+"/upload", pr) // no length: chunked
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
 			}
-			pw.Close()
-		}()
-		req, _ := http.NewRequest(http.MethodPost, "http://"+env.httpAddr+"/upload", pr) // no length: chunked
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		http.DefaultClient.CloseIdleConnections()
-		if resp.StatusCode != 200 || got.Load() != size {
-			t.Fatalf("status %d, upstream got %d bytes, want 200 and %d", resp.StatusCode, got.Load(), size)
-		}
-	})
-	t.Run("a gRPC stream that waits for headers gets them", func(t *testing.T) {
-		backend := startEcho(t)
-		env := startResEnv(t, &routes.Spec{
-			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
-			Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
-				After: 100 * time.Millisecond, Use: []string{"static"}, Static: &routes.FallbackStatic{},
-			}}},
-			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+			resp.Body.Close()
+			http.DefaultClient.CloseIdleConnections()
+			if resp.StatusCode != 200 || got.Load() != size {
+				t.Fatalf("status %d, upstream got %d bytes, want 200 and %d", resp.StatusCode, got.Load(), size)
+			}
 		})
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		cs, err := dial(t, env.grpcAddr).NewStream(metadata.AppendToOutgoingContext(ctx, "x-block-after-header", "1"),
-			&grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/"+echoService+"/Bidi")
-		if err != nil {
-			t.Fatal(err)
-		}
-		md, err := cs.Header() // the client sends nothing until it has the headers
-		if err != nil || md.Get("arrived") == nil {
-			t.Fatalf("headers: %v %v", md, err)
-		}
-		cancel()
-		<-backend.canceled
+		t.Run("a gRPC stream that waits for headers gets them", func(t *testing.T) {
+			backend := startEcho(t)
+			env := startResEnv(t, &routes.Spec{
+				Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+				Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Fallback: &routes.Fallback{
+					After: 100 * time.Millisecond, Use: []string{"static"}, Static: &routes.FallbackStatic{},
+				}}},
+				Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			cs, err := dial(t, env.grpcAddr).NewStream(metadata.AppendToOutgoingContext(ctx, "x-block-after-header", "1"),
+				&grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/"+echoService+"/Bidi")
+			if err != nil {
+				t.Fatal(err)
+			}
+			md, err := cs.Header() // the client sends nothing until it has the headers
+			if err != nil || md.Get("arrived") == nil {
+				t.Fatalf("headers: %v %v", md, err)
+			}
+			cancel()
+			<-backend.canceled
+		})
 	})
 }
 
@@ -890,6 +904,40 @@ func TestBackgroundRetry(t *testing.T) {
 	fallbackOf := func(static *routes.FallbackStatic) *routes.Fallback {
 		return &routes.Fallback{After: 100 * time.Millisecond, Use: []string{"static"}, Static: static}
 	}
+	grpcCase := func(relay string) func(t *testing.T) (*resEnv, func() int64, string) {
+		return func(t *testing.T) (*resEnv, func() int64, string) {
+			// Late, then UNAVAILABLE without headers (the echo backend
+			// echoes its x-sleep-ms as a header, which rules a retry out).
+			var n atomic.Int64
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
+				n.Add(1)
+				time.Sleep(300 * time.Millisecond)
+				return status.Error(codes.Unavailable, "late and down")
+			}))
+			go srv.Serve(ln)
+			t.Cleanup(srv.Stop)
+			env := startResEnv(t, &routes.Spec{
+				Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+				Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo",
+					Retry:    &routes.Retry{Attempts: 2, On: []string{"unavailable"}},
+					Fallback: fallbackOf(&routes.FallbackStatic{}),
+				}},
+				Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{ln.Addr().String()}}},
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			o := unary(ctx, dial(t, env.grpcAddr), "/"+echoService+"/Unary", nil, []byte("q"))
+			src := ""
+			if v := o.Trailer.Get("x-hopwatch-fallback"); len(v) == 1 {
+				src = v[0]
+			}
+			return env, n.Load, src
+		}
+	}
 	for _, tc := range []struct {
 		name string
 		run  func(t *testing.T) (env *resEnv, arrived func() int64, fallback string)
@@ -915,38 +963,8 @@ func TestBackgroundRetry(t *testing.T) {
 			resp.Body.Close()
 			return env, n.Load, resp.Header.Get("X-Hopwatch-Fallback")
 		}},
-		{"grpc", func(t *testing.T) (*resEnv, func() int64, string) {
-			// Late, then UNAVAILABLE without headers (the echo backend
-			// echoes its x-sleep-ms as a header, which rules a retry out).
-			var n atomic.Int64
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
-				n.Add(1)
-				time.Sleep(300 * time.Millisecond)
-				return status.Error(codes.Unavailable, "late and down")
-			}))
-			go srv.Serve(ln)
-			t.Cleanup(srv.Stop)
-			env := startResEnv(t, &routes.Spec{
-				Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}},
-				Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo",
-					Retry:    &routes.Retry{Attempts: 2, On: []string{"unavailable"}},
-					Fallback: fallbackOf(&routes.FallbackStatic{}),
-				}},
-				Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{ln.Addr().String()}}},
-			})
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			o := unary(ctx, dial(t, env.grpcAddr), "/"+echoService+"/Unary", nil, []byte("q"))
-			src := ""
-			if v := o.Trailer.Get("x-hopwatch-fallback"); len(v) == 1 {
-				src = v[0]
-			}
-			return env, n.Load, src
-		}},
+		{"grpc", grpcCase("")},
+		{"grpc on a relay listener", grpcCase(routes.ListenerRelayFrames)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			env, arrived, src := tc.run(t)
@@ -961,6 +979,121 @@ func TestBackgroundRetry(t *testing.T) {
 			}
 			if got := env.metric(t, "hopwatch_retries_total", map[string]string{"result": "attempted"}); got != 1 {
 				t.Errorf("retries attempted = %v, want 1", got)
+			}
+		})
+	}
+}
+
+// forGRPCListeners runs f on both kinds of gRPC listener: grpc-go's server
+// (relay "") and the frame relay, whose resilient routes are served
+// through its message adapter (relaymsg.go).
+func forGRPCListeners(t *testing.T, f func(t *testing.T, relay string)) {
+	t.Helper()
+	for _, k := range []struct{ name, relay string }{{"grpc-go", ""}, {"relay", routes.ListenerRelayFrames}} {
+		t.Run(k.name, func(t *testing.T) { f(t, k.relay) })
+	}
+}
+
+// TestResilientCallEndsAtRouteTimeout: calls on a retry route whose
+// upstream stalls after its first message end at the route's timeout, all
+// of them. The attempt's reader drops its last event once the call's
+// context is done; the call used to wait for that event only, so under
+// concurrency some calls (found by the fault soak on the relay) held their
+// client until the client's own deadline.
+func TestResilientCallEndsAtRouteTimeout(t *testing.T) {
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		backend := startEcho(t)
+		const routeTimeout, clientTimeout = 300 * time.Millisecond, 10 * time.Second
+		spec := &routes.Spec{
+			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
+			Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Timeout: routeTimeout,
+				Retry: &routes.Retry{Attempts: 2, On: []string{"unavailable"}}}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+		}
+		env := startResEnv(t, spec)
+		cc := dial(t, env.grpcAddr)
+		const calls = 100
+		var wg sync.WaitGroup
+		var late, wrong atomic.Int64
+		for range calls {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+				defer cancel()
+				md := metadata.Pairs("x-count", "1", "x-size", "3", "x-sleep-ms", "30000")
+				o := stream(ctx, cc, "/"+echoService+"/ServerStream", md, [][]byte{nil})
+				if ctx.Err() != nil {
+					late.Add(1) // ended by the client's deadline, not the route's
+				}
+				if o.Code != codes.DeadlineExceeded || len(o.Msgs) != 1 {
+					wrong.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if late.Load() > 0 || wrong.Load() > 0 {
+			t.Fatalf("of %d stalled calls, %d ended only at the client's deadline, %d not with DEADLINE_EXCEEDED after the first message", calls, late.Load(), wrong.Load())
+		}
+	})
+}
+
+// TestResilientRouteMessageEdges: what the relay's message adapter does
+// with the messages themselves (compressed ones, ones over the listener's
+// max_message_bytes, in a request or a response) is what grpc-go's server
+// does on a grpc-go listener: the client observes the same on both.
+func TestResilientRouteMessageEdges(t *testing.T) {
+	backend := startEcho(t)
+	const maxMsg = 64 << 10
+	retry := &routes.Retry{Attempts: 2, On: []string{"unavailable"}}
+	p := startProxy(t, &routes.Spec{
+		Listeners: []routes.Listener{
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", MaxMessageBytes: maxMsg},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayFrames, MaxMessageBytes: maxMsg},
+		},
+		Routes: []routes.Route{
+			{Name: "grpc", Listener: "grpc", Upstream: "echo", Retry: retry},
+			{Name: "relay", Listener: "relay", Upstream: "echo", Retry: retry},
+		},
+		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+	})
+	const m = "/" + echoService + "/"
+	cases := []struct {
+		name string
+		call func(ctx context.Context, cc *grpc.ClientConn) observed
+		code codes.Code
+	}{
+		{"gzip-compressed request", func(ctx context.Context, cc *grpc.ClientConn) observed {
+			var hdr, trl metadata.MD
+			out := new(wrapperspb.BytesValue)
+			err := cc.Invoke(ctx, m+"Unary", wrapperspb.Bytes(bigPayload(10<<10)), out, grpc.Header(&hdr), grpc.Trailer(&trl), grpc.UseCompressor(gzip.Name))
+			var msgs []string
+			if err == nil {
+				msgs = []string{summarize(out.Value)}
+			}
+			return observe(hdr, trl, msgs, err)
+		}, codes.OK},
+		{"request message over max_message_bytes", func(ctx context.Context, cc *grpc.ClientConn) observed {
+			return unary(ctx, cc, m+"Unary", nil, bigPayload(maxMsg))
+		}, codes.ResourceExhausted},
+		{"second request message over max_message_bytes", func(ctx context.Context, cc *grpc.ClientConn) observed {
+			return stream(ctx, cc, m+"ClientStream", nil, [][]byte{[]byte("a"), bigPayload(maxMsg)})
+		}, codes.ResourceExhausted},
+		{"response message over max_message_bytes", func(ctx context.Context, cc *grpc.ClientConn) observed {
+			return stream(ctx, cc, m+"ServerStream", metadata.Pairs("x-count", "2", "x-size", strconv.Itoa(maxMsg)), [][]byte{nil})
+		}, codes.ResourceExhausted},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := map[string]observed{}
+			for _, l := range []string{"grpc", "relay"} {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				got[l] = tc.call(ctx, dial(t, p.Addr(l).String()))
+				cancel()
+			}
+			if got["grpc"].Code != tc.code {
+				t.Fatalf("grpc-go listener: want %v, got %s", tc.code, got["grpc"])
+			}
+			if !reflect.DeepEqual(got["relay"], got["grpc"]) {
+				t.Errorf("relay listener differs from grpc-go's:\n got: %s\nwant: %s", got["relay"], got["grpc"])
 			}
 		})
 	}

@@ -180,22 +180,6 @@ func (v *validator) relay(p string, l *Listener) {
 	}
 }
 
-// relayRoute refuses what the frame relay cannot carry: it forwards
-// frames as they arrive and never holds whole messages, so a route that
-// must replay or answer for the upstream (retry, fallback) needs
-// grpc-go's path.
-func (v *validator) relayRoute(p string, r *Route, l *Listener) {
-	if l == nil || l.Relay != ListenerRelayFrames {
-		return
-	}
-	if r.Retry != nil {
-		v.errorf(p+".retry", "route %q is on listener %q (relay: %s), which forwards frames without holding whole messages: retry needs them; leave relay out of the listener or move the route", r.Name, l.Name, ListenerRelayFrames)
-	}
-	if r.Fallback != nil {
-		v.errorf(p+".fallback", "route %q is on listener %q (relay: %s), which forwards frames without holding whole messages: fallback needs them; leave relay out of the listener or move the route", r.Name, l.Name, ListenerRelayFrames)
-	}
-}
-
 // callerFrom checks where a listener reads its caller from.
 func (v *validator) callerFrom(p string, l *Listener) {
 	switch l.CallerFrom {
@@ -474,7 +458,6 @@ func (v *validator) routes() {
 		}
 
 		v.match(p+".match", &r.Match, l)
-		v.relayRoute(p, r, l)
 
 		if r.Retry != nil {
 			v.retry(p+".retry", r.Retry, l)

@@ -1,6 +1,8 @@
 // Package soak holds hopwatch's fault soak: the proxy, in-process, under
 // about 500 requests a second of mixed gRPC unary, gRPC server streaming
-// and HTTP (plain and streamed) on loopback, while its upstreams reset
+// and HTTP (plain and streamed) on loopback (the gRPC calls on a grpc-go
+// listener, on an HTTP listener, and on a frame-relay listener, plain and
+// through a route with a retry policy), while its upstreams reset
 // connections, stall mid-stream, send garbage, close after their headers,
 // and vanish and come back, and its clients cancel at every stage.
 //

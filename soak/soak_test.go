@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -97,11 +98,18 @@ func TestSoak(t *testing.T) {
 		Listeners: []routes.Listener{
 			{Name: "g", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC},
 			{Name: "h", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP},
+			// The frame relay, carrying the same gRPC traffic and faults:
+			// plain calls relayed frame by frame, and calls on a route
+			// with a retry policy served through its message adapter.
+			{Name: "r", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{
 			{Name: "grpc", Listener: "g", Upstream: "gup", Timeout: routeTimeout},
 			{Name: "grpc-on-http", Listener: "h", Match: routes.Match{GRPCService: grpcService}, Upstream: "gup", Timeout: routeTimeout},
 			{Name: "web", Listener: "h", Upstream: "web", Timeout: routeTimeout},
+			{Name: "relay-retry", Listener: "r", Match: routes.Match{Headers: map[string]string{resilientHeader: "1"}}, Upstream: "gup", Timeout: routeTimeout,
+				Retry: &routes.Retry{Attempts: 2, On: []string{"unavailable"}}},
+			{Name: "relay", Listener: "r", Upstream: "gup", Timeout: routeTimeout},
 		},
 		Upstreams: []routes.Upstream{
 			{Name: "gup", Protocol: routes.UpstreamGRPC, Endpoints: []string{g1.addr, g2.addr}, Breaker: grpcBreaker, Limits: upLimits},
@@ -119,7 +127,7 @@ func TestSoak(t *testing.T) {
 		}
 	}()
 
-	c := newClients(t, p.Addr("g").String(), p.Addr("h").String())
+	c := newClients(t, p.Addr("g").String(), p.Addr("h").String(), p.Addr("r").String())
 	defer c.close()
 
 	l := &load{c: c, calls: calls, tally: map[string]map[string]int{}}
@@ -180,7 +188,7 @@ func TestSoak(t *testing.T) {
 	t.Logf("slowest call: %v (route timeout %v)", time.Duration(l.slowest.Load()), routeTimeout)
 	// The recovery below means something only if the faults did open
 	// the breakers.
-	for _, prefix := range []string{"grpc", "http"} {
+	for _, prefix := range []string{"grpc", "relay", "http"} {
 		if n := l.count(prefix, breakerOpen); n == 0 {
 			t.Errorf("no %s call was rejected by an open breaker: the faults did not trip it", prefix)
 		} else {
@@ -293,6 +301,12 @@ var calls = []call{
 	{name: "grpc-on-http unary", weight: 10, run: grpcUnary("h"), ok: []string{"OK", "Unavailable", "DeadlineExceeded", breakerOpen}},
 	{name: "grpc-on-http stream", weight: 5, run: grpcStream("h", "Stream"), ok: []string{"OK", "Unavailable", "DeadlineExceeded", breakerOpen}},
 	{name: "grpc-on-http stall", weight: 2, fault: true, run: grpcStream("h", "Stall"), ok: []string{"DeadlineExceeded", "Unavailable", breakerOpen}},
+	{name: "relay unary", weight: 10, run: grpcUnary("r"), ok: []string{"OK", "Unavailable", "DeadlineExceeded", breakerOpen}},
+	{name: "relay stream", weight: 5, run: grpcStream("r", "Stream"), ok: []string{"OK", "Unavailable", "DeadlineExceeded", breakerOpen}},
+	{name: "relay stall", weight: 2, fault: true, run: grpcStream("r", "Stall"), ok: []string{"DeadlineExceeded", "Unavailable", breakerOpen}},
+	{name: "relay retry unary", weight: 10, run: grpcUnary("r+retry"), ok: []string{"OK", "Unavailable", "DeadlineExceeded", breakerOpen}},
+	{name: "relay retry stream", weight: 5, run: grpcStream("r+retry", "Stream"), ok: []string{"OK", "Unavailable", "DeadlineExceeded", breakerOpen}},
+	{name: "relay retry stall", weight: 2, fault: true, run: grpcStream("r+retry", "Stall"), ok: []string{"DeadlineExceeded", "Unavailable", breakerOpen}},
 	{name: "http ok", weight: 25, run: httpGet("/ok"), ok: []string{"200", "502", "503", "504", breakerOpen}},
 	{name: "http stream", weight: 8, run: httpGet("/stream"), ok: []string{"200", "502", "503", "504", breakerOpen}},
 	{name: "http reset", weight: 3, fault: true, run: httpGet("/reset"), ok: []string{"502", "503", "504", breakerOpen}},
@@ -490,6 +504,10 @@ func (l *load) recover(t *testing.T, within time.Duration) time.Duration {
 		{"grpc unary", grpcUnary("g"), "OK"},
 		{"grpc stream", grpcStream("g", "Stream"), "OK"},
 		{"grpc-on-http unary", grpcUnary("h"), "OK"},
+		{"relay unary", grpcUnary("r"), "OK"},
+		{"relay stream", grpcStream("r", "Stream"), "OK"},
+		{"relay retry unary", grpcUnary("r+retry"), "OK"},
+		{"relay retry stream", grpcStream("r+retry", "Stream"), "OK"},
 		{"http ok", httpGet("/ok"), "200"},
 		{"http stream", httpGet("/stream"), "200"},
 	}
@@ -523,16 +541,20 @@ func (l *load) recover(t *testing.T, within time.Duration) time.Duration {
 // clients are the soak's clients: a gRPC channel to each listener and an
 // HTTP client.
 type clients struct {
-	grpc     map[string]*grpc.ClientConn // by listener: g, h
+	grpc     map[string]*grpc.ClientConn // by listener: g, h, r; r+retry is r with resilientHeader on every call
 	http     *http.Client
 	httpBase string
 }
 
-func newClients(t *testing.T, grpcAddr, httpAddr string) *clients {
+func newClients(t *testing.T, grpcAddr, httpAddr, relayAddr string) *clients {
 	t.Helper()
 	c := &clients{grpc: map[string]*grpc.ClientConn{}, httpBase: "http://" + httpAddr}
-	for name, addr := range map[string]string{"g": grpcAddr, "h": httpAddr} {
-		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	for name, addr := range map[string]string{"g": grpcAddr, "h": httpAddr, "r": relayAddr, "r+retry": relayAddr} {
+		opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		if name == "r+retry" {
+			opts = append(opts, grpc.WithUnaryInterceptor(resilientUnary), grpc.WithStreamInterceptor(resilientStream))
+		}
+		cc, err := grpc.NewClient(addr, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -590,6 +612,18 @@ func grpcStream(listener, method string) func(context.Context, *clients) string 
 			n++
 		}
 	}
+}
+
+// resilientHeader routes a relay listener's call to its route with a
+// retry policy.
+const resilientHeader = "x-soak-resilient"
+
+func resilientUnary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	return invoker(metadata.AppendToOutgoingContext(ctx, resilientHeader, "1"), method, req, reply, cc, opts...)
+}
+
+func resilientStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return streamer(metadata.AppendToOutgoingContext(ctx, resilientHeader, "1"), desc, cc, method, opts...)
 }
 
 // breakerOpen is the outcome of a call the proxy rejected because the
