@@ -196,12 +196,7 @@ func (s *relayServer) serveConn(nc net.Conn) {
 		f, err := c.fr.ReadFrame()
 		c.reads.Add(1)
 		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				c.queue(wItem{kind: wRST, id: se.StreamID, n: uint32(se.Code)})
-				if l := c.leg(se.StreamID); l != nil {
-					l.st.peerReset(l, se.Code)
-				}
+			if c.resetStream(err) {
 				continue
 			}
 			var ce http2.ConnectionError

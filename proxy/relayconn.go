@@ -312,6 +312,22 @@ func (c *h2conn) write(it *wItem) error {
 }
 
 // close ends the connection once; the reader then tears its streams down.
+// resetStream handles a stream error from the frame reader (a malformed
+// frame of one stream, RFC 9113 §5.4.2): that stream is reset on this
+// connection and its call ends as if the peer had reset it; the
+// connection goes on. It reports whether err was one.
+func (c *h2conn) resetStream(err error) bool {
+	var se http2.StreamError
+	if !errors.As(err, &se) {
+		return false
+	}
+	c.queue(wItem{kind: wRST, id: se.StreamID, n: uint32(se.Code)})
+	if l := c.leg(se.StreamID); l != nil {
+		l.st.peerReset(l, se.Code)
+	}
+	return true
+}
+
 func (c *h2conn) close(err error) {
 	c.once.Do(func() {
 		c.wmu.Lock()
