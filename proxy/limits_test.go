@@ -72,7 +72,12 @@ func startHold(t testing.TB) *holdBackend {
 // lim, routing holdService to hold and test.v1.Echo to echo.
 func limitsProxy(t testing.TB, lim routes.ListenerLimits, hold, echo string) *proxy.Proxy {
 	t.Helper()
-	return startProxy(t, &routes.Spec{
+	return startProxy(t, limitsSpec(lim, hold, echo))
+}
+
+// limitsSpec is limitsProxy's configuration.
+func limitsSpec(lim routes.ListenerLimits, hold, echo string) *routes.Spec {
+	return &routes.Spec{
 		Listeners: []routes.Listener{
 			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Limits: lim},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, Limits: lim},
@@ -90,7 +95,7 @@ func limitsProxy(t testing.TB, lim routes.ListenerLimits, hold, echo string) *pr
 			{Name: "hold", Protocol: routes.UpstreamGRPC, Endpoints: []string{hold}},
 			{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{echo}},
 		},
-	})
+	}
 }
 
 // listenerKinds are the listeners of limitsProxy: grpc-go's server, the

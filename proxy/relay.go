@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -42,9 +43,13 @@ type relayServer struct {
 	maxMsg   int
 	lim      limits
 
-	mu       sync.Mutex
-	conns    map[*h2conn]struct{}
-	draining bool
+	mu    sync.Mutex
+	conns map[*h2conn]struct{}
+	// draining is read by connection readers under their connection's
+	// lock, which drain takes under mu: an atomic, so that no reader
+	// ever waits for mu while holding a connection's lock (lock order
+	// mu → c.mu, never the reverse).
+	draining atomic.Bool
 	wg       sync.WaitGroup // connection readers and stream handlers
 }
 
@@ -68,7 +73,7 @@ func (s *relayServer) serve(ln net.Listener) error {
 			return err
 		}
 		s.mu.Lock()
-		if s.draining {
+		if s.draining.Load() {
 			s.mu.Unlock()
 			nc.Close()
 			continue
@@ -83,7 +88,7 @@ func (s *relayServer) serve(ln net.Listener) error {
 // until ctx is done (RFC 9113 §6.8), then closes what remains.
 func (s *relayServer) drain(ctx context.Context) {
 	s.mu.Lock()
-	s.draining = true
+	s.draining.Store(true)
 	for c := range s.conns {
 		c.mu.Lock()
 		if !c.goAway {
@@ -113,7 +118,7 @@ func (s *relayServer) drain(ctx context.Context) {
 // stop closes every connection at once.
 func (s *relayServer) stop() {
 	s.mu.Lock()
-	s.draining = true
+	s.draining.Store(true)
 	for c := range s.conns {
 		c.close(errRelayConnClosed)
 	}
@@ -239,11 +244,7 @@ func (s *relayServer) serveConn(nc net.Conn) {
 	}
 }
 
-func (s *relayServer) isDraining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.draining
-}
+func (s *relayServer) isDraining() bool { return s.draining.Load() }
 
 // frame handles one frame from a client.
 func (s *relayServer) frame(c *h2conn, gc *guardedConn, f http2.Frame) error {

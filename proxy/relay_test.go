@@ -440,3 +440,57 @@ func TestRelayResilientMemoryBounded(t *testing.T) {
 		t.Errorf("heap grew by %.1f MiB for %d stalled streams, want at most %.1f MiB", float64(growth)/mib, streams, float64(limit)/mib)
 	}
 }
+
+// TestRelayDrainWhileFramesArrive: a relay listener drains while its
+// clients keep sending frames. Each frame's reader took its connection's
+// lock and then the server's, while drain held the server's lock and
+// waited for each connection's: Shutdown could hang forever (seen once in
+// a full test run). Shutdown must return, every time. The window is a
+// few instructions wide: this stress did not catch the old code in the
+// runs tried, so the lock order itself is the fix's argument (relayServer.
+// draining); the test guards against a lock coming back on that path.
+func TestRelayDrainWhileFramesArrive(t *testing.T) {
+	hold := startHold(t)
+	echo := startEcho(t)
+	for i := range 20 {
+		p := proxy.New(proxy.Options{})
+		spec := limitsSpec(routes.ListenerLimits{}, hold.addr, echo.addr)
+		if err := p.Apply(spec); err != nil {
+			t.Fatal(err)
+		}
+		addr := p.Addr("relay").String()
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 4 {
+			raw := dialRaw(t, addr)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if raw.write(func() error { return raw.fr.WritePing(false, [8]byte{1}) }) != nil {
+						return
+					}
+				}
+			}()
+		}
+		time.Sleep(20 * time.Millisecond) // the readers are busy
+		done := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			done <- p.Shutdown(ctx)
+		}()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: Shutdown did not return while clients sent frames (deadlock)", i)
+		}
+		close(stop)
+		wg.Wait()
+	}
+}
