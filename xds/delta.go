@@ -143,30 +143,27 @@ func (c *Client) handleDelta(s discoveryv3.AggregatedDiscoveryService_DeltaAggre
 	return nil
 }
 
+// without returns a copy of m without names.
+func without[V any](m map[string]V, names []string) map[string]V {
+	m = maps.Clone(m)
+	for _, n := range names {
+		delete(m, n)
+	}
+	return m
+}
+
 // withRemoved returns rs without the named resources of typ (rs's maps
 // are never changed in place: they may be the last accepted set).
 func withRemoved(rs resources, typ string, names []string) resources {
 	switch typ {
 	case resourcev3.ListenerType:
-		rs.listeners = maps.Clone(rs.listeners)
-		for _, n := range names {
-			delete(rs.listeners, n)
-		}
+		rs.listeners = without(rs.listeners, names)
 	case resourcev3.RouteType:
-		rs.routes = maps.Clone(rs.routes)
-		for _, n := range names {
-			delete(rs.routes, n)
-		}
+		rs.routes = without(rs.routes, names)
 	case resourcev3.ClusterType:
-		rs.clusters = maps.Clone(rs.clusters)
-		for _, n := range names {
-			delete(rs.clusters, n)
-		}
+		rs.clusters = without(rs.clusters, names)
 	case resourcev3.EndpointType:
-		rs.endpoints = maps.Clone(rs.endpoints)
-		for _, n := range names {
-			delete(rs.endpoints, n)
-		}
+		rs.endpoints = without(rs.endpoints, names)
 	}
 	return rs
 }
