@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -63,7 +64,7 @@ func TestClickHouseRebuildsSessions(t *testing.T) {
 	})
 	dir := t.TempDir()
 	events := filepath.Join(dir, "events.jsonl")
-	admin, grpcAddr, httpAddr := loopback(freePort(t)), loopback(freePort(t)), loopback(freePort(t))
+	admin, grpcAddr, httpAddr := loopback(testkit.FreePort(t)), loopback(testkit.FreePort(t)), loopback(testkit.FreePort(t))
 	cfg, err := demo.RenderHopwatchConfig(stack.Endpoints(), demo.Placement{
 		GRPC: grpcAddr, HTTP: httpAddr, Admin: admin,
 		TurnSLO: time.Second, IdleTimeout: idle, EventsFile: events,
@@ -264,7 +265,7 @@ type clickHouse struct {
 func startClickHouse(t *testing.T, chBin string) *clickHouse {
 	t.Helper()
 	dir := t.TempDir()
-	httpPort, tcpPort := freePort(t), freePort(t)
+	httpPort, tcpPort := testkit.FreePort(t), testkit.FreePort(t)
 	config := fmt.Sprintf(`<?xml version="1.0"?>
 <yandex>
   <logger><level>warning</level><console>1</console></logger>

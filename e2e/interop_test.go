@@ -57,7 +57,7 @@ func TestInterop(t *testing.T) {
 	caFile := testkit.WriteFile(t, dir, "ca.pem", ca.PEM)
 	certFile := testkit.WriteFile(t, dir, "cert.pem", kp.CertPEM)
 	keyFile := testkit.WriteFile(t, dir, "key.pem", kp.KeyPEM)
-	port, tlsPort := freePort(t), freePort(t)
+	port, tlsPort := testkit.FreePort(t), testkit.FreePort(t)
 	srv := startProcess(t, server, "--port="+strconv.Itoa(port))
 	tlsSrv := startProcess(t, server, "--port="+strconv.Itoa(tlsPort), "--use_tls=true",
 		"--tls_cert_file="+certFile, "--tls_key_file="+keyFile)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -90,7 +91,7 @@ func TestOTLPCollectorDown(t *testing.T) {
 		t.Run("otlp "+protocol, func(t *testing.T) {
 			t.Parallel()
 			c := startChain(t, telemetry.Config{Tracing: telemetry.Tracing{
-				OTLP: &telemetry.OTLP{Endpoint: loopback(freePort(t)), Protocol: protocol, QueueSize: 4, Timeout: 2 * time.Second},
+				OTLP: &telemetry.OTLP{Endpoint: loopback(testkit.FreePort(t)), Protocol: protocol, QueueSize: 4, Timeout: 2 * time.Second},
 			}})
 			// Each turn bounds itself (10 s); a turn held up by the dead
 			// collector fails here rather than hanging the test.
@@ -132,8 +133,8 @@ type jaeger struct {
 
 func startJaeger(t *testing.T, bin string) *jaeger {
 	t.Helper()
-	otlpGRPC, otlpHTTP := loopback(freePort(t)), loopback(freePort(t))
-	queryHTTP, queryGRPC, health := loopback(freePort(t)), loopback(freePort(t)), loopback(freePort(t))
+	otlpGRPC, otlpHTTP := loopback(testkit.FreePort(t)), loopback(testkit.FreePort(t))
+	queryHTTP, queryGRPC, health := loopback(testkit.FreePort(t)), loopback(testkit.FreePort(t)), loopback(testkit.FreePort(t))
 	// The configuration users deploy (deploy/jaeger/config.yaml: OTLP in,
 	// memory limiter, batch, memory storage, query API out), as it is;
 	// only its ports move to free loopback ones and its own metrics

@@ -60,18 +60,6 @@ func needProgram(t testing.TB, install string, candidates ...string) string {
 	return ""
 }
 
-// freePort returns a loopback port that was free a moment ago, for
-// programs whose configuration names fixed ports.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 func loopback(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
 
 // process is an outside program run by a test. Its output goes to a file

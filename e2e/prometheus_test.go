@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"io"
 	"math"
 	"net/http"
@@ -116,7 +117,7 @@ scrape_configs:
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := loopback(freePort(t))
+	addr := loopback(testkit.FreePort(t))
 	args := []string{
 		"--config.file=" + confPath,
 		"--storage.tsdb.path=" + filepath.Join(dir, "data"),

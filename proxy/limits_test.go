@@ -869,12 +869,7 @@ func TestListenerLimitsReload(t *testing.T) {
 		return &routes.Spec{Listeners: []routes.Listener{{Name: "grpc", Address: addr, Protocol: routes.ListenerGRPC,
 			Limits: routes.ListenerLimits{MaxConnections: maxConns}}}}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testkit.FreeAddr(t)
 	p := startProxy(t, spec(addr, 1))
 	hold := func(n int) (refusedAt int) {
 		t.Helper()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"io"
 	"net"
 	"net/http"
@@ -19,17 +20,9 @@ import (
 )
 
 // deadAddr returns a loopback address that refuses connections: a port
-// that was listened on and closed.
-func deadAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
+// nobody listens on, taken below the ephemeral range (testkit.FreePort) so
+// that no outgoing connection is given it meanwhile.
+func deadAddr(t testing.TB) string { return testkit.FreeAddr(t) }
 
 // countingUpstream echoes the request body (or "ok") after delay, and counts
 // the requests and the connections it receives.

@@ -3,6 +3,7 @@ package xds
 import (
 	"cmp"
 	"context"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"io"
 	"log/slog"
 	"net"
@@ -26,17 +27,7 @@ import (
 )
 
 // freePort returns a loopback port nobody listens on now.
-func freePort(t *testing.T) uint32 {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, p, _ := net.SplitHostPort(ln.Addr().String())
-	n, _ := strconv.Atoi(p)
-	return uint32(n)
-}
+func freePort(t *testing.T) uint32 { return uint32(testkit.FreePort(t)) }
 
 // TestInteropGoControlPlaneServer: hopwatch, as an xDS client of
 // go-control-plane's own server and snapshot cache (in ADS mode, as its

@@ -30,18 +30,6 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// freePort returns a loopback port that was free a moment ago. Config files
-// name fixed ports, so tests pick them this way.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // stack is a real gRPC health server and an HTTP server to proxy to.
 type stack struct {
 	grpcAddr string
@@ -73,7 +61,7 @@ func startStack(t testing.TB) *stack {
 type ports struct{ admin, grpc, http, extra int }
 
 func newPorts(t testing.TB) ports {
-	return ports{freePort(t), freePort(t), freePort(t), freePort(t)}
+	return ports{testkit.FreePort(t), testkit.FreePort(t), testkit.FreePort(t), testkit.FreePort(t)}
 }
 
 // configText renders a configuration. variant "a" and "b" are valid and
@@ -337,8 +325,9 @@ func TestRunSignalsAndDrain(t *testing.T) {
 	sig := make(chan os.Signal, 1)
 	exit := make(chan int, 1)
 	var stderr bytes.Buffer
+	logs := &lockedWriter{w: &stderr}
 	go func() {
-		exit <- run([]string{"-config", path, "-grace", "10s"}, io.Discard, &lockedWriter{w: &stderr}, sig)
+		exit <- run([]string{"-config", path, "-grace", "10s"}, io.Discard, logs, sig)
 	}()
 	adminURL := fmt.Sprintf("http://127.0.0.1:%d", p.admin)
 	testkit.WaitFor(t, "ready", func() bool {
@@ -362,12 +351,33 @@ func TestRunSignalsAndDrain(t *testing.T) {
 		}
 		return strings.Join(n, ",")
 	}
+	// waitConfig polls /config until cond holds; on timeout it says what
+	// it saw last and what the proxy logged, so a failure names its cause
+	// (a reload refused, and why) instead of only "timed out".
+	waitConfig := func(what string, cond func(doc) bool) {
+		t.Helper()
+		var last doc
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			var d doc
+			getJSON(t, adminURL+"/config", &d)
+			if cond(d) {
+				return
+			}
+			last = d
+			if time.Now().After(deadline) {
+				logs.mu.Lock()
+				out := stderr.String()
+				logs.mu.Unlock()
+				t.Fatalf("timed out waiting for %s: /config shows routes %q, last reload %+v\nproxy log:\n%s", what, routeNames(last), last.LastReload, out)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 
 	// File change: picked up by the watcher.
 	writeFile(t, path, configText(s, p, "b"))
-	testkit.WaitFor(t, "file reload", func() bool {
-		var d doc
-		getJSON(t, adminURL+"/config", &d)
+	waitConfig("file reload", func(d doc) bool {
 		return routeNames(d) == "health-b,health-watch,web-b,extra" && d.LastReload.OK && d.LastReload.Trigger == "file"
 	})
 	// The listener the reload added serves.
@@ -379,9 +389,7 @@ func TestRunSignalsAndDrain(t *testing.T) {
 
 	// An invalid file: old config keeps serving, /config shows the error.
 	writeFile(t, path, configText(s, p, "bad"))
-	testkit.WaitFor(t, "invalid file reported", func() bool {
-		var d doc
-		getJSON(t, adminURL+"/config", &d)
+	waitConfig("invalid file reported", func(d doc) bool {
 		return !d.LastReload.OK && routeNames(d) == "health-b,health-watch,web-b,extra"
 	})
 
@@ -389,9 +397,7 @@ func TestRunSignalsAndDrain(t *testing.T) {
 	os.WriteFile(path+".x", nil, 0o644) // unrelated file in the directory: ignored
 	writeFile(t, path, configText(s, p, "a"))
 	sig <- syscall.SIGHUP
-	testkit.WaitFor(t, "sighup reload", func() bool {
-		var d doc
-		getJSON(t, adminURL+"/config", &d)
+	waitConfig("sighup reload", func(d doc) bool {
 		return routeNames(d) == "health,web" && d.LastReload.OK
 	})
 	// The listener the reload removed no longer accepts.

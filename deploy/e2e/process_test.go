@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/hopwatch/hopwatch/internal/testkit"
 	"io"
 	"net"
 	"net/http"
@@ -105,15 +106,8 @@ func eventually(t *testing.T, timeout time.Duration, what string, p *process, ch
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+// freeAddr: see testkit.FreePort for why not ":0".
+func freeAddr(t *testing.T) string { return testkit.FreeAddr(t) }
 
 func listen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
 
