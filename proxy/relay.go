@@ -254,7 +254,7 @@ func (s *relayServer) frame(c *h2conn, gc *guardedConn, f http2.Frame) error {
 	case *http2.DataFrame:
 		l := c.leg(f.StreamID)
 		if !c.readData(l, int(f.Length)) {
-			c.queue(wItem{kind: wRST, id: f.StreamID, n: uint32(http2.ErrCodeFlowControl)})
+			c.answerReset(f.StreamID, http2.ErrCodeFlowControl)
 			l.st.peerReset(l, http2.ErrCodeFlowControl)
 			return nil
 		}
@@ -295,7 +295,7 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 	if l := c.leg(id); l != nil {
 		if l.remoteEnded.Load() {
 			// Half-closed (remote): RFC 9113 §5.1, STREAM_CLOSED.
-			c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeStreamClosed)})
+			c.answerReset(id, http2.ErrCodeStreamClosed)
 			l.st.peerReset(l, http2.ErrCodeStreamClosed)
 			return nil
 		}
@@ -318,7 +318,7 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 	c.lastPeer = id
 	if c.goAway {
 		c.mu.Unlock()
-		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeRefusedStream)})
+		c.answerReset(id, http2.ErrCodeRefusedStream)
 		return nil
 	}
 	if malformedRequest(f.Fields) {
@@ -326,7 +326,7 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		// malformed, a stream error of type PROTOCOL_ERROR (grpc-go's
 		// server refuses "connection" too).
 		c.mu.Unlock()
-		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeProtocol)})
+		c.answerReset(id, http2.ErrCodeProtocol)
 		return nil
 	}
 	if f.Truncated {
@@ -334,7 +334,7 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		// decoder kept nothing beyond it; the stream is refused before it
 		// is a call, as grpc-go's server does (RST_STREAM FRAME_SIZE).
 		c.mu.Unlock()
-		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeFrameSize)})
+		c.answerReset(id, http2.ErrCodeFrameSize)
 		return nil
 	}
 	if len(c.legs) >= s.lim.maxConcurrentStreams {
@@ -344,7 +344,7 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		// refusal counts as a premature reset, so such a flood closes
 		// the connection even when the handlers fall behind.
 		c.mu.Unlock()
-		c.queue(wItem{kind: wRST, id: id, n: uint32(http2.ErrCodeRefusedStream)})
+		c.answerReset(id, http2.ErrCodeRefusedStream)
 		gc.callEnded(true)
 		return nil
 	}

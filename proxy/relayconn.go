@@ -25,8 +25,11 @@ import (
 // header blocks reach the wire, RFC 7541 §2.2). Anyone may queue frames
 // for the writer: a slow peer never blocks the reader of the other side.
 // What the queue holds is bounded by flow control (DATA) and by the
-// connection's stream limit (HEADERS, RST_STREAM); control frames a peer
-// provokes (PING and SETTINGS acks) are bounded by relayMaxQueuedControl.
+// connection's stream limit (HEADERS, and the RST_STREAMs that end the
+// relay's own streams); frames a peer provokes (PING and SETTINGS acks,
+// RST_STREAMs answering its bad or refused streams) are bounded by
+// relayMaxQueuedControl, since a peer can send those faster than it reads
+// the answers.
 
 const (
 	// relayStreamWindow is the INITIAL_WINDOW_SIZE the relay advertises
@@ -39,9 +42,9 @@ const (
 	// sides. It is given back as soon as DATA is read (the stream windows
 	// bound what is held), so one stalled stream never stalls the others.
 	relayConnWindow = 16 << 20
-	// relayMaxQueuedControl bounds queued control frames: a peer that
-	// floods PINGs or SETTINGS without reading the answers loses its
-	// connection (RFC 9113 §10.5).
+	// relayMaxQueuedControl bounds queued answers to a peer's frames: a
+	// peer that floods PINGs, SETTINGS or streams the relay must reset,
+	// without reading the answers, loses its connection (RFC 9113 §10.5).
 	relayMaxQueuedControl = 1024
 )
 
@@ -74,6 +77,7 @@ type wItem struct {
 	fields []hpack.HeaderField
 	ping   [8]byte
 	probe  bool // a PING of our own, not an ack
+	answer bool // an RST_STREAM answering the peer's frame (see answerReset)
 	set    []http2.Setting
 }
 
@@ -213,7 +217,7 @@ func (c *h2conn) queue(items ...wItem) bool {
 	default:
 	}
 	for _, it := range items {
-		if it.kind == wPing || it.kind == wSettingsAck {
+		if it.kind == wPing || it.kind == wSettingsAck || it.answer {
 			c.wctl++
 		}
 	}
@@ -311,6 +315,16 @@ func (c *h2conn) write(it *wItem) error {
 	return nil
 }
 
+// answerReset queues the RST_STREAM that answers a peer's frame on stream
+// id: a stream refused or malformed, a frame on a closed stream, a flow
+// control violation. The peer decides how many of these it provokes, so
+// they count against relayMaxQueuedControl; the relay's own resets (a
+// cancelled call) do not, as an upstream connection carrying thousands of
+// calls may legitimately owe many.
+func (c *h2conn) answerReset(id uint32, code http2.ErrCode) {
+	c.queue(wItem{kind: wRST, id: id, n: uint32(code), answer: true})
+}
+
 // close ends the connection once; the reader then tears its streams down.
 // resetStream handles a stream error from the frame reader (a malformed
 // frame of one stream, RFC 9113 §5.4.2): that stream is reset on this
@@ -321,7 +335,7 @@ func (c *h2conn) resetStream(err error) bool {
 	if !errors.As(err, &se) {
 		return false
 	}
-	c.queue(wItem{kind: wRST, id: se.StreamID, n: uint32(se.Code)})
+	c.answerReset(se.StreamID, se.Code)
 	if l := c.leg(se.StreamID); l != nil {
 		l.st.peerReset(l, se.Code)
 	}
@@ -398,7 +412,7 @@ func (c *h2conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
 	}
 	if l := c.legs[f.StreamID]; l != nil {
 		if int64(l.sendWin)+int64(f.Increment) > 1<<31-1 {
-			c.queue(wItem{kind: wRST, id: f.StreamID, n: uint32(http2.ErrCodeFlowControl)})
+			c.answerReset(f.StreamID, http2.ErrCodeFlowControl)
 			go l.st.peerReset(l, http2.ErrCodeFlowControl)
 			return nil
 		}

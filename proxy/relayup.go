@@ -216,7 +216,7 @@ func (rc *relayClient) read(c *h2conn) {
 		case *http2.DataFrame:
 			l := c.leg(f.StreamID)
 			if !c.readData(l, int(f.Length)) {
-				c.queue(wItem{kind: wRST, id: f.StreamID, n: uint32(http2.ErrCodeFlowControl)})
+				c.answerReset(f.StreamID, http2.ErrCodeFlowControl)
 				l.st.peerReset(l, http2.ErrCodeFlowControl)
 				continue
 			}
