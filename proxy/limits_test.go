@@ -954,9 +954,9 @@ func TestPeerThatDoesNotRead(t *testing.T) {
 	echo := startEcho(t)
 	p := limitsProxy(t, routes.ListenerLimits{}, hold.addr, echo.addr)
 	// Enough frames that a server that stops reading cannot take them all
-	// into its socket buffers (receive buffers autotune up to tcp_rmem's
-	// maximum, 32 MiB on some machines), while a queue without a bound
-	// would hold millions of answers.
+	// into TCP's buffers (the answers fill the proxy's send buffer, which
+	// autotunes up to 4 MiB, ~250,000 answers; then the flood fills its
+	// receive buffer), while a queue without a bound takes millions.
 	const frames = 4_000_000
 	floods := []struct {
 		name  string
@@ -993,13 +993,18 @@ func TestPeerThatDoesNotRead(t *testing.T) {
 				continue
 			}
 			t.Run(kind+" listener, "+fl.name, func(t *testing.T) {
+				// Each flood takes seconds of the server's CPU under
+				// -race until TCP's buffers are full; side by side they
+				// take the time of the longest.
+				t.Parallel()
 				addr := p.Addr(kind).String()
 				c, err := net.Dial("tcp", addr)
 				if err != nil {
 					t.Fatal(err)
 				}
 				defer c.Close()
-				c.(*net.TCPConn).SetReadBuffer(4 << 10) // and never read it
+				// It never reads, and keeps its own buffers small.
+				c.(*net.TCPConn).SetReadBuffer(4 << 10)
 				c.(*net.TCPConn).SetWriteBuffer(4 << 10)
 				bw := bufio.NewWriterSize(c, 32<<10)
 				fr := http2.NewFramer(bw, nil)

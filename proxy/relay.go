@@ -198,6 +198,7 @@ func (s *relayServer) serveConn(nc net.Conn) {
 
 	defer c.teardown()
 	for {
+		c.throttle()
 		f, err := c.fr.ReadFrame()
 		c.reads.Add(1)
 		if err != nil {

@@ -29,7 +29,8 @@ import (
 // relay's own streams); frames a peer provokes (PING and SETTINGS acks,
 // RST_STREAMs answering its bad or refused streams) are bounded by
 // relayMaxQueuedControl, since a peer can send those faster than it reads
-// the answers.
+// the answers: past it the connection's reader waits for the writer
+// (throttle), so a peer that does not read stops being read.
 
 const (
 	// relayStreamWindow is the INITIAL_WINDOW_SIZE the relay advertises
@@ -42,9 +43,13 @@ const (
 	// sides. It is given back as soon as DATA is read (the stream windows
 	// bound what is held), so one stalled stream never stalls the others.
 	relayConnWindow = 16 << 20
-	// relayMaxQueuedControl bounds queued answers to a peer's frames: a
-	// peer that floods PINGs, SETTINGS or streams the relay must reset,
-	// without reading the answers, loses its connection (RFC 9113 §10.5).
+	// relayMaxQueuedControl bounds queued answers to a peer's frames
+	// (RFC 9113 §10.5): past it the reader stops reading until the
+	// writer has taken them. A peer that floods PINGs, SETTINGS or
+	// streams the relay must reset, without reading the answers, then
+	// finds its own writes blocked, as grpc-go's server does (it stops
+	// reading at 50 queued answers). Closing instead would also close on
+	// a peer that reads but outpaces a busy writer.
 	relayMaxQueuedControl = 1024
 )
 
@@ -121,7 +126,8 @@ type h2conn struct {
 
 	wmu      sync.Mutex
 	wq       []wItem
-	wctl     int // control frames in wq
+	wctl     int        // answers to the peer in wq (see relayMaxQueuedControl)
+	wdrained *sync.Cond // on wmu: the writer took the queue, or the connection closed
 	wsig     chan struct{}
 	closed   chan struct{}
 	closeErr error
@@ -157,6 +163,7 @@ func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
 		peerInit: 65535,
 		nextID:   1,
 	}
+	c.wdrained = sync.NewCond(&c.wmu)
 	c.peerMaxFrame.Store(16384)
 	c.peerMaxStreams.Store(^uint32(0))
 	c.br = bufio.NewReaderSize(nc, 32<<10)
@@ -206,8 +213,9 @@ func (c *h2conn) keepalive(every, timeout time.Duration) {
 }
 
 // queue hands frames to the writer. It reports false when the connection
-// is closed, or when the peer provoked too many control frames (the
-// connection is then closed).
+// is closed. It never blocks: other connections' readers queue here, and a
+// slow peer must not stall them; the reader of this connection waits in
+// throttle instead.
 func (c *h2conn) queue(items ...wItem) bool {
 	c.wmu.Lock()
 	select {
@@ -221,11 +229,6 @@ func (c *h2conn) queue(items ...wItem) bool {
 			c.wctl++
 		}
 	}
-	if c.wctl > relayMaxQueuedControl {
-		c.wmu.Unlock()
-		c.close(errors.New("relay: peer does not read its control frames"))
-		return false
-	}
 	c.wq = append(c.wq, items...)
 	c.wmu.Unlock()
 	select {
@@ -233,6 +236,17 @@ func (c *h2conn) queue(items ...wItem) bool {
 	default:
 	}
 	return true
+}
+
+// throttle is called by the connection's reader between frames: while
+// more than relayMaxQueuedControl answers to the peer wait for the writer,
+// it waits too, so the peer's flood goes no further than TCP's buffers.
+func (c *h2conn) throttle() {
+	c.wmu.Lock()
+	for c.wctl > relayMaxQueuedControl && !c.isClosed() {
+		c.wdrained.Wait()
+	}
+	c.wmu.Unlock()
 }
 
 // writeLoop is the connection's writer goroutine.
@@ -247,6 +261,7 @@ func (c *h2conn) writeLoop() {
 		c.wmu.Lock()
 		batch, c.wq = c.wq, batch[:0]
 		c.wctl = 0
+		c.wdrained.Broadcast()
 		c.wmu.Unlock()
 		for i := range batch {
 			if err := c.write(&batch[i]); err != nil {
@@ -347,6 +362,7 @@ func (c *h2conn) close(err error) {
 		c.wmu.Lock()
 		c.closeErr = err
 		close(c.closed)
+		c.wdrained.Broadcast()
 		c.wmu.Unlock()
 		c.nc.Close()
 	})

@@ -178,6 +178,7 @@ func (rc *relayClient) read(c *h2conn) {
 	// by default and end connections that ping more often
 	// (ENHANCE_YOUR_CALM, "too_many_pings").
 	for {
+		c.throttle()
 		f, err := c.fr.ReadFrame()
 		c.reads.Add(1)
 		if err != nil {
