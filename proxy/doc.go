@@ -1,5 +1,6 @@
-// Package proxy owns the listeners and the forwarding: gRPC on grpc-go's own
-// server transport with a raw pass-through codec, HTTP/1.1 and h2c (or, on
+// Package proxy owns the listeners and the forwarding: gRPC through the frame
+// relay (the default) or, with relay: messages, on grpc-go's own server
+// transport with a raw pass-through codec, HTTP/1.1 and h2c (or, on
 // TLS listeners, HTTP/1.1 and h2 by ALPN) through httputil.ReverseProxy,
 // TLS on both sides (tls.go: certificates reloaded as their files change),
 // upstream connection pools, load balancing and the mapping of errors to
@@ -18,8 +19,8 @@
 // grpc-go would show, and a stream broken after its headers ends with a
 // status rather than a reset.
 //
-// A gRPC listener with relay: frames (relay.go, relayconn.go, relayup.go)
-// does not use grpc-go at all: it speaks HTTP/2 itself on both sides,
+// A gRPC listener on the frame relay (the default, or relay: frames;
+// relay.go, relayconn.go, relayup.go) does not use grpc-go at all: it speaks HTTP/2 itself on both sides,
 // decodes and re-encodes only the header blocks (to route, time and carry
 // trace context) and forwards DATA frames as they arrive, with flow control
 // passed through end to end, so that a stream holds at most a window of

@@ -118,10 +118,10 @@ func grpcProxy(t testing.TB, backend string) (*proxy.Proxy, string, string) {
 	p := proxy.New(proxy.Options{})
 	spec := &routes.Spec{
 		Listeners: []routes.Listener{
-			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayMessages},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: "http"},
 			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayFrames},
-			{Name: "grpc-res", Address: "127.0.0.1:0", Protocol: "grpc"},
+			{Name: "grpc-res", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayMessages},
 			{Name: "relay-res", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayFrames},
 		},
 		Routes: []routes.Route{

@@ -280,7 +280,7 @@ func TestFailedApplyReleasesListeners(t *testing.T) {
 	defer taken.Close()
 	p := proxy.New(proxy.Options{})
 	defer shutdown(t, p)
-	good := routes.Listener{Name: "a", Address: "127.0.0.1:0", Protocol: "grpc"}
+	good := routes.Listener{Name: "a", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayMessages}
 	if err := p.Apply(&routes.Spec{
 		Listeners: []routes.Listener{good},
 		Routes:    []routes.Route{{Name: "echo", Listener: "a", Upstream: "echo"}},
@@ -292,8 +292,8 @@ func TestFailedApplyReleasesListeners(t *testing.T) {
 		name      string
 		listeners []routes.Listener
 	}{
-		{"the new listener's port is taken", []routes.Listener{good, {Name: "b", Address: taken.Addr().String(), Protocol: "grpc"}}},
-		{"a bound listener dropped with its plan", []routes.Listener{good, {Name: "c", Address: "127.0.0.1:0", Protocol: "grpc"}, {Name: "d", Address: taken.Addr().String(), Protocol: "grpc"}}},
+		{"the new listener's port is taken", []routes.Listener{good, {Name: "b", Address: taken.Addr().String(), Protocol: "grpc", Relay: routes.ListenerRelayMessages}}},
+		{"a bound listener dropped with its plan", []routes.Listener{good, {Name: "c", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayMessages}, {Name: "d", Address: taken.Addr().String(), Protocol: "grpc", Relay: routes.ListenerRelayMessages}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -79,7 +79,7 @@ func limitsProxy(t testing.TB, lim routes.ListenerLimits, hold, echo string) *pr
 func limitsSpec(lim routes.ListenerLimits, hold, echo string) *routes.Spec {
 	return &routes.Spec{
 		Listeners: []routes.Listener{
-			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Limits: lim},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Limits: lim, Relay: routes.ListenerRelayMessages},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, Limits: lim},
 			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Limits: lim, Relay: routes.ListenerRelayFrames},
 		},
@@ -98,8 +98,8 @@ func limitsSpec(lim routes.ListenerLimits, hold, echo string) *routes.Spec {
 	}
 }
 
-// listenerKinds are the listeners of limitsProxy: grpc-go's server, the
-// HTTP listener, and the frame relay.
+// listenerKinds are the listeners of limitsProxy: grpc-go's server (relay:
+// messages), the HTTP listener, and the frame relay.
 var listenerKinds = []string{"grpc", "http", "relay"}
 
 // h2raw is an HTTP/2 client on a raw TCP connection that does what a
@@ -699,7 +699,7 @@ func TestGRPCMessageLimitOnHTTPListener(t *testing.T) {
 	echo := startEcho(t)
 	p := startProxy(t, &routes.Spec{
 		Listeners: []routes.Listener{
-			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, MaxMessageBytes: 1 << 20},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, MaxMessageBytes: 1 << 20, Relay: routes.ListenerRelayMessages},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, MaxMessageBytes: 1 << 20},
 			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, MaxMessageBytes: 1 << 20, Relay: routes.ListenerRelayFrames},
 		},

@@ -53,8 +53,8 @@ func (p *Proxy) newListener(spec routes.Listener) (*listener, error) {
 	}
 	switch spec.Protocol {
 	case routes.ListenerGRPC:
-		if spec.Relay == routes.ListenerRelayFrames {
-			// Validation refused resilient routes here.
+		if spec.Relay != routes.ListenerRelayMessages {
+			// The frame relay, the default ("" or "frames").
 			if spec.TLS != nil {
 				// HTTP/2 by ALPN only (RFC 9113 §3.2), as grpc-go
 				// requires; the relay refuses a connection that

@@ -21,7 +21,7 @@ import (
 	"github.com/hopwatch/hopwatch/telemetry"
 )
 
-// The frame relay: a gRPC listener with `relay: frames` serves HTTP/2
+// The frame relay: a gRPC listener (relay "" or "frames") serves HTTP/2
 // itself (golang.org/x/net/http2's Framer and HPACK) instead of through
 // grpc-go. A call's HEADERS are decoded (HPACK state is per connection,
 // so they are decoded and encoded again), routed and timed exactly as on

@@ -27,15 +27,19 @@ import (
 )
 
 // grpcListenerKinds are the ways a gRPC listener can serve calls: grpc-go's
-// server ("grpc"), the frame relay ("relay"), and gRPC over an HTTP
+// server ("grpc", relay: messages), the frame relay ("relay", the default
+// spelled out as relay: frames), and gRPC over an HTTP
 // listener ("http"). Tests of gRPC behaviour run on each.
 var grpcListenerKinds = []string{"grpc", "relay", "http"}
 
 // inListener is a listener on a free loopback port of the given kind.
 func inListener(name, kind string) routes.Listener {
 	l := routes.Listener{Name: name, Address: "127.0.0.1:0", Protocol: kind}
-	if kind == "relay" {
+	switch kind {
+	case "relay":
 		l.Protocol, l.Relay = routes.ListenerGRPC, routes.ListenerRelayFrames
+	case routes.ListenerGRPC:
+		l.Relay = routes.ListenerRelayMessages
 	}
 	return l
 }

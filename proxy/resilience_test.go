@@ -963,7 +963,7 @@ func TestBackgroundRetry(t *testing.T) {
 			resp.Body.Close()
 			return env, n.Load, resp.Header.Get("X-Hopwatch-Fallback")
 		}},
-		{"grpc", grpcCase("")},
+		{"grpc", grpcCase(routes.ListenerRelayMessages)},
 		{"grpc on a relay listener", grpcCase(routes.ListenerRelayFrames)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -985,11 +985,11 @@ func TestBackgroundRetry(t *testing.T) {
 }
 
 // forGRPCListeners runs f on both kinds of gRPC listener: grpc-go's server
-// (relay "") and the frame relay, whose resilient routes are served
+// (relay: messages) and the frame relay (the default, relay ""), whose resilient routes are served
 // through its message adapter (relaymsg.go).
 func forGRPCListeners(t *testing.T, f func(t *testing.T, relay string)) {
 	t.Helper()
-	for _, k := range []struct{ name, relay string }{{"grpc-go", ""}, {"relay", routes.ListenerRelayFrames}} {
+	for _, k := range []struct{ name, relay string }{{"grpc-go", routes.ListenerRelayMessages}, {"relay", ""}} {
 		t.Run(k.name, func(t *testing.T) { f(t, k.relay) })
 	}
 }
@@ -1046,7 +1046,7 @@ func TestResilientRouteMessageEdges(t *testing.T) {
 	retry := &routes.Retry{Attempts: 2, On: []string{"unavailable"}}
 	p := startProxy(t, &routes.Spec{
 		Listeners: []routes.Listener{
-			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", MaxMessageBytes: maxMsg},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", MaxMessageBytes: maxMsg, Relay: routes.ListenerRelayMessages},
 			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayFrames, MaxMessageBytes: maxMsg},
 		},
 		Routes: []routes.Route{

@@ -66,7 +66,7 @@ func startTelemetryEnv(t *testing.T, cfg telemetry.Config) *telemetryEnv {
 	spec := &routes.Spec{
 		Callers: []string{"gateway"},
 		Listeners: []routes.Listener{
-			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", CallerHeader: "x-hop-caller"},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", CallerHeader: "x-hop-caller", Relay: routes.ListenerRelayMessages},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: "http", Caller: "gateway"},
 			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", CallerHeader: "x-hop-caller", Relay: routes.ListenerRelayFrames},
 		},

@@ -148,7 +148,7 @@ func TestTLSListener(t *testing.T) {
 	lt := &routes.ListenerTLS{CertFile: f.cert, KeyFile: f.key}
 	spec := &routes.Spec{
 		Listeners: []routes.Listener{
-			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt, Relay: routes.ListenerRelayMessages},
 			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt, Relay: routes.ListenerRelayFrames},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, TLS: lt},
 			{Name: "http13", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP,
@@ -250,7 +250,8 @@ func TestMutualTLS(t *testing.T) {
 	spec := &routes.Spec{
 		Callers: []string{"nlu", "dm"},
 		Listeners: []routes.Listener{
-			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt, CallerFrom: routes.CallerFromClientCert},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt, CallerFrom: routes.CallerFromClientCert,
+				Relay: routes.ListenerRelayMessages},
 			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt, CallerFrom: routes.CallerFromClientCert,
 				Relay: routes.ListenerRelayFrames},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, TLS: lt, CallerFrom: routes.CallerFromClientCert},
@@ -343,7 +344,7 @@ func TestCertificateRotation(t *testing.T) {
 	lt := &routes.ListenerTLS{CertFile: f.cert, KeyFile: f.key}
 	spec := &routes.Spec{
 		Listeners: []routes.Listener{
-			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, TLS: lt, Relay: routes.ListenerRelayMessages},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, TLS: lt},
 		},
 		Routes:    []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo"}},

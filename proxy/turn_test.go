@@ -61,7 +61,7 @@ func TestGRPCTurnObservation(t *testing.T) {
 	tel.SetTurnObserver(rec)
 	p := proxy.New(proxy.Options{Telemetry: tel})
 	if err := p.Apply(&routes.Spec{
-		Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc"}, inListener("relay", "relay")},
+		Listeners: []routes.Listener{inListener("grpc", "grpc"), inListener("relay", "relay")},
 		Routes: []routes.Route{
 			{Name: "plain", Listener: "grpc", Match: routes.Match{Headers: map[string]string{"x-route": "plain"}}, Upstream: "echo"},
 			{Name: "relay", Listener: "relay", Upstream: "echo"},

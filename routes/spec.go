@@ -108,17 +108,24 @@ type Listener struct {
 	// (see CallerFromClientCert). Empty: Caller or CallerHeader.
 	CallerFrom string `yaml:"caller_from"`
 	// Relay selects how a grpc listener carries calls: "" (the default)
-	// terminates each call in grpc-go's server and opens a grpc-go client
-	// stream upstream; ListenerRelayFrames forwards HTTP/2 frames as they
-	// arrive (headers decoded to route and trace, DATA passed on, flow
-	// control end to end). grpc listeners only.
+	// and ListenerRelayFrames forward HTTP/2 frames as they arrive
+	// (headers decoded to route and trace, DATA passed on, flow control end
+	// to end, so a call holds at most its flow-control windows);
+	// ListenerRelayMessages terminates each call in grpc-go's server and
+	// opens a grpc-go client stream upstream. grpc listeners only.
 	Relay string `yaml:"relay"`
 }
 
-// ListenerRelayFrames is the frame relay (Listener.Relay). It serves
-// routes that have neither retry nor fallback (validation refuses them),
-// in cleartext or TLS on either side (HTTP/2 by ALPN).
+// ListenerRelayFrames is the frame relay (Listener.Relay), also what the
+// empty value means. It serves every route, resilient ones (retry,
+// fallback) through its message adapter, in cleartext or TLS on either
+// side (HTTP/2 by ALPN).
 const ListenerRelayFrames = "frames"
+
+// ListenerRelayMessages is grpc-go's path (Listener.Relay): each call is
+// terminated in grpc-go's server and forwarded whole messages at a time on
+// a grpc-go client stream; the default until 2026-12-02.
+const ListenerRelayMessages = "messages"
 
 // CallerFromClientCert names the caller by the client certificate that
 // tls.client_ca_file verified: the last path segment of its SPIFFE ID (the

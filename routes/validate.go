@@ -170,9 +170,9 @@ func (v *validator) relay(p string, l *Listener) {
 	switch l.Relay {
 	case "":
 		return
-	case ListenerRelayFrames:
+	case ListenerRelayFrames, ListenerRelayMessages:
 	default:
-		v.errorf(p+".relay", "unknown relay %q (want %s, or leave it out for grpc-go's server)", l.Relay, ListenerRelayFrames)
+		v.errorf(p+".relay", "unknown relay %q (want %s or %s, or leave it out for the frame relay)", l.Relay, ListenerRelayFrames, ListenerRelayMessages)
 		return
 	}
 	if l.Protocol != ListenerGRPC {

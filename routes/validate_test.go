@@ -223,8 +223,11 @@ func TestValidate(t *testing.T) {
 			[]want{{"routes[0].genai", "genai routes must be on an http listener"}}},
 		// The frame relay (listeners[].relay).
 		{"relay frames", func(s *Spec) { s.Listeners[0].Relay = ListenerRelayFrames }, nil},
+		{"relay messages (grpc-go)", func(s *Spec) { s.Listeners[0].Relay = ListenerRelayMessages }, nil},
+		{"relay messages on http listener", func(s *Spec) { s.Listeners[1].Relay = ListenerRelayMessages },
+			[]want{{"listeners[1].relay", `relay applies to grpc listeners only (listener "bot-http" is http)`}}},
 		{"unknown relay", func(s *Spec) { s.Listeners[0].Relay = "bytes" },
-			[]want{{"listeners[0].relay", `unknown relay "bytes" (want frames`}}},
+			[]want{{"listeners[0].relay", `unknown relay "bytes" (want frames or messages, or leave it out for the frame relay)`}}},
 		{"relay on http listener", func(s *Spec) { s.Listeners[1].Relay = ListenerRelayFrames },
 			[]want{{"listeners[1].relay", `relay applies to grpc listeners only (listener "bot-http" is http)`}}},
 		{"relay on tls listener", func(s *Spec) {
