@@ -87,7 +87,7 @@ func Build(spec *routes.Spec) (*Resources, error) {
 			return nil, fmt.Errorf("listeners[%d].address: %w", i, err)
 		}
 		md, err := MetaStruct(ListenerMeta{Protocol: l.Protocol, Caller: l.Caller, CallerHeader: l.CallerHeader, CallerFrom: l.CallerFrom,
-			TrustedProxies: l.TrustedProxies, MaxMessageBytes: l.MaxMessageBytes, Limits: l.Limits})
+			TrustedProxies: l.TrustedProxies, MaxMessageBytes: l.MaxMessageBytes, Limits: l.Limits, Relay: l.Relay})
 		if err != nil {
 			return nil, err
 		}

@@ -45,6 +45,9 @@ type ListenerMeta struct {
 	TrustedProxies  []string              `yaml:"trusted_proxies"`
 	MaxMessageBytes int                   `yaml:"max_message_bytes"`
 	Limits          routes.ListenerLimits `yaml:"limits"`
+	// Relay is a grpc listener's relay (empty: the frame relay; messages:
+	// grpc-go's server), so that a fleet can keep grpc-go's path.
+	Relay string `yaml:"relay"`
 }
 
 // RouteMeta is a route's hopwatch metadata.
@@ -199,7 +202,7 @@ func translate(rs *resources, base *routes.Spec, files *inlineFiles) (*routes.Sp
 		decodeMeta(path, l.GetMetadata(), &meta, &errs)
 		hl := routes.Listener{Name: name, Address: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))),
 			Protocol: meta.Protocol, Caller: meta.Caller, CallerHeader: meta.CallerHeader, CallerFrom: meta.CallerFrom, TrustedProxies: meta.TrustedProxies,
-			MaxMessageBytes: meta.MaxMessageBytes, Limits: meta.Limits}
+			MaxMessageBytes: meta.MaxMessageBytes, Limits: meta.Limits, Relay: meta.Relay}
 		if hl.Protocol == "" {
 			hl.Protocol = routes.ListenerHTTP
 		}

@@ -75,6 +75,11 @@ func TestBuildTranslateRoundTrip(t *testing.T) {
 	}{
 		{"cleartext fleet", fleetSpec()},
 		{"TLS listeners and upstreams", tlsFleetSpec()},
+		{"grpc-go's path (relay: messages)", func() *routes.Spec {
+			s := fleetSpec()
+			s.Listeners[0].Relay = routes.ListenerRelayMessages
+			return s
+		}()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spec := tc.spec
