@@ -56,8 +56,9 @@ func startProxy(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.
 	return a.grpc, a.http
 }
 
-// proxyAddrs are the listeners of startProxyAddrs: gRPC through grpc-go,
-// HTTP, and gRPC through the frame relay (relay: frames).
+// proxyAddrs are the listeners of startProxyAddrs: gRPC through grpc-go
+// (relay: messages), HTTP, and gRPC through the frame relay (the default,
+// relay: frames).
 type proxyAddrs struct{ grpc, http, relay string }
 
 func startProxyAddrs(b *testing.B, be backends, withTelemetry bool, cfg ...telemetry.Config) proxyAddrs {
@@ -80,7 +81,7 @@ func startProxyAddrs(b *testing.B, be backends, withTelemetry bool, cfg ...telem
 	err := p.Apply(&routes.Spec{
 		Callers: []string{"bench"},
 		Listeners: []routes.Listener{
-			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Caller: "bench"},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Caller: "bench", Relay: routes.ListenerRelayMessages},
 			{Name: "http", Address: "127.0.0.1:0", Protocol: "http", Caller: "bench"},
 			{Name: "relay", Address: "127.0.0.1:0", Protocol: "grpc", Caller: "bench", Relay: routes.ListenerRelayFrames},
 		},

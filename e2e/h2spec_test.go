@@ -61,7 +61,8 @@ const h2specFloorHTTP = 140
 
 // TestH2Spec runs h2spec (every case, strict ones excluded, as h2spec does
 // by default) against hopwatch's HTTP listener over h2c and over TLS, its
-// gRPC listener, and, for comparison in the same run, the plain grpc-go
+// gRPC listeners (the frame relay, the default, and grpc-go's server with
+// relay: messages), and, for comparison in the same run, the plain grpc-go
 // server that listener forwards to. The HTTP listener must pass at least
 // h2specFloorHTTP cases and fail only those listed in h2specKnownHTTP; the
 // gRPC listener must pass at least as many as plain grpc-go, and no case
@@ -106,8 +107,8 @@ func TestH2Spec(t *testing.T) {
 		Listeners: []routes.Listener{
 			{Name: "h2c", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP},
 			{Name: "tls", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP, TLS: tlsConf},
-			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC},
-			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Relay: routes.ListenerRelayFrames},
+			{Name: "grpc", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Relay: routes.ListenerRelayMessages},
+			{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC}, // the default
 		},
 		Routes: []routes.Route{
 			{Name: "h2c", Listener: "h2c", Match: routes.Match{PathPrefix: "/"}, Upstream: "web"},
@@ -139,7 +140,7 @@ func TestH2Spec(t *testing.T) {
 	}{
 		{"http h2c", p.Addr("h2c").String(), false},
 		{"http tls", p.Addr("tls").String(), true},
-		{"grpc listener", p.Addr("grpc").String(), false},
+		{"grpc-go listener", p.Addr("grpc").String(), false},
 		{"plain grpc-go", grpcLn.Addr().String(), false},
 		{"relay listener", p.Addr("relay").String(), false},
 	}

@@ -69,16 +69,16 @@ func TestInterop(t *testing.T) {
 	paths := []struct {
 		name, listener, upstream string
 		tlsIn, tlsOut            bool
-		relay                    string // listeners[].relay
+		relay                    string // listeners[].relay ("": the frame relay)
 	}{
-		{"grpc listener, grpc upstream", routes.ListenerGRPC, routes.UpstreamGRPC, false, false, ""},
-		{"grpc listener, h2c upstream", routes.ListenerGRPC, routes.UpstreamH2C, false, false, ""},
-		{"grpc relay listener, grpc upstream", routes.ListenerGRPC, routes.UpstreamGRPC, false, false, routes.ListenerRelayFrames},
+		{"grpc-go listener, grpc upstream", routes.ListenerGRPC, routes.UpstreamGRPC, false, false, routes.ListenerRelayMessages},
+		{"grpc-go listener, h2c upstream", routes.ListenerGRPC, routes.UpstreamH2C, false, false, routes.ListenerRelayMessages},
+		{"grpc relay listener, grpc upstream", routes.ListenerGRPC, routes.UpstreamGRPC, false, false, ""},
 		{"grpc relay listener, h2c upstream", routes.ListenerGRPC, routes.UpstreamH2C, false, false, routes.ListenerRelayFrames},
 		{"http listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC, false, false, ""},
 		{"http listener, h2c upstream", routes.ListenerHTTP, routes.UpstreamH2C, false, false, ""},
-		{"grpc tls listener, grpc tls upstream", routes.ListenerGRPC, routes.UpstreamGRPC, true, true, ""},
-		{"grpc relay tls listener, grpc tls upstream", routes.ListenerGRPC, routes.UpstreamGRPC, true, true, routes.ListenerRelayFrames},
+		{"grpc-go tls listener, grpc tls upstream", routes.ListenerGRPC, routes.UpstreamGRPC, true, true, routes.ListenerRelayMessages},
+		{"grpc relay tls listener, grpc tls upstream", routes.ListenerGRPC, routes.UpstreamGRPC, true, true, ""},
 		{"http tls listener, h2 upstream", routes.ListenerHTTP, routes.UpstreamH2, true, true, ""},
 		{"http tls listener, grpc upstream", routes.ListenerHTTP, routes.UpstreamGRPC, true, false, ""},
 	}

@@ -96,12 +96,14 @@ func TestSoak(t *testing.T) {
 	p := proxy.New(proxy.Options{Logger: testkit.Discard()})
 	spec := &routes.Spec{
 		Listeners: []routes.Listener{
-			{Name: "g", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC},
+			// grpc-go's server (relay: messages).
+			{Name: "g", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Relay: routes.ListenerRelayMessages},
 			{Name: "h", Address: "127.0.0.1:0", Protocol: routes.ListenerHTTP},
 			// The frame relay, carrying the same gRPC traffic and faults:
 			// plain calls relayed frame by frame, and calls on a route
-			// with a retry policy served through its message adapter.
-			{Name: "r", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, Relay: routes.ListenerRelayFrames},
+			// with a retry policy served through its message adapter. The
+			// default, relay left out.
+			{Name: "r", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC},
 		},
 		Routes: []routes.Route{
 			{Name: "grpc", Listener: "g", Upstream: "gup", Timeout: routeTimeout},

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hopwatch/hopwatch/routes"
 )
 
 func main() {
@@ -36,15 +38,19 @@ func targetByName(name string) (target, bool) {
 		return nginxTarget(), true
 	case "haproxy":
 		return haproxyTarget(), true
+	// "hopwatch", "hopwatch-otlp" and "hopwatch-sample0" measure grpc-go's
+	// path (relay: messages), as they did before the frame relay became
+	// the default, so that their tables stay comparable; "hopwatch-relay"
+	// is the default, spelled out.
 	case "hopwatch":
-		return hopwatchTarget(name, 1, false, ""), true
+		return hopwatchTarget(name, 1, false, routes.ListenerRelayMessages), true
 	case "hopwatch-otlp":
-		return hopwatchTarget(name, 1, true, ""), true
+		return hopwatchTarget(name, 1, true, routes.ListenerRelayMessages), true
 	case "hopwatch-sample0":
-		return hopwatchTarget(name, 0, false, ""), true
+		return hopwatchTarget(name, 0, false, routes.ListenerRelayMessages), true
 	case "hopwatch-relay":
 		// As "hopwatch", with the gRPC listener on the frame relay.
-		return hopwatchTarget(name, 1, false, "frames"), true
+		return hopwatchTarget(name, 1, false, routes.ListenerRelayFrames), true
 	}
 	return target{}, false
 }

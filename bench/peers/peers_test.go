@@ -361,9 +361,10 @@ func TestRenderConfigs(t *testing.T) {
 		data  renderData
 		check []string // command checking the file, appended with its path; empty: config.Load
 	}{
-		{name: "hopwatch store", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch", SampleRatio: 1}},
-		{name: "hopwatch otlp", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-otlp", SampleRatio: 1, Exporter: a.OTLP}},
-		{name: "hopwatch sampled at 0", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-sample0", SampleRatio: 0}},
+		{name: "hopwatch store", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch", SampleRatio: 1, Relay: "messages"}},
+		{name: "hopwatch otlp", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-otlp", SampleRatio: 1, Exporter: a.OTLP, Relay: "messages"}},
+		{name: "hopwatch sampled at 0", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-sample0", SampleRatio: 0, Relay: "messages"}},
+		{name: "hopwatch default relay", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-default", SampleRatio: 1}},
 		{name: "hopwatch relay", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-relay", SampleRatio: 1, Relay: "frames"}},
 		{name: "nginx", tmpl: "nginx.conf.tmpl", data: renderData{addrs: a, Dir: dir, Workers: 2}, check: []string{"nginx", "-t", "-e", filepath.Join(dir, "err.log"), "-p", dir, "-c"}},
 		{name: "haproxy", tmpl: "haproxy.cfg.tmpl", data: renderData{addrs: a, Dir: dir, Workers: 2}, check: []string{"haproxy", "-c", "-f"}},
