@@ -25,8 +25,8 @@ const http2MaxFrameSize = 16 << 10
 type listener struct {
 	spec  routes.Listener
 	ln    net.Listener
-	grpc  *grpc.Server
-	relay *relayServer // relay: frames, instead of grpc
+	grpc  *grpc.Server // relay: messages
+	relay *relayServer // a grpc listener's default (relay "" or frames)
 	http  *http.Server
 	guard *connGuard // connection cap and rapid-reset policy
 	// tls is the HTTP or relay listener's server TLS config (nil:
