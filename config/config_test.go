@@ -172,6 +172,18 @@ func invalidCases() []invalidCase {
 			msg: `address [::]:7080 clashes with listener "web"`,
 		},
 		{
+			name: "unknown relay on a grpc listener",
+			yaml: strings.Replace(base, "upstreams:", "  - {name: g, address: 127.0.0.1:7081, protocol: grpc, relay: whole}\nupstreams:", 1),
+			line: 5, path: "listeners[1].relay",
+			msg: `unknown relay "whole" (want frames or messages, or leave it out for the frame relay)`,
+		},
+		{
+			name: "relay messages on an http listener",
+			yaml: strings.Replace(base, "upstreams:", "  - {name: h, address: 127.0.0.1:7081, protocol: http, relay: messages}\nupstreams:", 1),
+			line: 5, path: "listeners[1].relay",
+			msg: `relay applies to grpc listeners only (listener "h" is http)`,
+		},
+		{
 			name: "admin on non-loopback",
 			yaml: base + "admin:\n  address: 10.0.0.1:9901\n",
 			line: 14, path: "admin.address",
