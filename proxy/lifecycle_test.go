@@ -269,60 +269,63 @@ func testApplyMovesListener(t *testing.T, kind string) {
 // TestFailedApplyReleasesListeners: an apply that fails after building
 // gRPC listeners (one whose port is taken, or a valid one dropped with the
 // plan because a later one failed) releases them, grpc-go's stream
-// workers included; a control plane resending a refused version once a
-// second must not grow the process by a worker pool each time.
+// workers included (relay: messages), and so does the frame relay; a
+// control plane resending a refused version once a second must not grow
+// the process by a worker pool each time.
 func TestFailedApplyReleasesListeners(t *testing.T) {
-	backend := startEcho(t)
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer taken.Close()
-	p := proxy.New(proxy.Options{})
-	defer shutdown(t, p)
-	good := routes.Listener{Name: "a", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayMessages}
-	if err := p.Apply(&routes.Spec{
-		Listeners: []routes.Listener{good},
-		Routes:    []routes.Route{{Name: "echo", Listener: "a", Upstream: "echo"}},
-		Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	cases := []struct {
-		name      string
-		listeners []routes.Listener
-	}{
-		{"the new listener's port is taken", []routes.Listener{good, {Name: "b", Address: taken.Addr().String(), Protocol: "grpc", Relay: routes.ListenerRelayMessages}}},
-		{"a bound listener dropped with its plan", []routes.Listener{good, {Name: "c", Address: "127.0.0.1:0", Protocol: "grpc", Relay: routes.ListenerRelayMessages}, {Name: "d", Address: taken.Addr().String(), Protocol: "grpc", Relay: routes.ListenerRelayMessages}}},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			spec := &routes.Spec{
-				Listeners: tc.listeners,
-				Routes:    []routes.Route{{Name: "echo", Listener: "a", Upstream: "echo"}},
-				Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
-			}
-			if err := p.Apply(spec); err == nil {
-				t.Fatal("apply on a taken port succeeded")
-			}
-			base := runtime.NumGoroutine()
-			for range 20 {
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		backend := startEcho(t)
+		taken, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer taken.Close()
+		p := proxy.New(proxy.Options{})
+		defer shutdown(t, p)
+		good := routes.Listener{Name: "a", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}
+		if err := p.Apply(&routes.Spec{
+			Listeners: []routes.Listener{good},
+			Routes:    []routes.Route{{Name: "echo", Listener: "a", Upstream: "echo"}},
+			Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		cases := []struct {
+			name      string
+			listeners []routes.Listener
+		}{
+			{"the new listener's port is taken", []routes.Listener{good, {Name: "b", Address: taken.Addr().String(), Protocol: "grpc", Relay: relay}}},
+			{"a bound listener dropped with its plan", []routes.Listener{good, {Name: "c", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}, {Name: "d", Address: taken.Addr().String(), Protocol: "grpc", Relay: relay}}},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				spec := &routes.Spec{
+					Listeners: tc.listeners,
+					Routes:    []routes.Route{{Name: "echo", Listener: "a", Upstream: "echo"}},
+					Upstreams: []routes.Upstream{{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}}},
+				}
 				if err := p.Apply(spec); err == nil {
 					t.Fatal("apply on a taken port succeeded")
 				}
-			}
-			// Without the release every failed apply leaves a pool of
-			// 16×GOMAXPROCS workers (≥ 320 goroutines over 20 applies).
-			var now int
-			if !eventually(5*time.Second, func() bool { now = runtime.NumGoroutine(); return now <= base+10 }) {
-				t.Fatalf("goroutines: %d before 20 failed applies, %d after", base, now)
-			}
-			// The listener that was serving still serves.
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if o := unary(ctx, dial(t, p.Addr("a").String()), "/"+echoService+"/Unary", nil, []byte("x")); o.Code != codes.OK {
-				t.Fatalf("after failed applies: %v", o)
-			}
-		})
-	}
+				base := runtime.NumGoroutine()
+				for range 20 {
+					if err := p.Apply(spec); err == nil {
+						t.Fatal("apply on a taken port succeeded")
+					}
+				}
+				// Without the release every failed apply leaves a pool of
+				// 16×GOMAXPROCS workers (≥ 320 goroutines over 20 applies).
+				var now int
+				if !eventually(5*time.Second, func() bool { now = runtime.NumGoroutine(); return now <= base+10 }) {
+					t.Fatalf("goroutines: %d before 20 failed applies, %d after", base, now)
+				}
+				// The listener that was serving still serves.
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if o := unary(ctx, dial(t, p.Addr("a").String()), "/"+echoService+"/Unary", nil, []byte("x")); o.Code != codes.OK {
+					t.Fatalf("after failed applies: %v", o)
+				}
+			})
+		}
+	})
 }
