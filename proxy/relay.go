@@ -275,8 +275,16 @@ func (s *relayServer) frame(c *h2conn, gc *guardedConn, f http2.Frame) error {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
 	case *http2.PingFrame:
-		if !f.IsAck() {
-			c.queue(wItem{kind: wPing, ping: f.Data})
+		if f.IsAck() {
+			return nil
+		}
+		c.queue(wItem{kind: wPing, ping: f.Data})
+		if !c.pingAllowed(s.p.now(), s.p.pingMinTime) {
+			// As grpc-go's server answers a client that pings more than
+			// its keepalive policy allows; its calls end with the
+			// connection.
+			c.goAwayDebug(http2.ErrCodeEnhanceYourCalm, tooManyPings)
+			return errTooManyPings
 		}
 	case *http2.WindowUpdateFrame:
 		return c.handleWindowUpdate(f)
@@ -378,11 +386,29 @@ func (c *h2conn) leg(id uint32) *leg {
 }
 
 func (c *h2conn) goAwayAndClose(code http2.ErrCode) {
+	c.goAwayDebug(code, "")
+}
+
+// tooManyPings is the GOAWAY debug data grpc-go sends, and its clients
+// look for, when a client pinged too often.
+const tooManyPings = "too_many_pings"
+
+// errTooManyPings ends a client connection that broke the keepalive
+// policy (pingAllowed).
+var errTooManyPings = errors.New("relay: too many pings from the client")
+
+// goAwayDebug sends GOAWAY with code and debug data (RFC 9113 §6.8), then
+// closes the connection.
+func (c *h2conn) goAwayDebug(code http2.ErrCode, debug string) {
 	c.mu.Lock()
 	last := c.lastPeer
 	c.goAway = true
 	c.mu.Unlock()
-	c.queue(wItem{kind: wGoAway, id: last, n: uint32(code)})
+	var data []byte
+	if debug != "" {
+		data = []byte(debug)
+	}
+	c.queue(wItem{kind: wGoAway, id: last, n: uint32(code), data: data})
 	c.closeAfterFlush()
 }
 
