@@ -157,6 +157,11 @@ type h2conn struct {
 	nextID   uint32
 	goAway   bool // no new streams: GOAWAY sent or received
 	lastPeer uint32
+
+	// An upstream connection's streams waiting for its stream quota, in
+	// order, and the slots granted to them (openStream).
+	quotaWait []*quotaWaiter
+	reserved  int
 }
 
 func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
@@ -173,7 +178,10 @@ func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
 	}
 	c.wdrained = sync.NewCond(&c.wmu)
 	c.peerMaxFrame.Store(16384)
-	c.peerMaxStreams.Store(^uint32(0))
+	if !client {
+		c.peerMaxStreams.Store(^uint32(0))
+	}
+	// else 0 until the upstream's first SETTINGS (relayClient.read).
 	c.br = bufio.NewReaderSize(nc, 32<<10)
 	c.fr = http2.NewFramer(c.bw, c.br)
 	// HEADERS and CONTINUATION arrive as one MetaHeadersFrame, decoded
@@ -453,6 +461,12 @@ func (c *h2conn) handleSettings(f *http2.SettingsFrame) error {
 		return err
 	}
 	c.queue(wItem{kind: wSettingsAck})
+	if c.client {
+		// SETTINGS_MAX_CONCURRENT_STREAMS may have grown.
+		c.mu.Lock()
+		c.grantLocked()
+		c.mu.Unlock()
+	}
 	return nil
 }
 
@@ -587,6 +601,7 @@ func (c *h2conn) remove(l *leg) {
 	if c.legs[l.id] == l {
 		delete(c.legs, l.id)
 		l.pending = nil
+		c.grantLocked()
 		if len(c.legs) == 0 {
 			c.setIdleDeadline()
 			if c.goAway {
