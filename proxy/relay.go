@@ -1089,6 +1089,14 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 			waitEnded = err != nil
 			break
 		}
+		var hle *headerListError
+		if errors.As(err, &hle) {
+			// The call's fault, not the endpoint's: it ends here.
+			st.fail(codes.Internal, hle.Error(), false)
+			ep, att = e, a
+			waitEnded = true
+			break
+		}
 		e.inflight.Add(-1)
 		lastErr = err
 		a.End(codes.Unavailable.String(), telemetry.OutcomeError)

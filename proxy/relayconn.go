@@ -141,6 +141,9 @@ type h2conn struct {
 	peerMaxFrame atomic.Uint32
 	// peerMaxStreams is the peer's SETTINGS_MAX_CONCURRENT_STREAMS.
 	peerMaxStreams atomic.Uint32
+	// peerMaxHeaderList is the peer's SETTINGS_MAX_HEADER_LIST_SIZE (0:
+	// none stated).
+	peerMaxHeaderList atomic.Uint32
 	// reads counts the frames read, for keepalive.
 	reads atomic.Uint64
 	// connUnacked is DATA read on the connection not yet given back.
@@ -441,6 +444,8 @@ func (c *h2conn) handleSettings(f *http2.SettingsFrame) error {
 			c.peerMaxFrame.Store(s.Val)
 		case http2.SettingMaxConcurrentStreams:
 			c.peerMaxStreams.Store(s.Val)
+		case http2.SettingMaxHeaderListSize:
+			c.peerMaxHeaderList.Store(s.Val)
 		case http2.SettingHeaderTableSize:
 			// RFC 7541 §4.2: the encoder must not use more than this;
 			// 4096 is all it ever uses.

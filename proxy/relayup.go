@@ -131,6 +131,14 @@ func (c *h2conn) openStream(st *relayStream, hdr relayHeader, stop relayStop) (b
 			return false, err
 		}
 	}
+	if max := c.peerMaxHeaderList.Load(); max > 0 && headerListSize(hdr) > max {
+		// RFC 9113 §10.5.1: the upstream would not take it, and a
+		// grpc-go upstream ends the whole connection over it. grpc-go's
+		// client fails the call instead, before sending it.
+		c.grantLocked() // the slot goes to the next stream
+		c.mu.Unlock()
+		return false, &headerListError{max: max}
+	}
 	id := c.nextID
 	c.nextID += 2
 	// A stream opened again after a refusal (retryRefused) starts over.
@@ -159,6 +167,24 @@ func (c *h2conn) openStream(st *relayStream, hdr relayHeader, stop relayStop) (b
 	c.flushLocked(st.up)
 	c.mu.Unlock()
 	return true, nil
+}
+
+// headerListError: the request's header list is over the upstream's
+// SETTINGS_MAX_HEADER_LIST_SIZE. Its text is grpc-go's client's.
+type headerListError struct{ max uint32 }
+
+func (e *headerListError) Error() string {
+	return fmt.Sprintf("header list size to send violates the maximum size (%d bytes) set by server", e.max)
+}
+
+// headerListSize is a header list's size as SETTINGS_MAX_HEADER_LIST_SIZE
+// counts it (RFC 9113 §6.5.2).
+func headerListSize(h relayHeader) uint32 {
+	var n uint32
+	for _, f := range h {
+		n += f.Size()
+	}
+	return n
 }
 
 // retainRequest copies the request bytes sent when a stream opens, up to

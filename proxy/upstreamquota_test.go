@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -40,14 +41,14 @@ type quotaBackend struct {
 	inflight, peak, total atomic.Int64
 }
 
-func startQuotaBackend(t testing.TB, maxStreams uint32) *quotaBackend {
+func startQuotaBackend(t testing.TB, maxStreams uint32, opts ...grpc.ServerOption) *quotaBackend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := &quotaBackend{addr: ln.Addr().String()}
-	srv := grpc.NewServer(grpc.MaxConcurrentStreams(maxStreams),
+	srv := grpc.NewServer(append(opts, grpc.MaxConcurrentStreams(maxStreams),
 		grpc.UnknownServiceHandler(func(_ any, ss grpc.ServerStream) error {
 			n := b.inflight.Add(1)
 			defer b.inflight.Add(-1)
@@ -65,7 +66,7 @@ func startQuotaBackend(t testing.TB, maxStreams uint32) *quotaBackend {
 			}
 			time.Sleep(quotaCallTime)
 			return ss.SendMsg(in)
-		}))
+		}))...)
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
 	return b
@@ -388,6 +389,39 @@ func TestRefusedStreamRetried(t *testing.T) {
 					t.Errorf("upstream saw %d streams (%d refused), want %d", got, r.refused.Load(), tc.streams)
 				}
 			})
+		}
+	})
+}
+
+// TestUpstreamHeaderListLimit: the upstream advertises
+// SETTINGS_MAX_HEADER_LIST_SIZE 1024. A call with more metadata than that
+// fails INTERNAL before it is sent, as grpc-go's client fails it, and the
+// upstream connection and its other calls go on. The relay sent it, and
+// the grpc-go upstream closed the connection, failing every call on it.
+func TestUpstreamHeaderListLimit(t *testing.T) {
+	forGRPCListeners(t, func(t *testing.T, relay string) {
+		b := startQuotaBackend(t, 100, grpc.MaxHeaderListSize(1024))
+		p := startProxy(t, quotaSpec(relay, b.addr, 10*time.Second))
+		cc := dial(t, p.Addr("grpc").String())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		hctx, hcancel := context.WithCancel(ctx)
+		defer hcancel()
+		held := make(chan observed, 1)
+		go func() { held <- unary(hctx, cc, "/"+quotaService+"/Hold", nil, []byte("hold")) }()
+		if !eventually(5*time.Second, func() bool { return b.inflight.Load() == 1 }) {
+			t.Fatal("the held call did not arrive")
+		}
+		o := unary(ctx, cc, "/"+quotaService+"/Unary", metadata.Pairs("x-big", strings.Repeat("a", 2000)), []byte("big"))
+		if o.Code != codes.Internal || !strings.Contains(o.Message, "header list size to send violates the maximum size (1024 bytes)") {
+			t.Errorf("call with 2000 bytes of metadata: %v, want INTERNAL header list size", o)
+		}
+		if o := unary(ctx, cc, "/"+quotaService+"/Unary", nil, []byte("small")); o.Code != codes.OK {
+			t.Errorf("a call after it: %v", o)
+		}
+		hcancel()
+		if o := <-held; o.Code != codes.Canceled {
+			t.Errorf("the call in flight meanwhile ended %v, want Canceled (by its caller)", o)
 		}
 	})
 }
