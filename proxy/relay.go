@@ -769,7 +769,7 @@ func (st *relayStream) retryRefused(l *leg) bool {
 	st.mu.Lock()
 	ok := st.retry && !st.answeredSet && !st.respDone && !st.canceled && !st.upReset
 	if ok {
-		st.retry, st.refused, st.retried = false, true, true
+		st.retry, st.retried = false, true
 		st.opened = false
 		if len(st.retryBody) > 0 {
 			st.reqPending = append([][]byte{st.retryBody}, st.reqPending...)
@@ -781,6 +781,10 @@ func (st *relayStream) retryRefused(l *leg) bool {
 		return false
 	}
 	l.c.remove(l)
+	// Only now may the handler use l again (takeRefused).
+	st.mu.Lock()
+	st.refused = true
+	st.mu.Unlock()
 	select {
 	case st.progress <- struct{}{}:
 	default:
@@ -1128,7 +1132,9 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 		case <-progress:
 			if st.takeRefused() {
 				// The upstream refused the stream unprocessed: open it
-				// again (retryRefused).
+				// again (retryRefused). A GOAWAY may come before the
+				// writer took the first HEADERS: a copy is sent.
+				hdr = append(relayHeader(nil), hdr...)
 				if !dl.IsZero() {
 					setGRPCTimeout(hdr, time.Until(dl))
 				}
