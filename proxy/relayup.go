@@ -52,6 +52,10 @@ type relayStop struct {
 	deadline, first <-chan time.Time
 }
 
+// errNoSettings: an upstream connection closed before the endpoint's
+// SETTINGS came (within dial_timeout): the endpoint is unreachable.
+var errNoSettings = fmt.Errorf("%w: no HTTP/2 SETTINGS from the endpoint", errNoEndpoint)
+
 // errRelayWaitEnded: the call ended (deadline, first-response timeout,
 // the client's reset) while its stream waited for the upstream's quota.
 // Not the endpoint's fault: it is not marked down.
@@ -95,6 +99,9 @@ func (c *h2conn) openStream(st *relayStream, hdr relayHeader, stop relayStop) (b
 			c.goAway = true
 			c.dropWaiterLocked(w)
 			c.mu.Unlock()
+			if err := c.closeError(); errors.Is(err, errNoSettings) {
+				return false, err
+			}
 			return false, nil
 		}
 		if w != nil && w.granted {
@@ -205,6 +212,13 @@ func retainRequest(pending [][]byte) (ok bool, body []byte) {
 		body = append(body, b...)
 	}
 	return true, body
+}
+
+// closeError is why the connection closed (nil: open).
+func (c *h2conn) closeError() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.closeErr
 }
 
 // hasQuotaLocked reports whether the upstream takes one more stream.
@@ -376,7 +390,11 @@ func (rc *relayClient) read(c *h2conn) {
 	f, err := c.fr.ReadFrame()
 	sf, ok := f.(*http2.SettingsFrame)
 	if err != nil || !ok || sf.IsAck() {
-		c.goAwayAndClose(http2.ErrCodeProtocol)
+		if err == nil {
+			err = fmt.Errorf("first frame %v", f.Header().Type)
+		}
+		// The streams waiting on it fail as if the dial had (openStream).
+		c.close(fmt.Errorf("%w: %w", errNoSettings, err))
 		return
 	}
 	c.nc.SetReadDeadline(time.Time{})

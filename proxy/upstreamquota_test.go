@@ -425,3 +425,56 @@ func TestUpstreamHeaderListLimit(t *testing.T) {
 		}
 	})
 }
+
+// TestUpstreamWithoutSettings: an endpoint that accepts the connection but
+// never sends its HTTP/2 SETTINGS (RFC 9113 §3.4). Calls through the relay
+// wait for them (they may hold the endpoint's stream limit) only until
+// dial_timeout, then fail UNAVAILABLE as for an endpoint that refuses
+// connections, well before the route's timeout.
+func TestUpstreamWithoutSettings(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { io.Copy(io.Discard, c) })
+		}
+	})
+	const dialTimeout, routeTimeout = 300 * time.Millisecond, 8 * time.Second
+	spec := quotaSpec("", ln.Addr().String(), routeTimeout)
+	spec.Upstreams[0].DialTimeout = dialTimeout
+	p := startProxy(t, spec)
+	cc := dial(t, p.Addr("grpc").String())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*routeTimeout)
+	defer cancel()
+	start := time.Now()
+	o := unary(ctx, cc, "/"+quotaService+"/Unary", nil, []byte("x"))
+	took := time.Since(start)
+	t.Logf("after %v: %v", took.Round(time.Millisecond), o)
+	if o.Code != codes.Unavailable || !strings.Contains(o.Message, "upstream unreachable") {
+		t.Errorf("call: %v, want UNAVAILABLE upstream unreachable", o)
+	}
+	if took >= routeTimeout {
+		t.Errorf("the call took %v: it waited for the route's timeout", took)
+	}
+}
