@@ -39,12 +39,20 @@ func listenerLimits(l routes.ListenerLimits) limits {
 // time, so that calls of vanished peers do not hold streams forever.
 // Clients may ping as often as every keepaliveMinTime (grpc-go clients
 // cannot ping more often than that anyway), also without calls in
-// progress; more often, and grpc-go ends the connection with GOAWAY
-// "too_many_pings".
+// progress (keepalivePermitWithoutStream); more often, and the connection
+// ends with GOAWAY ENHANCE_YOUR_CALM "too_many_pings" once more than
+// maxPingStrikes pings came too soon since the server last sent headers or
+// data (grpc-go's keepalive.EnforcementPolicy, which the frame relay
+// applies too: pingPolicy).
 const (
-	keepaliveTime    = time.Minute
-	keepaliveTimeout = 20 * time.Second
-	keepaliveMinTime = 10 * time.Second
+	keepaliveTime                = time.Minute
+	keepaliveTimeout             = 20 * time.Second
+	keepaliveMinTime             = 10 * time.Second
+	keepalivePermitWithoutStream = true
+	// maxPingStrikes and noStreamPingMinTime are grpc-go's own
+	// (internal/transport: maxPingStrikes, defaultPingTimeout).
+	maxPingStrikes      = 2
+	noStreamPingMinTime = 2 * time.Hour
 )
 
 // Rapid reset (CVE-2023-44487): a client opens streams and resets them at

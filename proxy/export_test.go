@@ -11,3 +11,9 @@ var ParseGRPCTimeout = parseGRPCTimeout
 func SetRelayKeepalive(p *Proxy, every, timeout time.Duration) {
 	p.relayPing = [2]time.Duration{every, timeout}
 }
+
+// SetPingMinTime sets how often clients of gRPC listeners (both kinds) may
+// ping before they are told "too_many_pings"; call it before Apply.
+func SetPingMinTime(p *Proxy, d time.Duration) {
+	p.pingMinTime = d
+}

@@ -78,8 +78,8 @@ func (p *Proxy) newGRPCServer(listener string, maxMsg int, lim limits, guard *co
 			Timeout:           keepaliveTimeout,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
-			MinTime:             keepaliveMinTime,
-			PermitWithoutStream: true,
+			MinTime:             p.pingMinTime,
+			PermitWithoutStream: keepalivePermitWithoutStream,
 		}),
 	}, extra...)...)
 }

@@ -75,6 +75,9 @@ type Proxy struct {
 	// relayPing is the keepalive of relay client connections: ping after
 	// [0] of silence, close if nothing arrives within [1] (tests shorten it).
 	relayPing [2]time.Duration
+	// pingMinTime is how often clients of gRPC listeners may ping
+	// (keepaliveMinTime; tests shorten it).
+	pingMinTime time.Duration
 
 	cur atomic.Pointer[generation]
 
@@ -135,6 +138,7 @@ func New(opts Options) *Proxy {
 		p.drainTimeout = 30 * time.Second
 	}
 	p.relayPing = [2]time.Duration{keepaliveTime, keepaliveTimeout}
+	p.pingMinTime = keepaliveMinTime
 	if p.firstResp = opts.FirstResponseTimeout; p.firstResp <= 0 {
 		p.firstResp = routes.DefaultFirstResponseTimeout
 	}

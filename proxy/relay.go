@@ -275,8 +275,16 @@ func (s *relayServer) frame(c *h2conn, gc *guardedConn, f http2.Frame) error {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
 	case *http2.PingFrame:
-		if !f.IsAck() {
-			c.queue(wItem{kind: wPing, ping: f.Data})
+		if f.IsAck() {
+			return nil
+		}
+		c.queue(wItem{kind: wPing, ping: f.Data})
+		if !c.pingAllowed(s.p.now(), s.p.pingMinTime) {
+			// As grpc-go's server answers a client that pings more than
+			// its keepalive policy allows; its calls end with the
+			// connection.
+			c.goAwayDebug(http2.ErrCodeEnhanceYourCalm, tooManyPings)
+			return errTooManyPings
 		}
 	case *http2.WindowUpdateFrame:
 		return c.handleWindowUpdate(f)
@@ -378,11 +386,29 @@ func (c *h2conn) leg(id uint32) *leg {
 }
 
 func (c *h2conn) goAwayAndClose(code http2.ErrCode) {
+	c.goAwayDebug(code, "")
+}
+
+// tooManyPings is the GOAWAY debug data grpc-go sends, and its clients
+// look for, when a client pinged too often.
+const tooManyPings = "too_many_pings"
+
+// errTooManyPings ends a client connection that broke the keepalive
+// policy (pingAllowed).
+var errTooManyPings = errors.New("relay: too many pings from the client")
+
+// goAwayDebug sends GOAWAY with code and debug data (RFC 9113 §6.8), then
+// closes the connection.
+func (c *h2conn) goAwayDebug(code http2.ErrCode, debug string) {
 	c.mu.Lock()
 	last := c.lastPeer
 	c.goAway = true
 	c.mu.Unlock()
-	c.queue(wItem{kind: wGoAway, id: last, n: uint32(code)})
+	var data []byte
+	if debug != "" {
+		data = []byte(debug)
+	}
+	c.queue(wItem{kind: wGoAway, id: last, n: uint32(code), data: data})
 	c.closeAfterFlush()
 }
 
@@ -444,8 +470,20 @@ type relayStream struct {
 	canceled    bool // the client reset the stream
 	upReset     bool // RST_STREAM already sent or received upstream
 	answeredSet bool
-	dl          time.Time           // the call's deadline (zero: none), set before the upstream stream opens
-	trailers    []hpack.HeaderField // the upstream's, until the handler sends them
+	dl          time.Time // the call's deadline (zero: none), set before the upstream stream opens
+	// retry: the upstream stream may be opened again if the upstream
+	// refuses it (retryRefused); retryBody is a copy of the request bytes
+	// sent on it. refused: it was, and the handler opens it again.
+	// sending: the client's reader is sending on it (fromClient); sent
+	// (on mu, made when needed) hears that it is done.
+	retry, refused, retried, sending bool
+	retryBody                        []byte
+	sent                             *sync.Cond
+	// upCredited: request bytes written upstream (their window went back
+	// to the client); recredited: those of them sent again after a
+	// refusal, not to be given back twice. Guarded by up.c.mu.
+	upCredited, recredited int64
+	trailers               []hpack.HeaderField // the upstream's, until the handler sends them
 }
 
 // msgScan follows the gRPC length-prefixed messages in a DATA stream
@@ -527,8 +565,32 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 		}
 		return
 	}
+	if !st.retry {
+		st.mu.Unlock()
+		st.up.c.send(st.up, data, end, nil)
+		return
+	}
+	// Until the upstream answers, what goes on its stream is kept to be
+	// sent again if it refuses the stream (retryRefused), which waits for
+	// this send to finish before it opens the stream again.
+	if len(st.retryBody)+len(data) > relayRetryMaxBytes {
+		st.retry, st.retryBody = false, nil
+	} else {
+		st.retryBody = append(st.retryBody, data...)
+		st.reqEnd = st.reqEnd || end
+		st.sending = true
+	}
+	sending := st.sending
 	st.mu.Unlock()
 	st.up.c.send(st.up, data, end, nil)
+	if sending {
+		st.mu.Lock()
+		st.sending = false
+		if st.sent != nil {
+			st.sent.Broadcast()
+		}
+		st.mu.Unlock()
+	}
 }
 
 // fromUpstream forwards an upstream DATA frame's payload.
@@ -566,6 +628,18 @@ func (st *relayStream) captureLocked(b []byte) {
 
 // credit gives n bytes, taken by l's peer, back to the stream's other side.
 func (st *relayStream) credit(l *leg, n int32) {
+	if l == st.up {
+		st.upCredited += int64(n)
+		if st.recredited > 0 {
+			// Sent again after a refusal: the client has this window
+			// back already.
+			k := min(int64(n), st.recredited)
+			st.recredited -= k
+			if n -= int32(k); n == 0 {
+				return
+			}
+		}
+	}
 	src := st.down
 	if l == st.down {
 		src = st.up
@@ -664,6 +738,9 @@ func (st *relayStream) peerReset(l *leg, code http2.ErrCode) {
 		st.finish()
 		return
 	}
+	if code == http2.ErrCodeRefusedStream && st.retryRefused(l) {
+		return
+	}
 	st.mu.Lock()
 	st.upReset = true
 	st.mu.Unlock()
@@ -671,6 +748,66 @@ func (st *relayStream) peerReset(l *leg, code http2.ErrCode) {
 	// As grpc-go's client maps an upstream's RST_STREAM (grpcreset.go).
 	c := resetCodeAt(st.dl, code)
 	st.fail(c, "hopwatch: "+errUpstreamReset.Error()+" ("+code.String()+")", false)
+}
+
+// relayRetryMaxBytes bounds the copy of a request's first bytes that a
+// call keeps until the upstream answers, to send them again if the
+// upstream refuses the stream: grpc-go's client's retry buffer
+// (MaxRetryRPCBufferSize), which is also the stream window, so what the
+// client sent before the stream opened always fits. A refusal after more
+// was sent fails the call (UNAVAILABLE), as on grpc-go's path.
+const relayRetryMaxBytes = 256 << 10
+
+// retryRefused handles the upstream's refusal of st's stream (RST_STREAM
+// REFUSED_STREAM, or a stream above a GOAWAY's last stream id): such a
+// stream was not processed and is safe to retry (RFC 9113 §8.7), and
+// grpc-go's client retries it once, transparently. So does the relay,
+// if the upstream sent nothing on the stream and all the relay sent on
+// it is in st.retryBody: the stream is forgotten on its connection and the
+// handler opens it again (call). It reports whether it will.
+func (st *relayStream) retryRefused(l *leg) bool {
+	st.mu.Lock()
+	ok := st.retry && !st.answeredSet && !st.respDone && !st.canceled && !st.upReset
+	if ok {
+		st.retry, st.retried = false, true
+		st.opened = false
+		if len(st.retryBody) > 0 {
+			st.reqPending = append([][]byte{st.retryBody}, st.reqPending...)
+		}
+		st.retryBody = nil
+	}
+	st.mu.Unlock()
+	if !ok {
+		return false
+	}
+	l.c.remove(l)
+	// Only now may the handler use l again (takeRefused).
+	st.mu.Lock()
+	st.refused = true
+	st.mu.Unlock()
+	select {
+	case st.progress <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// takeRefused reports (once) that the upstream stream must be opened
+// again, once the client's reader no longer sends on the refused one.
+func (st *relayStream) takeRefused() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	r := st.refused
+	st.refused = false
+	if r && st.sending {
+		if st.sent == nil {
+			st.sent = sync.NewCond(&st.mu)
+		}
+		for st.sending {
+			st.sent.Wait()
+		}
+	}
+	return r
 }
 
 // resetCodeAt is resetCode for a call whose deadline is dl (zero: none).
@@ -933,6 +1070,9 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 	var ep *endpoint
 	var att *telemetry.Attempt
 	var lastErr error
+	waitEnded := false
+	var rc *relayClient
+	var hdr relayHeader
 	for attempt := 0; attempt < len(u.eps); attempt++ {
 		i := u.pickRelay(tried)
 		if i < 0 {
@@ -944,9 +1084,21 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 		out := st.upstreamHeaders(md, method, e, dl, u.tls)
 		a.Inject(&out, out.del)
 		e.inflight.Add(1)
-		err := u.relays[i].open(st, out)
-		if err == nil {
+		err := u.relays[i].open(st, out, relayStop{done: st.done, deadline: deadline, first: first})
+		if err == nil || errors.Is(err, errRelayWaitEnded) {
+			// Ended while waiting for the upstream's stream quota: as a
+			// call that timed out (or was reset) upstream.
 			ep, att = e, a
+			rc, hdr = u.relays[i], out
+			waitEnded = err != nil
+			break
+		}
+		var hle *headerListError
+		if errors.As(err, &hle) {
+			// The call's fault, not the endpoint's: it ends here.
+			st.fail(codes.Internal, hle.Error(), false)
+			ep, att = e, a
+			waitEnded = true
 			break
 		}
 		e.inflight.Add(-1)
@@ -967,7 +1119,7 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 	}
 	callStart := p.now()
 	answered, progress := st.answered, st.progress
-	for {
+	for !waitEnded {
 		select {
 		case <-answered:
 			answered, progress = nil, nil
@@ -978,6 +1130,25 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 			}
 			continue
 		case <-progress:
+			if st.takeRefused() {
+				// The upstream refused the stream unprocessed: open it
+				// again (retryRefused). A GOAWAY may come before the
+				// writer took the first HEADERS: a copy is sent.
+				hdr = append(relayHeader(nil), hdr...)
+				if !dl.IsZero() {
+					setGRPCTimeout(hdr, time.Until(dl))
+				}
+				err := rc.open(st, hdr, relayStop{done: st.done, deadline: deadline, first: first})
+				if errors.Is(err, errRelayWaitEnded) {
+					break
+				}
+				if err != nil {
+					code, msg := classify(upstreamError(err))
+					st.fail(code, msg, false)
+					break
+				}
+				continue
+			}
 			// The client sent more: the upstream owes an answer only
 			// once it has the request.
 			if frTimer != nil {
@@ -1041,6 +1212,15 @@ func (st *relayStream) upstreamHeaders(md relayHeader, method string, ep *endpoi
 	return out
 }
 
+// setGRPCTimeout rewrites the grpc-timeout of a header list to d.
+func setGRPCTimeout(h relayHeader, d time.Duration) {
+	for i := range h {
+		if h[i].Name == "grpc-timeout" {
+			h[i].Value = encodeGRPCTimeout(d)
+		}
+	}
+}
+
 // upstreamHeadersIn handles a HEADERS block from the upstream: response
 // headers, trailers, or a trailers-only response.
 func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, truncated bool) {
@@ -1049,6 +1229,7 @@ func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, trunca
 		st.answeredSet = true
 		close(st.answered)
 		st.hop.FirstByte()
+		st.retry, st.retryBody = false, nil
 	}
 	st.mu.Unlock()
 	if truncated {

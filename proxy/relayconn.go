@@ -133,14 +133,25 @@ type h2conn struct {
 	closeErr error
 	once     sync.Once
 
+	// pingReset (on wmu): HEADERS or DATA were queued since the peer's
+	// last PING, which then never counts as a strike (pingAllowed).
+	pingReset bool
+
 	// peerMaxFrame is the peer's SETTINGS_MAX_FRAME_SIZE.
 	peerMaxFrame atomic.Uint32
 	// peerMaxStreams is the peer's SETTINGS_MAX_CONCURRENT_STREAMS.
 	peerMaxStreams atomic.Uint32
+	// peerMaxHeaderList is the peer's SETTINGS_MAX_HEADER_LIST_SIZE (0:
+	// none stated).
+	peerMaxHeaderList atomic.Uint32
 	// reads counts the frames read, for keepalive.
 	reads atomic.Uint64
 	// connUnacked is DATA read on the connection not yet given back.
 	connUnacked int32 // reader goroutine only
+	// lastPingAt and pingStrikes follow the client's PINGs (reader
+	// goroutine only, see pingAllowed).
+	lastPingAt  time.Time
+	pingStrikes int
 
 	mu       sync.Mutex // guards the fields below and legs' outbound state
 	legs     map[uint32]*leg
@@ -149,6 +160,11 @@ type h2conn struct {
 	nextID   uint32
 	goAway   bool // no new streams: GOAWAY sent or received
 	lastPeer uint32
+
+	// An upstream connection's streams waiting for its stream quota, in
+	// order, and the slots granted to them (openStream).
+	quotaWait []*quotaWaiter
+	reserved  int
 }
 
 func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
@@ -165,7 +181,10 @@ func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
 	}
 	c.wdrained = sync.NewCond(&c.wmu)
 	c.peerMaxFrame.Store(16384)
-	c.peerMaxStreams.Store(^uint32(0))
+	if !client {
+		c.peerMaxStreams.Store(^uint32(0))
+	}
+	// else 0 until the upstream's first SETTINGS (relayClient.read).
 	c.br = bufio.NewReaderSize(nc, 32<<10)
 	c.fr = http2.NewFramer(c.bw, c.br)
 	// HEADERS and CONTINUATION arrive as one MetaHeadersFrame, decoded
@@ -227,6 +246,8 @@ func (c *h2conn) queue(items ...wItem) bool {
 	for _, it := range items {
 		if it.kind == wPing || it.kind == wSettingsAck || it.answer {
 			c.wctl++
+		} else if it.kind == wData || it.kind == wHeaders {
+			c.pingReset = true
 		}
 	}
 	c.wq = append(c.wq, items...)
@@ -236,6 +257,38 @@ func (c *h2conn) queue(items ...wItem) bool {
 	default:
 	}
 	return true
+}
+
+// pingAllowed applies grpc-go's keepalive.EnforcementPolicy to a PING the
+// client sent at now (RFC 9113 §10.5: PINGs are a way to make a server
+// work for nothing): a PING that comes less than minTime after the
+// previous one (noStreamPingMinTime when the connection has no streams,
+// unless keepalivePermitWithoutStream) is a strike, unless headers or
+// data went to the client since the previous PING, which clears the
+// strikes (grpc-go's BDP pings follow the data it receives). It reports
+// false at the strike that is one too many. Reader goroutine only.
+func (c *h2conn) pingAllowed(now time.Time, minTime time.Duration) bool {
+	c.wmu.Lock()
+	reset := c.pingReset
+	c.pingReset = false
+	c.wmu.Unlock()
+	last := c.lastPingAt
+	c.lastPingAt = now
+	if reset {
+		c.pingStrikes = 0
+		return true
+	}
+	if !keepalivePermitWithoutStream {
+		c.mu.Lock()
+		if len(c.legs) == 0 {
+			minTime = noStreamPingMinTime
+		}
+		c.mu.Unlock()
+	}
+	if last.Add(minTime).After(now) {
+		c.pingStrikes++
+	}
+	return c.pingStrikes <= maxPingStrikes
 }
 
 // throttle is called by the connection's reader between frames: while
@@ -318,7 +371,7 @@ func (c *h2conn) write(it *wItem) error {
 	case wPing:
 		return c.fr.WritePing(!it.probe, it.ping)
 	case wGoAway:
-		return c.fr.WriteGoAway(it.id, http2.ErrCode(it.n), nil)
+		return c.fr.WriteGoAway(it.id, http2.ErrCode(it.n), it.data)
 	case wTableSize:
 		c.enc.SetMaxDynamicTableSize(it.n)
 	case wClose:
@@ -391,6 +444,8 @@ func (c *h2conn) handleSettings(f *http2.SettingsFrame) error {
 			c.peerMaxFrame.Store(s.Val)
 		case http2.SettingMaxConcurrentStreams:
 			c.peerMaxStreams.Store(s.Val)
+		case http2.SettingMaxHeaderListSize:
+			c.peerMaxHeaderList.Store(s.Val)
 		case http2.SettingHeaderTableSize:
 			// RFC 7541 §4.2: the encoder must not use more than this;
 			// 4096 is all it ever uses.
@@ -411,6 +466,12 @@ func (c *h2conn) handleSettings(f *http2.SettingsFrame) error {
 		return err
 	}
 	c.queue(wItem{kind: wSettingsAck})
+	if c.client {
+		// SETTINGS_MAX_CONCURRENT_STREAMS may have grown.
+		c.mu.Lock()
+		c.grantLocked()
+		c.mu.Unlock()
+	}
 	return nil
 }
 
@@ -545,6 +606,7 @@ func (c *h2conn) remove(l *leg) {
 	if c.legs[l.id] == l {
 		delete(c.legs, l.id)
 		l.pending = nil
+		c.grantLocked()
 		if len(c.legs) == 0 {
 			c.setIdleDeadline()
 			if c.goAway {
