@@ -609,7 +609,9 @@ func TestBreakerFaults(t *testing.T) {
 			// went away once the request body is consumed.
 			io.Copy(io.Discard, r.Body)
 			<-r.Context().Done()
-		}, 60 * time.Millisecond},
+			// Far past fallback.after (40ms): on a loaded machine a timeout
+			// only 20ms later could end the call before the fallback's turn.
+		}, 500 * time.Millisecond},
 		{"dropped connections", func(w http.ResponseWriter, r *http.Request) {
 			conn, _, err := http.NewResponseController(w).Hijack()
 			if err == nil {
