@@ -1118,7 +1118,9 @@ func TestResilientRouteMessageEdges(t *testing.T) {
 // they came a moment after the task was done (TestBreakerFaults then saw
 // the breaker still closed, now and then).
 func TestBackgroundCallEndsAtRouteTimeout(t *testing.T) {
-	const routeTimeout = 400 * time.Millisecond // far past fallback.after: the fallback answers first
+	// Far past fallback.after, so that the fallback answers first, and
+	// time for the call to reach the upstream on a loaded machine.
+	const routeTimeout = time.Second
 	fb := func(static routes.FallbackStatic) *routes.Fallback {
 		return &routes.Fallback{After: 20 * time.Millisecond, Use: []string{"static"}, Static: &static}
 	}
