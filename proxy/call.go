@@ -586,6 +586,14 @@ func (c *call) settleInBackground(ctx context.Context) string {
 				return c.proto.settle(ctx, event{kind: evEnd, err: err})
 			}
 		case <-expired:
+			// End the attempt here, as run does: its breaker report, its
+			// bulkhead slot and its endpoint's count must not outlive the
+			// task (a gRPC attempt's reader drops its last event once the
+			// context is done, so nothing else would end it).
+			if c.att != nil {
+				c.proto.abort(c.att, c.ctx.Err(), false)
+				c.att = nil
+			}
 			return c.proto.settle(ctx, event{kind: evEnd, err: c.ctx.Err()})
 		case <-ctx.Done():
 			if c.att != nil {

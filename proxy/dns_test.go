@@ -243,18 +243,6 @@ func (b *dnsBackends) counts() []int64 {
 	return out
 }
 
-// waitFor polls cond until it holds, failing the test after 10s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestDNSDiscovery: every address of a DNS endpoint is an endpoint of its
 // own; traffic follows addresses the server adds and removes, without a
 // failed call; a request in flight to a removed address finishes; failed
@@ -288,8 +276,13 @@ func TestDNSDiscovery(t *testing.T) {
 			spec := &routes.Spec{
 				Listeners: []routes.Listener{{Name: "in", Address: "127.0.0.1:0", Protocol: lproto}},
 				Routes:    []routes.Route{{Name: "all", Listener: "in", Upstream: "svc"}},
+				// Round robin: every address gets its share whatever its
+				// latency. With p2c_ewma one slow response (a loaded
+				// machine) can keep an address out of the traffic for the
+				// rest of the test, and the waits below for traffic on
+				// every address then time out.
 				Upstreams: []routes.Upstream{{Name: "svc", Protocol: uproto, Endpoints: []string{hostport},
-					Discovery: routes.DiscoveryDNS, DNSRefresh: 30 * time.Millisecond}},
+					Discovery: routes.DiscoveryDNS, DNSRefresh: 30 * time.Millisecond, Balance: routes.BalanceRoundRobin}},
 			}
 			p := proxy.New(proxy.Options{Telemetry: tel, Resolver: tc.resolver(d)})
 			t.Cleanup(func() { shutdown(t, p) })
@@ -328,18 +321,18 @@ func TestDNSDiscovery(t *testing.T) {
 				}
 			}()
 
-			waitFor(t, "traffic on the first address", func() bool { return b.hits[0].Load() > 20 })
+			testkit.WaitFor(t, "traffic on the first address", func() bool { return b.hits[0].Load() > 20 })
 
 			d.set("svc.test", 0, "127.0.0.1", "127.0.0.2", "127.0.0.3")
 			base := b.counts()
-			waitFor(t, "traffic on the added addresses", func() bool {
+			testkit.WaitFor(t, "traffic on the added addresses", func() bool {
 				c := b.counts()
 				return c[1] > base[1]+20 && c[2] > base[2]+20
 			})
 
 			d.set("svc.test", 0, "127.0.0.2", "127.0.0.3")
 			// Once the removal is live, the removed address gets no call.
-			waitFor(t, "the removal to be applied", func() bool {
+			testkit.WaitFor(t, "the removal to be applied", func() bool {
 				before := b.hits[0].Load()
 				c := b.counts()
 				time.Sleep(150 * time.Millisecond)
@@ -351,17 +344,17 @@ func TestDNSDiscovery(t *testing.T) {
 			for _, rcode := range []int{dns.RcodeServerFailure, dns.RcodeNameError} {
 				d.fail(rcode)
 				q := d.queries.Load()
-				waitFor(t, "failed lookups", func() bool { return d.queries.Load() > q+4 })
+				testkit.WaitFor(t, "failed lookups", func() bool { return d.queries.Load() > q+4 })
 				d.fail(dns.RcodeSuccess)
 			}
 			d.set("svc.test", 0) // an empty answer, too, keeps the last set
 			q := d.queries.Load()
-			waitFor(t, "empty answers", func() bool { return d.queries.Load() > q+4 })
+			testkit.WaitFor(t, "empty answers", func() bool { return d.queries.Load() > q+4 })
 			if got := dnsErrors(t, reg); got <= failedBefore {
 				t.Errorf("hopwatch_dns_resolutions_total{result=error} = %v, did not grow from %v", got, failedBefore)
 			}
 			c := b.counts()
-			waitFor(t, "traffic on the last good set", func() bool {
+			testkit.WaitFor(t, "traffic on the last good set", func() bool {
 				n := b.counts()
 				return n[1] > c[1]+20 && n[2] > c[2]+20 && n[0] == c[0]
 			})
@@ -513,7 +506,7 @@ func TestDNSDiscoveryDrains(t *testing.T) {
 			}
 
 			d.set("svc.test", 0, "127.0.0.2")
-			waitFor(t, "traffic on the new address", func() bool {
+			testkit.WaitFor(t, "traffic on the new address", func() bool {
 				if err := call(); err != nil {
 					t.Fatalf("call during the change: %v", err)
 				}
@@ -557,7 +550,7 @@ func TestDNSDiscoveryHonoursTTL(t *testing.T) {
 	callTTL, callNoTTL := callerFor(t, withTTL, false), callerFor(t, without, false)
 	d.set("svc.test", 1, "127.0.0.2")
 	start := time.Now()
-	waitFor(t, "the TTL to end and the new address to be used", func() bool {
+	testkit.WaitFor(t, "the TTL to end and the new address to be used", func() bool {
 		if err := callTTL(); err != nil {
 			t.Fatal(err)
 		}
@@ -585,7 +578,7 @@ func TestDNSDiscoveryFollowsReloads(t *testing.T) {
 	p := startDNSProxy(t, b, goResolver(d), false, 20*time.Millisecond)
 	call := callerFor(t, p, false)
 	q := d.queries.Load()
-	waitFor(t, "re-resolution", func() bool { return d.queries.Load() > q+2 })
+	testkit.WaitFor(t, "re-resolution", func() bool { return d.queries.Load() > q+2 })
 
 	// Refused (its new listener's address is taken): the watch it
 	// started stops, and the running configuration keeps following DNS.
@@ -620,7 +613,7 @@ func TestDNSDiscoveryFollowsReloads(t *testing.T) {
 		t.Errorf("%d queries for the refused configuration's name after it was refused", n)
 	}
 	d.set("svc.test", 0, "127.0.0.2")
-	waitFor(t, "the running configuration to follow DNS", func() bool {
+	testkit.WaitFor(t, "the running configuration to follow DNS", func() bool {
 		if err := call(); err != nil {
 			t.Fatal(err)
 		}

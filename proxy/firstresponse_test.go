@@ -78,12 +78,16 @@ func startFirstResponseProxy(t *testing.T, spec *routes.Spec, d time.Duration) *
 
 const firstResponse = 300 * time.Millisecond
 
-// progressChunks and progressGap: a client that sends this many chunks this
-// far apart takes longer than firstResponse in all, while each gap leaves
-// a wide margin for a loaded machine.
+// progressTimeout is the first-response timeout of the proxies that the
+// slow clients go through: a client that sends progressChunks chunks
+// progressGap apart takes longer than it in all, while each gap leaves
+// most of it spare. The timer must not fire between two chunks, so the
+// spare is what a loaded machine may stall for; with firstResponse
+// (300ms, gaps of 60ms) a CI run met a 504 now and then.
 const (
-	progressChunks = 10
-	progressGap    = firstResponse / 5
+	progressTimeout = time.Second
+	progressChunks  = 12
+	progressGap     = progressTimeout / 10
 )
 
 // TestHTTPFirstResponseTimeout: a route without a timeout answers 504 when
@@ -124,6 +128,7 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 				},
 			}
 			p := startFirstResponseProxy(t, spec, firstResponse)
+			slow := startFirstResponseProxy(t, spec, progressTimeout)
 			for _, clientProto := range []string{protoHTTP1, protoH2C} {
 				client := newHTTPClient(t, clientProto)
 				get := func(path string, d time.Duration) (*http.Response, string, error) {
@@ -159,8 +164,8 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 					}
 				})
 				t.Run(clientProto+" client/slow upload outlives the timeout", func(t *testing.T) {
-					// The client takes two timeouts to send its body; the
-					// upstream answers once it has it all.
+					// The client takes longer than the timeout to send its
+					// body; the upstream answers once it has it all.
 					pr, pw := io.Pipe()
 					go func() {
 						for range progressChunks {
@@ -173,7 +178,7 @@ func TestHTTPFirstResponseTimeout(t *testing.T) {
 					}()
 					ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 					defer cancel()
-					req, _ := http.NewRequestWithContext(ctx, "POST", proxyURL(p, "http")+"/upload", pr)
+					req, _ := http.NewRequestWithContext(ctx, "POST", proxyURL(slow, "http")+"/upload", pr)
 					resp, err := client.Do(req)
 					if err != nil {
 						t.Fatal(err)
@@ -228,6 +233,7 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 			}
 			p := startFirstResponseProxy(t, spec, firstResponse)
 			cc := dial(t, p.Addr("in").String())
+			slowCC := dial(t, startFirstResponseProxy(t, spec, progressTimeout).Addr("in").String())
 			// byProxy fails the test if the client's own deadline, not the
 			// proxy, ended the call.
 			byProxy := func(t *testing.T, ctx context.Context) {
@@ -282,11 +288,11 @@ func TestGRPCFirstResponseTimeout(t *testing.T) {
 						t.Skip("no retries on the relay")
 					}
 					// The upstream answers a client stream once it has ended;
-					// the client takes two timeouts to send it.
+					// the client takes longer than the timeout to send it.
 					ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 					defer cancel()
 					ctx = metadata.AppendToOutgoingContext(ctx, "x-route", route)
-					cs, err := cc.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, "/"+echoService+"/ClientStream")
+					cs, err := slowCC.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true}, "/"+echoService+"/ClientStream")
 					if err != nil {
 						t.Fatal(err)
 					}

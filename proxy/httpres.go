@@ -238,7 +238,7 @@ func (t *routeTransport) send(req *http.Request, p *pass) (*http.Response, error
 	if resp != nil {
 		status = resp.StatusCode
 	}
-	p.report(classifyHTTP(status, err, errors.Is(req.Context().Err(), context.Canceled)))
+	p.report(classifyHTTP(status, err, canceledInTime(req.Context())))
 	if err != nil || resp.StatusCode == http.StatusSwitchingProtocols || p == nil {
 		p.release()
 		return resp, err

@@ -84,3 +84,63 @@ func TestResilienceIdentity(t *testing.T) {
 		})
 	}
 }
+
+// stalled is a context past its deadline whose Done has not closed yet:
+// the moment between a context's timer firing and its cancel reaching its
+// children, made to last.
+type stalled struct {
+	context.Context
+	deadline time.Time
+}
+
+func (s stalled) Deadline() (time.Time, bool) { return s.deadline, true }
+
+// TestCanceledInTime: an attempt canceled before its deadline was given up
+// (the client went away), one past its deadline timed out, even when a
+// cancel overtook the deadline's (a call that saw its deadline pass
+// cancels its attempt, and may do so before the context's own timer has
+// canceled the children). Counted as the client's cancellation, such
+// timeouts escaped the breaker (TestBreakerFaults failed 1 run in 4 under
+// CPU load).
+func TestCanceledInTime(t *testing.T) {
+	bg := context.Background()
+	cases := []struct {
+		name string
+		ctx  func() context.Context
+		want bool
+	}{
+		{"running", func() context.Context { return bg }, false},
+		{"canceled, no deadline", func() context.Context {
+			ctx, cancel := context.WithCancel(bg)
+			cancel()
+			return ctx
+		}, true},
+		{"canceled before its deadline", func() context.Context {
+			ctx, cancel := context.WithTimeout(bg, time.Hour)
+			cancel()
+			return ctx
+		}, true},
+		{"deadline exceeded", func() context.Context {
+			ctx, cancel := context.WithTimeout(bg, -time.Second)
+			t.Cleanup(cancel)
+			return ctx
+		}, false},
+		{"canceled past its deadline, before the deadline's cancel came", func() context.Context {
+			ctx, cancel := context.WithCancel(stalled{bg, time.Now().Add(-time.Millisecond)})
+			cancel()
+			return ctx
+		}, false},
+		{"canceled before a parent's deadline", func() context.Context {
+			ctx, cancel := context.WithCancel(stalled{bg, time.Now().Add(time.Hour)})
+			cancel()
+			return ctx
+		}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := canceledInTime(tc.ctx()); got != tc.want {
+				t.Fatalf("canceledInTime = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -609,7 +609,9 @@ func TestBreakerFaults(t *testing.T) {
 			// went away once the request body is consumed.
 			io.Copy(io.Discard, r.Body)
 			<-r.Context().Done()
-		}, 60 * time.Millisecond},
+			// Far past fallback.after (40ms): on a loaded machine a timeout
+			// only 20ms later could end the call before the fallback's turn.
+		}, 500 * time.Millisecond},
 		{"dropped connections", func(w http.ResponseWriter, r *http.Request) {
 			conn, _, err := http.NewResponseController(w).Hijack()
 			if err == nil {
@@ -1003,7 +1005,11 @@ func forGRPCListeners(t *testing.T, f func(t *testing.T, relay string)) {
 func TestResilientCallEndsAtRouteTimeout(t *testing.T) {
 	forGRPCListeners(t, func(t *testing.T, relay string) {
 		backend := startEcho(t)
-		const routeTimeout, clientTimeout = 300 * time.Millisecond, 10 * time.Second
+		// The route's timeout leaves every call time to get its first
+		// message on a loaded machine (with 300ms, 80 of 100 calls on the
+		// relay met it before their first message under CPU load); the
+		// client's is far longer, so that a call it ends is told apart.
+		const routeTimeout, clientTimeout = 2 * time.Second, 15 * time.Second
 		spec := &routes.Spec{
 			Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: relay}},
 			Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Timeout: routeTimeout,
@@ -1015,6 +1021,7 @@ func TestResilientCallEndsAtRouteTimeout(t *testing.T) {
 		const calls = 100
 		var wg sync.WaitGroup
 		var late, wrong atomic.Int64
+		var firstWrong atomic.Value
 		for range calls {
 			wg.Go(func() {
 				ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
@@ -1026,12 +1033,14 @@ func TestResilientCallEndsAtRouteTimeout(t *testing.T) {
 				}
 				if o.Code != codes.DeadlineExceeded || len(o.Msgs) != 1 {
 					wrong.Add(1)
+					firstWrong.CompareAndSwap(nil, o.String())
 				}
 			})
 		}
 		wg.Wait()
 		if late.Load() > 0 || wrong.Load() > 0 {
-			t.Fatalf("of %d stalled calls, %d ended only at the client's deadline, %d not with DEADLINE_EXCEEDED after the first message", calls, late.Load(), wrong.Load())
+			t.Fatalf("of %d stalled calls, %d ended only at the client's deadline, %d not with DEADLINE_EXCEEDED after the first message (first: %v)",
+				calls, late.Load(), wrong.Load(), firstWrong.Load())
 		}
 	})
 }
@@ -1094,6 +1103,107 @@ func TestResilientRouteMessageEdges(t *testing.T) {
 			}
 			if !reflect.DeepEqual(got["relay"], got["grpc"]) {
 				t.Errorf("relay listener differs from grpc-go's:\n got: %s\nwant: %s", got["relay"], got["grpc"])
+			}
+		})
+	}
+}
+
+// TestBackgroundCallEndsAtRouteTimeout: a late call that the fallback
+// answered finishes in the background; when the route's timeout ends it
+// there, its attempt ends with it (the breaker hears of the failure, the
+// bulkhead slot is free again) before the background task counts as done.
+// The task used to return at the timeout without ending its attempt: on
+// gRPC the breaker's report and the bulkhead slot were lost for good (the
+// next call was refused as overloaded, the breaker never opened); on HTTP
+// they came a moment after the task was done (TestBreakerFaults then saw
+// the breaker still closed, now and then).
+func TestBackgroundCallEndsAtRouteTimeout(t *testing.T) {
+	// Far past fallback.after, so that the fallback answers first, and
+	// time for the call to reach the upstream on a loaded machine.
+	const routeTimeout = time.Second
+	fb := func(static routes.FallbackStatic) *routes.Fallback {
+		return &routes.Fallback{After: 20 * time.Millisecond, Use: []string{"static"}, Static: &static}
+	}
+	gate := func(u routes.Upstream) routes.Upstream {
+		// Two failures open the breaker; one slot makes a lost one visible.
+		u.MaxConcurrent = 1
+		u.Breaker = &routes.Breaker{MinRequests: 2, FailureRatio: 0.5, OpenFor: time.Minute}
+		return u
+	}
+	cases := []struct {
+		name string
+		// start serves a spec; call makes one call the upstream holds until
+		// it is canceled, and returns the fallback's header.
+		start func(t *testing.T) (env *resEnv, call func() string, reached func() int64)
+	}{
+		{"http", func(t *testing.T) (*resEnv, func() string, func() int64) {
+			var hits atomic.Int64
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				io.Copy(io.Discard, r.Body)
+				<-r.Context().Done()
+			}))
+			t.Cleanup(up.Close)
+			env := startResEnv(t, httpSpec(up.Listener.Addr().String(),
+				routes.Route{Timeout: routeTimeout, Fallback: fb(routes.FallbackStatic{Status: 200, Body: "degraded"})},
+				gate(routes.Upstream{})))
+			client := &http.Client{}
+			t.Cleanup(client.CloseIdleConnections)
+			return env, func() string {
+				r := post(client, "http://"+env.httpAddr+"/", "{}")
+				if r.err != nil || r.status != 200 {
+					t.Fatalf("got %+v, want the static fallback", r)
+				}
+				return r.fallback
+			}, hits.Load
+		}},
+	}
+	for _, l := range []struct{ name, relay string }{{"grpc-go", routes.ListenerRelayMessages}, {"relay", ""}} {
+		cases = append(cases, struct {
+			name  string
+			start func(t *testing.T) (*resEnv, func() string, func() int64)
+		}{"grpc, " + l.name + " listener", func(t *testing.T) (*resEnv, func() string, func() int64) {
+			backend := startEcho(t)
+			env := startResEnv(t, &routes.Spec{
+				Listeners: []routes.Listener{{Name: "grpc", Address: "127.0.0.1:0", Protocol: "grpc", Relay: l.relay}},
+				Routes: []routes.Route{{Name: "echo", Listener: "grpc", Upstream: "echo", Timeout: routeTimeout,
+					Fallback: fb(routes.FallbackStatic{GRPCCode: "unavailable", GRPCMessage: "degraded"})}},
+				Upstreams: []routes.Upstream{gate(routes.Upstream{Name: "echo", Protocol: "grpc", Endpoints: []string{backend.addr}})},
+			})
+			cc := dial(t, env.grpcAddr)
+			return env, func() string {
+				ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+				defer cancel()
+				o := unary(ctx, cc, "/"+echoService+"/Unary", metadata.Pairs("x-block", "1"), []byte("q"))
+				if o.Code != codes.Unavailable || o.Message != "degraded" || len(o.Trailer.Get("x-hopwatch-fallback")) != 1 {
+					t.Fatalf("got %v, want the static fallback", o)
+				}
+				return o.Trailer.Get("x-hopwatch-fallback")[0]
+			}, backend.arrived.Load
+		}})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env, call, reached := tc.start(t)
+			for i := range 2 {
+				if src := call(); src != "static" {
+					t.Fatalf("call %d: fallback %q, want static", i+1, src)
+				}
+				// The late call ends in the background at the route's timeout.
+				testkit.WaitFor(t, "the background call", func() bool { return env.metric(t, "hopwatch_background_inflight", nil) == 0 })
+				if n := reached(); n != int64(i+1) {
+					t.Fatalf("call %d: the upstream saw %d calls, want %d (overload: %v)", i+1, n, i+1,
+						env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "overload"}))
+				}
+			}
+			// Both calls failed: the breaker is open now, without waiting.
+			call()
+			if n := reached(); n != 2 {
+				t.Fatalf("the upstream saw a third call: the breaker did not hear of the first two")
+			}
+			if got := env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "open"}); got != 1 {
+				t.Fatalf("fallback{reason=open} = %v, want 1 (overload: %v)", got,
+					env.metric(t, "hopwatch_fallback_total", map[string]string{"reason": "overload"}))
 			}
 		})
 	}

@@ -360,7 +360,7 @@ func (u *upstream) RoundTrip(req *http.Request) (*http.Response, error) {
 		att.Inject(headerCarrier(out.Header), headerCarrier(out.Header).del)
 		ep.inflight.Add(1)
 		resp, err := u.transport.RoundTrip(&out)
-		canceled := errors.Is(req.Context().Err(), context.Canceled)
+		canceled := canceledInTime(req.Context())
 		if err != nil {
 			ep.inflight.Add(-1)
 			lastErr = err
@@ -610,12 +610,27 @@ func (b *doneBody) done(err error) {
 // attemptOutcome classifies an attempt that failed without a status.
 func attemptOutcome(ctx context.Context) telemetry.Outcome {
 	switch {
-	case errors.Is(ctx.Err(), context.Canceled):
+	case canceledInTime(ctx):
 		return telemetry.OutcomeCanceled
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+	case ctx.Err() != nil:
 		return telemetry.OutcomeTimeout
 	}
 	return telemetry.OutcomeError
+}
+
+// canceledInTime reports whether an attempt's context was canceled (the
+// client went away, the call gave the attempt up) before its deadline.
+// Past the deadline the attempt timed out, whatever its Err says: a
+// context closes its Done before it cancels its children, so whoever
+// cancels an attempt on seeing the call's deadline pass can get there
+// first and leave Canceled in it, and a timeout would then go uncounted
+// by the breaker and the outlier detector (seen under CPU load).
+func canceledInTime(ctx context.Context) bool {
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		return false
+	}
+	dl, ok := ctx.Deadline()
+	return !ok || time.Now().Before(dl)
 }
 
 // openGRPC opens the upstream stream for method, skipping endpoints whose

@@ -19,10 +19,9 @@ import (
 	"github.com/hopwatch/hopwatch/routes"
 )
 
-// deadAddr returns a loopback address that refuses connections: a port
-// nobody listens on, taken below the ephemeral range (testkit.FreePort) so
-// that no outgoing connection is given it meanwhile.
-func deadAddr(t testing.TB) string { return testkit.FreeAddr(t) }
+// deadAddr returns a loopback address that refuses connections for the
+// whole test (testkit.DeadAddr holds the port).
+func deadAddr(t testing.TB) string { return testkit.DeadAddr(t) }
 
 // countingUpstream echoes the request body (or "ok") after delay, and counts
 // the requests and the connections it receives.

@@ -123,7 +123,7 @@ func testInterop(t *testing.T, protocol, speaks string) {
 		v := c.Status().Versions
 		return v["listener"] == "1" && v["route"] == "1" && v["cluster"] == "1" && v["endpoint"] == "1"
 	}
-	for deadline := time.Now().Add(2 * time.Second); !all() && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(15 * time.Second); !all() && time.Now().Before(deadline); { // a bound for a loaded machine, not a speed
 		time.Sleep(5 * time.Millisecond)
 	}
 	st := c.Status()

@@ -35,6 +35,8 @@ type stack struct {
 	grpcAddr string
 	health   *health.Server
 	web      *httptest.Server
+	// slept counts the web requests with a sleep parameter that arrived.
+	slept atomic.Int64
 }
 
 func startStack(t testing.TB) *stack {
@@ -48,14 +50,16 @@ func startStack(t testing.TB) *stack {
 	healthpb.RegisterHealthServer(srv, hs)
 	go srv.Serve(ln)
 	t.Cleanup(func() { hs.Shutdown(); srv.Stop() })
-	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s := &stack{grpcAddr: ln.Addr().String(), health: hs}
+	s.web = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
+			s.slept.Add(1)
 			time.Sleep(d)
 		}
 		fmt.Fprintf(w, "hello %s", r.URL.Path)
 	}))
-	t.Cleanup(web.Close)
-	return &stack{grpcAddr: ln.Addr().String(), health: hs, web: web}
+	t.Cleanup(s.web.Close)
+	return s
 }
 
 type ports struct{ admin, grpc, http, extra int }
@@ -424,7 +428,10 @@ func TestRunSignalsAndDrain(t *testing.T) {
 		}
 		slow <- err
 	}()
-	time.Sleep(300 * time.Millisecond) // let the call reach the upstream
+	// SIGTERM once the call is in flight: sent before it reaches the
+	// proxy, it would find the listener closed (a fixed pause here was
+	// too short on a loaded machine).
+	testkit.WaitFor(t, "the slow call to reach the upstream", func() bool { return s.slept.Load() == 1 })
 	sig <- syscall.SIGTERM
 	testkit.WaitFor(t, "readyz 503 while draining", func() bool {
 		resp, err := http.Get(adminURL + "/readyz")

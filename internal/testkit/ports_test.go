@@ -1,8 +1,10 @@
 package testkit
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"syscall"
 	"testing"
 )
 
@@ -23,5 +25,25 @@ func TestFreePort(t *testing.T) {
 			t.Fatalf("port %d not free: %v", p, err)
 		}
 		ln.Close()
+	}
+}
+
+// TestDeadAddr: connections to a DeadAddr are refused, and nobody can
+// listen there while the test runs.
+func TestDeadAddr(t *testing.T) {
+	for range 20 {
+		addr := DeadAddr(t)
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			t.Fatalf("a connection to %s was accepted", addr)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("dial %s: %v, want connection refused", addr, err)
+		}
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			t.Fatalf("%s could be bound by someone else", addr)
+		}
 	}
 }
