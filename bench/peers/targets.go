@@ -59,10 +59,10 @@ func haproxyTarget() target {
 	}}
 }
 
-// hopwatchTarget is hopwatch in one variant: store only (sampled at 1),
-// with an OTLP exporter into the harness's sink, or sampled at 0; relay
-// is the gRPC listener's listeners[].relay ("": the frame relay, the
-// default; messages: grpc-go's server).
+// hopwatchTarget is hopwatch in one variant (see hopwatchVariants): store
+// only (sampled at 1), with an OTLP exporter into the harness's sink, or
+// sampled at 0; relay is the gRPC listener's listeners[].relay ("": the
+// frame relay, the default; messages: grpc-go's server).
 func hopwatchTarget(name string, sample float64, otlp bool, relay string) target {
 	return target{Name: name, start: func(ctx context.Context, e *runEnv) (*proc, addrs, error) {
 		d := renderData{addrs: e.addrs, Dir: e.dir, Variant: name, SampleRatio: sample, Relay: relay}
