@@ -253,19 +253,7 @@ func (s *relayServer) frame(c *h2conn, gc *guardedConn, f http2.Frame) error {
 	case *http2.MetaHeadersFrame:
 		return s.headers(c, gc, f)
 	case *http2.DataFrame:
-		l := c.leg(f.StreamID)
-		if !c.readData(l, int(f.Length)) {
-			c.answerReset(f.StreamID, http2.ErrCodeFlowControl)
-			l.st.peerReset(l, http2.ErrCodeFlowControl)
-			return nil
-		}
-		if l == nil {
-			return nil
-		}
-		if pad := int32(int(f.Length) - len(f.Data())); pad > 0 {
-			c.giveBack(l, pad)
-		}
-		l.st.fromClient(f.Data(), f.StreamEnded())
+		c.data(f, (*relayStream).fromClient)
 	case *http2.RSTStreamFrame:
 		if l := c.leg(f.StreamID); l != nil {
 			l.st.peerReset(l, f.ErrCode)
@@ -433,7 +421,8 @@ type relayStream struct {
 
 	mu          sync.Mutex
 	opened      bool // the upstream stream exists; before, request bytes wait here
-	reqPending  [][]byte
+	reqPending  []relayChunk
+	reqOne      [1]relayChunk // reqPending's storage while it holds one chunk
 	reqEnd      bool
 	respHeaders bool // HEADERS went to the client
 	respDone    bool // the response's end is decided
@@ -498,7 +487,6 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 			st.fail(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", over, st.srv.maxMsg), true)
 			return
 		}
-		data = append([]byte(nil), data...)
 	}
 	select {
 	case st.progress <- struct{}{}:
@@ -512,9 +500,17 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 	if st.capture != nil && len(data) > 0 {
 		st.captureLocked(data)
 	}
+	var ch relayChunk
+	if len(data) > 0 {
+		// The Framer reuses data for its next frame.
+		ch = newRelayChunk(data)
+	}
 	if !st.opened {
-		if len(data) > 0 {
-			st.reqPending = append(st.reqPending, data)
+		if len(ch.b) > 0 {
+			if st.reqPending == nil {
+				st.reqPending = st.reqOne[:0]
+			}
+			st.reqPending = append(st.reqPending, ch)
 		}
 		st.reqEnd = st.reqEnd || end
 		sig := st.reqSig
@@ -528,7 +524,7 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 		return
 	}
 	st.mu.Unlock()
-	st.up.c.send(st.up, data, end, nil)
+	st.up.c.sendChunk(st.up, ch, end, nil)
 }
 
 // fromUpstream forwards an upstream DATA frame's payload.
@@ -538,7 +534,6 @@ func (st *relayStream) fromUpstream(data []byte, end bool) {
 			st.fail(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", over, st.srv.maxMsg), true)
 			return
 		}
-		data = append([]byte(nil), data...)
 	}
 	if end {
 		// A response must end with trailers (gRPC over HTTP/2); grpc-go
@@ -551,7 +546,12 @@ func (st *relayStream) fromUpstream(data []byte, end bool) {
 		}
 		st.mu.Unlock()
 	}
-	st.down.c.send(st.down, data, end, nil)
+	var ch relayChunk
+	if len(data) > 0 {
+		// The Framer reuses data for its next frame.
+		ch = newRelayChunk(data)
+	}
+	st.down.c.sendChunk(st.down, ch, end, nil)
 }
 
 // captureLocked feeds the capture with the first message's part of b.
@@ -841,8 +841,8 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 	if w := hop.MessageCapture(); w != nil {
 		st.mu.Lock()
 		st.capture = w
-		for _, b := range st.reqPending {
-			st.captureLocked(b)
+		for _, ch := range st.reqPending {
+			st.captureLocked(ch.b)
 		}
 		st.mu.Unlock()
 	}

@@ -215,19 +215,7 @@ func (rc *relayClient) read(c *h2conn) {
 				l.st.upstreamHeadersIn(fields, f.StreamEnded(), f.Truncated)
 			}
 		case *http2.DataFrame:
-			l := c.leg(f.StreamID)
-			if !c.readData(l, int(f.Length)) {
-				c.answerReset(f.StreamID, http2.ErrCodeFlowControl)
-				l.st.peerReset(l, http2.ErrCodeFlowControl)
-				continue
-			}
-			if l == nil {
-				continue
-			}
-			if pad := int32(int(f.Length) - len(f.Data())); pad > 0 {
-				c.giveBack(l, pad)
-			}
-			l.st.fromUpstream(f.Data(), f.StreamEnded())
+			c.data(f, (*relayStream).fromUpstream)
 		case *http2.RSTStreamFrame:
 			if l := c.leg(f.StreamID); l != nil {
 				l.st.peerReset(l, f.ErrCode)
