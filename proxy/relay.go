@@ -337,9 +337,9 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		gc.callEnded(true)
 		return nil
 	}
-	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), upEnded: make(chan struct{}), start: s.p.now()}
-	st.down = &leg{st: st}
-	st.up = &leg{st: st}
+	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), ev: make(chan struct{}, 1), start: s.p.now()}
+	st.down, st.up = &st.legs[0], &st.legs[1]
+	st.down.st, st.up.st = st, st
 	st.down.recvWin.Store(relayStreamWindow)
 	st.up.recvWin.Store(relayStreamWindow)
 	c.registerLocked(st.down, id)
@@ -348,12 +348,10 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		st.reqEnd = true
 		st.down.remoteEnded.Store(true)
 	}
-	fields := append([]hpack.HeaderField(nil), f.Fields...)
+	// f.Fields is the frame's own (the Framer decodes each header
+	// block into a new MetaHeadersFrame): the handler may keep it.
 	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		st.serve(fields)
-	}()
+	go st.serveAndDone(f.Fields)
 	return nil
 }
 
@@ -393,8 +391,9 @@ func (c *h2conn) teardown() {
 type relayStream struct {
 	srv   *relayServer
 	gc    *guardedConn
-	down  *leg
-	up    *leg
+	down  *leg // &legs[0]
+	up    *leg // &legs[1]
+	legs  [2]leg
 	start time.Time
 	hop   *telemetry.Hop
 
@@ -408,16 +407,16 @@ type relayStream struct {
 	respScan msgScan
 	verdict  string
 
-	done     chan struct{} // closed once the call has ended
-	answered chan struct{} // closed at the upstream's first HEADERS
-	progress chan struct{} // the client sent DATA (capacity 1)
+	done chan struct{} // closed once the call has ended
+	// ev (capacity 1; sent under mu) tells the call's handler that
+	// answeredSet, progressed or upEndedSet changed.
+	ev chan struct{}
 	// reqSig (capacity 1; set under mu, by a relayMsgStream only) hears
 	// that reqPending grew or the request ended.
 	reqSig chan struct{}
 	// sendSig (capacity 1; guarded by down.c.mu) hears that bytes queued
 	// on down went out, for a relayMsgStream (nil: none).
 	sendSig chan struct{}
-	upEnded chan struct{} // closed when the upstream's trailers arrived
 
 	mu          sync.Mutex
 	opened      bool // the upstream stream exists; before, request bytes wait here
@@ -429,10 +428,12 @@ type relayStream struct {
 	finished    bool
 	code        codes.Code
 	msg         string
-	ownStatus   bool // the status is the proxy's, not the upstream's
-	canceled    bool // the client reset the stream
-	upReset     bool // RST_STREAM already sent or received upstream
-	answeredSet bool
+	ownStatus   bool                // the status is the proxy's, not the upstream's
+	canceled    bool                // the client reset the stream
+	upReset     bool                // RST_STREAM already sent or received upstream
+	answeredSet bool                // the upstream's first HEADERS arrived
+	progressed  bool                // the client sent DATA since the handler last looked
+	upEndedSet  bool                // the upstream's trailers arrived
 	dl          time.Time           // the call's deadline (zero: none), set before the upstream stream opens
 	trailers    []hpack.HeaderField // the upstream's, until the handler sends them
 }
@@ -488,11 +489,9 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 			return
 		}
 	}
-	select {
-	case st.progress <- struct{}{}:
-	default:
-	}
 	st.mu.Lock()
+	st.progressed = true
+	st.signalLocked()
 	if st.respDone && st.finished {
 		st.mu.Unlock()
 		return
@@ -585,6 +584,14 @@ func (st *relayStream) credit(l *leg, n int32) {
 func (st *relayStream) sentEnd(l *leg) {
 	if l == st.down {
 		st.finish()
+	}
+}
+
+// signalLocked wakes the call's handler (under st.mu).
+func (st *relayStream) signalLocked() {
+	select {
+	case st.ev <- struct{}{}:
+	default:
 	}
 }
 
@@ -760,6 +767,30 @@ func hopByHop(name string) bool {
 	return false
 }
 
+// serveAndDone runs serve on the handler's goroutine.
+func (st *relayStream) serveAndDone(in []hpack.HeaderField) {
+	defer st.srv.wg.Done()
+	st.serve(in)
+}
+
+// relayTimers are stopped timers for the relay's calls (deadline, first
+// response), reused: with Go ≥ 1.23 semantics a stopped timer delivers
+// nothing stale after Reset.
+var relayTimers sync.Pool
+
+func getRelayTimer(d time.Duration) *time.Timer {
+	if t, ok := relayTimers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func putRelayTimer(t *time.Timer) {
+	t.Stop()
+	relayTimers.Put(t)
+}
+
 // serve runs one call: route, time, open upstream, wait for its end.
 func (st *relayStream) serve(in []hpack.HeaderField) {
 	s := st.srv
@@ -863,12 +894,12 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 		if dl.IsZero() {
 			<-st.done
 		} else {
-			t := time.NewTimer(time.Until(dl))
+			t := getRelayTimer(time.Until(dl))
 			select {
 			case <-st.done:
 			case <-t.C:
 			}
-			t.Stop()
+			putRelayTimer(t)
 		}
 	}
 }
@@ -912,14 +943,14 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 	// grpc-go path (firstResponse).
 	var deadline, first <-chan time.Time
 	if !dl.IsZero() {
-		t := time.NewTimer(time.Until(dl))
-		defer t.Stop()
+		t := getRelayTimer(time.Until(dl))
+		defer putRelayTimer(t)
 		deadline = t.C
 	}
 	var frTimer *time.Timer
 	if rt.spec.Timeout == 0 {
-		frTimer = time.NewTimer(p.firstResp)
-		defer frTimer.Stop()
+		frTimer = getRelayTimer(p.firstResp)
+		defer putRelayTimer(frTimer)
 		first = frTimer.C
 	}
 
@@ -966,26 +997,31 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 		return code
 	}
 	callStart := p.now()
-	answered, progress := st.answered, st.progress
+	waitAnswer := true
 	for {
 		select {
-		case <-answered:
-			answered, progress = nil, nil
-			gate.firstResponse()
-			if frTimer != nil {
-				frTimer.Stop()
-				first = nil
-			}
-			continue
-		case <-progress:
-			// The client sent more: the upstream owes an answer only
-			// once it has the request.
-			if frTimer != nil {
+		case <-st.ev:
+			st.mu.Lock()
+			answered, progressed, upEnded := st.answeredSet, st.progressed, st.upEndedSet
+			st.progressed = false
+			st.mu.Unlock()
+			switch {
+			case waitAnswer && answered:
+				waitAnswer = false
+				gate.firstResponse()
+				if frTimer != nil {
+					frTimer.Stop()
+					first = nil
+				}
+			case waitAnswer && progressed && frTimer != nil:
+				// The client sent more: the upstream owes an answer
+				// only once it has the request.
 				frTimer.Reset(p.firstResp)
 			}
-			continue
+			if !upEnded {
+				continue
+			}
 		case <-st.done:
-		case <-st.upEnded:
 		case <-deadline:
 		case <-first:
 		}
@@ -993,10 +1029,12 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 	}
 	// Ended by a timer: reset upstream, DEADLINE_EXCEEDED to the client,
 	// worded as on the grpc-go path; the call ends here even if the
-	// client does not read (cleanup resets what is still open). A no-op
-	// when the call has ended already.
-	code, msg := classify(errTimeout)
-	st.fail(code, msg, true)
+	// client does not read (cleanup resets what is still open). Nothing
+	// to do when the call has ended already (fail checks again).
+	if _, ended := st.endedEarly(); !ended {
+		code, msg := classify(errTimeout)
+		st.fail(code, msg, true)
+	}
 	code, canceled := st.result()
 	ep.inflight.Add(-1)
 	if code != codes.Unavailable {
@@ -1047,7 +1085,7 @@ func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, trunca
 	st.mu.Lock()
 	if !st.answeredSet {
 		st.answeredSet = true
-		close(st.answered)
+		st.signalLocked()
 		st.hop.FirstByte()
 	}
 	st.mu.Unlock()
@@ -1055,7 +1093,9 @@ func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, trunca
 		st.fail(codes.Internal, "hopwatch: "+errBadGateway.Error()+" (header list too large)", true)
 		return
 	}
-	out := make([]hpack.HeaderField, 0, len(fields))
+	// fields is this header block's own (see relayClient.read): filtered
+	// in place.
+	out := fields[:0]
 	var grpcStatus, grpcMsg, httpStatus string
 	hasStatus := false
 	for _, f := range fields {
@@ -1106,7 +1146,8 @@ func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, trunca
 	st.setResultLocked(code, grpcMsg, false)
 	// The handler sends them after recording the hop.
 	st.trailers = out
-	close(st.upEnded)
+	st.upEndedSet = true
+	st.signalLocked()
 	st.mu.Unlock()
 }
 

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // relayClient is the relay's side of one upstream endpoint: HTTP/2
@@ -211,8 +210,9 @@ func (rc *relayClient) read(c *h2conn) {
 		switch f := f.(type) {
 		case *http2.MetaHeadersFrame:
 			if l := c.leg(f.StreamID); l != nil {
-				fields := append([]hpack.HeaderField(nil), f.Fields...)
-				l.st.upstreamHeadersIn(fields, f.StreamEnded(), f.Truncated)
+				// f.Fields is the frame's own: the Framer decodes each
+				// header block into a new MetaHeadersFrame.
+				l.st.upstreamHeadersIn(f.Fields, f.StreamEnded(), f.Truncated)
 			}
 		case *http2.DataFrame:
 			c.data(f, (*relayStream).fromUpstream)
