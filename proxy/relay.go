@@ -51,10 +51,84 @@ type relayServer struct {
 	// mu → c.mu, never the reverse).
 	draining atomic.Bool
 	wg       sync.WaitGroup // connection readers and stream handlers
+
+	// Calls run on worker goroutines kept between calls (up to
+	// relayIdleWorkers idle ones): a new goroutine per call would grow
+	// its stack again for every call (serve's call chain, telemetry
+	// included, is deeper than a fresh stack), as grpc-go's server
+	// stream workers avoid too.
+	work        chan relayWork // to an idle worker (unbuffered)
+	idleWorkers atomic.Int32
+	workers     sync.WaitGroup
+	quit        chan struct{} // closed once drained: idle workers exit
+	quitOnce    sync.Once
+}
+
+// relayIdleWorkers bounds the workers a relay listener keeps idle between
+// calls (each holds a grown stack, a few KiB); calls beyond them start
+// goroutines that end with the call. A worker idle for relayWorkerIdle
+// ends too: after a burst, the listener's goroutines go back to what its
+// connections need.
+const (
+	relayIdleWorkers = 128
+	relayWorkerIdle  = 2 * time.Second
+)
+
+// relayWork is one call for a worker: its stream and request headers.
+type relayWork struct {
+	st *relayStream
+	in []hpack.HeaderField
 }
 
 func (p *Proxy) newRelayServer(listener string, maxMsg int, lim limits) *relayServer {
-	return &relayServer{p: p, listener: listener, maxMsg: maxMsg, lim: lim, conns: map[*h2conn]struct{}{}}
+	return &relayServer{p: p, listener: listener, maxMsg: maxMsg, lim: lim, conns: map[*h2conn]struct{}{},
+		work: make(chan relayWork), quit: make(chan struct{})}
+}
+
+// dispatch runs a call (counted in s.wg by the caller) on an idle worker,
+// or on a new one.
+func (s *relayServer) dispatch(w relayWork) {
+	select {
+	case s.work <- w:
+	default:
+		s.workers.Add(1)
+		go s.worker(w)
+	}
+}
+
+// worker runs calls until none comes while it is idle and enough others
+// are idle, or the server is drained.
+func (s *relayServer) worker(w relayWork) {
+	defer s.workers.Done()
+	var idle *time.Timer
+	defer func() {
+		if idle != nil {
+			idle.Stop()
+		}
+	}()
+	for {
+		w.st.serve(w.in)
+		s.wg.Done()
+		if s.idleWorkers.Add(1) > relayIdleWorkers {
+			s.idleWorkers.Add(-1)
+			return
+		}
+		if idle == nil {
+			idle = time.NewTimer(relayWorkerIdle)
+		} else {
+			idle.Reset(relayWorkerIdle)
+		}
+		select {
+		case w = <-s.work:
+			s.idleWorkers.Add(-1)
+		case <-idle.C:
+			s.idleWorkers.Add(-1)
+			return
+		case <-s.quit:
+			s.idleWorkers.Add(-1)
+			return
+		}
+	}
 }
 
 // serve accepts connections until ln is closed.
@@ -113,6 +187,10 @@ func (s *relayServer) drain(ctx context.Context) {
 		s.stop()
 		<-done
 	}
+	// No call runs and none can start (the readers are gone): the idle
+	// workers end.
+	s.quitOnce.Do(func() { close(s.quit) })
+	s.workers.Wait()
 }
 
 // stop closes every connection at once.
@@ -351,7 +429,7 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 	// f.Fields is the frame's own (the Framer decodes each header
 	// block into a new MetaHeadersFrame): the handler may keep it.
 	s.wg.Add(1)
-	go st.serveAndDone(f.Fields)
+	s.dispatch(relayWork{st: st, in: f.Fields})
 	return nil
 }
 
@@ -417,6 +495,12 @@ type relayStream struct {
 	// sendSig (capacity 1; guarded by down.c.mu) hears that bytes queued
 	// on down went out, for a relayMsgStream (nil: none).
 	sendSig chan struct{}
+
+	// endMu makes fail's decision and the trailers it sends one step as
+	// cleanup sees it (cleanup takes it once finish has decided the end):
+	// a status fail decided is queued before the stream is reset and
+	// forgotten, whichever goroutine runs fail.
+	endMu sync.Mutex
 
 	mu          sync.Mutex
 	opened      bool // the upstream stream exists; before, request bytes wait here
@@ -614,6 +698,8 @@ func (st *relayStream) setResultLocked(code codes.Code, msg string, own bool) {
 // trailers-only response if nothing was sent yet), and resets the
 // upstream stream when rstUp.
 func (st *relayStream) fail(code codes.Code, msg string, rstUp bool) {
+	st.endMu.Lock()
+	defer st.endMu.Unlock()
 	st.mu.Lock()
 	if st.respDone {
 		st.mu.Unlock()
@@ -765,12 +851,6 @@ func hopByHop(name string) bool {
 		return true
 	}
 	return false
-}
-
-// serveAndDone runs serve on the handler's goroutine.
-func (st *relayStream) serveAndDone(in []hpack.HeaderField) {
-	defer st.srv.wg.Done()
-	st.serve(in)
 }
 
 // relayTimers are stopped timers for the relay's calls (deadline, first
@@ -1176,6 +1256,10 @@ func httpStatusCode(s string) codes.Code {
 // legs are forgotten.
 func (st *relayStream) cleanup() {
 	st.finish()
+	// A fail that decided the end before finish has queued its trailers
+	// once it lets go of endMu; later ones find the end decided.
+	st.endMu.Lock()
+	st.endMu.Unlock()
 	st.mu.Lock()
 	own := st.ownStatus
 	upReset := st.upReset

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -298,5 +300,46 @@ func TestRelayDataFrames(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.run(t, dialRawClient(t, addr))
 		})
+	}
+}
+
+// TestRelayOwnStatusNotLostToCleanup: a call the relay ends itself while
+// its handler is already done with it (a request message over
+// max_message_bytes, seen by the connection's reader as the handler
+// returns) gets the relay's status in trailers before its stream is reset:
+// the handler's cleanup must not reset and forget the stream between the
+// decision and the trailers, which left the client with a bare
+// RST_STREAM(CANCEL).
+func TestRelayOwnStatusNotLostToCleanup(t *testing.T) {
+	echo := startEcho(t)
+	p := startProxy(t, &routes.Spec{
+		Listeners: []routes.Listener{{Name: "relay", Address: "127.0.0.1:0", Protocol: routes.ListenerGRPC, MaxMessageBytes: 64 << 10}},
+		Routes:    []routes.Route{{Name: "echo", Listener: "relay", Upstream: "echo"}},
+		Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{echo.addr}}},
+	})
+	cc := dial(t, p.Addr("relay").String())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const calls, parallel = 400, 8
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wrong := map[string]int{}
+	for w := 0; w < parallel; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < calls/parallel; i++ {
+				o := unary(ctx, cc, "/"+echoService+"/Unary", nil, bigPayload(128<<10))
+				if o.Code != codes.ResourceExhausted {
+					mu.Lock()
+					wrong[o.Code.String()+": "+o.Message]++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(wrong) > 0 {
+		t.Fatalf("of %d calls over the limit, not ResourceExhausted: %v", calls, wrong)
 	}
 }
