@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -62,6 +63,9 @@ var hopwatchVariants = map[string]hopwatchVariant{
 	"hopwatch-otlp":     {sample: 1, otlp: true},
 	"hopwatch-sample0":  {sample: 0},
 	"hopwatch-messages": {sample: 1, relay: routes.ListenerRelayMessages},
+	// "hopwatch" run from the -baseline binary (another build, e.g. the
+	// commit before a change), for before/after figures in one run.
+	"hopwatch-baseline": {sample: 1},
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
@@ -75,6 +79,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		wlList     = fs.String("workloads", "", "workloads, comma separated (default all)")
 		basePort   = fs.Int("base-port", 19200, "first of 7 consecutive loopback ports the run uses")
 		hopwatch   = fs.String("hopwatch", "bin/proxy", "hopwatch binary (built from cmd/proxy)")
+		baseline   = fs.String("baseline", "", "a second hopwatch binary, measured as the target hopwatch-baseline (name it in -targets)")
 		ghz        = fs.String("ghz", "ghz", "ghz binary")
 		protos     = fs.String("protos", "proto", "import path of bot/v1/bot.proto")
 		idleN      = fs.Int("idle-conns", 10000, "idle keep-alive connections whose RSS cost is measured per proxy (0: skip; HAProxy is skipped, its maxconn is bounded by the file limit)")
@@ -103,7 +108,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			return fmt.Errorf("unknown workload in %q", *wlList)
 		}
 	}
-	for _, prog := range []*string{new("nginx"), new("haproxy"), new("wrk"), new("h2load"), ghz, hopwatch} {
+	progs := []*string{new("nginx"), new("haproxy"), new("wrk"), new("h2load"), ghz, hopwatch}
+	if slices.Contains(names, "hopwatch-baseline") {
+		if *baseline == "" {
+			return errors.New("target hopwatch-baseline needs -baseline (a hopwatch binary)")
+		}
+		progs = append(progs, baseline)
+	}
+	for _, prog := range progs {
 		p, err := exec.LookPath(*prog)
 		if err != nil {
 			return fmt.Errorf("%s is missing (make bench-peers installs it): %w", *prog, err)
@@ -134,7 +146,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer sk.Close()
 
-	env := &runEnv{addrs: a, dir: dir, workers: runtime.NumCPU(), hopwatch: *hopwatch}
+	env := &runEnv{addrs: a, dir: dir, workers: runtime.NumCPU(), hopwatch: *hopwatch, baseline: *baseline}
 	l := &loader{ghz: *ghz, protos: *protos, dir: dir}
 	proc := procFS{root: "/proc"}
 	res := newResults()

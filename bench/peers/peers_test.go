@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -344,6 +345,7 @@ func TestHopwatchTargets(t *testing.T) {
 		{name: "hopwatch-otlp", wantSample: 1, wantOTLP: true},
 		{name: "hopwatch-sample0", wantSample: 0},
 		{name: "hopwatch-messages", wantSample: 1, wantRelay: "messages"},
+		{name: "hopwatch-baseline", wantSample: 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -363,6 +365,11 @@ func TestHopwatchTargets(t *testing.T) {
 		if _, ok := targetByName(n); !ok {
 			t.Errorf("allTargets names %q, which targetByName does not know", n)
 		}
+	}
+	// hopwatch-baseline without a binary to run is refused before
+	// anything starts.
+	if err := run(context.Background(), []string{"-targets", "nginx,hopwatch-baseline", "-out", ""}, io.Discard); err == nil || !strings.Contains(err.Error(), "-baseline") {
+		t.Errorf("hopwatch-baseline without -baseline: got %v, want an error naming -baseline", err)
 	}
 	if len(hopwatchVariants) != len(tests) {
 		t.Errorf("%d variants, %d tested", len(hopwatchVariants), len(tests))

@@ -27,6 +27,7 @@ type runEnv struct {
 	dir      string
 	workers  int
 	hopwatch string // path of the built cmd/proxy binary
+	baseline string // the hopwatch-baseline target's binary (-baseline)
 }
 
 func directTarget() target {
@@ -77,7 +78,11 @@ func hopwatchTarget(name string, sample float64, otlp bool, relay string) target
 		if p := os.Getenv("HOPWATCH_BENCH_CPUPROFILE"); p != "" {
 			args = append(args, "-cpuprofile", p+"."+name)
 		}
-		return startProc(ctx, e, name, e.hopwatch, args...)
+		bin := e.hopwatch
+		if name == "hopwatch-baseline" {
+			bin = e.baseline
+		}
+		return startProc(ctx, e, name, bin, args...)
 	}}
 }
 
