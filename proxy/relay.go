@@ -51,10 +51,84 @@ type relayServer struct {
 	// mu → c.mu, never the reverse).
 	draining atomic.Bool
 	wg       sync.WaitGroup // connection readers and stream handlers
+
+	// Calls run on worker goroutines kept between calls (up to
+	// relayIdleWorkers idle ones): a new goroutine per call would grow
+	// its stack again for every call (serve's call chain, telemetry
+	// included, is deeper than a fresh stack), as grpc-go's server
+	// stream workers avoid too.
+	work        chan relayWork // to an idle worker (unbuffered)
+	idleWorkers atomic.Int32
+	workers     sync.WaitGroup
+	quit        chan struct{} // closed once drained: idle workers exit
+	quitOnce    sync.Once
+}
+
+// relayIdleWorkers bounds the workers a relay listener keeps idle between
+// calls (each holds a grown stack, a few KiB); calls beyond them start
+// goroutines that end with the call. A worker idle for relayWorkerIdle
+// ends too: after a burst, the listener's goroutines go back to what its
+// connections need.
+const (
+	relayIdleWorkers = 128
+	relayWorkerIdle  = 2 * time.Second
+)
+
+// relayWork is one call for a worker: its stream and request headers.
+type relayWork struct {
+	st *relayStream
+	in []hpack.HeaderField
 }
 
 func (p *Proxy) newRelayServer(listener string, maxMsg int, lim limits) *relayServer {
-	return &relayServer{p: p, listener: listener, maxMsg: maxMsg, lim: lim, conns: map[*h2conn]struct{}{}}
+	return &relayServer{p: p, listener: listener, maxMsg: maxMsg, lim: lim, conns: map[*h2conn]struct{}{},
+		work: make(chan relayWork), quit: make(chan struct{})}
+}
+
+// dispatch runs a call (counted in s.wg by the caller) on an idle worker,
+// or on a new one.
+func (s *relayServer) dispatch(w relayWork) {
+	select {
+	case s.work <- w:
+	default:
+		s.workers.Add(1)
+		go s.worker(w)
+	}
+}
+
+// worker runs calls until none comes while it is idle and enough others
+// are idle, or the server is drained.
+func (s *relayServer) worker(w relayWork) {
+	defer s.workers.Done()
+	var idle *time.Timer
+	defer func() {
+		if idle != nil {
+			idle.Stop()
+		}
+	}()
+	for {
+		w.st.serve(w.in)
+		s.wg.Done()
+		if s.idleWorkers.Add(1) > relayIdleWorkers {
+			s.idleWorkers.Add(-1)
+			return
+		}
+		if idle == nil {
+			idle = time.NewTimer(relayWorkerIdle)
+		} else {
+			idle.Reset(relayWorkerIdle)
+		}
+		select {
+		case w = <-s.work:
+			s.idleWorkers.Add(-1)
+		case <-idle.C:
+			s.idleWorkers.Add(-1)
+			return
+		case <-s.quit:
+			s.idleWorkers.Add(-1)
+			return
+		}
+	}
 }
 
 // serve accepts connections until ln is closed.
@@ -113,6 +187,10 @@ func (s *relayServer) drain(ctx context.Context) {
 		s.stop()
 		<-done
 	}
+	// No call runs and none can start (the readers are gone): the idle
+	// workers end.
+	s.quitOnce.Do(func() { close(s.quit) })
+	s.workers.Wait()
 }
 
 // stop closes every connection at once.
@@ -253,19 +331,7 @@ func (s *relayServer) frame(c *h2conn, gc *guardedConn, f http2.Frame) error {
 	case *http2.MetaHeadersFrame:
 		return s.headers(c, gc, f)
 	case *http2.DataFrame:
-		l := c.leg(f.StreamID)
-		if !c.readData(l, int(f.Length)) {
-			c.answerReset(f.StreamID, http2.ErrCodeFlowControl)
-			l.st.peerReset(l, http2.ErrCodeFlowControl)
-			return nil
-		}
-		if l == nil {
-			return nil
-		}
-		if pad := int32(int(f.Length) - len(f.Data())); pad > 0 {
-			c.giveBack(l, pad)
-		}
-		l.st.fromClient(f.Data(), f.StreamEnded())
+		c.data(f, (*relayStream).fromClient)
 	case *http2.RSTStreamFrame:
 		if l := c.leg(f.StreamID); l != nil {
 			l.st.peerReset(l, f.ErrCode)
@@ -357,9 +423,9 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		gc.callEnded(true)
 		return nil
 	}
-	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), answered: make(chan struct{}), progress: make(chan struct{}, 1), upEnded: make(chan struct{}), start: s.p.now()}
-	st.down = &leg{st: st}
-	st.up = &leg{st: st}
+	st := &relayStream{srv: s, gc: gc, done: make(chan struct{}), ev: make(chan struct{}, 1), start: s.p.now()}
+	st.down, st.up = &st.legs[0], &st.legs[1]
+	st.down.st, st.up.st = st, st
 	st.down.recvWin.Store(relayStreamWindow)
 	st.up.recvWin.Store(relayStreamWindow)
 	c.registerLocked(st.down, id)
@@ -368,12 +434,10 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		st.reqEnd = true
 		st.down.remoteEnded.Store(true)
 	}
-	fields := append([]hpack.HeaderField(nil), f.Fields...)
+	// f.Fields is the frame's own (the Framer decodes each header
+	// block into a new MetaHeadersFrame): the handler may keep it.
 	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		st.serve(fields)
-	}()
+	s.dispatch(relayWork{st: st, in: f.Fields})
 	return nil
 }
 
@@ -431,8 +495,9 @@ func (c *h2conn) teardown() {
 type relayStream struct {
 	srv   *relayServer
 	gc    *guardedConn
-	down  *leg
-	up    *leg
+	down  *leg // &legs[0]
+	up    *leg // &legs[1]
+	legs  [2]leg
 	start time.Time
 	hop   *telemetry.Hop
 
@@ -446,30 +511,39 @@ type relayStream struct {
 	respScan msgScan
 	verdict  string
 
-	done     chan struct{} // closed once the call has ended
-	answered chan struct{} // closed at the upstream's first HEADERS
-	progress chan struct{} // the client sent DATA (capacity 1)
+	done chan struct{} // closed once the call has ended
+	// ev (capacity 1; sent under mu) tells the call's handler that
+	// answeredSet, progressed or upEndedSet changed.
+	ev chan struct{}
 	// reqSig (capacity 1; set under mu, by a relayMsgStream only) hears
 	// that reqPending grew or the request ended.
 	reqSig chan struct{}
 	// sendSig (capacity 1; guarded by down.c.mu) hears that bytes queued
 	// on down went out, for a relayMsgStream (nil: none).
 	sendSig chan struct{}
-	upEnded chan struct{} // closed when the upstream's trailers arrived
+
+	// endMu makes fail's decision and the trailers it sends one step as
+	// cleanup sees it (cleanup takes it once finish has decided the end):
+	// a status fail decided is queued before the stream is reset and
+	// forgotten, whichever goroutine runs fail.
+	endMu sync.Mutex
 
 	mu          sync.Mutex
 	opened      bool // the upstream stream exists; before, request bytes wait here
-	reqPending  [][]byte
+	reqPending  []relayChunk
+	reqOne      [1]relayChunk // reqPending's storage while it holds one chunk
 	reqEnd      bool
 	respHeaders bool // HEADERS went to the client
 	respDone    bool // the response's end is decided
 	finished    bool
 	code        codes.Code
 	msg         string
-	ownStatus   bool // the status is the proxy's, not the upstream's
-	canceled    bool // the client reset the stream
-	upReset     bool // RST_STREAM already sent or received upstream
-	answeredSet bool
+	ownStatus   bool      // the status is the proxy's, not the upstream's
+	canceled    bool      // the client reset the stream
+	upReset     bool      // RST_STREAM already sent or received upstream
+	answeredSet bool      // the upstream's first HEADERS arrived
+	progressed  bool      // the client sent DATA (or the stream was refused) since the handler last looked
+	upEndedSet  bool      // the upstream's trailers arrived
 	dl          time.Time // the call's deadline (zero: none), set before the upstream stream opens
 	// retry: the upstream stream may be opened again if the upstream
 	// refuses it (retryRefused); retryBody is a copy of the request bytes
@@ -536,13 +610,10 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 			st.fail(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", over, st.srv.maxMsg), true)
 			return
 		}
-		data = append([]byte(nil), data...)
-	}
-	select {
-	case st.progress <- struct{}{}:
-	default:
 	}
 	st.mu.Lock()
+	st.progressed = true
+	st.signalLocked()
 	if st.respDone && st.finished {
 		st.mu.Unlock()
 		return
@@ -550,9 +621,17 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 	if st.capture != nil && len(data) > 0 {
 		st.captureLocked(data)
 	}
+	var ch relayChunk
+	if len(data) > 0 {
+		// The Framer reuses data for its next frame.
+		ch = newRelayChunk(data)
+	}
 	if !st.opened {
-		if len(data) > 0 {
-			st.reqPending = append(st.reqPending, data)
+		if len(ch.b) > 0 {
+			if st.reqPending == nil {
+				st.reqPending = st.reqOne[:0]
+			}
+			st.reqPending = append(st.reqPending, ch)
 		}
 		st.reqEnd = st.reqEnd || end
 		sig := st.reqSig
@@ -567,7 +646,7 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 	}
 	if !st.retry {
 		st.mu.Unlock()
-		st.up.c.send(st.up, data, end, nil)
+		st.up.c.sendChunk(st.up, ch, end, nil)
 		return
 	}
 	// Until the upstream answers, what goes on its stream is kept to be
@@ -582,7 +661,7 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 	}
 	sending := st.sending
 	st.mu.Unlock()
-	st.up.c.send(st.up, data, end, nil)
+	st.up.c.sendChunk(st.up, ch, end, nil)
 	if sending {
 		st.mu.Lock()
 		st.sending = false
@@ -600,7 +679,6 @@ func (st *relayStream) fromUpstream(data []byte, end bool) {
 			st.fail(codes.ResourceExhausted, fmt.Sprintf("grpc: received message larger than max (%d vs. %d)", over, st.srv.maxMsg), true)
 			return
 		}
-		data = append([]byte(nil), data...)
 	}
 	if end {
 		// A response must end with trailers (gRPC over HTTP/2); grpc-go
@@ -613,7 +691,12 @@ func (st *relayStream) fromUpstream(data []byte, end bool) {
 		}
 		st.mu.Unlock()
 	}
-	st.down.c.send(st.down, data, end, nil)
+	var ch relayChunk
+	if len(data) > 0 {
+		// The Framer reuses data for its next frame.
+		ch = newRelayChunk(data)
+	}
+	st.down.c.sendChunk(st.down, ch, end, nil)
 }
 
 // captureLocked feeds the capture with the first message's part of b.
@@ -662,6 +745,14 @@ func (st *relayStream) sentEnd(l *leg) {
 	}
 }
 
+// signalLocked wakes the call's handler (under st.mu).
+func (st *relayStream) signalLocked() {
+	select {
+	case st.ev <- struct{}{}:
+	default:
+	}
+}
+
 // finish ends the call; the handler then accounts it and frees its legs.
 func (st *relayStream) finish() {
 	st.mu.Lock()
@@ -681,6 +772,8 @@ func (st *relayStream) setResultLocked(code codes.Code, msg string, own bool) {
 // trailers-only response if nothing was sent yet), and resets the
 // upstream stream when rstUp.
 func (st *relayStream) fail(code codes.Code, msg string, rstUp bool) {
+	st.endMu.Lock()
+	defer st.endMu.Unlock()
 	st.mu.Lock()
 	if st.respDone {
 		st.mu.Unlock()
@@ -772,7 +865,8 @@ func (st *relayStream) retryRefused(l *leg) bool {
 		st.retry, st.retried = false, true
 		st.opened = false
 		if len(st.retryBody) > 0 {
-			st.reqPending = append([][]byte{st.retryBody}, st.reqPending...)
+			// Not pooled (buf nil): the writer leaves it alone.
+			st.reqPending = append([]relayChunk{{b: st.retryBody}}, st.reqPending...)
 		}
 		st.retryBody = nil
 	}
@@ -784,11 +878,8 @@ func (st *relayStream) retryRefused(l *leg) bool {
 	// Only now may the handler use l again (takeRefused).
 	st.mu.Lock()
 	st.refused = true
+	st.signalLocked()
 	st.mu.Unlock()
-	select {
-	case st.progress <- struct{}{}:
-	default:
-	}
 	return true
 }
 
@@ -897,6 +988,24 @@ func hopByHop(name string) bool {
 	return false
 }
 
+// relayTimers are stopped timers for the relay's calls (deadline, first
+// response), reused: with Go ≥ 1.23 semantics a stopped timer delivers
+// nothing stale after Reset.
+var relayTimers sync.Pool
+
+func getRelayTimer(d time.Duration) *time.Timer {
+	if t, ok := relayTimers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func putRelayTimer(t *time.Timer) {
+	t.Stop()
+	relayTimers.Put(t)
+}
+
 // serve runs one call: route, time, open upstream, wait for its end.
 func (st *relayStream) serve(in []hpack.HeaderField) {
 	s := st.srv
@@ -978,8 +1087,8 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 	if w := hop.MessageCapture(); w != nil {
 		st.mu.Lock()
 		st.capture = w
-		for _, b := range st.reqPending {
-			st.captureLocked(b)
+		for _, ch := range st.reqPending {
+			st.captureLocked(ch.b)
 		}
 		st.mu.Unlock()
 	}
@@ -1000,12 +1109,12 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 		if dl.IsZero() {
 			<-st.done
 		} else {
-			t := time.NewTimer(time.Until(dl))
+			t := getRelayTimer(time.Until(dl))
 			select {
 			case <-st.done:
 			case <-t.C:
 			}
-			t.Stop()
+			putRelayTimer(t)
 		}
 	}
 }
@@ -1049,14 +1158,14 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 	// grpc-go path (firstResponse).
 	var deadline, first <-chan time.Time
 	if !dl.IsZero() {
-		t := time.NewTimer(time.Until(dl))
-		defer t.Stop()
+		t := getRelayTimer(time.Until(dl))
+		defer putRelayTimer(t)
 		deadline = t.C
 	}
 	var frTimer *time.Timer
 	if rt.spec.Timeout == 0 {
-		frTimer = time.NewTimer(p.firstResp)
-		defer frTimer.Stop()
+		frTimer = getRelayTimer(p.firstResp)
+		defer putRelayTimer(frTimer)
 		first = frTimer.C
 	}
 
@@ -1118,18 +1227,10 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 		return code
 	}
 	callStart := p.now()
-	answered, progress := st.answered, st.progress
+	waitAnswer := true
 	for !waitEnded {
 		select {
-		case <-answered:
-			answered, progress = nil, nil
-			gate.firstResponse()
-			if frTimer != nil {
-				frTimer.Stop()
-				first = nil
-			}
-			continue
-		case <-progress:
+		case <-st.ev:
 			if st.takeRefused() {
 				// The upstream refused the stream unprocessed: open it
 				// again (retryRefused). A GOAWAY may come before the
@@ -1149,14 +1250,27 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 				}
 				continue
 			}
-			// The client sent more: the upstream owes an answer only
-			// once it has the request.
-			if frTimer != nil {
+			st.mu.Lock()
+			answered, progressed, upEnded := st.answeredSet, st.progressed, st.upEndedSet
+			st.progressed = false
+			st.mu.Unlock()
+			switch {
+			case waitAnswer && answered:
+				waitAnswer = false
+				gate.firstResponse()
+				if frTimer != nil {
+					frTimer.Stop()
+					first = nil
+				}
+			case waitAnswer && progressed && frTimer != nil:
+				// The client sent more: the upstream owes an answer
+				// only once it has the request.
 				frTimer.Reset(p.firstResp)
 			}
-			continue
+			if !upEnded {
+				continue
+			}
 		case <-st.done:
-		case <-st.upEnded:
 		case <-deadline:
 		case <-first:
 		}
@@ -1164,10 +1278,12 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 	}
 	// Ended by a timer: reset upstream, DEADLINE_EXCEEDED to the client,
 	// worded as on the grpc-go path; the call ends here even if the
-	// client does not read (cleanup resets what is still open). A no-op
-	// when the call has ended already.
-	code, msg := classify(errTimeout)
-	st.fail(code, msg, true)
+	// client does not read (cleanup resets what is still open). Nothing
+	// to do when the call has ended already (fail checks again).
+	if _, ended := st.endedEarly(); !ended {
+		code, msg := classify(errTimeout)
+		st.fail(code, msg, true)
+	}
 	code, canceled := st.result()
 	ep.inflight.Add(-1)
 	if code != codes.Unavailable {
@@ -1227,7 +1343,7 @@ func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, trunca
 	st.mu.Lock()
 	if !st.answeredSet {
 		st.answeredSet = true
-		close(st.answered)
+		st.signalLocked()
 		st.hop.FirstByte()
 		st.retry, st.retryBody = false, nil
 	}
@@ -1236,7 +1352,9 @@ func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, trunca
 		st.fail(codes.Internal, "hopwatch: "+errBadGateway.Error()+" (header list too large)", true)
 		return
 	}
-	out := make([]hpack.HeaderField, 0, len(fields))
+	// fields is this header block's own (see relayClient.read): filtered
+	// in place.
+	out := fields[:0]
 	var grpcStatus, grpcMsg, httpStatus string
 	hasStatus := false
 	for _, f := range fields {
@@ -1287,7 +1405,8 @@ func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, trunca
 	st.setResultLocked(code, grpcMsg, false)
 	// The handler sends them after recording the hop.
 	st.trailers = out
-	close(st.upEnded)
+	st.upEndedSet = true
+	st.signalLocked()
 	st.mu.Unlock()
 }
 
@@ -1316,6 +1435,10 @@ func httpStatusCode(s string) codes.Code {
 // legs are forgotten.
 func (st *relayStream) cleanup() {
 	st.finish()
+	// A fail that decided the end before finish has queued its trailers
+	// once it lets go of endMu; later ones find the end decided.
+	st.endMu.Lock()
+	st.endMu.Unlock()
 	st.mu.Lock()
 	own := st.ownStatus
 	upReset := st.upReset

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +52,11 @@ const (
 	// reading at 50 queued answers). Closing instead would also close on
 	// a peer that reads but outpaces a busy writer.
 	relayMaxQueuedControl = 1024
+	// relayMinBatch: a writer that has less than this buffered yields
+	// once before it flushes, so that frames being queued right now (a
+	// response's DATA behind its HEADERS, the next call's frames) share
+	// the write, as grpc-go's loopy writer does (minBatchSize).
+	relayMinBatch = 1000
 )
 
 // errRelayConnClosed ends what was waiting on a connection that closed.
@@ -79,6 +85,7 @@ type wItem struct {
 	id     uint32
 	n      uint32 // window increment, error code, table size
 	data   []byte
+	buf    *relayBuf // data's pooled buffer, released once written (nil: none)
 	fields []hpack.HeaderField
 	ping   [8]byte
 	probe  bool // a PING of our own, not an ack
@@ -95,7 +102,8 @@ type leg struct {
 
 	// Outbound, guarded by c.mu (by st.mu before c is set).
 	sendWin  int32 // the peer's stream window
-	pending  [][]byte
+	pending  []relayChunk
+	one      [1]relayChunk       // pending's storage while it holds one chunk
 	end      bool                // END_STREAM once pending is sent
 	trailers []hpack.HeaderField // sent with END_STREAM once pending is sent
 	endSent  bool                // END_STREAM queued
@@ -311,17 +319,36 @@ func (c *h2conn) writeLoop() {
 		case <-c.closed:
 			return
 		}
-		c.wmu.Lock()
-		batch, c.wq = c.wq, batch[:0]
-		c.wctl = 0
-		c.wdrained.Broadcast()
-		c.wmu.Unlock()
-		for i := range batch {
-			if err := c.write(&batch[i]); err != nil {
-				c.close(err)
-				return
+		for yielded := false; ; {
+			c.wmu.Lock()
+			batch, c.wq = c.wq, batch[:0]
+			c.wctl = 0
+			c.wdrained.Broadcast()
+			c.wmu.Unlock()
+			for i := range batch {
+				if err := c.write(&batch[i]); err != nil {
+					c.close(err)
+					return
+				}
+				if batch[i].buf != nil {
+					// The Framer copied the bytes out.
+					batch[i].buf.release()
+				}
+				batch[i] = wItem{}
 			}
-			batch[i] = wItem{}
+			if yielded || c.bw.Buffered() >= relayMinBatch {
+				break
+			}
+			// A small write: let whoever is queueing finish first (see
+			// relayMinBatch), then take what came.
+			yielded = true
+			runtime.Gosched()
+			c.wmu.Lock()
+			more := len(c.wq) > 0
+			c.wmu.Unlock()
+			if !more {
+				break
+			}
 		}
 		if err := c.bw.Flush(); err != nil {
 			c.close(err)
@@ -511,12 +538,22 @@ func (c *h2conn) flushAllLocked() {
 // writes as much as the windows allow. data must not be used by the
 // caller afterwards.
 func (c *h2conn) send(l *leg, data []byte, end bool, trailers []hpack.HeaderField) {
+	c.sendChunk(l, relayChunk{b: data}, end, trailers)
+}
+
+// sendChunk is send with bytes that may live in a pooled buffer: it goes
+// back to its pool once written (or to the garbage collector if the
+// stream ends first).
+func (c *h2conn) sendChunk(l *leg, data relayChunk, end bool, trailers []hpack.HeaderField) {
 	c.mu.Lock()
 	if l.endSent || l.end || c.legs[l.id] != l {
 		c.mu.Unlock()
 		return
 	}
-	if len(data) > 0 {
+	if len(data.b) > 0 {
+		if l.pending == nil {
+			l.pending = l.one[:0]
+		}
 		l.pending = append(l.pending, data)
 	}
 	if end {
@@ -534,25 +571,33 @@ func (c *h2conn) send(l *leg, data []byte, end bool, trailers []hpack.HeaderFiel
 func (c *h2conn) flushLocked(l *leg) {
 	max := int32(c.peerMaxFrame.Load())
 	var sent int32
+	// The frames go to the writer in one hand-off.
+	var stack [4]wItem
+	items := stack[:0]
 	for len(l.pending) > 0 {
 		win := min(c.sendWin, l.sendWin, max)
 		if win <= 0 {
 			break
 		}
-		b := l.pending[0]
-		n := min(int32(len(b)), win)
-		last := int(n) == len(b)
+		ch := l.pending[0]
+		n := min(int32(len(ch.b)), win)
+		last := int(n) == len(ch.b)
 		endNow := last && len(l.pending) == 1 && l.end && l.trailers == nil
-		c.queue(wItem{kind: wData, id: l.id, data: b[:n], end: endNow})
+		it := wItem{kind: wData, id: l.id, data: ch.b[:n], end: endNow}
 		c.sendWin -= n
 		l.sendWin -= n
 		sent += n
 		if last {
-			l.pending[0] = nil
+			// The buffer's last bytes: it is released once they are
+			// written (the writer writes a connection's frames in
+			// order, so the earlier parts are written by then).
+			it.buf = ch.buf
+			l.pending[0] = relayChunk{}
 			l.pending = l.pending[1:]
 		} else {
-			l.pending[0] = b[n:]
+			l.pending[0].b = ch.b[n:]
 		}
+		items = append(items, it)
 		if endNow {
 			l.endSent = true
 		}
@@ -562,11 +607,14 @@ func (c *h2conn) flushLocked(l *leg) {
 		if l.end && !l.endSent {
 			l.endSent = true
 			if l.trailers != nil {
-				c.queue(wItem{kind: wHeaders, id: l.id, fields: l.trailers, end: true})
+				items = append(items, wItem{kind: wHeaders, id: l.id, fields: l.trailers, end: true})
 			} else {
-				c.queue(wItem{kind: wData, id: l.id, end: true})
+				items = append(items, wItem{kind: wData, id: l.id, end: true})
 			}
 		}
+	}
+	if len(items) > 0 {
+		c.queue(items...)
 	}
 	if sent > 0 {
 		l.st.credit(l, sent)
@@ -629,6 +677,29 @@ func (c *h2conn) giveBack(l *leg, n int32) {
 	}
 }
 
+// data handles a DATA frame read on c (by its reader): its bytes are
+// accounted against the windows (readData), its padding, never forwarded,
+// is given back at once, and its payload goes to the stream's other side
+// through forward ((*relayStream).fromClient or fromUpstream). A frame
+// that overruns the stream's window resets the stream (RFC 9113 §6.9.1,
+// FLOW_CONTROL_ERROR); one of a stream the relay does not know is only
+// accounted (the connection's window).
+func (c *h2conn) data(f *http2.DataFrame, forward func(st *relayStream, data []byte, end bool)) {
+	l := c.leg(f.StreamID)
+	if !c.readData(l, int(f.Length)) {
+		c.answerReset(f.StreamID, http2.ErrCodeFlowControl)
+		l.st.peerReset(l, http2.ErrCodeFlowControl)
+		return
+	}
+	if l == nil {
+		return
+	}
+	if pad := int32(int(f.Length) - len(f.Data())); pad > 0 {
+		c.giveBack(l, pad)
+	}
+	forward(l.st, f.Data(), f.StreamEnded())
+}
+
 // readData accounts a DATA frame's bytes against the connection window
 // (given back at once, batched) and the stream's (given back as the other
 // side takes them). It reports false when the peer overran the stream's
@@ -660,4 +731,61 @@ func relaySettings(maxStreams, maxHeaderList uint32) []http2.Setting {
 		s = append(s, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
 	}
 	return s
+}
+
+// relayChunk is bytes waiting to go out on a leg, and the pooled buffer they
+// live in (nil: none).
+type relayChunk struct {
+	b   []byte
+	buf *relayBuf
+}
+
+// relayBuf is a pooled copy of a DATA frame's payload: the reader of one
+// connection fills it, the writer of the other releases it once written,
+// so forwarding a frame allocates nothing once the pools are warm.
+// Buffers come in power-of-two sizes from relayBufMin to the largest frame
+// a peer may send us (http2MaxFrameSize), so a small frame never holds
+// more than twice its size (plus relayBufMin): what a stream may hold is
+// still bounded by its window, whatever its frames' sizes.
+type relayBuf struct {
+	b     []byte
+	class uint8
+}
+
+const (
+	relayBufMinShift = 6 // 64 bytes
+	relayBufClasses  = 9 // 64 B … 16 KiB
+)
+
+// relayBufPools are shared by all connections (a buffer is filled on one
+// and released on another); a package-level pool, like grpc-go's buffer
+// pools, as it holds nothing but free memory.
+var relayBufPools [relayBufClasses]sync.Pool
+
+func init() {
+	for i := range relayBufPools {
+		size := 1 << (relayBufMinShift + i)
+		class := uint8(i)
+		relayBufPools[i].New = func() any { return &relayBuf{b: make([]byte, size), class: class} }
+	}
+}
+
+// newRelayChunk copies p into a pooled buffer (into a plain slice if p is
+// larger than any class).
+func newRelayChunk(p []byte) relayChunk {
+	class := 0
+	for len(p) > 1<<(relayBufMinShift+class) {
+		class++
+	}
+	if class >= relayBufClasses {
+		return relayChunk{b: append([]byte(nil), p...)}
+	}
+	rb := relayBufPools[class].Get().(*relayBuf)
+	n := copy(rb.b, p)
+	return relayChunk{b: rb.b[:n], buf: rb}
+}
+
+// release returns the buffer to its pool; nothing may use it afterwards.
+func (rb *relayBuf) release() {
+	relayBufPools[rb.class].Put(rb)
 }

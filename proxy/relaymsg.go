@@ -245,14 +245,18 @@ func (s *relayMsgStream) read(p []byte, start bool) error {
 		st.mu.Lock()
 		took := 0
 		for got < len(p) && len(st.reqPending) > 0 {
-			k := copy(p[got:], st.reqPending[0])
+			ch := st.reqPending[0]
+			k := copy(p[got:], ch.b)
 			got += k
 			took += k
-			if k == len(st.reqPending[0]) {
-				st.reqPending[0] = nil
+			if k == len(ch.b) {
+				if ch.buf != nil {
+					ch.buf.release()
+				}
+				st.reqPending[0] = relayChunk{}
 				st.reqPending = st.reqPending[1:]
 			} else {
-				st.reqPending[0] = st.reqPending[0][k:]
+				st.reqPending[0].b = ch.b[k:]
 			}
 		}
 		ended, done := st.reqEnd, st.respDone

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // relayClient is the relay's side of one upstream endpoint: HTTP/2
@@ -196,10 +195,10 @@ func headerListSize(h relayHeader) uint32 {
 
 // retainRequest copies the request bytes sent when a stream opens, up to
 // relayRetryMaxBytes; ok false: too many to keep.
-func retainRequest(pending [][]byte) (ok bool, body []byte) {
+func retainRequest(pending []relayChunk) (ok bool, body []byte) {
 	n := 0
-	for _, b := range pending {
-		n += len(b)
+	for _, ch := range pending {
+		n += len(ch.b)
 	}
 	if n > relayRetryMaxBytes {
 		return false, nil
@@ -208,8 +207,8 @@ func retainRequest(pending [][]byte) (ok bool, body []byte) {
 		return true, nil
 	}
 	body = make([]byte, 0, n)
-	for _, b := range pending {
-		body = append(body, b...)
+	for _, ch := range pending {
+		body = append(body, ch.b...)
 	}
 	return true, body
 }
@@ -441,23 +440,12 @@ func (rc *relayClient) read(c *h2conn) {
 		switch f := f.(type) {
 		case *http2.MetaHeadersFrame:
 			if l := c.leg(f.StreamID); l != nil {
-				fields := append([]hpack.HeaderField(nil), f.Fields...)
-				l.st.upstreamHeadersIn(fields, f.StreamEnded(), f.Truncated)
+				// f.Fields is the frame's own: the Framer decodes each
+				// header block into a new MetaHeadersFrame.
+				l.st.upstreamHeadersIn(f.Fields, f.StreamEnded(), f.Truncated)
 			}
 		case *http2.DataFrame:
-			l := c.leg(f.StreamID)
-			if !c.readData(l, int(f.Length)) {
-				c.answerReset(f.StreamID, http2.ErrCodeFlowControl)
-				l.st.peerReset(l, http2.ErrCodeFlowControl)
-				continue
-			}
-			if l == nil {
-				continue
-			}
-			if pad := int32(int(f.Length) - len(f.Data())); pad > 0 {
-				c.giveBack(l, pad)
-			}
-			l.st.fromUpstream(f.Data(), f.StreamEnded())
+			c.data(f, (*relayStream).fromUpstream)
 		case *http2.RSTStreamFrame:
 			if l := c.leg(f.StreamID); l != nil {
 				l.st.peerReset(l, f.ErrCode)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -28,7 +29,7 @@ func main() {
 	}
 }
 
-var allTargets = []string{"direct", "nginx", "haproxy", "hopwatch", "hopwatch-otlp", "hopwatch-sample0", "hopwatch-relay"}
+var allTargets = []string{"direct", "nginx", "haproxy", "hopwatch", "hopwatch-otlp", "hopwatch-sample0", "hopwatch-messages"}
 
 func targetByName(name string) (target, bool) {
 	switch name {
@@ -38,21 +39,33 @@ func targetByName(name string) (target, bool) {
 		return nginxTarget(), true
 	case "haproxy":
 		return haproxyTarget(), true
-	// "hopwatch", "hopwatch-otlp" and "hopwatch-sample0" measure grpc-go's
-	// path (relay: messages), as they did before the frame relay became
-	// the default, so that their tables stay comparable; "hopwatch-relay"
-	// is the default, spelled out.
-	case "hopwatch":
-		return hopwatchTarget(name, 1, false, routes.ListenerRelayMessages), true
-	case "hopwatch-otlp":
-		return hopwatchTarget(name, 1, true, routes.ListenerRelayMessages), true
-	case "hopwatch-sample0":
-		return hopwatchTarget(name, 0, false, routes.ListenerRelayMessages), true
-	case "hopwatch-relay":
-		// As "hopwatch", with the gRPC listener on the frame relay.
-		return hopwatchTarget(name, 1, false, routes.ListenerRelayFrames), true
+	}
+	if v, ok := hopwatchVariants[name]; ok {
+		return hopwatchTarget(name, v.sample, v.otlp, v.relay), true
 	}
 	return target{}, false
+}
+
+// hopwatchVariant is how one hopwatch target is configured.
+type hopwatchVariant struct {
+	sample float64 // tracing sample_ratio
+	otlp   bool    // an OTLP exporter into the harness's sink
+	relay  string  // the gRPC listener's listeners[].relay ("": the default)
+}
+
+// hopwatchVariants: "hopwatch", "hopwatch-otlp" and "hopwatch-sample0"
+// run the gRPC listener as users run it, on the default (the frame relay),
+// so that issue 13's goals are measured on what users get;
+// "hopwatch-messages" is "hopwatch" on grpc-go's path (relay: messages),
+// for comparison.
+var hopwatchVariants = map[string]hopwatchVariant{
+	"hopwatch":          {sample: 1},
+	"hopwatch-otlp":     {sample: 1, otlp: true},
+	"hopwatch-sample0":  {sample: 0},
+	"hopwatch-messages": {sample: 1, relay: routes.ListenerRelayMessages},
+	// "hopwatch" run from the -baseline binary (another build, e.g. the
+	// commit before a change), for before/after figures in one run.
+	"hopwatch-baseline": {sample: 1},
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
@@ -66,6 +79,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		wlList     = fs.String("workloads", "", "workloads, comma separated (default all)")
 		basePort   = fs.Int("base-port", 19200, "first of 7 consecutive loopback ports the run uses")
 		hopwatch   = fs.String("hopwatch", "bin/proxy", "hopwatch binary (built from cmd/proxy)")
+		baseline   = fs.String("baseline", "", "a second hopwatch binary, measured as the target hopwatch-baseline (name it in -targets)")
 		ghz        = fs.String("ghz", "ghz", "ghz binary")
 		protos     = fs.String("protos", "proto", "import path of bot/v1/bot.proto")
 		idleN      = fs.Int("idle-conns", 10000, "idle keep-alive connections whose RSS cost is measured per proxy (0: skip; HAProxy is skipped, its maxconn is bounded by the file limit)")
@@ -94,7 +108,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			return fmt.Errorf("unknown workload in %q", *wlList)
 		}
 	}
-	for _, prog := range []*string{new("nginx"), new("haproxy"), new("wrk"), new("h2load"), ghz, hopwatch} {
+	progs := []*string{new("nginx"), new("haproxy"), new("wrk"), new("h2load"), ghz, hopwatch}
+	if slices.Contains(names, "hopwatch-baseline") {
+		if *baseline == "" {
+			return errors.New("target hopwatch-baseline needs -baseline (a hopwatch binary)")
+		}
+		progs = append(progs, baseline)
+	}
+	for _, prog := range progs {
 		p, err := exec.LookPath(*prog)
 		if err != nil {
 			return fmt.Errorf("%s is missing (make bench-peers installs it): %w", *prog, err)
@@ -125,7 +146,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer sk.Close()
 
-	env := &runEnv{addrs: a, dir: dir, workers: runtime.NumCPU(), hopwatch: *hopwatch}
+	env := &runEnv{addrs: a, dir: dir, workers: runtime.NumCPU(), hopwatch: *hopwatch, baseline: *baseline}
 	l := &loader{ghz: *ghz, protos: *protos, dir: dir}
 	proc := procFS{root: "/proc"}
 	res := newResults()

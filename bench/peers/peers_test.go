@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -304,19 +305,19 @@ func TestCheckGoals(t *testing.T) {
 	res.add("hopwatch", "grpc-unary", sample{CPUPerOp: 45, Throughput: 9500})
 	res.add("hopwatch-otlp", "grpc-unary", sample{CPUPerOp: 70, Throughput: 8000})
 	res.add("hopwatch-sample0", "grpc-unary", sample{CPUPerOp: 40, Throughput: 9000, Failed: 1})
-	res.add("hopwatch-relay", "grpc-unary", sample{CPUPerOp: 55, Throughput: 8900})
+	res.add("hopwatch-messages", "grpc-unary", sample{CPUPerOp: 55, Throughput: 8900})
 	res.add("nginx", "http1", sample{CPUPerOp: 20})
 	res.add("hopwatch", "http1", sample{CPUPerOp: 31})
 	want := map[string]bool{
-		"gRPC unary, relay: frames, store, 100% sampled: CPU/request ≤ 1.0× nginx": false, // 1.1×
-		"gRPC unary, relay: frames: throughput ≥ nginx":                            false,
-		"gRPC unary, relay: frames: zero failed calls":                             true,
-		"gRPC unary, store, 100% sampled: CPU/request ≤ 1.0× nginx":                true,
-		"gRPC unary, store: throughput ≥ nginx":                                    true,
-		"gRPC unary, store: zero failed calls":                                     true,
-		"gRPC unary, OTLP exporter: CPU/request ≤ 1.3× nginx":                      false, // 1.4×
-		"HTTP/1.1: CPU/request ≤ 1.5× nginx":                                       false, // 1.55×
-		"gRPC unary: sampled at 0 vs 100% (store) ≤ 10% apart":                     false, // +12.5%
+		"gRPC unary, relay: messages, store, 100% sampled: CPU/request ≤ 1.0× nginx": false, // 1.1×
+		"gRPC unary, relay: messages: throughput ≥ nginx":                            false,
+		"gRPC unary, relay: messages: zero failed calls":                             true,
+		"gRPC unary, store, 100% sampled: CPU/request ≤ 1.0× nginx":                  true,
+		"gRPC unary, store: throughput ≥ nginx":                                      true,
+		"gRPC unary, store: zero failed calls":                                       true,
+		"gRPC unary, OTLP exporter: CPU/request ≤ 1.3× nginx":                        false, // 1.4×
+		"HTTP/1.1: CPU/request ≤ 1.5× nginx":                                         false, // 1.55×
+		"gRPC unary: sampled at 0 vs 100% (store) ≤ 10% apart":                       false, // +12.5%
 	}
 	gs := checkGoals(res, runInfo{IdleConns: 10000})
 	if len(gs) != len(want) {
@@ -326,6 +327,52 @@ func TestCheckGoals(t *testing.T) {
 		if w, ok := want[g.What]; !ok || w != g.Holds || !g.Known {
 			t.Errorf("%s: holds %v (known %v), want %v", g.What, g.Holds, g.Known, w)
 		}
+	}
+}
+
+// TestHopwatchTargets: the targets issue 13's goals are measured on run
+// the gRPC listener on the default (the frame relay), as users run it;
+// only hopwatch-messages pins grpc-go's path. Every hopwatch target in
+// allTargets has a variant, and every variant is a known target.
+func TestHopwatchTargets(t *testing.T) {
+	tests := []struct {
+		name       string
+		wantSample float64
+		wantOTLP   bool
+		wantRelay  string
+	}{
+		{name: "hopwatch", wantSample: 1},
+		{name: "hopwatch-otlp", wantSample: 1, wantOTLP: true},
+		{name: "hopwatch-sample0", wantSample: 0},
+		{name: "hopwatch-messages", wantSample: 1, wantRelay: "messages"},
+		{name: "hopwatch-baseline", wantSample: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v, ok := hopwatchVariants[tc.name]
+			if !ok {
+				t.Fatal("no such variant")
+			}
+			if v.sample != tc.wantSample || v.otlp != tc.wantOTLP || v.relay != tc.wantRelay {
+				t.Fatalf("got %+v, want sample %v otlp %v relay %q", v, tc.wantSample, tc.wantOTLP, tc.wantRelay)
+			}
+			if _, ok := targetByName(tc.name); !ok {
+				t.Fatal("targetByName does not know it")
+			}
+		})
+	}
+	for _, n := range allTargets {
+		if _, ok := targetByName(n); !ok {
+			t.Errorf("allTargets names %q, which targetByName does not know", n)
+		}
+	}
+	// hopwatch-baseline without a binary to run is refused before
+	// anything starts.
+	if err := run(context.Background(), []string{"-targets", "nginx,hopwatch-baseline", "-out", ""}, io.Discard); err == nil || !strings.Contains(err.Error(), "-baseline") {
+		t.Errorf("hopwatch-baseline without -baseline: got %v, want an error naming -baseline", err)
+	}
+	if len(hopwatchVariants) != len(tests) {
+		t.Errorf("%d variants, %d tested", len(hopwatchVariants), len(tests))
 	}
 }
 
@@ -361,11 +408,11 @@ func TestRenderConfigs(t *testing.T) {
 		data  renderData
 		check []string // command checking the file, appended with its path; empty: config.Load
 	}{
-		{name: "hopwatch store", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch", SampleRatio: 1, Relay: "messages"}},
-		{name: "hopwatch otlp", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-otlp", SampleRatio: 1, Exporter: a.OTLP, Relay: "messages"}},
-		{name: "hopwatch sampled at 0", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-sample0", SampleRatio: 0, Relay: "messages"}},
-		{name: "hopwatch default relay", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-default", SampleRatio: 1}},
-		{name: "hopwatch relay", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-relay", SampleRatio: 1, Relay: "frames"}},
+		{name: "hopwatch store", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch", SampleRatio: 1}},
+		{name: "hopwatch otlp", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-otlp", SampleRatio: 1, Exporter: a.OTLP}},
+		{name: "hopwatch sampled at 0", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-sample0", SampleRatio: 0}},
+		{name: "hopwatch messages", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-messages", SampleRatio: 1, Relay: "messages"}},
+		{name: "hopwatch frames", tmpl: "hopwatch.yaml.tmpl", data: renderData{addrs: a, Variant: "hopwatch-frames", SampleRatio: 1, Relay: "frames"}},
 		{name: "nginx", tmpl: "nginx.conf.tmpl", data: renderData{addrs: a, Dir: dir, Workers: 2}, check: []string{"nginx", "-t", "-e", filepath.Join(dir, "err.log"), "-p", dir, "-c"}},
 		{name: "haproxy", tmpl: "haproxy.cfg.tmpl", data: renderData{addrs: a, Dir: dir, Workers: 2}, check: []string{"haproxy", "-c", "-f"}},
 	}
@@ -390,6 +437,9 @@ func TestRenderConfigs(t *testing.T) {
 				}
 				if (tr.OTLP != nil) != (tc.data.Exporter != "") {
 					t.Errorf("otlp = %+v, want exporter %q", tr.OTLP, tc.data.Exporter)
+				}
+				if got := cfg.Listeners[0].Relay; got != tc.data.Relay {
+					t.Errorf("grpc listener relay = %q, want %q", got, tc.data.Relay)
 				}
 				return
 			}

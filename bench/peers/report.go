@@ -148,14 +148,14 @@ func checkGoals(res *results, info runInfo) []goal {
 		gs = append(gs, goal{"gRPC unary, store: throughput ≥ nginx", fmtRatio(t), t >= 1.0, !math.IsNaN(t)})
 		gs = append(gs, goal{"gRPC unary, store: zero failed calls", fmt.Sprint(store.Failed), store.Failed == 0, true})
 	}
-	// The same goals for the frame relay (listeners[].relay: frames), the
-	// gRPC listener's other way of carrying calls.
-	if relay, ok := get("hopwatch-relay", "grpc-unary"); ok && ok2 {
-		r := ratio(relay.CPUPerOp, nginx.CPUPerOp)
-		gs = append(gs, goal{"gRPC unary, relay: frames, store, 100% sampled: CPU/request ≤ 1.0× nginx", fmtRatio(r), r <= 1.0, !math.IsNaN(r)})
-		t := ratio(relay.Throughput, nginx.Throughput)
-		gs = append(gs, goal{"gRPC unary, relay: frames: throughput ≥ nginx", fmtRatio(t), t >= 1.0, !math.IsNaN(t)})
-		gs = append(gs, goal{"gRPC unary, relay: frames: zero failed calls", fmt.Sprint(relay.Failed), relay.Failed == 0, true})
+	// The same goals for grpc-go's path (listeners[].relay: messages),
+	// the gRPC listener's other way of carrying calls.
+	if msgs, ok := get("hopwatch-messages", "grpc-unary"); ok && ok2 {
+		r := ratio(msgs.CPUPerOp, nginx.CPUPerOp)
+		gs = append(gs, goal{"gRPC unary, relay: messages, store, 100% sampled: CPU/request ≤ 1.0× nginx", fmtRatio(r), r <= 1.0, !math.IsNaN(r)})
+		t := ratio(msgs.Throughput, nginx.Throughput)
+		gs = append(gs, goal{"gRPC unary, relay: messages: throughput ≥ nginx", fmtRatio(t), t >= 1.0, !math.IsNaN(t)})
+		gs = append(gs, goal{"gRPC unary, relay: messages: zero failed calls", fmt.Sprint(msgs.Failed), msgs.Failed == 0, true})
 	}
 	if otlp, ok := get("hopwatch-otlp", "grpc-unary"); ok && ok2 {
 		r := ratio(otlp.CPUPerOp, nginx.CPUPerOp)

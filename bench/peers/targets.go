@@ -27,6 +27,7 @@ type runEnv struct {
 	dir      string
 	workers  int
 	hopwatch string // path of the built cmd/proxy binary
+	baseline string // the hopwatch-baseline target's binary (-baseline)
 }
 
 func directTarget() target {
@@ -59,10 +60,10 @@ func haproxyTarget() target {
 	}}
 }
 
-// hopwatchTarget is hopwatch in one variant: store only (sampled at 1),
-// with an OTLP exporter into the harness's sink, or sampled at 0; relay
-// is the gRPC listener's listeners[].relay ("": the frame relay, the
-// default; messages: grpc-go's server).
+// hopwatchTarget is hopwatch in one variant (see hopwatchVariants): store
+// only (sampled at 1), with an OTLP exporter into the harness's sink, or
+// sampled at 0; relay is the gRPC listener's listeners[].relay ("": the
+// frame relay, the default; messages: grpc-go's server).
 func hopwatchTarget(name string, sample float64, otlp bool, relay string) target {
 	return target{Name: name, start: func(ctx context.Context, e *runEnv) (*proc, addrs, error) {
 		d := renderData{addrs: e.addrs, Dir: e.dir, Variant: name, SampleRatio: sample, Relay: relay}
@@ -77,7 +78,11 @@ func hopwatchTarget(name string, sample float64, otlp bool, relay string) target
 		if p := os.Getenv("HOPWATCH_BENCH_CPUPROFILE"); p != "" {
 			args = append(args, "-cpuprofile", p+"."+name)
 		}
-		return startProc(ctx, e, name, e.hopwatch, args...)
+		bin := e.hopwatch
+		if name == "hopwatch-baseline" {
+			bin = e.baseline
+		}
+		return startProc(ctx, e, name, bin, args...)
 	}}
 }
 
