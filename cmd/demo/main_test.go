@@ -189,9 +189,19 @@ func TestFallbackFlag(t *testing.T) {
 	args := []string{"-duration", "4s", "-every", "10s", "-rate", "4", "-users", "8", "-kb-slow-share", "1", "-seed", "5"}
 	off, _ := runFor(t, append(args, "-fallback=off")...)
 	on, _ := runFor(t, append(args, "-fallback=on")...)
-	t.Logf("turn p95: fallback off %v, on %v", off.total.P95, on.total.P95)
-	if on.total.Turns == 0 || on.total.P95 >= off.total.P95/2 {
-		t.Errorf("fallback on: %d turns, p95 %v; off: p95 %v; want on far below off", on.total.Turns, on.total.P95, off.total.P95)
+	t.Logf("turn p95: fallback off %v, on %v; degraded turns: off %d of %d, on %d of %d",
+		off.total.P95, on.total.P95, off.total.Degraded, off.total.Turns, on.total.Degraded, on.total.Turns)
+	// Every KB call is slow: with the fallback on, turns are answered by
+	// it, degraded (or from the cache that slow calls finishing in the
+	// background refreshed), and sooner; off, none is. The turns' times also
+	// hold the other hops, which a loaded machine slows in both runs
+	// (CI once saw 3.25 s off against 2.31 s on), so the times are only
+	// compared, and the fallback is told by the degraded answers.
+	if on.total.Turns == 0 || on.total.Degraded == 0 || off.total.Degraded != 0 {
+		t.Errorf("degraded turns: fallback on %d of %d (want some), off %d of %d (want none)", on.total.Degraded, on.total.Turns, off.total.Degraded, off.total.Turns)
+	}
+	if on.total.P95 >= off.total.P95 {
+		t.Errorf("fallback on: p95 %v; off: p95 %v; want on below off", on.total.P95, off.total.P95)
 	}
 }
 
