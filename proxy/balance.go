@@ -29,8 +29,11 @@ type endpoint struct {
 
 const (
 	// ewmaDecay is the time constant of the latency average: old samples
-	// weigh 1/e after this long, so a recovered endpoint wins traffic back
-	// within seconds.
+	// weigh 1/e after this long. The average also decays while no
+	// sample comes (cost), so an endpoint avoided after one slow answer
+	// is tried again: without that it would keep its peak for as long as
+	// it gets no traffic, which is for ever once it costs more than the
+	// others (tower's and Linkerd's peak-EWMA decay it the same way).
 	ewmaDecay = 10 * time.Second
 	// downBase and downMax bound how long an endpoint that refused a
 	// connection is skipped; the period doubles per consecutive failure.
@@ -74,10 +77,15 @@ func (e *endpoint) isDown(now time.Time) bool {
 	return now.Before(e.downUntil)
 }
 
-// cost is the p2c_ewma score: expected latency scaled by queue depth.
-func (e *endpoint) cost() float64 {
+// cost is the p2c_ewma score at now: expected latency scaled by queue
+// depth. The latency average decays towards zero from the last sample on
+// (see ewmaDecay).
+func (e *endpoint) cost(now time.Time) float64 {
 	e.mu.Lock()
 	ewma := e.ewma
+	if d := now.Sub(e.lastObs); !e.lastObs.IsZero() && d > 0 {
+		ewma *= math.Exp(-float64(d) / float64(ewmaDecay))
+	}
 	e.mu.Unlock()
 	return (ewma + 1) * float64(e.inflight.Load()+1)
 }
@@ -116,9 +124,11 @@ func candidates(buf []int, eps []*endpoint, tried uint64, usable func(i int) boo
 // p2cEWMA is "power of two choices" over peak-EWMA cost: two random
 // candidates, the cheaper wins. It avoids both herding (unlike least-loaded)
 // and slow endpoints (unlike round robin).
-type p2cEWMA struct{}
+type p2cEWMA struct {
+	now func() time.Time // the proxy's clock (nil: time.Now)
+}
 
-func (p2cEWMA) pick(eps []*endpoint, tried uint64, usable func(i int) bool) int {
+func (p p2cEWMA) pick(eps []*endpoint, tried uint64, usable func(i int) bool) int {
 	var arr [16]int
 	c := candidates(arr[:0], eps, tried, usable)
 	switch len(c) {
@@ -133,7 +143,12 @@ func (p2cEWMA) pick(eps []*endpoint, tried uint64, usable func(i int) bool) int 
 		j++
 	}
 	a, b := c[i], c[j]
-	if eps[b].cost() < eps[a].cost() {
+	now := time.Now
+	if p.now != nil {
+		now = p.now
+	}
+	t := now()
+	if eps[b].cost(t) < eps[a].cost(t) {
 		return b
 	}
 	return a

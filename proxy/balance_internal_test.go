@@ -439,3 +439,35 @@ func TestAttemptBody(t *testing.T) {
 type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// TestP2CEWMAForgivesIdleEndpoints: an endpoint avoided after one slow
+// answer gets no traffic, so no sample lowers its average; the average
+// must decay with time alone, or the endpoint is never tried again
+// (TestDNSDiscovery once saw one address stuck at 17 calls for 10 s while
+// the others had 2,400).
+func TestP2CEWMAForgivesIdleEndpoints(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	cases := []struct {
+		name  string
+		after time.Duration // since the slow answer
+		want  int           // the endpoint picked
+	}{
+		{"just after the slow answer the fast one wins", time.Second, 1},
+		{"80 s later the slow answer is forgiven", 80 * time.Second, 0},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			eps := makeEndpoints(2)
+			eps[0].observe(t0, 3*time.Second) // one slow answer, then nothing
+			now := t0.Add(tc.after)
+			// The other keeps answering in 10 ms, up to now.
+			eps[1].observe(now.Add(-time.Millisecond), 10*time.Millisecond)
+			b := p2cEWMA{now: func() time.Time { return now }}
+			for range 20 {
+				if got := b.pick(eps, 0, usableExcept()); got != tc.want {
+					t.Fatalf("picked %d, want %d (costs %.0f, %.0f)", got, tc.want, eps[0].cost(now), eps[1].cost(now))
+				}
+			}
+		})
+	}
+}

@@ -39,7 +39,7 @@ func TestUpstreamSuccessor(t *testing.T) {
 		{"transport shared", succ.transport == old.transport},
 		{"remaining endpoint keeps its connection", succ.conns[0] == old.conns[1]},
 		{"new endpoint gets a connection", succ.conns[1] != old.conns[0] && succ.conns[1] != old.conns[1]},
-		{"remaining endpoint keeps its latency average", succ.eps[0].cost() == old.eps[1].cost()},
+		{"remaining endpoint keeps its latency average", succ.eps[0].cost(time.Unix(0, 0)) == old.eps[1].cost(time.Unix(0, 0))},
 		{"ejector is the new set's", succ.ejector != old.ejector},
 	} {
 		if !tc.ok {

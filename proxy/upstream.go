@@ -133,7 +133,7 @@ func (u *upstream) setEndpoints(eps []resolvedEndpoint, prev *upstream) error {
 	case routes.BalanceRoundRobin:
 		u.bal = &roundRobin{}
 	default:
-		u.bal = p2cEWMA{}
+		u.bal = p2cEWMA{now: u.now}
 	}
 	u.resolved = eps
 	u.ejector = fallback.NewEjector(len(eps), u.spec.Outlier.Settings())
