@@ -198,35 +198,8 @@ type refuser struct {
 
 func startRefuser(t testing.TB, refuse func(n int) bool, goAway, late bool) *refuser {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &refuser{addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() { r.serve(c, refuse, goAway, late) })
-		}
-	})
+	r := &refuser{}
+	r.addr = serveTCP(t, func(c net.Conn) { r.serve(c, refuse, goAway, late) })
 	return r
 }
 
@@ -432,6 +405,32 @@ func TestUpstreamHeaderListLimit(t *testing.T) {
 // dial_timeout, then fail UNAVAILABLE as for an endpoint that refuses
 // connections, well before the route's timeout.
 func TestUpstreamWithoutSettings(t *testing.T) {
+	// It reads what comes and never answers.
+	addr := serveTCP(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	const dialTimeout, routeTimeout = 300 * time.Millisecond, 8 * time.Second
+	spec := quotaSpec("", addr, routeTimeout)
+	spec.Upstreams[0].DialTimeout = dialTimeout
+	p := startProxy(t, spec)
+	cc := dial(t, p.Addr("grpc").String())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*routeTimeout)
+	defer cancel()
+	start := time.Now()
+	o := unary(ctx, cc, "/"+quotaService+"/Unary", nil, []byte("x"))
+	took := time.Since(start)
+	t.Logf("after %v: %v", took.Round(time.Millisecond), o)
+	if o.Code != codes.Unavailable || !strings.Contains(o.Message, "upstream unreachable") {
+		t.Errorf("call: %v, want UNAVAILABLE upstream unreachable", o)
+	}
+	if took >= routeTimeout {
+		t.Errorf("the call took %v: it waited for the route's timeout", took)
+	}
+}
+
+// serveTCP accepts loopback connections and runs handle on each in its
+// own goroutine until the test ends; then it closes the listener and the
+// connections and waits for the handlers. It returns the address.
+func serveTCP(t testing.TB, handle func(net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -457,24 +456,8 @@ func TestUpstreamWithoutSettings(t *testing.T) {
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
-			wg.Go(func() { io.Copy(io.Discard, c) })
+			wg.Go(func() { handle(c) })
 		}
 	})
-	const dialTimeout, routeTimeout = 300 * time.Millisecond, 8 * time.Second
-	spec := quotaSpec("", ln.Addr().String(), routeTimeout)
-	spec.Upstreams[0].DialTimeout = dialTimeout
-	p := startProxy(t, spec)
-	cc := dial(t, p.Addr("grpc").String())
-	ctx, cancel := context.WithTimeout(context.Background(), 2*routeTimeout)
-	defer cancel()
-	start := time.Now()
-	o := unary(ctx, cc, "/"+quotaService+"/Unary", nil, []byte("x"))
-	took := time.Since(start)
-	t.Logf("after %v: %v", took.Round(time.Millisecond), o)
-	if o.Code != codes.Unavailable || !strings.Contains(o.Message, "upstream unreachable") {
-		t.Errorf("call: %v, want UNAVAILABLE upstream unreachable", o)
-	}
-	if took >= routeTimeout {
-		t.Errorf("the call took %v: it waited for the route's timeout", took)
-	}
+	return ln.Addr().String()
 }
