@@ -405,8 +405,7 @@ func TestUpstreamHeaderListLimit(t *testing.T) {
 // dial_timeout, then fail UNAVAILABLE as for an endpoint that refuses
 // connections, well before the route's timeout.
 func TestUpstreamWithoutSettings(t *testing.T) {
-	// It reads what comes and never answers.
-	addr := serveTCP(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	addr := startBlackHole(t)
 	const dialTimeout, routeTimeout = 300 * time.Millisecond, 8 * time.Second
 	spec := quotaSpec("", addr, routeTimeout)
 	spec.Upstreams[0].DialTimeout = dialTimeout
