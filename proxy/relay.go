@@ -1436,14 +1436,15 @@ func httpStatusCode(s string) codes.Code {
 func (st *relayStream) cleanup() {
 	st.finish()
 	// A fail that decided the end before finish has queued its trailers
-	// once it lets go of endMu; later ones find the end decided.
+	// once it lets go of endMu (later ones find the end decided), so what
+	// it decided is read under endMu (fail's lock order: endMu, then mu).
 	st.endMu.Lock()
-	st.endMu.Unlock()
 	st.mu.Lock()
 	own := st.ownStatus
 	upReset := st.upReset
 	opened := st.opened
 	st.mu.Unlock()
+	st.endMu.Unlock()
 	code := http2.ErrCodeNo
 	if own {
 		code = http2.ErrCodeCancel
