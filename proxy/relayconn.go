@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/tls"
 	"errors"
@@ -121,8 +120,8 @@ type leg struct {
 type h2conn struct {
 	nc   net.Conn
 	fr   *http2.Framer
-	br   *bufio.Reader
-	bw   *bufio.Writer
+	br   *relayReader
+	bw   *relayWriter
 	idle time.Duration // close after this long without streams (0: never)
 	// tlsState is a TLS client connection's state (nil: cleartext), for
 	// caller_from: client_cert.
@@ -178,7 +177,7 @@ type h2conn struct {
 func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
 	c := &h2conn{
 		nc:       nc,
-		bw:       bufio.NewWriterSize(nc, 32<<10),
+		bw:       &relayWriter{nc: nc},
 		client:   client,
 		wsig:     make(chan struct{}, 1),
 		closed:   make(chan struct{}),
@@ -193,7 +192,7 @@ func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
 		c.peerMaxStreams.Store(^uint32(0))
 	}
 	// else 0 until the upstream's first SETTINGS (relayClient.read).
-	c.br = bufio.NewReaderSize(nc, 32<<10)
+	c.br = &relayReader{nc: nc}
 	c.fr = http2.NewFramer(c.bw, c.br)
 	// HEADERS and CONTINUATION arrive as one MetaHeadersFrame, decoded
 	// with this connection's HPACK state; fields beyond the list size
