@@ -69,13 +69,14 @@ func (w *relayWriter) Flush() error {
 }
 
 // relayReader buffers a connection's reads like a bufio.Reader, but reads
-// into a small array of its own when nothing was waiting, and into a
-// pooled relayIOBuf buffer only after a read filled its buffer (more is
-// probably waiting). The pooled buffer goes back once drained, so a
-// connection that goes idle holds only the small array while it waits
-// (unless its last read before going idle filled its buffer exactly:
-// then it waits in the pooled buffer, until the next bytes arrive). The
-// connection's reader goroutine is its only user.
+// into a small array of its own after a small read, and into a pooled
+// relayIOBuf buffer after a read of relayIdleReadBuf bytes or more (the
+// connection is busy: more is probably coming, and one syscall should
+// take it). The pooled buffer goes back whenever it is drained, so a
+// connection that goes idle after small reads (a unary call's request,
+// a WINDOW_UPDATE) waits holding only the small array; one that goes idle
+// right after a large read waits in the pooled buffer until its next
+// bytes. The connection's reader goroutine is its only user.
 type relayReader struct {
 	nc    net.Conn
 	small [relayIdleReadBuf]byte
@@ -107,7 +108,7 @@ func (rd *relayReader) Read(p []byte) (int, error) {
 		}
 		n, err := rd.nc.Read(buf)
 		rd.buf, rd.r, rd.w = buf, 0, n
-		rd.busy = n == len(buf)
+		rd.busy = n >= relayIdleReadBuf
 		if n == 0 {
 			if rd.big != nil {
 				relayReadBufs.Put(rd.big)
