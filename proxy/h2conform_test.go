@@ -25,11 +25,7 @@ func TestOversizeHeadersFrame(t *testing.T) {
 	p := limitsProxy(t, routes.ListenerLimits{}, hold.addr, echo.addr)
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)
-	for _, f := range []hpack.HeaderField{
-		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
-		{Name: ":path", Value: "/" + holdService + "/Call"}, {Name: ":authority", Value: "proxy"},
-		{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
-	} {
+	for _, f := range grpcRequestFields("/"+holdService+"/Call", "proxy") {
 		enc.WriteField(f)
 	}
 	for i := range 5 { // five 4000-byte fields, as h2spec sends: 20 KB in one frame

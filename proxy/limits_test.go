@@ -178,6 +178,17 @@ func (h *h2raw) read() {
 	}
 }
 
+// grpcRequestFields is the header list of a gRPC request for method, as a
+// grpc-go client sends it, then extra: for tests that write frames
+// themselves.
+func grpcRequestFields(method, authority string, extra ...hpack.HeaderField) []hpack.HeaderField {
+	return append([]hpack.HeaderField{
+		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: method}, {Name: ":authority", Value: authority},
+		{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
+	}, extra...)
+}
+
 // write runs one framer write and flushes it.
 func (h *h2raw) write(w func() error) error {
 	h.wmu.Lock()
@@ -196,11 +207,7 @@ func (h *h2raw) open(id uint32, authority, method string, extra []hpack.HeaderFi
 	h.wmu.Lock()
 	defer h.wmu.Unlock()
 	h.hb.Reset()
-	for _, f := range []hpack.HeaderField{
-		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
-		{Name: ":path", Value: method}, {Name: ":authority", Value: authority},
-		{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
-	} {
+	for _, f := range grpcRequestFields(method, authority) {
 		h.enc.WriteField(f)
 	}
 	for _, f := range extra {
@@ -983,11 +990,7 @@ func TestPeerThatDoesNotRead(t *testing.T) {
 			// A connection-specific field makes the request malformed
 			// (RFC 9113 §8.2.2): each stream is answered with RST_STREAM.
 			hb.Reset()
-			for _, f := range []hpack.HeaderField{
-				{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
-				{Name: ":path", Value: "/" + echoService + "/Unary"}, {Name: ":authority", Value: "x"},
-				{Name: "content-type", Value: "application/grpc"}, {Name: "connection", Value: "close"},
-			} {
+			for _, f := range grpcRequestFields("/"+echoService+"/Unary", "x", hpack.HeaderField{Name: "connection", Value: "close"}) {
 				enc.WriteField(f)
 			}
 			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})

@@ -29,11 +29,7 @@ func FuzzRelayHeaders(f *testing.F) {
 		}
 		return b.Bytes()
 	}
-	base := []hpack.HeaderField{
-		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
-		{Name: ":path", Value: "/" + echoService + "/Unary"}, {Name: ":authority", Value: "x"},
-		{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
-	}
+	base := grpcRequestFields("/"+echoService+"/Unary", "x")
 	f.Add(enc(base...))
 	f.Add(enc(append(base, hpack.HeaderField{Name: "connection", Value: "close"})...))
 	f.Add(enc(append(base[:2], hpack.HeaderField{Name: ":path", Value: "/" + echoService + "/../x"})...))

@@ -258,11 +258,7 @@ func TestRelayKeepalive(t *testing.T) {
 				defer c.Close()
 				var b bytes.Buffer
 				enc := hpack.NewEncoder(&b)
-				for _, f := range []hpack.HeaderField{
-					{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
-					{Name: ":path", Value: "/" + holdService + "/Call"}, {Name: ":authority", Value: "x"},
-					{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
-				} {
+				for _, f := range grpcRequestFields("/"+holdService+"/Call", "x") {
 					enc.WriteField(f)
 				}
 				bw := bufio.NewWriter(c)
@@ -526,11 +522,7 @@ func TestRelayIdleConnectionMemory(t *testing.T) {
 		fr.WriteSettings()
 		var hb bytes.Buffer
 		enc := hpack.NewEncoder(&hb)
-		for _, f := range []hpack.HeaderField{
-			{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
-			{Name: ":path", Value: "/" + echoService + "/Unary"}, {Name: ":authority", Value: "x"},
-			{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
-		} {
+		for _, f := range grpcRequestFields("/"+echoService+"/Unary", "x") {
 			enc.WriteField(f)
 		}
 		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})

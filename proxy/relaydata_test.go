@@ -127,11 +127,7 @@ func (r *rawClient) write(w func() error) error {
 func (r *rawClient) open(id uint32, method string) error {
 	return r.write(func() error {
 		r.hb.Reset()
-		for _, f := range []hpack.HeaderField{
-			{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
-			{Name: ":path", Value: method}, {Name: ":authority", Value: "proxy"},
-			{Name: "content-type", Value: "application/grpc"}, {Name: "te", Value: "trailers"},
-		} {
+		for _, f := range grpcRequestFields(method, "proxy") {
 			r.enc.WriteField(f)
 		}
 		return r.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: r.hb.Bytes(), EndHeaders: true})
