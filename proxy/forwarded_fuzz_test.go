@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/textproto"
 	"reflect"
 	"strings"
 	"testing"
@@ -101,7 +102,10 @@ func FuzzForwardedHeaders(f *testing.F) {
 		}
 		isTrusted := client != "" && trusted[0].Contains(addr.WithZone("").Unmap())
 		for _, tok := range strings.Split(connection, ",") {
-			tok = http.CanonicalHeaderKey(strings.TrimSpace(tok))
+			// Tokens are trimmed of OWS (RFC 9110 §5.6.3: space and
+			// tab) as net/http does, not of Unicode spaces:
+			// "0\u2005" names no header "0".
+			tok = http.CanonicalHeaderKey(textproto.TrimString(tok))
 			if tok == "" || upgrade && tok == "Upgrade" || tok == "X-Forwarded-For" || tok == "X-Forwarded-Host" || tok == "X-Forwarded-Proto" || tok == "Forwarded" && isTrusted {
 				continue // set by the proxy itself (or kept from a trusted peer)
 			}
