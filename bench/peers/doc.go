@@ -1,5 +1,7 @@
 // Command peers measures hopwatch side by side with the proxies users would
-// otherwise put on a hop: nginx and HAProxy, and no proxy at all (direct).
+// otherwise put on a hop: nginx and HAProxy, and no proxy at all (direct),
+// and against go-floor, a bare Go proxy on net/http and grpc-go with no
+// telemetry (floor.go), which says what the standard stacks cost alone.
 // It is the harness behind `make bench-peers` (and `make bench-peers-short`);
 // it is not on any request path and never runs in `make test`.
 //

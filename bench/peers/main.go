@@ -21,6 +21,13 @@ import (
 )
 
 func main() {
+	if spec := os.Getenv(floorEnv); spec != "" {
+		if err := runFloor(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "bench/peers go-floor:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
@@ -29,7 +36,7 @@ func main() {
 	}
 }
 
-var allTargets = []string{"direct", "nginx", "haproxy", "hopwatch", "hopwatch-otlp", "hopwatch-sample0", "hopwatch-messages"}
+var allTargets = []string{"direct", "nginx", "haproxy", "hopwatch", "hopwatch-otlp", "hopwatch-sample0", "hopwatch-messages", "go-floor"}
 
 func targetByName(name string) (target, bool) {
 	switch name {
@@ -39,6 +46,8 @@ func targetByName(name string) (target, bool) {
 		return nginxTarget(), true
 	case "haproxy":
 		return haproxyTarget(), true
+	case "go-floor":
+		return floorTarget(), true
 	}
 	if v, ok := hopwatchVariants[name]; ok {
 		return hopwatchTarget(name, v.sample, v.otlp, v.relay), true

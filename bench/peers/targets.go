@@ -97,6 +97,11 @@ func writeRendered(path, tmpl string, d renderData) error {
 // startProc runs a proxy with its output in the scratch directory and
 // waits until all three listeners accept connections.
 func startProc(ctx context.Context, e *runEnv, name, prog string, args ...string) (*proc, addrs, error) {
+	return startProcEnv(ctx, e, name, nil, prog, args...)
+}
+
+// startProcEnv is startProc with variables added to the environment.
+func startProcEnv(ctx context.Context, e *runEnv, name string, env []string, prog string, args ...string) (*proc, addrs, error) {
 	log, err := os.Create(filepath.Join(e.dir, name+".log"))
 	if err != nil {
 		return nil, addrs{}, err
@@ -104,6 +109,9 @@ func startProc(ctx context.Context, e *runEnv, name, prog string, args ...string
 	cmd := exec.Command(prog, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Dir = e.dir
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	if err := cmd.Start(); err != nil {
 		log.Close()
 		return nil, addrs{}, fmt.Errorf("%s: %w", name, err)
