@@ -85,6 +85,9 @@ type ListenerStats struct {
 	// ResetFloods counts connections closed for resetting too many of
 	// their streams prematurely (rapid reset).
 	ResetFloods uint64
+	// FrameFloods counts connections closed for sending too many frames
+	// that do no work (relay listeners; see relayflood.go).
+	FrameFloods uint64
 	// CertReloads and CertReloadErrors count reloads of the listener's
 	// TLS files after they changed: loaded, or refused (the previous
 	// certificate kept serving).
@@ -99,13 +102,14 @@ type connCounters struct {
 	open        atomic.Int64
 	refused     atomic.Uint64
 	resetFloods atomic.Uint64
+	frameFloods atomic.Uint64
 	certOK      atomic.Uint64
 	certFailed  atomic.Uint64
 }
 
 func (c *connCounters) stats() ListenerStats {
 	return ListenerStats{Open: c.open.Load(), Refused: c.refused.Load(), ResetFloods: c.resetFloods.Load(),
-		CertReloads: c.certOK.Load(), CertReloadErrors: c.certFailed.Load()}
+		FrameFloods: c.frameFloods.Load(), CertReloads: c.certOK.Load(), CertReloadErrors: c.certFailed.Load()}
 }
 
 // certReloaded counts one reload of the listener's TLS files.
@@ -134,7 +138,7 @@ func (p *Proxy) listenerCounts() map[string]telemetry.ListenerCounts {
 	out := map[string]telemetry.ListenerCounts{}
 	for name, s := range p.ListenerStats() {
 		out[name] = telemetry.ListenerCounts{Open: s.Open, Refused: s.Refused, ResetFloods: s.ResetFloods,
-			CertReloads: s.CertReloads, CertReloadErrors: s.CertReloadErrors}
+			FrameFloods: s.FrameFloods, CertReloads: s.CertReloads, CertReloadErrors: s.CertReloadErrors}
 	}
 	return out
 }
@@ -149,8 +153,9 @@ type connGuard struct {
 	log      *slog.Logger
 	now      func() time.Time
 
-	open    atomic.Int64 // connections of this socket, against max
-	lastLog atomic.Int64 // unix nanoseconds of the last refusal logged
+	open         atomic.Int64 // connections of this socket, against max
+	lastLog      atomic.Int64 // unix nanoseconds of the last refusal logged
+	lastFloodLog atomic.Int64 // unix nanoseconds of the last frame flood logged
 
 	// conns maps a peer address to its open connection: written once per
 	// connection, read once per call, which is what sync.Map is for.

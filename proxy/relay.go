@@ -327,6 +327,10 @@ func (s *relayServer) isDraining() bool { return s.draining.Load() }
 
 // frame handles one frame from a client.
 func (s *relayServer) frame(c *h2conn, gc *guardedConn, f http2.Frame) error {
+	if c.flood.see(f, c.dataSent.Load()) {
+		s.flooded(c, gc)
+		return errFrameFlood
+	}
 	switch f := f.(type) {
 	case *http2.MetaHeadersFrame:
 		return s.headers(c, gc, f)

@@ -469,16 +469,25 @@ func TestRelayDrainWhileFramesArrive(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for {
+				for id := uint32(1); ; id += 2 {
 					select {
 					case <-stop:
 						return
 					default:
 					}
-					// WINDOW_UPDATE, not PING: a client pinging this often
-					// is sent away at its third ping (too_many_pings), and
-					// its frames would stop before the drain began.
-					if raw.write(func() error { return raw.fr.WriteWindowUpdate(0, 1) }) != nil {
+					// Calls, each followed by a WINDOW_UPDATE: a client
+					// sending only PINGs or WINDOW_UPDATEs this often is
+					// sent away (too_many_pings, frame_flood), and its
+					// frames would stop before the drain began. Streams
+					// past max_concurrent_streams are refused, which is
+					// more frames arriving.
+					if raw.open(id, "relay", "/"+echoService+"/Unary", nil, false) != nil ||
+						raw.write(func() error {
+							if err := raw.fr.WriteData(id, true, nil); err != nil {
+								return err
+							}
+							return raw.fr.WriteWindowUpdate(0, 1)
+						}) != nil {
 						return
 					}
 				}

@@ -153,6 +153,12 @@ type h2conn struct {
 	peerMaxHeaderList atomic.Uint32
 	// reads counts the frames read, for keepalive.
 	reads atomic.Uint64
+	// dataSent counts the DATA frames written (writer goroutine), which
+	// earn a client its WINDOW_UPDATEs (floodGuard).
+	dataSent atomic.Uint64
+	// flood holds a client connection to its share of frames that do no
+	// work (reader goroutine only; relayflood.go).
+	flood floodGuard
 	// connUnacked is DATA read on the connection not yet given back.
 	connUnacked int32 // reader goroutine only
 	// lastPingAt and pingStrikes follow the client's PINGs (reader
@@ -359,6 +365,7 @@ func (c *h2conn) writeLoop() {
 func (c *h2conn) write(it *wItem) error {
 	switch it.kind {
 	case wData:
+		c.dataSent.Add(1)
 		return c.fr.WriteData(it.id, it.end, it.data)
 	case wHeaders:
 		c.encBuf.Reset()
