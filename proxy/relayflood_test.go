@@ -167,4 +167,3 @@ func TestFrameFloods(t *testing.T) {
 		})
 	}
 }
-
