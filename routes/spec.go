@@ -486,6 +486,14 @@ type Upstream struct {
 	// sooner than MinDNSRefresh unless written lower. Only with DNS
 	// endpoints.
 	DNSRefresh time.Duration `yaml:"dns_refresh"`
+	// EndpointsFromEDS: the endpoints are an xDS load assignment's, which
+	// may list none (a service scaled to zero, every endpoint unhealthy
+	// or draining). The upstream then fails its calls at once (503 /
+	// UNAVAILABLE "no endpoint available", or the route's fallback), as
+	// Envoy does, rather than the update being refused and the previous
+	// endpoints kept: their addresses may by then be other pods'. Set by
+	// the xDS translation only, never from a file.
+	EndpointsFromEDS bool `yaml:"-"`
 }
 
 // Discovery modes and the per-endpoint DNS prefix.

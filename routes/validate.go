@@ -364,7 +364,7 @@ func (v *validator) upstreams() {
 			v.upstreamTLS(p, u)
 		}
 
-		if len(u.Endpoints) == 0 {
+		if len(u.Endpoints) == 0 && !u.EndpointsFromEDS {
 			v.errorf(p+".endpoints", "at least one endpoint (host:port) is required")
 		}
 		seen := make(map[string]int, len(u.Endpoints))

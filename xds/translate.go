@@ -551,6 +551,7 @@ func translateCluster(c *clusterv3.Cluster, rs *resources, path string, files *i
 			name = c.GetName()
 		}
 		cla = rs.endpoints[name]
+		u.EndpointsFromEDS = true
 	case clusterv3.Cluster_STATIC:
 		cla = c.GetLoadAssignment()
 	case clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:

@@ -257,8 +257,15 @@ func TestTranslateRejects(t *testing.T) {
 		{"validation names the resource", func(r *Resources) {
 			r.Routes[0].VirtualHosts[0].Routes[0].Match.PathSpecifier = &routev3.RouteMatch_Path{Path: "/not-a-method"}
 		}, `route_configuration "bot-grpc".virtual_hosts[0].routes[0] (routes[0].match.grpc_method)`},
-		{"no endpoints", func(r *Resources) { r.Endpoints[0].Endpoints = nil },
-			`cluster "kb" (upstreams[0].endpoints): at least one endpoint`},
+		// A static cluster is configuration: one without endpoints is a
+		// mistake (an EDS assignment with none is a fleet scaled to
+		// zero: TestTranslateEmptyAssignment).
+		{"static cluster without endpoints", func(r *Resources) {
+			r.Clusters[0] = proto.Clone(r.Clusters[0]).(*clusterv3.Cluster)
+			r.Clusters[0].ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
+			r.Clusters[0].EdsClusterConfig = nil
+			r.Clusters[0].LoadAssignment = &endpointv3.ClusterLoadAssignment{ClusterName: r.Clusters[0].Name}
+		}, `cluster "kb" (upstreams[0].endpoints): at least one endpoint`},
 		{"SDS certificate", func(r *Resources) {
 			r.Clusters[1].TransportSocket = mustSocket(t, &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
 				TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: "client"}}}})
@@ -315,4 +322,51 @@ func TestTranslateRejects(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestTranslateEmptyAssignment: an EDS assignment that lists no endpoint
+// that may take traffic (scaled to zero, or all unhealthy or draining) is
+// applied, not NACKed: the upstream has no endpoints and fails its calls
+// at once. Before, it was refused and the replica kept the previous
+// endpoints, whose addresses may by then be other pods'.
+func TestTranslateEmptyAssignment(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lbs  []*endpointv3.LbEndpoint
+	}{
+		{"scaled to zero", nil},
+		{"every endpoint draining or unhealthy", []*endpointv3.LbEndpoint{
+			{HealthStatus: corev3.HealthStatus_DRAINING, HostIdentifier: testEndpoint("127.0.0.1", 7201)},
+			{HealthStatus: corev3.HealthStatus_UNHEALTHY, HostIdentifier: testEndpoint("127.0.0.2", 7201)},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := Build(fleetSpec())
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Endpoints[0] = &endpointv3.ClusterLoadAssignment{ClusterName: res.Endpoints[0].GetClusterName()}
+			if tc.lbs != nil {
+				res.Endpoints[0].Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: tc.lbs}}
+			}
+			spec, _, err := translate(resourcesOf(res), &routes.Spec{}, nil)
+			if err != nil {
+				t.Fatalf("an empty assignment was refused: %v", err)
+			}
+			var kb *routes.Upstream
+			for i := range spec.Upstreams {
+				if spec.Upstreams[i].Name == res.Endpoints[0].GetClusterName() {
+					kb = &spec.Upstreams[i]
+				}
+			}
+			if kb == nil || len(kb.Endpoints) != 0 || !kb.EndpointsFromEDS {
+				t.Fatalf("upstream %+v, want %q with no endpoints, from EDS", kb, res.Endpoints[0].GetClusterName())
+			}
+		})
+	}
+}
+
+func testEndpoint(ip string, port uint32) *endpointv3.LbEndpoint_Endpoint {
+	return &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+		SocketAddress: &corev3.SocketAddress{Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}}}
 }
