@@ -23,6 +23,10 @@ func check(c *Config) []routes.FieldError {
 	for path, msg := range c.AccessLog.Validate() {
 		errs = append(errs, routes.FieldError{Path: "access_log." + path, Msg: msg})
 	}
+	if c.AccessLog.OTLP && c.Telemetry.Tracing.OTLP == nil {
+		errs = append(errs, routes.FieldError{Path: "access_log.otlp",
+			Msg: "records go to the OTLP collector of telemetry.tracing.otlp, which is not configured"})
+	}
 	for path, msg := range c.GenAI.Validate() {
 		errs = append(errs, routes.FieldError{Path: "genai." + path, Msg: msg})
 	}

@@ -88,6 +88,12 @@ func invalidCases() []invalidCase {
 			msg: "must be between 0 and 1",
 		},
 		{
+			name: "access log records without a collector",
+			yaml: base + "access_log: {otlp: true}\n",
+			line: 13, path: "access_log.otlp",
+			msg: "records go to the OTLP collector of telemetry.tracing.otlp, which is not configured",
+		},
+		{
 			name: "unknown top-level field",
 			yaml: base + "listner: x\n",
 			line: 13, path: "listner",

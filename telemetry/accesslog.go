@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -29,6 +30,11 @@ type AccessLogConfig struct {
 	// Output is "" (no access log, the default), "stdout", or a file
 	// path, appended to and reopened on SIGUSR1 (for logrotate).
 	Output string `yaml:"output"`
+	// OTLP also sends every line as an OTLP log record (event name
+	// hopwatch.access, the line's fields as hopwatch.* attributes, the
+	// hop's trace and span id as the record's) to the collector of
+	// telemetry.tracing.otlp. With no Output, the records are the log.
+	OTLP bool `yaml:"otlp"`
 	// SlowerThan logs every request at least this long (0: no such rule).
 	SlowerThan time.Duration `yaml:"slower_than"`
 	// SampleRatio is the share of the other requests that are logged,
@@ -69,8 +75,8 @@ func (c *AccessLogConfig) Validate() map[string]string {
 	if c.QueueSize < 0 {
 		errs["queue_size"] = "must not be negative"
 	}
-	if c.Output == "" && (c.SlowerThan != 0 || c.SampleRatio != nil || c.IncludeQuery || c.QueueSize != 0) {
-		errs["output"] = `required when other access_log fields are set ("stdout" or a file path)`
+	if c.Output == "" && !c.OTLP && (c.SlowerThan != 0 || c.SampleRatio != nil || c.IncludeQuery || c.QueueSize != 0) {
+		errs["output"] = `required when other access_log fields are set ("stdout" or a file path, or otlp: true)`
 	}
 	return errs
 }
@@ -115,13 +121,17 @@ type AccessLog struct {
 	// Owned by the writer goroutine.
 	f  *os.File // nil for stdout
 	w  io.Writer
-	bw *bufio.Writer
+	bw *bufio.Writer // nil: no output, OTLP records only
+	// otlp receives every line as a log record (nil: access_log.otlp is
+	// off). Its JSON decoding runs here, on the writer goroutine, never
+	// on a request's.
+	otlp *EventLog
 }
 
 // OpenAccessLog opens the configured output (nil, nil when there is none)
 // and starts its writer; Close stops it. stdout is where "stdout" writes.
 func (t *Telemetry) OpenAccessLog(cfg AccessLogConfig, stdout io.Writer) (*AccessLog, error) {
-	if cfg.Output == "" {
+	if cfg.Output == "" && !cfg.OTLP {
 		return nil, nil
 	}
 	a := &AccessLog{
@@ -141,16 +151,30 @@ func (t *Telemetry) OpenAccessLog(cfg AccessLogConfig, stdout io.Writer) (*Acces
 	if ratio >= 1 {
 		a.threshold = math.MaxUint64
 	}
-	if cfg.Output == AccessLogStdout {
+	switch cfg.Output {
+	case "":
+	case AccessLogStdout:
 		a.w = stdout
-	} else {
+	default:
 		f, err := openLogFile(cfg.Output)
 		if err != nil {
 			return nil, err
 		}
 		a.f, a.w = f, f
 	}
-	a.bw = bufio.NewWriterSize(a.w, 64<<10)
+	if a.w != nil {
+		a.bw = bufio.NewWriterSize(a.w, 64<<10)
+	}
+	if cfg.OTLP {
+		el, err := t.OpenEventLog("access")
+		if err != nil {
+			if a.f != nil {
+				a.f.Close()
+			}
+			return nil, fmt.Errorf("access log: %w", err)
+		}
+		a.otlp = el
+	}
 	go a.run()
 	return a, nil
 }
@@ -194,7 +218,7 @@ func (a *AccessLog) Config() AccessLogConfig { return a.cfg }
 // removed it (SIGUSR1). If the file cannot be opened, the old one stays.
 // A no-op for stdout.
 func (a *AccessLog) Reopen() error {
-	if a == nil || a.cfg.Output == AccessLogStdout {
+	if a == nil || a.cfg.Output == "" || a.cfg.Output == AccessLogStdout {
 		return nil
 	}
 	ch := make(chan error, 1)
@@ -252,13 +276,29 @@ func (a *AccessLog) run() {
 			if a.f != nil {
 				a.f.Close()
 			}
+			if a.otlp != nil {
+				// Bounded: a collector that is down does not hold up a
+				// reload or the shutdown.
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				a.otlp.Close(ctx)
+				cancel()
+			}
 			return
 		}
 	}
 }
 
 func (a *AccessLog) write(b *[]byte) {
-	if _, err := a.bw.Write(*b); err != nil {
+	if a.otlp != nil {
+		// The SDK's batch processor queues the record (bounded, dropping
+		// rather than blocking); the line's bytes are not kept.
+		if _, err := a.otlp.Write(*b); err != nil {
+			a.m.errors.Inc()
+		}
+	}
+	if a.bw == nil {
+		a.m.lines.Inc()
+	} else if _, err := a.bw.Write(*b); err != nil {
 		a.m.errors.Inc()
 		a.bw.Reset(a.w) // drop what could not be written; try again with the next line
 	} else {
@@ -269,6 +309,9 @@ func (a *AccessLog) write(b *[]byte) {
 }
 
 func (a *AccessLog) flush() {
+	if a.bw == nil {
+		return
+	}
 	if err := a.bw.Flush(); err != nil {
 		a.m.errors.Inc()
 		a.bw.Reset(a.w)

@@ -306,6 +306,7 @@ func TestAccessLogConfigValidate(t *testing.T) {
 		{"bad values", AccessLogConfig{Output: "x", SlowerThan: -1, SampleRatio: &neg, QueueSize: -1}, []string{"slower_than", "sample_ratio", "queue_size"}},
 		{"ratio over 1", AccessLogConfig{Output: "x", SampleRatio: &over}, []string{"sample_ratio"}},
 		{"settings without output", AccessLogConfig{SlowerThan: time.Second}, []string{"output"}},
+		{"settings with OTLP records only", AccessLogConfig{OTLP: true, SlowerThan: time.Second}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/log"
 	sdklog "go.opentelemetry.io/otel/sdk/log"
 	"go.opentelemetry.io/otel/sdk/resource"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // EventLog sends structured events as OTLP log records to the collector
@@ -100,8 +101,27 @@ func (e *EventLog) Write(b []byte) (int, error) {
 	for _, k := range keys {
 		rec.AddAttributes(attribute.KeyValue{Key: attribute.Key("hopwatch." + k), Value: logValue(fields[k])})
 	}
-	e.logger.Emit(context.Background(), rec)
+	e.logger.Emit(recordContext(fields), rec)
 	return len(b), nil
+}
+
+// recordContext carries the object's trace_id and span_id (hex, as the
+// access log and the events write them), so that the SDK sets them as the
+// record's trace context and a log backend links the line to its trace.
+// An object without valid ids gets none.
+func recordContext(fields map[string]any) context.Context {
+	ctx := context.Background()
+	tid, _ := fields["trace_id"].(string)
+	sid, _ := fields["span_id"].(string)
+	traceID, err := trace.TraceIDFromHex(tid)
+	if err != nil {
+		return ctx
+	}
+	sc := trace.SpanContextConfig{TraceID: traceID, TraceFlags: trace.FlagsSampled}
+	if spanID, err := trace.SpanIDFromHex(sid); err == nil {
+		sc.SpanID = spanID
+	}
+	return trace.ContextWithSpanContext(ctx, trace.NewSpanContext(sc))
 }
 
 // logValue converts a decoded JSON value: strings, booleans, numbers

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -50,7 +51,8 @@ func (l otlpLogs) Export(_ context.Context, req *logspb.ExportLogsServiceRequest
 	for _, rl := range req.ResourceLogs {
 		for _, sl := range rl.ScopeLogs {
 			for _, lr := range sl.LogRecords {
-				attrs := map[string]string{"event": lr.EventName}
+				attrs := map[string]string{"event": lr.EventName,
+					"record.trace_id": hex.EncodeToString(lr.TraceId), "record.span_id": hex.EncodeToString(lr.SpanId)}
 				for _, kv := range lr.Attributes {
 					attrs[kv.Key] = anyValue(kv.Value)
 				}
