@@ -258,7 +258,7 @@ func (s *relayServer) serveConn(nc net.Conn) {
 	}
 	c.queue(wItem{kind: wSettings, set: relaySettings(uint32(lim.maxConcurrentStreams), uint32(lim.maxHeaderBytes))},
 		wItem{kind: wWindow, id: 0, n: relayConnWindow - 65535})
-	f, err := c.fr.ReadFrame()
+	f, err := c.readFrame()
 	if err != nil {
 		return
 	}
@@ -277,7 +277,7 @@ func (s *relayServer) serveConn(nc net.Conn) {
 	defer c.teardown()
 	for {
 		c.throttle()
-		f, err := c.fr.ReadFrame()
+		f, err := c.readFrame()
 		c.reads.Add(1)
 		if err != nil {
 			if c.resetStream(err) {
@@ -434,8 +434,8 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		st.reqEnd = true
 		st.down.remoteEnded.Store(true)
 	}
-	// f.Fields is the frame's own (the Framer decodes each header
-	// block into a new MetaHeadersFrame): the handler may keep it.
+	// f.Fields is the block's own (readFrame copies each block's
+	// fields out of its scratch): the handler may keep it.
 	s.wg.Add(1)
 	s.dispatch(relayWork{st: st, in: f.Fields})
 	return nil

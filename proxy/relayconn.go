@@ -128,6 +128,7 @@ type h2conn struct {
 	tlsState *tls.ConnectionState
 	client   bool // the relay is the client (an upstream connection)
 
+	hdec   *headerDecoder // reader goroutine only
 	enc    *hpack.Encoder // writer goroutine only
 	encBuf bytes.Buffer
 
@@ -194,13 +195,12 @@ func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
 	// else 0 until the upstream's first SETTINGS (relayClient.read).
 	c.br = &relayReader{nc: nc}
 	c.fr = http2.NewFramer(c.bw, c.br)
-	// HEADERS and CONTINUATION arrive as one MetaHeadersFrame, decoded
-	// with this connection's HPACK state; fields beyond the list size
-	// are not emitted (the frame is marked Truncated), so references to a
-	// large dynamic-table entry cannot expand into megabytes (RFC 7541
+	// HEADERS and CONTINUATION arrive as one MetaHeadersFrame (readFrame),
+	// decoded with this connection's HPACK state; fields beyond the list
+	// size are not emitted (the frame is marked Truncated), so references
+	// to a large dynamic-table entry cannot expand into megabytes (RFC 7541
 	// §7.3, RFC 9113 §10.5.1).
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = maxHeaderList
+	c.hdec = newHeaderDecoder(maxHeaderList)
 	c.fr.SetReuseFrames()
 	// The relay never advertises SETTINGS_MAX_FRAME_SIZE: its peers'
 	// frames are held to the initial 16 KiB (RFC 9113 §4.2; a larger one
