@@ -513,7 +513,7 @@ type relayStream struct {
 
 	done chan struct{} // closed once the call has ended
 	// ev (capacity 1; sent under mu) tells the call's handler that
-	// answeredSet, progressed or upEndedSet changed.
+	// progressed or upEndedSet changed, or that the stream was refused.
 	ev chan struct{}
 	// reqSig (capacity 1; set under mu, by a relayMsgStream only) hears
 	// that reqPending grew or the request ended.
@@ -542,6 +542,7 @@ type relayStream struct {
 	canceled    bool      // the client reset the stream
 	upReset     bool      // RST_STREAM already sent or received upstream
 	answeredSet bool      // the upstream's first HEADERS arrived
+	answeredAt  time.Time // when (for the breaker's slow-call measure)
 	progressed  bool      // the client sent DATA (or the stream was refused) since the handler last looked
 	upEndedSet  bool      // the upstream's trailers arrived
 	dl          time.Time // the call's deadline (zero: none), set before the upstream stream opens
@@ -612,8 +613,12 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 		}
 	}
 	st.mu.Lock()
-	st.progressed = true
-	st.signalLocked()
+	if !st.answeredSet {
+		// The handler restarts its first-response timer; once the
+		// upstream answered, nothing waits for the client's progress.
+		st.progressed = true
+		st.signalLocked()
+	}
 	if st.respDone && st.finished {
 		st.mu.Unlock()
 		return
@@ -1228,7 +1233,9 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 	}
 	callStart := p.now()
 	waitAnswer := true
+wait:
 	for !waitEnded {
+		firstFired := false
 		select {
 		case <-st.ev:
 			if st.takeRefused() {
@@ -1241,40 +1248,57 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 				}
 				err := rc.open(st, hdr, relayStop{done: st.done, deadline: deadline, first: first})
 				if errors.Is(err, errRelayWaitEnded) {
-					break
+					break wait
 				}
 				if err != nil {
 					code, msg := classify(upstreamError(err))
 					st.fail(code, msg, false)
-					break
+					break wait
 				}
 				continue
 			}
-			st.mu.Lock()
-			answered, progressed, upEnded := st.answeredSet, st.progressed, st.upEndedSet
-			st.progressed = false
-			st.mu.Unlock()
-			switch {
-			case waitAnswer && answered:
-				waitAnswer = false
-				gate.firstResponse()
-				if frTimer != nil {
-					frTimer.Stop()
-					first = nil
-				}
-			case waitAnswer && progressed && frTimer != nil:
-				// The client sent more: the upstream owes an answer
-				// only once it has the request.
-				frTimer.Reset(p.firstResp)
-			}
-			if !upEnded {
-				continue
-			}
-		case <-st.done:
-		case <-deadline:
 		case <-first:
+			// The upstream's answer does not wake the handler (one
+			// wake-up less per call, see upstreamHeadersIn): whether it
+			// came is looked up now.
+			firstFired = true
+		case <-st.done:
+			break wait
+		case <-deadline:
+			break wait
 		}
-		break
+		st.mu.Lock()
+		answered, answeredAt, progressed, upEnded := st.answeredSet, st.answeredAt, st.progressed, st.upEndedSet
+		st.progressed = false
+		st.mu.Unlock()
+		switch {
+		case waitAnswer && answered:
+			waitAnswer = false
+			gate.firstResponseAt(answeredAt)
+			if frTimer != nil {
+				frTimer.Stop()
+				first = nil
+			}
+		case waitAnswer && firstFired:
+			break wait
+		case waitAnswer && progressed && frTimer != nil:
+			// The client sent more: the upstream owes an answer
+			// only once it has the request.
+			frTimer.Reset(p.firstResp)
+		}
+		if upEnded {
+			break
+		}
+	}
+	if waitAnswer {
+		// Ended before the handler looked: the breaker still times the
+		// call to its first response.
+		st.mu.Lock()
+		answered, answeredAt := st.answeredSet, st.answeredAt
+		st.mu.Unlock()
+		if answered {
+			gate.firstResponseAt(answeredAt)
+		}
 	}
 	// Ended by a timer: reset upstream, DEADLINE_EXCEEDED to the client,
 	// worded as on the grpc-go path; the call ends here even if the
@@ -1342,8 +1366,12 @@ func setGRPCTimeout(h relayHeader, d time.Duration) {
 func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, truncated bool) {
 	st.mu.Lock()
 	if !st.answeredSet {
+		// The handler is not woken for this (a unary call's trailers
+		// follow at once, and they do wake it): it reads answeredSet
+		// when it wakes, at the end or when the first-response timer
+		// fires.
 		st.answeredSet = true
-		st.signalLocked()
+		st.answeredAt = st.srv.p.now()
 		st.hop.FirstByte()
 		st.retry, st.retryBody = false, nil
 	}
