@@ -362,7 +362,19 @@ func (c *h2conn) write(it *wItem) error {
 		return c.fr.WriteData(it.id, it.end, it.data)
 	case wHeaders:
 		c.encBuf.Reset()
-		for _, f := range it.fields {
+		for i, f := range it.fields {
+			if uniquePerCall(f.Name) {
+				if i > 0 {
+					// A pending dynamic table size update went out
+					// before the block's first field (RFC 7541 §4.2).
+					c.encBuf.Write(appendLiteral(c.encBuf.AvailableBuffer(), f))
+					continue
+				}
+				// First: the encoder writes it (and the update before
+				// it), never indexed, the one literal that keeps it out
+				// of the table.
+				f.Sensitive = true
+			}
 			if err := c.enc.WriteField(f); err != nil {
 				return err
 			}

@@ -200,3 +200,51 @@ func checkPseudos(fields []hpack.HeaderField) error {
 	}
 	return nil
 }
+
+// uniquePerCall names the fields whose value is new on every call: the
+// trace context the relay writes for each attempt, and the deadline that
+// is left. Added to the HPACK dynamic table, as the encoder adds any
+// field it has not seen, each would be sent once and then evicted,
+// evicting with it the fields that do repeat (method, authority,
+// content-type, user agent) so that they go out as literals again, and
+// costing both encoders and decoders a table insertion and eviction for
+// nothing: the writer sends them as literals without indexing instead.
+func uniquePerCall(name string) bool {
+	switch name {
+	case "traceparent", "grpc-timeout", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid":
+		return true
+	}
+	return false
+}
+
+// appendLiteral appends f as a literal header field without indexing and
+// with a literal name (RFC 7541 §6.2.2), its strings Huffman-coded when
+// that is shorter (§5.2), as x/net's encoder codes them.
+func appendLiteral(dst []byte, f hpack.HeaderField) []byte {
+	dst = append(dst, 0)
+	dst = appendString(dst, f.Name)
+	return appendString(dst, f.Value)
+}
+
+func appendString(dst []byte, s string) []byte {
+	if n := hpack.HuffmanEncodeLength(s); n < uint64(len(s)) {
+		dst = appendVarInt(dst, 7, 0x80, n)
+		return hpack.AppendHuffmanString(dst, s)
+	}
+	dst = appendVarInt(dst, 7, 0, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// appendVarInt appends i as an HPACK integer with an n-bit prefix
+// (RFC 7541 §5.1); flags are the first byte's bits above the prefix.
+func appendVarInt(dst []byte, n byte, flags byte, i uint64) []byte {
+	k := uint64((1 << n) - 1)
+	if i < k {
+		return append(dst, flags|byte(i))
+	}
+	dst = append(dst, flags|byte(k))
+	for i -= k; i >= 128; i >>= 7 {
+		dst = append(dst, byte(0x80|(i&0x7f)))
+	}
+	return append(dst, byte(i))
+}

@@ -3,6 +3,9 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"io"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -147,4 +150,128 @@ func kindOf(err error) string {
 		return "connection " + http2.ErrCode(ce).String()
 	}
 	return "other"
+}
+
+// TestUniquePerCallNotIndexed: the fields that are new on every call
+// (trace context, grpc-timeout) go out as literals without indexing, so
+// the dynamic table keeps the fields that repeat: every block after the
+// first is as long as the one before (a table that took them would fill
+// up within a few dozen calls and then evict the repeating fields, which
+// go out as literals again). Each block decodes to what was written.
+func TestUniquePerCallNotIndexed(t *testing.T) {
+	cases := []struct {
+		name  string
+		first string // the block's first field (a table size update goes before it)
+	}{
+		{"request", ":method"},
+		{"unique field first", "traceparent"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var wire bytes.Buffer
+			c := &h2conn{fr: http2.NewFramer(&wire, nil)}
+			c.enc = hpack.NewEncoder(&c.encBuf)
+			c.peerMaxFrame.Store(16384)
+			// The peer's SETTINGS_HEADER_TABLE_SIZE: the next block
+			// starts with a table size update.
+			if err := c.write(&wItem{kind: wTableSize, n: 2048}); err != nil {
+				t.Fatal(err)
+			}
+			dec := http2.NewFramer(nil, &wire)
+			dec.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+			last := 0
+			for i := range 60 {
+				fields := []hpack.HeaderField{
+					{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+					{Name: ":path", Value: "/bot.v1.NLU/Parse"}, {Name: ":authority", Value: "nlu:7101"},
+					{Name: "te", Value: "trailers"},
+					{Name: "grpc-timeout", Value: strconv.Itoa(19_000_000+i*37) + "u"},
+					{Name: "content-type", Value: "application/grpc"}, {Name: "user-agent", Value: "grpc-go/1.80.0"},
+					{Name: "traceparent", Value: fmt.Sprintf("00-%032x-%016x-01", i*7919+1, i*104729+1)},
+				}
+				if tc.first == "traceparent" {
+					// No pseudo-headers (a block of trailers, say), the
+					// unique field first.
+					fields = append(fields[len(fields)-1:], fields[5:len(fields)-1]...)
+				}
+				before := wire.Len()
+				if err := c.write(&wItem{kind: wHeaders, id: uint32(2*i + 1), fields: fields}); err != nil {
+					t.Fatal(err)
+				}
+				// What the fields that repeat took: the rest is the unique
+				// fields' literals, whose lengths vary with their values.
+				size := wire.Len() - before
+				for _, f := range fields {
+					if uniquePerCall(f.Name) {
+						size -= len(appendLiteral(nil, f))
+					}
+				}
+				if i > 1 && size != last {
+					t.Fatalf("block %d: %d bytes, the one before %d: the dynamic table changed", i, size, last)
+				}
+				last = size
+				f, err := dec.ReadFrame()
+				if err != nil {
+					t.Fatalf("block %d: %v", i, err)
+				}
+				got := f.(*http2.MetaHeadersFrame).Fields
+				if len(got) != len(fields) {
+					t.Fatalf("block %d: decoded %v, wrote %v", i, got, fields)
+				}
+				for j := range got {
+					if got[j].Name != fields[j].Name || got[j].Value != fields[j].Value {
+						t.Fatalf("block %d: decoded %v, wrote %v", i, got, fields)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestAppendVarInt: HPACK integers (RFC 7541 §5.1 and its examples in
+// C.1).
+func TestAppendVarInt(t *testing.T) {
+	cases := []struct {
+		name string
+		n    byte
+		i    uint64
+		want []byte
+	}{
+		{"10 in a 5-bit prefix", 5, 10, []byte{10}},
+		{"1337 in a 5-bit prefix", 5, 1337, []byte{31, 154, 10}},
+		{"42 in an 8-bit prefix", 8, 42, []byte{42}},
+		{"the prefix's maximum", 7, 127, []byte{127, 0}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := appendVarInt(nil, tc.n, 0, tc.i); !bytes.Equal(got, tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// BenchmarkRelayWriteHeaders: the writer encoding a request's header
+// block for the upstream, as the relay writes one per call.
+func BenchmarkRelayWriteHeaders(b *testing.B) {
+	c := &h2conn{fr: http2.NewFramer(io.Discard, nil)}
+	c.enc = hpack.NewEncoder(&c.encBuf)
+	c.peerMaxFrame.Store(16384)
+	fields := []hpack.HeaderField{
+		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: "/bot.v1.NLU/Parse"}, {Name: ":authority", Value: "127.0.0.1:19201"},
+		{Name: "te", Value: "trailers"}, {Name: "grpc-timeout", Value: "19999870u"},
+		{Name: "content-type", Value: "application/grpc"}, {Name: "user-agent", Value: "grpc-go/1.80.0"},
+		{Name: "traceparent", Value: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		fields[5].Value = strconv.Itoa(19_000_000+i%1000) + "u"
+		fields[8].Value = fmt.Sprintf("00-%032x-00f067aa0ba902b7-01", i)
+		if err := c.write(&wItem{kind: wHeaders, id: 1, fields: fields}); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
