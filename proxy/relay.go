@@ -1021,7 +1021,9 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 
 	var method, authority, ctype string
 	var dl time.Time
-	md := make(relayHeader, 0, len(in))
+	// in is this call's own (readFrame copies each block out): the
+	// metadata is filtered in place, md never passing the field read.
+	md := relayHeader(in[:0])
 	for _, f := range in {
 		switch f.Name {
 		case ":path":
@@ -1111,17 +1113,29 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 		// The response may still wait for the client's window: the call
 		// is over once all of it went out (or the client reset it, or
 		// its connection closed), as a grpc-go server stream is.
-		if dl.IsZero() {
-			<-st.done
-		} else {
-			t := getRelayTimer(time.Until(dl))
-			select {
-			case <-st.done:
-			case <-t.C:
-			}
-			putRelayTimer(t)
+		select {
+		case <-st.done:
+			// Mostly: the window had room and send queued all of it;
+			// no timer to arm and stop.
+		default:
+			st.awaitSent(dl)
 		}
 	}
+}
+
+// awaitSent waits for the response to go out to the client, until the
+// call's deadline (zero: none).
+func (st *relayStream) awaitSent(dl time.Time) {
+	if dl.IsZero() {
+		<-st.done
+		return
+	}
+	t := getRelayTimer(time.Until(dl))
+	select {
+	case <-st.done:
+	case <-t.C:
+	}
+	putRelayTimer(t)
 }
 
 // endedEarly reports a call whose end is decided already, and its status.
