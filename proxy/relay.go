@@ -62,13 +62,22 @@ type relayServer struct {
 	workers     sync.WaitGroup
 	quit        chan struct{} // closed once drained: idle workers exit
 	quitOnce    sync.Once
+	// Idle workers end when no call came to them for relayWorkerIdle:
+	// one timer for the listener (reap), not one per worker, whose
+	// channel a worker would wait on between every two calls (and the
+	// runtime add to and remove from its timer heap each time).
+	retire     chan struct{} // to an idle worker: end (unbuffered)
+	handed     atomic.Uint64 // calls handed to idle workers
+	reaperOn   atomic.Bool   // reap is scheduled
+	reapMu     sync.Mutex    // guards lastHanded (reap runs on timer goroutines)
+	lastHanded uint64
 }
 
 // relayIdleWorkers bounds the workers a relay listener keeps idle between
 // calls (each holds a grown stack, a few KiB); calls beyond them start
-// goroutines that end with the call. A worker idle for relayWorkerIdle
-// ends too: after a burst, the listener's goroutines go back to what its
-// connections need.
+// goroutines that end with the call. Idle workers end too once none of
+// them took a call for relayWorkerIdle (reap, within twice that): after a
+// burst, the listener's goroutines go back to what its connections need.
 const (
 	relayIdleWorkers = 128
 	relayWorkerIdle  = 2 * time.Second
@@ -82,7 +91,7 @@ type relayWork struct {
 
 func (p *Proxy) newRelayServer(listener string, maxMsg int, lim limits) *relayServer {
 	return &relayServer{p: p, listener: listener, maxMsg: maxMsg, lim: lim, conns: map[*h2conn]struct{}{},
-		work: make(chan relayWork), quit: make(chan struct{})}
+		work: make(chan relayWork), quit: make(chan struct{}), retire: make(chan struct{})}
 }
 
 // dispatch runs a call (counted in s.wg by the caller) on an idle worker,
@@ -90,9 +99,41 @@ func (p *Proxy) newRelayServer(listener string, maxMsg int, lim limits) *relaySe
 func (s *relayServer) dispatch(w relayWork) {
 	select {
 	case s.work <- w:
+		s.handed.Add(1)
 	default:
 		s.workers.Add(1)
 		go s.worker(w)
+	}
+}
+
+// armReaper schedules reap, unless it is scheduled already.
+func (s *relayServer) armReaper() {
+	if s.reaperOn.CompareAndSwap(false, true) {
+		time.AfterFunc(relayWorkerIdle, s.reap)
+	}
+}
+
+// reap ends the idle workers if none of them took a call since the last
+// reap (at least relayWorkerIdle ago): after a burst, the listener's
+// goroutines go back to what its connections need. It runs again while
+// workers are idle.
+func (s *relayServer) reap() {
+	s.reapMu.Lock()
+	handed := s.handed.Load()
+	if handed == s.lastHanded {
+		for retired := false; !retired; {
+			select {
+			case s.retire <- struct{}{}:
+			default:
+				retired = true
+			}
+		}
+	}
+	s.lastHanded = handed
+	s.reapMu.Unlock()
+	s.reaperOn.Store(false)
+	if s.idleWorkers.Load() > 0 {
+		s.armReaper()
 	}
 }
 
@@ -100,12 +141,6 @@ func (s *relayServer) dispatch(w relayWork) {
 // are idle, or the server is drained.
 func (s *relayServer) worker(w relayWork) {
 	defer s.workers.Done()
-	var idle *time.Timer
-	defer func() {
-		if idle != nil {
-			idle.Stop()
-		}
-	}()
 	for {
 		w.st.serve(w.in)
 		s.wg.Done()
@@ -113,15 +148,11 @@ func (s *relayServer) worker(w relayWork) {
 			s.idleWorkers.Add(-1)
 			return
 		}
-		if idle == nil {
-			idle = time.NewTimer(relayWorkerIdle)
-		} else {
-			idle.Reset(relayWorkerIdle)
-		}
+		s.armReaper()
 		select {
 		case w = <-s.work:
 			s.idleWorkers.Add(-1)
-		case <-idle.C:
+		case <-s.retire:
 			s.idleWorkers.Add(-1)
 			return
 		case <-s.quit:
