@@ -65,6 +65,17 @@ func (p *pass) firstResponse() {
 	}
 }
 
+// firstResponseAt is firstResponse for an answer that came at t (zero:
+// now).
+func (p *pass) firstResponseAt(t time.Time) {
+	if p != nil && p.first.IsZero() {
+		if t.IsZero() {
+			t = p.now()
+		}
+		p.first = t
+	}
+}
+
 // report tells the breaker how the exchange went. Slowness is the time to
 // the first response, or to the end when there was none.
 func (p *pass) report(c classified) {

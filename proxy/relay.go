@@ -62,13 +62,22 @@ type relayServer struct {
 	workers     sync.WaitGroup
 	quit        chan struct{} // closed once drained: idle workers exit
 	quitOnce    sync.Once
+	// Idle workers end when no call came to them for relayWorkerIdle:
+	// one timer for the listener (reap), not one per worker, whose
+	// channel a worker would wait on between every two calls (and the
+	// runtime add to and remove from its timer heap each time).
+	retire     chan struct{} // to an idle worker: end (unbuffered)
+	handed     atomic.Uint64 // calls handed to idle workers
+	reaperOn   atomic.Bool   // reap is scheduled
+	reapMu     sync.Mutex    // guards lastHanded (reap runs on timer goroutines)
+	lastHanded uint64
 }
 
 // relayIdleWorkers bounds the workers a relay listener keeps idle between
 // calls (each holds a grown stack, a few KiB); calls beyond them start
-// goroutines that end with the call. A worker idle for relayWorkerIdle
-// ends too: after a burst, the listener's goroutines go back to what its
-// connections need.
+// goroutines that end with the call. Idle workers end too once none of
+// them took a call for relayWorkerIdle (reap, within twice that): after a
+// burst, the listener's goroutines go back to what its connections need.
 const (
 	relayIdleWorkers = 128
 	relayWorkerIdle  = 2 * time.Second
@@ -82,7 +91,7 @@ type relayWork struct {
 
 func (p *Proxy) newRelayServer(listener string, maxMsg int, lim limits) *relayServer {
 	return &relayServer{p: p, listener: listener, maxMsg: maxMsg, lim: lim, conns: map[*h2conn]struct{}{},
-		work: make(chan relayWork), quit: make(chan struct{})}
+		work: make(chan relayWork), quit: make(chan struct{}), retire: make(chan struct{})}
 }
 
 // dispatch runs a call (counted in s.wg by the caller) on an idle worker,
@@ -90,9 +99,41 @@ func (p *Proxy) newRelayServer(listener string, maxMsg int, lim limits) *relaySe
 func (s *relayServer) dispatch(w relayWork) {
 	select {
 	case s.work <- w:
+		s.handed.Add(1)
 	default:
 		s.workers.Add(1)
 		go s.worker(w)
+	}
+}
+
+// armReaper schedules reap, unless it is scheduled already.
+func (s *relayServer) armReaper() {
+	if s.reaperOn.CompareAndSwap(false, true) {
+		time.AfterFunc(relayWorkerIdle, s.reap)
+	}
+}
+
+// reap ends the idle workers if none of them took a call since the last
+// reap (at least relayWorkerIdle ago): after a burst, the listener's
+// goroutines go back to what its connections need. It runs again while
+// workers are idle.
+func (s *relayServer) reap() {
+	s.reapMu.Lock()
+	handed := s.handed.Load()
+	if handed == s.lastHanded {
+		for retired := false; !retired; {
+			select {
+			case s.retire <- struct{}{}:
+			default:
+				retired = true
+			}
+		}
+	}
+	s.lastHanded = handed
+	s.reapMu.Unlock()
+	s.reaperOn.Store(false)
+	if s.idleWorkers.Load() > 0 {
+		s.armReaper()
 	}
 }
 
@@ -100,12 +141,6 @@ func (s *relayServer) dispatch(w relayWork) {
 // are idle, or the server is drained.
 func (s *relayServer) worker(w relayWork) {
 	defer s.workers.Done()
-	var idle *time.Timer
-	defer func() {
-		if idle != nil {
-			idle.Stop()
-		}
-	}()
 	for {
 		w.st.serve(w.in)
 		s.wg.Done()
@@ -113,15 +148,11 @@ func (s *relayServer) worker(w relayWork) {
 			s.idleWorkers.Add(-1)
 			return
 		}
-		if idle == nil {
-			idle = time.NewTimer(relayWorkerIdle)
-		} else {
-			idle.Reset(relayWorkerIdle)
-		}
+		s.armReaper()
 		select {
 		case w = <-s.work:
 			s.idleWorkers.Add(-1)
-		case <-idle.C:
+		case <-s.retire:
 			s.idleWorkers.Add(-1)
 			return
 		case <-s.quit:
@@ -258,7 +289,7 @@ func (s *relayServer) serveConn(nc net.Conn) {
 	}
 	c.queue(wItem{kind: wSettings, set: relaySettings(uint32(lim.maxConcurrentStreams), uint32(lim.maxHeaderBytes))},
 		wItem{kind: wWindow, id: 0, n: relayConnWindow - 65535})
-	f, err := c.fr.ReadFrame()
+	f, err := c.readFrame()
 	if err != nil {
 		return
 	}
@@ -277,7 +308,7 @@ func (s *relayServer) serveConn(nc net.Conn) {
 	defer c.teardown()
 	for {
 		c.throttle()
-		f, err := c.fr.ReadFrame()
+		f, err := c.readFrame()
 		c.reads.Add(1)
 		if err != nil {
 			if c.resetStream(err) {
@@ -438,8 +469,8 @@ func (s *relayServer) headers(c *h2conn, gc *guardedConn, f *http2.MetaHeadersFr
 		st.reqEnd = true
 		st.down.remoteEnded.Store(true)
 	}
-	// f.Fields is the frame's own (the Framer decodes each header
-	// block into a new MetaHeadersFrame): the handler may keep it.
+	// f.Fields is the block's own (readFrame copies each block's
+	// fields out of its scratch): the handler may keep it.
 	s.wg.Add(1)
 	s.dispatch(relayWork{st: st, in: f.Fields})
 	return nil
@@ -517,7 +548,7 @@ type relayStream struct {
 
 	done chan struct{} // closed once the call has ended
 	// ev (capacity 1; sent under mu) tells the call's handler that
-	// answeredSet, progressed or upEndedSet changed.
+	// progressed or upEndedSet changed, or that the stream was refused.
 	ev chan struct{}
 	// reqSig (capacity 1; set under mu, by a relayMsgStream only) hears
 	// that reqPending grew or the request ended.
@@ -546,6 +577,7 @@ type relayStream struct {
 	canceled    bool      // the client reset the stream
 	upReset     bool      // RST_STREAM already sent or received upstream
 	answeredSet bool      // the upstream's first HEADERS arrived
+	answeredAt  time.Time // when (for the breaker's slow-call measure)
 	progressed  bool      // the client sent DATA (or the stream was refused) since the handler last looked
 	upEndedSet  bool      // the upstream's trailers arrived
 	dl          time.Time // the call's deadline (zero: none), set before the upstream stream opens
@@ -616,8 +648,12 @@ func (st *relayStream) fromClient(data []byte, end bool) {
 		}
 	}
 	st.mu.Lock()
-	st.progressed = true
-	st.signalLocked()
+	if !st.answeredSet {
+		// The handler restarts its first-response timer; once the
+		// upstream answered, nothing waits for the client's progress.
+		st.progressed = true
+		st.signalLocked()
+	}
 	if st.respDone && st.finished {
 		st.mu.Unlock()
 		return
@@ -1020,7 +1056,9 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 
 	var method, authority, ctype string
 	var dl time.Time
-	md := make(relayHeader, 0, len(in))
+	// in is this call's own (readFrame copies each block out): the
+	// metadata is filtered in place, md never passing the field read.
+	md := relayHeader(in[:0])
 	for _, f := range in {
 		switch f.Name {
 		case ":path":
@@ -1110,17 +1148,29 @@ func (st *relayStream) serve(in []hpack.HeaderField) {
 		// The response may still wait for the client's window: the call
 		// is over once all of it went out (or the client reset it, or
 		// its connection closed), as a grpc-go server stream is.
-		if dl.IsZero() {
-			<-st.done
-		} else {
-			t := getRelayTimer(time.Until(dl))
-			select {
-			case <-st.done:
-			case <-t.C:
-			}
-			putRelayTimer(t)
+		select {
+		case <-st.done:
+			// Mostly: the window had room and send queued all of it;
+			// no timer to arm and stop.
+		default:
+			st.awaitSent(dl)
 		}
 	}
+}
+
+// awaitSent waits for the response to go out to the client, until the
+// call's deadline (zero: none).
+func (st *relayStream) awaitSent(dl time.Time) {
+	if dl.IsZero() {
+		<-st.done
+		return
+	}
+	t := getRelayTimer(time.Until(dl))
+	select {
+	case <-st.done:
+	case <-t.C:
+	}
+	putRelayTimer(t)
 }
 
 // endedEarly reports a call whose end is decided already, and its status.
@@ -1232,7 +1282,9 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 	}
 	callStart := p.now()
 	waitAnswer := true
+wait:
 	for !waitEnded {
+		firstFired := false
 		select {
 		case <-st.ev:
 			if st.takeRefused() {
@@ -1245,40 +1297,57 @@ func (st *relayStream) call(ctx context.Context, rt *route, hop *telemetry.Hop, 
 				}
 				err := rc.open(st, hdr, relayStop{done: st.done, deadline: deadline, first: first})
 				if errors.Is(err, errRelayWaitEnded) {
-					break
+					break wait
 				}
 				if err != nil {
 					code, msg := classify(upstreamError(err))
 					st.fail(code, msg, false)
-					break
+					break wait
 				}
 				continue
 			}
-			st.mu.Lock()
-			answered, progressed, upEnded := st.answeredSet, st.progressed, st.upEndedSet
-			st.progressed = false
-			st.mu.Unlock()
-			switch {
-			case waitAnswer && answered:
-				waitAnswer = false
-				gate.firstResponse()
-				if frTimer != nil {
-					frTimer.Stop()
-					first = nil
-				}
-			case waitAnswer && progressed && frTimer != nil:
-				// The client sent more: the upstream owes an answer
-				// only once it has the request.
-				frTimer.Reset(p.firstResp)
-			}
-			if !upEnded {
-				continue
-			}
-		case <-st.done:
-		case <-deadline:
 		case <-first:
+			// The upstream's answer does not wake the handler (one
+			// wake-up less per call, see upstreamHeadersIn): whether it
+			// came is looked up now.
+			firstFired = true
+		case <-st.done:
+			break wait
+		case <-deadline:
+			break wait
 		}
-		break
+		st.mu.Lock()
+		answered, answeredAt, progressed, upEnded := st.answeredSet, st.answeredAt, st.progressed, st.upEndedSet
+		st.progressed = false
+		st.mu.Unlock()
+		switch {
+		case waitAnswer && answered:
+			waitAnswer = false
+			gate.firstResponseAt(answeredAt)
+			if frTimer != nil {
+				frTimer.Stop()
+				first = nil
+			}
+		case waitAnswer && firstFired:
+			break wait
+		case waitAnswer && progressed && frTimer != nil:
+			// The client sent more: the upstream owes an answer
+			// only once it has the request.
+			frTimer.Reset(p.firstResp)
+		}
+		if upEnded {
+			break
+		}
+	}
+	if waitAnswer {
+		// Ended before the handler looked: the breaker still times the
+		// call to its first response.
+		st.mu.Lock()
+		answered, answeredAt := st.answeredSet, st.answeredAt
+		st.mu.Unlock()
+		if answered {
+			gate.firstResponseAt(answeredAt)
+		}
 	}
 	// Ended by a timer: reset upstream, DEADLINE_EXCEEDED to the client,
 	// worded as on the grpc-go path; the call ends here even if the
@@ -1346,8 +1415,12 @@ func setGRPCTimeout(h relayHeader, d time.Duration) {
 func (st *relayStream) upstreamHeadersIn(fields []hpack.HeaderField, end, truncated bool) {
 	st.mu.Lock()
 	if !st.answeredSet {
+		// The handler is not woken for this (a unary call's trailers
+		// follow at once, and they do wake it): it reads answeredSet
+		// when it wakes, at the end or when the first-response timer
+		// fires.
 		st.answeredSet = true
-		st.signalLocked()
+		st.answeredAt = st.srv.p.now()
 		st.hop.FirstByte()
 		st.retry, st.retryBody = false, nil
 	}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/hopwatch/hopwatch/proxy"
@@ -587,5 +588,49 @@ func TestRelayIdleConnectionMemory(t *testing.T) {
 	t.Logf("heap per idle relay connection: %.1f KiB", float64(per)/1024)
 	if per > 24<<10 {
 		t.Errorf("heap per idle relay connection: %.1f KiB, want at most 24 KiB (read and write buffers held while idle?)", float64(per)/1024)
+	}
+}
+
+// TestRelayIdleWorkersEnd: a burst of concurrent calls leaves its worker
+// goroutines behind only while they may be needed again; once no call
+// came for a while (2 s, relayWorkerIdle, up to twice that), they end.
+func TestRelayIdleWorkersEnd(t *testing.T) {
+	backend := startEcho(t)
+	p := startProxy(t, &routes.Spec{
+		Listeners: []routes.Listener{inListener("in", "relay")},
+		Routes:    []routes.Route{{Name: "echo", Listener: "in", Upstream: "echo"}},
+		Upstreams: []routes.Upstream{{Name: "echo", Protocol: routes.UpstreamGRPC, Endpoints: []string{backend.addr}}},
+	})
+	cc := dial(t, p.Addr("in").String())
+	const burst = 40
+	md := metadata.Pairs("x-sleep-ms", "200") // all of them at once
+	call := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		if o := unary(ctx, cc, "/"+echoService+"/Unary", md, []byte("q")); o.Code != codes.OK {
+			t.Errorf("call: %v", o)
+		}
+	}
+	call() // connections up, one worker
+	base := runtime.NumGoroutine()
+	var wg sync.WaitGroup
+	for range burst {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			call()
+		}()
+	}
+	wg.Wait()
+	after := runtime.NumGoroutine()
+	if after-base < burst/2 {
+		t.Fatalf("%d goroutines before the burst, %d after: the burst left no idle workers to test", base, after)
+	}
+	deadline := time.Now().Add(3 * 2 * time.Second)
+	for runtime.NumGoroutine() > base+burst/4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines before the burst, %d after it, still %d: idle workers do not end", base, after, runtime.NumGoroutine())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -128,6 +128,7 @@ type h2conn struct {
 	tlsState *tls.ConnectionState
 	client   bool // the relay is the client (an upstream connection)
 
+	hdec   *headerDecoder // reader goroutine only
 	enc    *hpack.Encoder // writer goroutine only
 	encBuf bytes.Buffer
 
@@ -200,13 +201,12 @@ func newH2Conn(nc net.Conn, client bool, maxHeaderList uint32) *h2conn {
 	// else 0 until the upstream's first SETTINGS (relayClient.read).
 	c.br = &relayReader{nc: nc}
 	c.fr = http2.NewFramer(c.bw, c.br)
-	// HEADERS and CONTINUATION arrive as one MetaHeadersFrame, decoded
-	// with this connection's HPACK state; fields beyond the list size
-	// are not emitted (the frame is marked Truncated), so references to a
-	// large dynamic-table entry cannot expand into megabytes (RFC 7541
+	// HEADERS and CONTINUATION arrive as one MetaHeadersFrame (readFrame),
+	// decoded with this connection's HPACK state; fields beyond the list
+	// size are not emitted (the frame is marked Truncated), so references
+	// to a large dynamic-table entry cannot expand into megabytes (RFC 7541
 	// §7.3, RFC 9113 §10.5.1).
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = maxHeaderList
+	c.hdec = newHeaderDecoder(maxHeaderList)
 	c.fr.SetReuseFrames()
 	// The relay never advertises SETTINGS_MAX_FRAME_SIZE: its peers'
 	// frames are held to the initial 16 KiB (RFC 9113 §4.2; a larger one
@@ -369,7 +369,19 @@ func (c *h2conn) write(it *wItem) error {
 		return c.fr.WriteData(it.id, it.end, it.data)
 	case wHeaders:
 		c.encBuf.Reset()
-		for _, f := range it.fields {
+		for i, f := range it.fields {
+			if uniquePerCall(f.Name) {
+				if i > 0 {
+					// A pending dynamic table size update went out
+					// before the block's first field (RFC 7541 §4.2).
+					c.encBuf.Write(appendLiteral(c.encBuf.AvailableBuffer(), f))
+					continue
+				}
+				// First: the encoder writes it (and the update before
+				// it), never indexed, the one literal that keeps it out
+				// of the table.
+				f.Sensitive = true
+			}
 			if err := c.enc.WriteField(f); err != nil {
 				return err
 			}

@@ -386,7 +386,7 @@ func (rc *relayClient) read(c *h2conn) {
 	// The server's connection preface is a SETTINGS frame (RFC 9113
 	// §3.4), within dial_timeout. Until it came, no stream opens: it may
 	// hold the upstream's SETTINGS_MAX_CONCURRENT_STREAMS.
-	f, err := c.fr.ReadFrame()
+	f, err := c.readFrame()
 	sf, ok := f.(*http2.SettingsFrame)
 	if err != nil || !ok || sf.IsAck() {
 		if err == nil {
@@ -408,7 +408,7 @@ func (rc *relayClient) read(c *h2conn) {
 	}
 	for {
 		c.throttle()
-		f, err := c.fr.ReadFrame()
+		f, err := c.readFrame()
 		c.reads.Add(1)
 		if err != nil {
 			if c.resetStream(err) {
@@ -440,8 +440,8 @@ func (rc *relayClient) read(c *h2conn) {
 		switch f := f.(type) {
 		case *http2.MetaHeadersFrame:
 			if l := c.leg(f.StreamID); l != nil {
-				// f.Fields is the frame's own: the Framer decodes each
-				// header block into a new MetaHeadersFrame.
+				// f.Fields is the block's own: readFrame copies each
+				// block's fields out of its scratch.
 				l.st.upstreamHeadersIn(f.Fields, f.StreamEnded(), f.Truncated)
 			}
 		case *http2.DataFrame:
