@@ -149,7 +149,13 @@ func (d *headerDecoder) read(fr *http2.Framer, hf *http2.HeadersFrame) (http2.Fr
 		if err != nil {
 			return nil, err
 		}
-		cf := f.(*http2.ContinuationFrame) // the Framer's frame order check
+		// The Framer's frame order check lets only a CONTINUATION of
+		// this stream follow; checked again so that a change there can
+		// never become a panic on a peer's input.
+		cf, ok := f.(*http2.ContinuationFrame)
+		if !ok {
+			return nil, http2.ConnectionError(http2.ErrCodeProtocol)
+		}
 		frag, ended = cf.HeaderBlockFragment(), cf.HeadersEnded()
 	}
 	if err := d.dec.Close(); err != nil {
