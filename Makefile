@@ -70,7 +70,7 @@ soak:
 # each package's testdata/fuzz and run by `make test` too.
 FUZZ_TARGETS ?= config:FuzzParse \
 	routes:FuzzMatch routes:FuzzCheckPath routes:FuzzCheckGRPCMethod routes:FuzzParseRetryOn \
-	telemetry:FuzzPropagation telemetry:FuzzJSONScanner telemetry:FuzzSSE telemetry:FuzzReceiver \
+	telemetry:FuzzPropagation telemetry:FuzzJSONScanner telemetry:FuzzSSE telemetry:FuzzReceiver telemetry:FuzzWireEncoding \
 	proxy:FuzzForwardedHeaders proxy:FuzzParseGRPCTimeout proxy:FuzzRelayHeaders \
 	conversation:FuzzIdentify conversation:FuzzFingerprint conversation:FuzzBodyExtraction conversation:FuzzExtractProto \
 	xds:FuzzTLSContext xds:FuzzTranslate

@@ -21,9 +21,10 @@
 // here with the SDK's sampling rule, and with an OTLP exporter a sampled
 // hop and its attempts record what their exported spans need in compact
 // form (hopSpan, export.go); the attributes, and the OTLP protobuf, are
-// built by the export goroutine from batches, off the request path. A
-// request never waits for the exporter: past queue_size spans in flight
-// a span is dropped and counted.
+// built by the export goroutine from batches, off the request path,
+// written straight in wire format (otlpwire.go) and sent as bytes
+// (otlpsend.go). A request never waits for the exporter: past queue_size
+// spans in flight a span is dropped and counted.
 //
 // On genai routes it reads token usage from the bodies as they pass
 // (Exchange, GenAICall): each slice is scanned after it was handed on,

@@ -9,11 +9,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/trace"
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
-	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
-	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 )
 
 // Hop spans for OTLP are not OpenTelemetry SDK spans. A hop and each of
@@ -21,8 +17,8 @@ import (
 // parent, times, the names and codes the attributes are made of, events,
 // the link of an untrusted incoming context), taken from a pool; at its
 // end the span goes, through the turn holder (turnhold.go), to a bounded
-// queue, and a background exporter turns batches of them into OTLP
-// protobuf and uploads them with the OTLP exporters' own client. The
+// queue, and a background exporter writes batches of them as OTLP
+// protobuf (otlpwire.go) and uploads the bytes (otlpsend.go). The
 // attributes are built there, off the request path, in the SDK's form:
 // a backend receives what it received when these were SDK spans (the
 // golden files in testdata/otlp were recorded from the SDK's pipeline).
@@ -123,7 +119,7 @@ func (s *hopSpan) addEvent(name string, at time.Time, attrs []attribute.KeyValue
 // its timer), not once per span: a wake-up per span would cost every
 // request a scheduler round trip.
 type spanExporter struct {
-	client otlptrace.Client
+	sender spanSender
 
 	mu      sync.Mutex // guards pending
 	pending []*hopSpan
@@ -136,22 +132,20 @@ type spanExporter struct {
 	m        *metrics
 	log      *slog.Logger
 	lastLog  atomic.Int64
-	resource *resourcepb.Resource
-	scope    *commonpb.InstrumentationScope
 
 	stopped  atomic.Bool
 	flushReq chan chan struct{}
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
-	// stopClient stops the client once (a second Shutdown must not).
-	stopClient sync.Once
+	// stopSender stops the sender once (a second Shutdown must not).
+	stopSender sync.Once
 	stopErr    error
 
-	conv converter // the exporter goroutine's
+	enc *wireEncoder // the exporter goroutine's
 }
 
-func newSpanExporter(client otlptrace.Client, o *OTLP, serviceName string, m *metrics, log *slog.Logger) *spanExporter {
+func newSpanExporter(sender spanSender, o *OTLP, serviceName string, m *metrics, log *slog.Logger) *spanExporter {
 	limit := o.QueueSize
 	if limit <= 0 {
 		limit = DefaultQueueSize
@@ -161,12 +155,9 @@ func newSpanExporter(client otlptrace.Client, o *OTLP, serviceName string, m *me
 		timeout = DefaultOTLPTimeout
 	}
 	e := &spanExporter{
-		client: client, full: make(chan struct{}, 1), limit: int64(limit), batch: min(maxExportBatch, limit),
+		sender: sender, full: make(chan struct{}, 1), limit: int64(limit), batch: min(maxExportBatch, limit),
 		timeout: timeout, m: m, log: log,
-		resource: &resourcepb.Resource{Attributes: []*commonpb.KeyValue{{
-			Key: "service.name", Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: serviceName}},
-		}}},
-		scope:    &commonpb.InstrumentationScope{Name: instrumentationScope},
+		enc:      newWireEncoder(serviceName),
 		flushReq: make(chan chan struct{}),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -247,7 +238,7 @@ func (e *spanExporter) drain(spare []*hopSpan) []*hopSpan {
 	}
 }
 
-// export converts and uploads batch, then gives its spans back to the
+// export encodes and uploads batch, then gives its spans back to the
 // pool and their places in the queue's bound. Failures are counted and
 // logged at most once per exportLogEvery, so a dead collector cannot
 // flood the log.
@@ -255,16 +246,16 @@ func (e *spanExporter) export(batch []*hopSpan) {
 	if len(batch) == 0 {
 		return
 	}
-	rs := e.conv.resourceSpans(e.resource, e.scope, batch)
-	ctx, cancel := context.WithTimeout(context.Background(), exportCallTimeout)
-	err := e.client.UploadTraces(ctx, rs)
-	cancel()
+	req := getWireBuf()
+	req.b = e.enc.encode(req.b[:0], batch)
 	n := len(batch)
 	for i, s := range batch {
 		putHopSpan(s)
 		batch[i] = nil
 	}
-	e.conv.reset()
+	ctx, cancel := context.WithTimeout(context.Background(), exportCallTimeout)
+	err := e.sender.send(ctx, req)
+	cancel()
 	e.inflight.Add(-int64(n))
 	if err != nil {
 		e.m.exportFailures.Inc()
@@ -296,7 +287,7 @@ func (e *spanExporter) flush(ctx context.Context) error {
 	}
 }
 
-// shutdown exports what is queued and stops the client, until ctx ends;
+// shutdown exports what is queued and stops the sender, until ctx ends;
 // spans that end later are not exported.
 func (e *spanExporter) shutdown(ctx context.Context) error {
 	e.stopOnce.Do(func() {
@@ -308,192 +299,23 @@ func (e *spanExporter) shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	e.stopClient.Do(func() { e.stopErr = e.client.Stop(ctx) })
+	e.stopSender.Do(func() { e.stopErr = e.sender.stop(ctx) })
 	return e.stopErr
 }
 
 // exportLogEvery rate-limits export failure logs.
 const exportLogEvery = 30 * time.Second
 
-// converter turns hop spans into OTLP protobuf. Its messages are reused
-// from batch to batch (the client has marshalled a batch when its upload
-// returns), so a steady stream of spans converts without allocating.
-type converter struct {
-	spans  []tracepb.Span
-	spanPs []*tracepb.Span
-	kvs    []commonpb.KeyValue
-	kvPs   []*commonpb.KeyValue
-	vals   []commonpb.AnyValue
-	strs   []commonpb.AnyValue_StringValue
-	ints   []commonpb.AnyValue_IntValue
-	status []tracepb.Status
-	events []tracepb.Span_Event
-	evPs   []*tracepb.Span_Event
-	links  []tracepb.Span_Link
-	linkPs []*tracepb.Span_Link
-	ids    []byte // trace and span ids, back to back
-	attrs  []attribute.KeyValue
-	rs     [1]*tracepb.ResourceSpans
-	ss     tracepb.ScopeSpans
-	rspans tracepb.ResourceSpans
-}
-
-// next returns the next element of *pool, growing it. A grown pool's
-// earlier elements stay where they were, in the old array, for the
-// pointers already handed out.
-func next[T any](pool *[]T) *T {
-	if len(*pool) == cap(*pool) {
-		*pool = make([]T, 0, max(64, 2*cap(*pool)))
-	}
-	*pool = (*pool)[:len(*pool)+1]
-	return &(*pool)[len(*pool)-1]
-}
-
-func (c *converter) reset() {
-	c.spans, c.kvs, c.vals, c.strs, c.ints = c.spans[:0], c.kvs[:0], c.vals[:0], c.strs[:0], c.ints[:0]
-	c.status, c.events, c.links, c.ids = c.status[:0], c.events[:0], c.links[:0], c.ids[:0]
-	clear(c.spanPs)
-	clear(c.kvPs)
-	clear(c.evPs)
-	clear(c.linkPs)
-	c.spanPs, c.kvPs, c.evPs, c.linkPs = c.spanPs[:0], c.kvPs[:0], c.evPs[:0], c.linkPs[:0]
-}
-
-// resourceSpans converts batch: one resource (service.name), one scope.
-func (c *converter) resourceSpans(res *resourcepb.Resource, scope *commonpb.InstrumentationScope, batch []*hopSpan) []*tracepb.ResourceSpans {
-	for _, s := range batch {
-		c.spanPs = append(c.spanPs, c.span(s))
-	}
-	c.ss.Scope, c.ss.Spans = scope, c.spanPs
-	c.rspans.Resource, c.rspans.ScopeSpans = res, []*tracepb.ScopeSpans{&c.ss}
-	c.rs[0] = &c.rspans
-	return c.rs[:]
-}
-
-func (c *converter) id(b []byte) []byte {
-	if len(c.ids)+len(b) > cap(c.ids) {
-		c.ids = make([]byte, 0, max(4096, 2*cap(c.ids))) // earlier ids stay in the old array
-	}
-	c.ids = append(c.ids, b...)
-	return c.ids[len(c.ids)-len(b) : len(c.ids) : len(c.ids)]
-}
-
-// Span flags (OTLP trace.proto, SpanFlags): whether the parent (or a
-// link's context) is remote is known, and whether it is.
-const (
-	flagHasIsRemote = uint32(tracepb.SpanFlags_SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK)
-	flagIsRemote    = uint32(tracepb.SpanFlags_SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK)
-)
-
-func (c *converter) span(s *hopSpan) *tracepb.Span {
-	p := next(&c.spans)
-	*p = tracepb.Span{}
-	p.TraceId = c.id(s.traceID[:])
-	p.SpanId = c.id(s.spanID[:])
-	p.TraceState = s.state.String()
-	if s.parent.IsValid() {
-		p.ParentSpanId = c.id(s.parent[:])
-	}
-	p.Flags = uint32(s.flags) | flagHasIsRemote
-	if s.remoteParent {
-		p.Flags |= flagIsRemote
-	}
-	p.Name = spanName(s.r, s.method)
-	p.Kind = tracepb.Span_SPAN_KIND_SERVER
-	if s.client {
-		p.Kind = tracepb.Span_SPAN_KIND_CLIENT
-	}
-	p.StartTimeUnixNano = unixNano(s.start)
-	p.EndTimeUnixNano = unixNano(s.end)
-	c.attrs = s.appendAttrs(c.attrs[:0])
-	p.Attributes = c.keyValues(c.attrs)
-	if len(s.events) > 0 {
-		first := len(c.evPs)
-		for i := range s.events {
-			ev := next(&c.events)
-			*ev = tracepb.Span_Event{Name: s.events[i].name, TimeUnixNano: unixNano(s.events[i].time)}
-			ev.Attributes = c.keyValues(s.events[i].attrs)
-			c.evPs = append(c.evPs, ev)
-		}
-		p.Events = c.evPs[first:len(c.evPs):len(c.evPs)]
-		p.DroppedEventsCount = uint32(s.droppedEvents)
-	}
-	if s.link.IsValid() {
-		l := next(&c.links)
-		tid, sid := s.link.TraceID(), s.link.SpanID()
-		*l = tracepb.Span_Link{TraceId: c.id(tid[:]), SpanId: c.id(sid[:]), Flags: uint32(s.link.TraceFlags()) | flagHasIsRemote}
-		if s.link.IsRemote() {
-			l.Flags |= flagIsRemote
-		}
-		c.linkPs = append(c.linkPs, l)
-		p.Links = c.linkPs[len(c.linkPs)-1 : len(c.linkPs) : len(c.linkPs)]
-	}
-	st := next(&c.status)
-	*st = tracepb.Status{}
-	if s.outcome.IsError() {
-		st.Code, st.Message = tracepb.Status_STATUS_CODE_ERROR, string(s.outcome)+" "+s.code
-	}
-	p.Status = st
-	return p
-}
-
-func unixNano(t time.Time) uint64 { return uint64(max(0, t.UnixNano())) }
-
-func (c *converter) keyValues(attrs []attribute.KeyValue) []*commonpb.KeyValue {
-	if len(attrs) == 0 {
-		return nil
-	}
-	first := len(c.kvPs)
-	for _, a := range attrs {
-		kv := next(&c.kvs)
-		kv.Key, kv.Value = string(a.Key), c.value(a.Value)
-		c.kvPs = append(c.kvPs, kv)
-	}
-	return c.kvPs[first:len(c.kvPs):len(c.kvPs)]
-}
-
-// value converts as the OTLP exporter does (strings and integers, what
-// hop spans carry, from the pools; the rest allocated).
-func (c *converter) value(v attribute.Value) *commonpb.AnyValue {
-	av := next(&c.vals)
-	switch v.Type() {
-	case attribute.STRING:
-		sv := next(&c.strs)
-		sv.StringValue = v.AsString()
-		av.Value = sv
-	case attribute.INT64:
-		iv := next(&c.ints)
-		iv.IntValue = v.AsInt64()
-		av.Value = iv
-	case attribute.BOOL:
-		av.Value = &commonpb.AnyValue_BoolValue{BoolValue: v.AsBool()}
-	case attribute.FLOAT64:
-		av.Value = &commonpb.AnyValue_DoubleValue{DoubleValue: v.AsFloat64()}
-	case attribute.STRINGSLICE:
-		ss := v.AsStringSlice()
-		vals := make([]*commonpb.AnyValue, len(ss))
-		for i, s := range ss {
-			vals[i] = &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: s}}
-		}
-		av.Value = &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{Values: vals}}
-	case attribute.INT64SLICE:
-		is := v.AsInt64Slice()
-		vals := make([]*commonpb.AnyValue, len(is))
-		for i, n := range is {
-			vals[i] = &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: n}}
-		}
-		av.Value = &commonpb.AnyValue_ArrayValue{ArrayValue: &commonpb.ArrayValue{Values: vals}}
-	default:
-		av.Value = &commonpb.AnyValue_StringValue{StringValue: v.String()}
-	}
-	return av
-}
-
 // appendAttrs appends the span's attributes, as its SDK span had them:
 // the route's static ones, caller, attempt and server address (client
 // spans), method, gen_ai.*, session and turn, outcome and status code.
 func (s *hopSpan) appendAttrs(a []attribute.KeyValue) []attribute.KeyValue {
-	a = append(a, s.r.static...)
+	return s.appendOwnAttrs(append(a, s.r.static...))
+}
+
+// appendOwnAttrs appends the span's attributes after the route's static
+// ones (which the wire encoder has encoded once per route).
+func (s *hopSpan) appendOwnAttrs(a []attribute.KeyValue) []attribute.KeyValue {
 	a = append(a, attribute.String("hopwatch.caller", s.caller))
 	if s.client {
 		host, port := splitHostPort(s.endpoint)

@@ -41,7 +41,9 @@ type Route struct {
 	series  *routeSeries
 	callers map[string]bool
 	static  []attribute.KeyValue
-	genai   *genaiRoute // nil unless info.GenAI is set
+	// staticWire is static as OTLP Span.attributes fields (otlpwire.go).
+	staticWire []byte
+	genai      *genaiRoute // nil unless info.GenAI is set
 }
 
 // Route prepares the telemetry of one route. callers is the configured,
@@ -64,6 +66,9 @@ func (t *Telemetry) Route(info RouteInfo, callers []string) *Route {
 		static = append(static, attribute.String("http.route", info.HTTPRoute))
 	}
 	rt := &Route{t: t, info: info, series: t.m.route(info.Name, info.Upstream), callers: cs, static: static}
+	for _, a := range static {
+		rt.staticWire = appendKeyValue(rt.staticWire, fieldSpanAttributes, a)
+	}
 	if info.GenAI != "" {
 		rt.genai = &genaiRoute{t: t, route: info.Name, series: map[genaiKey]*genaiSeries{}}
 	}

@@ -64,26 +64,51 @@ func dropFields(configured propagation.TextMapPropagator, trust bool) []string {
 // exporter.
 func newExportPipeline(cfg Config, client otlptrace.Client, m *metrics, log *slog.Logger, now func() time.Time) (*spanExporter, *turnHolder, error) {
 	o := cfg.Tracing.OTLP
-	if client == nil {
-		if o == nil {
-			return nil, nil, nil
-		}
-		client = newClient(o)
+	if client == nil && o == nil {
+		return nil, nil, nil
 	}
 	if o == nil {
 		o = &OTLP{}
 	}
-	// Start does not connect: a collector that is down does not hold up
-	// start-up, and exports simply fail (and are counted) until it is back.
-	if err := client.Start(context.Background()); err != nil {
+	sender, err := newSender(o, client, log)
+	if err != nil {
 		return nil, nil, fmt.Errorf("telemetry: OTLP exporter: %w", err)
 	}
 	name := cfg.ServiceName
 	if name == "" {
 		name = DefaultServiceName
 	}
-	exp := newSpanExporter(client, o, name, m, log)
+	exp := newSpanExporter(sender, o, name, m, log)
 	return exp, newTurnHolder(exp.add, now, m.turnSpansUnmarked), nil
+}
+
+// newSender is what uploads the exporter's requests: client when given,
+// else hopwatch's own OTLP/gRPC or OTLP/HTTP sender for o, or the OTLP
+// exporters' own client when the environment configures what only that
+// client reads (sdkEnv). None connects: a collector that is down does
+// not hold up start-up, and exports simply fail (and are counted) until
+// it is back.
+func newSender(o *OTLP, client otlptrace.Client, log *slog.Logger) (spanSender, error) {
+	if client == nil {
+		if v := sdkEnv(o.Protocol); v != "" {
+			log.Info("OTLP export uses the OpenTelemetry exporter's client, which reads the environment", "variable", v)
+			client = newClient(o)
+		}
+	}
+	if client != nil {
+		if err := client.Start(context.Background()); err != nil {
+			return nil, err
+		}
+		return clientSender{client: client}, nil
+	}
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = DefaultOTLPTimeout
+	}
+	if o.Protocol == "http" {
+		return newHTTPSender(o.Endpoint, timeout), nil
+	}
+	return newGRPCSender(o.Endpoint, timeout)
 }
 
 // newClient is the OTLP exporters' own client for o: the same transport,

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -50,7 +49,7 @@ func targetByName(name string) (target, bool) {
 		return floorTarget(), true
 	}
 	if v, ok := hopwatchVariants[name]; ok {
-		return hopwatchTarget(name, v.sample, v.otlp, v.relay), true
+		return hopwatchTarget(name, v), true
 	}
 	return target{}, false
 }
@@ -60,6 +59,8 @@ type hopwatchVariant struct {
 	sample float64 // tracing sample_ratio
 	otlp   bool    // an OTLP exporter into the harness's sink
 	relay  string  // the gRPC listener's listeners[].relay ("": the default)
+	// baseline: run the -baseline binary rather than -hopwatch.
+	baseline bool
 }
 
 // hopwatchVariants: "hopwatch", "hopwatch-otlp" and "hopwatch-sample0"
@@ -72,9 +73,11 @@ var hopwatchVariants = map[string]hopwatchVariant{
 	"hopwatch-otlp":     {sample: 1, otlp: true},
 	"hopwatch-sample0":  {sample: 0},
 	"hopwatch-messages": {sample: 1, relay: routes.ListenerRelayMessages},
-	// "hopwatch" run from the -baseline binary (another build, e.g. the
-	// commit before a change), for before/after figures in one run.
-	"hopwatch-baseline": {sample: 1},
+	// "hopwatch" and "hopwatch-otlp" run from the -baseline binary
+	// (another build, e.g. the commit before a change), for before/after
+	// figures in one run.
+	"hopwatch-baseline":      {sample: 1, baseline: true},
+	"hopwatch-otlp-baseline": {sample: 1, otlp: true, baseline: true},
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
@@ -88,7 +91,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		wlList     = fs.String("workloads", "", "workloads, comma separated (default all)")
 		basePort   = fs.Int("base-port", 19200, "first of 7 consecutive loopback ports the run uses")
 		hopwatch   = fs.String("hopwatch", "bin/proxy", "hopwatch binary (built from cmd/proxy)")
-		baseline   = fs.String("baseline", "", "a second hopwatch binary, measured as the target hopwatch-baseline (name it in -targets)")
+		baseline   = fs.String("baseline", "", "a second hopwatch binary, measured as the targets hopwatch-baseline and hopwatch-otlp-baseline (name them in -targets)")
 		ghz        = fs.String("ghz", "ghz", "ghz binary")
 		protos     = fs.String("protos", "proto", "import path of bot/v1/bot.proto")
 		idleN      = fs.Int("idle-conns", 10000, "idle keep-alive connections whose RSS cost is measured per proxy (0: skip; HAProxy is skipped, its maxconn is bounded by the file limit)")
@@ -118,11 +121,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 	}
 	progs := []*string{new("nginx"), new("haproxy"), new("wrk"), new("h2load"), ghz, hopwatch}
-	if slices.Contains(names, "hopwatch-baseline") {
-		if *baseline == "" {
-			return errors.New("target hopwatch-baseline needs -baseline (a hopwatch binary)")
+	for _, n := range names {
+		if hopwatchVariants[n].baseline {
+			if *baseline == "" {
+				return fmt.Errorf("target %s needs -baseline (a hopwatch binary)", n)
+			}
+			progs = append(progs, baseline)
+			break
 		}
-		progs = append(progs, baseline)
 	}
 	for _, prog := range progs {
 		p, err := exec.LookPath(*prog)
@@ -195,7 +201,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			if err != nil {
 				return fmt.Errorf("round %d: %s: %w", r+1, t.Name, err)
 			}
-			if t.Name == "hopwatch-otlp" {
+			if hopwatchVariants[t.Name].otlp {
 				res.spans[t.Name] += sk.spans.Load() - spans0
 			}
 		}

@@ -340,12 +340,14 @@ func TestHopwatchTargets(t *testing.T) {
 		wantSample float64
 		wantOTLP   bool
 		wantRelay  string
+		wantBase   bool
 	}{
 		{name: "hopwatch", wantSample: 1},
 		{name: "hopwatch-otlp", wantSample: 1, wantOTLP: true},
 		{name: "hopwatch-sample0", wantSample: 0},
 		{name: "hopwatch-messages", wantSample: 1, wantRelay: "messages"},
-		{name: "hopwatch-baseline", wantSample: 1},
+		{name: "hopwatch-baseline", wantSample: 1, wantBase: true},
+		{name: "hopwatch-otlp-baseline", wantSample: 1, wantOTLP: true, wantBase: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -353,8 +355,8 @@ func TestHopwatchTargets(t *testing.T) {
 			if !ok {
 				t.Fatal("no such variant")
 			}
-			if v.sample != tc.wantSample || v.otlp != tc.wantOTLP || v.relay != tc.wantRelay {
-				t.Fatalf("got %+v, want sample %v otlp %v relay %q", v, tc.wantSample, tc.wantOTLP, tc.wantRelay)
+			if v.sample != tc.wantSample || v.otlp != tc.wantOTLP || v.relay != tc.wantRelay || v.baseline != tc.wantBase {
+				t.Fatalf("got %+v, want sample %v otlp %v relay %q baseline %v", v, tc.wantSample, tc.wantOTLP, tc.wantRelay, tc.wantBase)
 			}
 			if _, ok := targetByName(tc.name); !ok {
 				t.Fatal("targetByName does not know it")
@@ -368,8 +370,10 @@ func TestHopwatchTargets(t *testing.T) {
 	}
 	// hopwatch-baseline without a binary to run is refused before
 	// anything starts.
-	if err := run(context.Background(), []string{"-targets", "nginx,hopwatch-baseline", "-out", ""}, io.Discard); err == nil || !strings.Contains(err.Error(), "-baseline") {
-		t.Errorf("hopwatch-baseline without -baseline: got %v, want an error naming -baseline", err)
+	for _, n := range []string{"hopwatch-baseline", "hopwatch-otlp-baseline"} {
+		if err := run(context.Background(), []string{"-targets", "nginx," + n, "-out", ""}, io.Discard); err == nil || !strings.Contains(err.Error(), "-baseline") {
+			t.Errorf("%s without -baseline: got %v, want an error naming -baseline", n, err)
+		}
 	}
 	if len(hopwatchVariants) != len(tests) {
 		t.Errorf("%d variants, %d tested", len(hopwatchVariants), len(tests))

@@ -27,7 +27,7 @@ type runEnv struct {
 	dir      string
 	workers  int
 	hopwatch string // path of the built cmd/proxy binary
-	baseline string // the hopwatch-baseline target's binary (-baseline)
+	baseline string // the *-baseline targets' binary (-baseline)
 }
 
 func directTarget() target {
@@ -64,10 +64,10 @@ func haproxyTarget() target {
 // only (sampled at 1), with an OTLP exporter into the harness's sink, or
 // sampled at 0; relay is the gRPC listener's listeners[].relay ("": the
 // frame relay, the default; messages: grpc-go's server).
-func hopwatchTarget(name string, sample float64, otlp bool, relay string) target {
+func hopwatchTarget(name string, v hopwatchVariant) target {
 	return target{Name: name, start: func(ctx context.Context, e *runEnv) (*proc, addrs, error) {
-		d := renderData{addrs: e.addrs, Dir: e.dir, Variant: name, SampleRatio: sample, Relay: relay}
-		if otlp {
+		d := renderData{addrs: e.addrs, Dir: e.dir, Variant: name, SampleRatio: v.sample, Relay: v.relay}
+		if v.otlp {
 			d.Exporter = e.OTLP
 		}
 		cfg := filepath.Join(e.dir, name+".yaml")
@@ -79,7 +79,7 @@ func hopwatchTarget(name string, sample float64, otlp bool, relay string) target
 			args = append(args, "-cpuprofile", p+"."+name)
 		}
 		bin := e.hopwatch
-		if name == "hopwatch-baseline" {
+		if v.baseline {
 			bin = e.baseline
 		}
 		return startProc(ctx, e, name, bin, args...)
