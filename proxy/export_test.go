@@ -17,3 +17,15 @@ func SetRelayKeepalive(p *Proxy, every, timeout time.Duration) {
 func SetPingMinTime(p *Proxy, d time.Duration) {
 	p.pingMinTime = d
 }
+
+// RelayIdleWorkers is how many idle workers the relay listener name keeps
+// (-1: no such relay listener).
+func RelayIdleWorkers(p *Proxy, name string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.listeners[name]
+	if l == nil || l.relay == nil {
+		return -1
+	}
+	return int(l.relay.idleWorkers.Load())
+}
